@@ -1,0 +1,81 @@
+"""The `cmtwin` console script: one argparse parser, one module per verb family.
+
+Each module in cmtwin.cli exposes `register(subparsers)`, adding its verbs with `set_defaults(func=...)`.
+A verb returns an exit code (or None for 0). CmtwinError -> exit 2 with one paragraph and no traceback;
+anything else -> exit 1 (traceback only with CMTWIN_FULL_ERROR=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cmtwin import __version__
+from cmtwin.errors import CmtwinError
+
+# Verb modules, imported when the parser is built; each must keep heavy imports inside its handlers.
+_VERB_MODULES = (
+    "cmtwin.cli.plan_cmd",
+    "cmtwin.cli.config_cmd",
+    "cmtwin.cli.store_cmds",
+    "cmtwin.cli.export_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="cmtwin",
+        description="Plan, predict and check deployments of giant MoE models on AI supernodes.",
+        epilog="Overrides are Hydra's: key=value, +group=option, ~key. Example: cmtwin plan +deployment=r1_ep320",
+    )
+    parser.add_argument("--version", action="version", version=f"cmtwin {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for name in _VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def full_errors() -> bool:
+    return os.environ.get("CMTWIN_FULL_ERROR", "") not in ("", "0")
+
+
+def report_error(exc: BaseException) -> None:
+    """One paragraph on stderr, no traceback."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, soft_wrap=True, highlight=False).print(Text.assemble(("error: ", "bold red"), str(exc)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except CmtwinError as exc:
+        if full_errors():
+            raise
+        report_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for an internal error
+        if full_errors():
+            raise
+        report_error(
+            RuntimeError(
+                f"internal error ({type(exc).__name__}: {exc}). This is a bug in cmtwin; "
+                "rerun with CMTWIN_FULL_ERROR=1 for the traceback and report it."
+            )
+        )
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
