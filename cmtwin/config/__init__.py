@@ -1,0 +1,1 @@
+"""Config composition (Hydra), validation (pydantic) and identity (hash)."""

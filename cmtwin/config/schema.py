@@ -1,0 +1,246 @@
+"""The validated spec: the composed Hydra config as one frozen pydantic model.
+
+Hydra composes (cmtwin/config/compose.py); this module validates. Parallel-degree checks put the
+arithmetic in the message, e.g. `decode.ep (320) != ...`. Units: a *device* is the accelerator package
+(an NPU = 2 dies; a GPU), a *rank* is a die; `ep` and `tp` count ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from cmtwin.config.base import Frozen
+from cmtwin.model.arch import ModelSpec
+from cmtwin.model.precision import PRECISIONS, Precision, PrecisionName
+from cmtwin.twin.hardware import HardwareProfile
+
+
+class DeploymentInfo(Frozen):
+    """Which deployment overlay was selected."""
+
+    name: str | None = None
+    """The deployment's name (its file under conf/deployment/); null when none was selected."""
+    description: str = ""
+    """One line on what the deployment is and where it comes from."""
+
+
+class TopologyRef(Frozen):
+    """Which topology file to build, with parameter overrides."""
+
+    name: str = Field(min_length=1)
+    """Name of this topology option."""
+    file: str = Field(min_length=1)
+    """Topology file under topologies/ (stem) or a path inside the working directory."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Overrides merged onto the file's top-level keys before validation (e.g. nodes: 22)."""
+
+
+class Serving(Frozen):
+    """How prefill and decode share devices."""
+
+    mode: Literal["disagg", "agg"] = "disagg"
+    """disagg: separate prefill and decode pools; agg: one pool serves both (chunked prefill in decode steps)."""
+
+
+class PrefillSpec(Frozen):
+    """The prefill pool: `instances` replicas of `devices_per_instance` devices."""
+
+    instances: int = Field(ge=0)
+    """Prefill instances (0 = no prefill pool)."""
+    devices_per_instance: int = Field(ge=1)
+    """Devices (packages) per instance."""
+    ep: int = Field(ge=1)
+    """Expert-parallel ranks (dies) per instance."""
+    tp: int = Field(default=1, ge=1)
+    """Tensor-parallel degree (dies) of the attention's head-parallel stage."""
+    redundant_experts: int = Field(default=0, ge=0)
+    """Extra routed-expert replicas placed for load balancing."""
+    dedicated_shared_ranks: int = Field(default=0, ge=0)
+    """Ranks holding only a shared-expert replica (0 = the shared expert is colocated on every rank)."""
+    tokens_per_device: int = Field(ge=1)
+    """Tokens per device in one forward (the prefill batch)."""
+    microbatches: int = Field(default=2, ge=1, le=2)
+    """2 = overlap compute with dispatch/combine across two microbatches; 1 = off."""
+
+
+class DecodeSpec(Frozen):
+    """The decode pool: one instance of `devices` devices, data-parallel attention, expert-parallel MoE."""
+
+    devices: int = Field(ge=0)
+    """Devices (packages) in the decode instance (0 = no decode pool)."""
+    ep: int = Field(ge=1)
+    """Expert-parallel ranks (dies)."""
+    redundant_experts: int = Field(default=0, ge=0)
+    """Extra routed-expert replicas placed for load balancing."""
+    dedicated_shared_ranks: int = Field(default=0, ge=0)
+    """Ranks holding only a shared-expert replica (0 = colocated on every rank)."""
+    batch_per_device: int = Field(ge=1)
+    """Concurrent requests per device (split evenly over its dies)."""
+    microbatches: int = Field(default=2, ge=1, le=2)
+    """2 = two microbatches interleaved on two streams with split cores; 1 = off."""
+    max_tokens_per_rank: int | None = Field(default=None, ge=1)
+    """Dispatch/combine buffer depth per peer; default: batch per die x tokens per step."""
+
+
+class CachingSpec(Frozen):
+    """The caching pool (EMS) over the nodes' host DRAM."""
+
+    enabled: bool = False
+    """Whether a caching pool is part of the deployment."""
+    dram_fraction: float = Field(default=0.5, gt=0, le=1)
+    """Share of each host CPU's DRAM given to the pool."""
+    block_tokens: int = Field(default=256, ge=128, le=512)
+    """Tokens per KV block (prefix-hash granularity)."""
+    ssd_tb_per_node: float = Field(default=0.0, ge=0)
+    """SSD tier below DRAM per node, in TB."""
+
+
+class MTPSpec(Frozen):
+    """Multi-token prediction used as speculative decoding."""
+
+    draft_tokens: int = Field(default=0, ge=0, le=4)
+    """Draft tokens per step (0 = off)."""
+    acceptance: float = Field(default=0.7, ge=0, le=1)
+    """Probability that each draft token is accepted (user input; the paper assumes 0.7)."""
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Expected tokens per step: (1 - a^(k+1)) / (1 - a) for k drafts at acceptance a."""
+        a, k = self.acceptance, self.draft_tokens
+        if k == 0:
+            return 1.0
+        if a >= 1.0:
+            return float(k + 1)
+        return (1 - a ** (k + 1)) / (1 - a)
+
+
+class PlacementSpec(Frozen):
+    """How experts are placed and how evenly the routed load falls on them."""
+
+    balance: Literal["default", "perfect"] = "default"
+    """perfect: every expert gets the same load; default: the published expert-load skew, relieved by replicas."""
+    first_node: int = Field(default=0, ge=0)
+    """First node of the topology the deployment occupies."""
+
+
+class MemorySpec(Frozen):
+    """Per-die memory budget settings."""
+
+    reserve_gb_per_die: float = Field(default=3.0, ge=0)
+    """Runtime, workspace and fragmentation reserve per die, GiB."""
+    activation_tokens: int | None = Field(default=None, ge=1)
+    """Tokens whose activations must fit at once (default: the phase's tokens per die per forward)."""
+
+
+class WorkloadSpec(Frozen):
+    """Request shape."""
+
+    name: str = "custom"
+    """Workload name."""
+    prompt_len: int = Field(ge=1)
+    """Prompt tokens per request."""
+    output_len: int = Field(ge=1)
+    """Output tokens per request."""
+    kv_len: int | None = Field(default=None, ge=1)
+    """KV length a decode step attends to (default: prompt + output / 2)."""
+    prefix_share: float = Field(default=0.0, ge=0, le=1)
+    """Fraction of prompt tokens shared with earlier requests (prefix reuse)."""
+
+    @property
+    def decode_kv_len(self) -> int:
+        return self.kv_len if self.kv_len is not None else self.prompt_len + self.output_len // 2
+
+
+class SloSpec(Frozen):
+    """Latency targets; when set the twin searches the largest batch that meets them."""
+
+    tpot_ms: float | None = Field(default=None, gt=0)
+    """Time per output token target, ms."""
+    ttft_ms: float | None = Field(default=None, gt=0)
+    """Time to first token target, ms."""
+
+
+class StoreSpec(Frozen):
+    """Where runs are recorded."""
+
+    url: str = Field(min_length=1)
+    """SQLAlchemy URL (sqlite:///cmtwin.db by default; CMTWIN_DB_URL overrides)."""
+
+
+class Spec(Frozen):
+    """Everything a verb needs, validated."""
+
+    hardware: HardwareProfile
+    """The accelerator profile."""
+    host: HardwareProfile | None = None
+    """The host CPU profile (its DRAM backs the caching pool); null for none."""
+    topology: TopologyRef
+    """The fabric."""
+    model: ModelSpec
+    """The served model."""
+    deployment: DeploymentInfo
+    """The selected deployment overlay."""
+    serving: Serving = Serving()
+    """Disaggregated or aggregated serving."""
+    precision: PrecisionName = "bf16"
+    """int8 (W8A8), fp8 or bf16; expands per operator class (cmtwin/model/precision.py)."""
+    prefill: PrefillSpec
+    """The prefill pool."""
+    decode: DecodeSpec
+    """The decode pool."""
+    caching: CachingSpec = CachingSpec()
+    """The caching pool."""
+    mtp: MTPSpec = MTPSpec()
+    """Multi-token prediction."""
+    placement: PlacementSpec = PlacementSpec()
+    """Expert placement and load balance."""
+    memory: MemorySpec = MemorySpec()
+    """Per-die memory budget settings."""
+    workload: WorkloadSpec
+    """Request shape."""
+    slo: SloSpec = SloSpec()
+    """Latency targets."""
+    store: StoreSpec
+    """The run store."""
+
+    @property
+    def prec(self) -> Precision:
+        return PRECISIONS[self.precision]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        errors: list[str] = []
+        dies = self.hardware.dies
+        p = self.prefill
+        if p.instances:
+            ranks = p.devices_per_instance * dies
+            if p.ep > ranks:
+                errors.append(f"prefill.ep ({p.ep}) > ranks per instance: devices_per_instance "
+                              f"({p.devices_per_instance}) x dies per device ({dies}) = {ranks}")
+            elif ranks % p.ep:
+                errors.append(f"prefill.ep ({p.ep}) must divide the ranks per instance ({ranks})")
+            if p.tp > ranks or ranks % p.tp:
+                errors.append(f"prefill.tp ({p.tp}) must divide the ranks per instance ({ranks})")
+        d = self.decode
+        if d.devices:
+            ranks = d.devices * dies
+            if d.ep > ranks or ranks % d.ep:
+                errors.append(f"decode.ep ({d.ep}) must divide the decode ranks: devices ({d.devices}) x dies "
+                              f"per device ({dies}) = {ranks}")
+            if d.batch_per_device % dies:
+                errors.append(f"decode.batch_per_device ({d.batch_per_device}) must split evenly over the "
+                              f"{dies} dies of a device")
+        if self.mtp.draft_tokens and self.model.mtp_layers == 0:
+            errors.append(f"mtp.draft_tokens ({self.mtp.draft_tokens}) needs a model with MTP layers; "
+                          f"{self.model.name} has none (set mtp.draft_tokens=0)")
+        for dtype in {self.prec.gemm, self.prec.attention}:
+            if not self.hardware.supports(dtype):
+                errors.append(f"precision={self.precision} needs {dtype} but {self.hardware.name} supports "
+                              f"{sorted(self.hardware.die.peak_tflops)} (choose precision=int8 or bf16)")
+        if self.caching.enabled and self.host is None:
+            errors.append("caching.enabled is true but no host CPU profile is selected (hardware@host=...)")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self

@@ -1,0 +1,51 @@
+"""Precision presets: one `precision` key expands to a dtype per operator class.
+
+CloudMatrix-Infer (paper v2 §4.5) runs W8A8 INT8 GEMMs with INT8 token dispatch and BF16 combine, MLA and
+KV cache; DeepSeek's H800 serving (gpu_oplevel.md) runs FP8 GEMMs and dispatch with BF16 MLA and combine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+PrecisionName = Literal["int8", "fp8", "bf16"]
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The dtype of each operator class under one preset."""
+
+    name: str
+    gemm: str  # linear layers: weights and activations (W8A8 / FP8 / BF16)
+    attention: str  # the attention core (scores, softmax, PV)
+    kv_cache: str
+    dispatch: str  # tokens sent to experts
+    combine: str  # expert outputs sent back
+    embedding: str  # embedding table and LM head weights
+
+    def message_bytes(self, kind: Literal["dispatch", "combine"], hidden: int) -> int:
+        """Bytes per token of one dispatch or combine message, scales included.
+
+        INT8: hidden int8 values plus an aligned 512-byte slot for the per-token scale (7.5 KB at hidden 7168,
+        paper v2 §4.2.2). FP8: hidden bytes plus one fp32 scale per 128-value block (DeepEP). BF16: 2 x hidden.
+        """
+        dtype = self.dispatch if kind == "dispatch" else self.combine
+        base = hidden * BYTES[dtype]
+        if dtype == "int8":
+            return base + 512
+        if dtype == "fp8":
+            return base + 4 * ((hidden + 127) // 128)
+        return base
+
+
+PRECISIONS: dict[str, Precision] = {
+    "int8": Precision("int8", gemm="int8", attention="bf16", kv_cache="bf16", dispatch="int8",
+                      combine="bf16", embedding="bf16"),
+    "fp8": Precision("fp8", gemm="fp8", attention="bf16", kv_cache="bf16", dispatch="fp8",
+                     combine="bf16", embedding="bf16"),
+    "bf16": Precision("bf16", gemm="bf16", attention="bf16", kv_cache="bf16", dispatch="bf16",
+                      combine="bf16", embedding="bf16"),
+}

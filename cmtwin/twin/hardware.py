@@ -1,0 +1,132 @@
+"""Hardware profiles (conf/hardware/*.yaml): peaks, capacities and efficiencies, every constant with its source.
+
+A profile describes one *die* (the rank unit: half an Ascend 910C package, a whole GPU) and how many dies
+make the accelerator *device* (the package). Rule 1 of the twin: every number names where it comes from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from cmtwin.config.base import Frozen
+
+Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
+
+
+class Sourced(Frozen):
+    """A constant and where it comes from (a datasheet, an operator table in shared/reference, or calibrate)."""
+
+    value: float
+    """The number, in the unit its key names."""
+    source: str = Field(min_length=3)
+    """Where the number comes from: a datasheet, a paper's table, `cmtwin calibrate <date, device>`, or an
+    explicit 'assumption: ...' with its reasoning."""
+
+
+class Curve(Frozen):
+    """An efficiency that depends on a shape coordinate, interpolated piecewise-linearly in log2(x)."""
+
+    x: Literal["tokens", "kv_len", "bytes"] = "tokens"
+    """The shape coordinate the curve is indexed by."""
+    points: tuple[tuple[float, float], ...] = Field(min_length=1)
+    """(x, efficiency) pairs with x ascending; efficiency in (0, 1]."""
+    source: str = Field(min_length=3)
+    """Where the points come from."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Curve:
+        xs = [p[0] for p in self.points]
+        if xs != sorted(xs) or len(set(xs)) != len(xs):
+            raise ValueError(f"curve x values must be strictly ascending, got {xs}")
+        for x, eff in self.points:
+            if x <= 0 or not 0 < eff <= 1.0:
+                raise ValueError(f"curve point ({x}, {eff}): x must be > 0 and efficiency in (0, 1]")
+        return self
+
+    def at(self, x: float) -> float:
+        """The efficiency at x (clamped at the ends)."""
+        import math
+
+        pts = self.points
+        if x <= pts[0][0]:
+            return pts[0][1]
+        if x >= pts[-1][0]:
+            return pts[-1][1]
+        lx = math.log2(x)
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            if x <= x1:
+                f = (lx - math.log2(x0)) / (math.log2(x1) - math.log2(x0))
+                return y0 + f * (y1 - y0)
+        return pts[-1][1]  # pragma: no cover - unreachable
+
+
+class Efficiency(Frozen):
+    """Achievable fractions of the compute peak and of memory bandwidth for one operator class."""
+
+    compute: Sourced | Curve | None = None
+    """Fraction of the dtype's dense peak reached when compute-bound."""
+    memory: Sourced | Curve | None = None
+    """Fraction of memory bandwidth reached when memory-bound."""
+    overhead_us: Sourced | None = None
+    """Fixed time per call beyond the roofline (launch, sync, tail), if it differs from the profile's."""
+
+
+class DieSpec(Frozen):
+    """The figures of one die."""
+
+    cube_cores: Sourced
+    """Matrix cores (Ascend AIC; on a GPU, SMs)."""
+    vector_cores: Sourced
+    """Vector cores (Ascend AIV; on a GPU, SMs; on a CPU, cores)."""
+    memory_gib: Sourced
+    """Device memory (HBM) capacity in GiB."""
+    memory_bandwidth_GB_per_s: Sourced
+    """Peak device-memory bandwidth in GB/s (1e9 bytes per second)."""
+    peak_tflops: dict[Dtype, Sourced] = Field(min_length=1)
+    """Dense peak in TFLOPS (TOPS for int8) by dtype; a dtype absent here is unsupported."""
+
+
+class HardwareProfile(Frozen):
+    """One accelerator (or host CPU) kind."""
+
+    name: str = Field(min_length=1)
+    """Profile name, the file's stem."""
+    kind: Literal["npu", "gpu", "cpu"]
+    """Accelerator family."""
+    dies_per_device: Sourced
+    """Dies per package: a device (NPU, GPU) is the package, a rank is a die."""
+    die: DieSpec
+    """Per-die figures."""
+    launch_overhead_us: Sourced
+    """Fixed cost per operator launch in microseconds."""
+    efficiency: dict[str, Efficiency] = Field(default_factory=dict)
+    """Efficiency by operator class (gemm, grouped_gemm, attention_decode, attention_prefill, elementwise...)."""
+    collectives: dict[str, dict[str, Sourced]] = Field(default_factory=dict)
+    """Collective-kernel calibration by kind (dispatch, combine, ...): fixed time and link efficiency."""
+
+    @model_validator(mode="after")
+    def _integral_dies(self) -> HardwareProfile:
+        d = self.dies_per_device.value
+        if d < 1 or d != int(d):
+            raise ValueError(f"dies_per_device must be a positive integer, got {d}")
+        return self
+
+    @property
+    def dies(self) -> int:
+        return int(self.dies_per_device.value)
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.die.memory_gib.value * 2**30
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak in FLOP/s for dtype; raises KeyError naming the supported ones."""
+        try:
+            return self.die.peak_tflops[dtype].value * 1e12  # type: ignore[index]
+        except KeyError:
+            raise KeyError(f"{self.name} has no {dtype} peak (supported: {sorted(self.die.peak_tflops)})") from None
+
+    def supports(self, dtype: str) -> bool:
+        return dtype in self.die.peak_tflops
