@@ -1,0 +1,323 @@
+"""Verbs over the run store: `cmtwin query`, `cmtwin runs ls|show|diff`, `cmtwin db upgrade|current`.
+
+Handlers import sqlalchemy, rich and the store lazily, so building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cmtwin.errors import StoreError
+
+_DB_HELP = "database URL (default: $CMTWIN_DB_URL, else sqlite:///cmtwin.db in the current directory)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the store verbs to the `cmtwin` parser."""
+    q = subparsers.add_parser(
+        "query",
+        help="read-only SQL over the run history",
+        description="Run ONE read-only query (SELECT, WITH, VALUES or EXPLAIN) on the run store. "
+        "Tables: runs, plans, predictions, metrics, samples, artifacts, timeline.",
+        epilog='Example: cmtwin query "SELECT name, value FROM metrics WHERE run_id = 3"',
+    )
+    q.add_argument("sql", help="the query")
+    q.add_argument("--db", metavar="URL", help=_DB_HELP)
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
+    q.add_argument("--timeout", type=float, default=10.0, metavar="S", help="stop the query after S seconds (10)")
+    q.add_argument("--max-rows", type=int, default=10000, metavar="N", help="print at most N rows (10000)")
+    q.set_defaults(func=cmd_query)
+
+    runs = subparsers.add_parser("runs", help="list, show and compare recorded runs")
+    runs_sub = runs.add_subparsers(dest="runs_action", metavar="ACTION")
+    runs_sub.required = True
+    ls = runs_sub.add_parser("ls", help="the newest runs first")
+    ls.add_argument("--db", metavar="URL", help=_DB_HELP)
+    ls.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (50)")
+    ls.add_argument("--verb", metavar="V", help="only runs of this verb (plan, simulate...)")
+    ls.add_argument("--status", choices=("running", "ok", "failed", "interrupted", "cancelled"))
+    ls.add_argument("--format", choices=("table", "json"), default="table")
+    ls.set_defaults(func=cmd_runs_ls)
+    show = runs_sub.add_parser("show", help="everything stored about one run")
+    show.add_argument("run", metavar="RUN", help="a run id, or 'last'")
+    show.add_argument("--db", metavar="URL", help=_DB_HELP)
+    show.add_argument("--format", choices=("table", "json"), default="table")
+    show.set_defaults(func=cmd_runs_show)
+    diff = runs_sub.add_parser("diff", help="config keys and metrics that differ between two runs")
+    diff.add_argument("a", metavar="A", help="a run id, or 'last'")
+    diff.add_argument("b", metavar="B", help="a run id, or 'last'")
+    diff.add_argument("--db", metavar="URL", help=_DB_HELP)
+    diff.add_argument("--format", choices=("table", "json"), default="table")
+    diff.set_defaults(func=cmd_runs_diff)
+
+    db = subparsers.add_parser("db", help="the run store's schema")
+    db_sub = db.add_subparsers(dest="db_action", metavar="ACTION")
+    db_sub.required = True
+    up = db_sub.add_parser("upgrade", help="back up (SQLite) and upgrade the schema to this cmtwin's head")
+    up.add_argument("--db", metavar="URL", help=_DB_HELP)
+    up.set_defaults(func=cmd_db_upgrade)
+    cur = db_sub.add_parser("current", help="the schema revision of the store")
+    cur.add_argument("--db", metavar="URL", help=_DB_HELP)
+    cur.set_defaults(func=cmd_db_current)
+
+
+def _jsonable(value: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+    from datetime import date, datetime
+    from decimal import Decimal
+
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    if is_dataclass(value):
+        return asdict(value)
+    return str(value)
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, default=_jsonable, indent=2)
+    sys.stdout.write("\n")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _when(value: Any) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f} s"
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """`cmtwin query SQL`: print the rows of one read-only query."""
+    import csv
+
+    from cmtwin.store.query import run_readonly_query
+
+    if args.timeout <= 0 or args.max_rows <= 0:
+        raise StoreError(
+            f"--timeout ({args.timeout}) and --max-rows ({args.max_rows}) must be positive; e.g. --timeout 10"
+        )
+    result = run_readonly_query(args.db, args.sql, timeout_s=args.timeout, max_rows=args.max_rows)
+    if args.format == "json":
+        _print_json([dict(zip(result.columns, row)) for row in result.rows])
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    else:
+        from rich.table import Table
+
+        table = Table(*result.columns, show_edge=False)
+        for row in result.rows:
+            table.add_row(*(_cell(v) for v in row))
+        console = _console()
+        console.print(table)
+        console.print(f"{len(result.rows)} row(s)", style="dim")
+    if result.truncated:
+        print(f"note: only the first {args.max_rows} rows are shown; pass --max-rows or narrow the query",
+              file=sys.stderr)
+    return 0
+
+
+def _run_id(store: Any, text: str) -> int:
+    from cmtwin.store.repo import list_runs
+
+    if text == "last":
+        latest = list_runs(store, limit=1)
+        if not latest:
+            raise StoreError("there are no runs yet; record one, e.g. `cmtwin plan +deployment=r1_ep320`")
+        return latest[0].id
+    try:
+        return int(text)
+    except ValueError:
+        raise StoreError(f"RUN must be a run id or 'last', not {text!r}; `cmtwin runs ls` lists the runs") from None
+
+
+def _metrics_text(metrics: dict[str, float], limit: int = 3) -> str:
+    shown = [f"{name}={value:.4g}" for name, value in list(metrics.items())[:limit]]
+    if len(metrics) > limit:
+        shown.append(f"(+{len(metrics) - limit})")
+    return " ".join(shown)
+
+
+def cmd_runs_ls(args: argparse.Namespace) -> int:
+    """`cmtwin runs ls`: the newest runs with their key metrics."""
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import list_runs
+
+    runs = list_runs(open_store(args.db, create=False), limit=args.limit, verb=args.verb, status=args.status)
+    if args.format == "json":
+        _print_json(runs)
+        return 0
+    from rich.table import Table
+
+    table = Table("id", "verb", "deployment", "status", "started (UTC)", "duration", "plan", "metrics",
+                  show_edge=False)
+    styles = {"ok": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "cancelled": "yellow"}
+    for r in runs:
+        table.add_row(
+            str(r.id), r.verb, r.deployment or "", f"[{styles[r.status]}]{r.status}[/]", _when(r.started_at),
+            _seconds(r.duration_s), (r.plan_hash or "")[:12], _metrics_text(r.metrics),
+        )
+    console = _console()
+    console.print(table if runs else "no runs recorded yet")
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    """`cmtwin runs show RUN`: one run's fields, overrides, metrics and artifacts (all of it with --format json)."""
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_run
+
+    store = open_store(args.db, create=False)
+    run = get_run(store, _run_id(store, args.run))
+    if args.format == "json":
+        _print_json(run)
+        return 0
+    from rich.table import Table
+
+    fields = Table(show_header=False, show_edge=False, box=None)
+    for name, value in (
+        ("run", run.id), ("verb", run.verb), ("deployment", run.deployment), ("status", run.status),
+        ("message", run.message), ("started (UTC)", _when(run.started_at)),
+        ("finished (UTC)", _when(run.finished_at)), ("duration", _seconds(run.duration_s)),
+        ("plan hash", run.plan_hash), ("overrides", " ".join(run.overrides)),
+        ("software", f"cmtwin {run.software_version}"), ("host / pid", f"{run.host} / {run.pid}"),
+        ("output dir", run.output_dir),
+        ("plan", "stored" if run.plan is not None else "none"),
+        ("prediction", "stored" if run.prediction is not None else "none"),
+    ):
+        fields.add_row(f"[bold]{name}[/]", _cell(value) if value not in (None, "") else "")
+    console = _console()
+    console.print(fields)
+    if run.metrics:
+        metrics = Table(show_edge=False)
+        metrics.add_column("metric", no_wrap=True)
+        metrics.add_column("value", justify="right")
+        for name, value in run.metrics.items():
+            metrics.add_row(name, _cell(value))
+        console.print(metrics)
+    for artifact in run.artifacts:
+        console.print(f"{artifact.kind}: {artifact.path}")
+    return 0
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted.key: leaf}; lists are leaves."""
+    if not isinstance(value, dict):
+        return {prefix: value} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+_MISSING = "<absent>"
+
+
+def cmd_runs_diff(args: argparse.Namespace) -> int:
+    """`cmtwin runs diff A B`: config keys (dotted) and metrics whose values differ between two runs."""
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_run
+
+    store = open_store(args.db, create=False)
+    a, b = (get_run(store, _run_id(store, x)) for x in (args.a, args.b))
+    left = {"verb": a.verb, "deployment": a.deployment, "plan_hash": a.plan_hash, "overrides": a.overrides,
+            **flatten(a.config or {}, "config")}
+    right = {"verb": b.verb, "deployment": b.deployment, "plan_hash": b.plan_hash, "overrides": b.overrides,
+             **flatten(b.config or {}, "config")}
+    config = [
+        (key, left.get(key, _MISSING), right.get(key, _MISSING))
+        for key in sorted(left.keys() | right.keys())
+        if left.get(key, _MISSING) != right.get(key, _MISSING)
+    ]
+    metrics = []
+    for name in sorted(a.metrics.keys() | b.metrics.keys()):
+        va, vb = a.metrics.get(name), b.metrics.get(name)
+        if va != vb:
+            delta = vb - va if va is not None and vb is not None else None
+            ratio = vb / va if delta is not None and va != 0 else None
+            metrics.append((name, va, vb, delta, ratio))
+    if args.format == "json":
+        _print_json({
+            "a": a.id, "b": b.id,
+            "config": [{"key": k, "a": va, "b": vb} for k, va, vb in config],
+            "metrics": [{"name": n, "a": va, "b": vb, "delta": d, "ratio": r} for n, va, vb, d, r in metrics],
+        })
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    if not config and not metrics:
+        console.print(f"runs {a.id} and {b.id} have the same config and metrics")
+        return 0
+    if config:
+        table = Table(show_edge=False)
+        table.add_column("key", no_wrap=True)
+        table.add_column(f"run {a.id}")
+        table.add_column(f"run {b.id}")
+        for key, va, vb in config:
+            table.add_row(key, _cell(va), _cell(vb))
+        console.print(table)
+    if metrics:
+        table = Table(show_edge=False)
+        table.add_column("metric", no_wrap=True)
+        for header in (f"run {a.id}", f"run {b.id}", "B - A", "B / A"):
+            table.add_column(header, justify="right")
+        for name, va, vb, delta, ratio in metrics:
+            table.add_row(name, _cell(va), _cell(vb), _cell(delta), "" if ratio is None else f"{ratio:.3f}x")
+        console.print(table)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """`cmtwin db upgrade`: back up (SQLite) and upgrade the store's schema to head."""
+    from cmtwin.store.engine import display_url, normalize_url, resolve_url, upgrade_store
+
+    where = display_url(normalize_url(resolve_url(args.db)))
+    result = upgrade_store(args.db)
+    if result.from_revision == result.to_revision:
+        print(f"{where} is already at schema revision {result.to_revision} (head)")
+        return 0
+    print(f"upgraded {where} from schema revision {result.from_revision or 'none'} to {result.to_revision}")
+    if result.backup is not None:
+        print(f"backup: {result.backup}")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    """`cmtwin db current`: the store's schema revision and how it compares with this cmtwin's head."""
+    from cmtwin.store.engine import HEAD_REVISION, current_revision, display_url, normalize_url, resolve_url
+
+    where = display_url(normalize_url(resolve_url(args.db)))
+    state, revision = current_revision(args.db)
+    explain = {
+        "missing": "no database yet; the first recorded run creates it",
+        "empty": "empty database; the first recorded run creates the schema",
+        "unmanaged": "has tables but no alembic_version: not a cmtwin store",
+        "head": "up to date",
+        "older": "older than this cmtwin; run `cmtwin db upgrade`",
+        "newer": "newer than this cmtwin; upgrade cmtwin: pip install -U cmtwin",
+    }[state]
+    print(f"{where}: schema revision {revision or 'none'} (head {HEAD_REVISION}): {explain}")
+    return 0
