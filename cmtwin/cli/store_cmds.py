@@ -156,8 +156,8 @@ def _run_id(store: Any, text: str) -> int:
 def _metrics_text(metrics: dict[str, float], limit: int = 3) -> str:
     shown = [f"{name}={value:.4g}" for name, value in list(metrics.items())[:limit]]
     if len(metrics) > limit:
-        shown.append(f"(+{len(metrics) - limit})")
-    return " ".join(shown)
+        shown.append(f"(+{len(metrics) - limit} more)")
+    return "\n".join(shown)
 
 
 def cmd_runs_ls(args: argparse.Namespace) -> int:
@@ -171,13 +171,15 @@ def cmd_runs_ls(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table("id", "verb", "deployment", "status", "started (UTC)", "duration", "plan", "metrics",
-                  show_edge=False)
+    table = Table(show_edge=False)
+    for header in ("id", "verb", "deployment", "status", "started (UTC)", "duration"):
+        table.add_column(header, no_wrap=header in ("id", "status"))
+    table.add_column("metrics", overflow="fold", ratio=1)
     styles = {"ok": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "cancelled": "yellow"}
     for r in runs:
         table.add_row(
-            str(r.id), r.verb, r.deployment or "", f"[{styles[r.status]}]{r.status}[/]", _when(r.started_at),
-            _seconds(r.duration_s), (r.plan_hash or "")[:12], _metrics_text(r.metrics),
+            str(r.id), r.verb, r.deployment or "", f"[{styles[r.status]}]{r.status}[/]",
+            r.started_at.strftime("%Y-%m-%d %H:%M"), _seconds(r.duration_s), _metrics_text(r.metrics),
         )
     console = _console()
     console.print(table if runs else "no runs recorded yet")
@@ -242,10 +244,11 @@ def cmd_runs_diff(args: argparse.Namespace) -> int:
 
     store = open_store(args.db, create=False)
     a, b = (get_run(store, _run_id(store, x)) for x in (args.a, args.b))
-    left = {"verb": a.verb, "deployment": a.deployment, "plan_hash": a.plan_hash, "overrides": a.overrides,
-            **flatten(a.config or {}, "config")}
-    right = {"verb": b.verb, "deployment": b.deployment, "plan_hash": b.plan_hash, "overrides": b.overrides,
-             **flatten(b.config or {}, "config")}
+    left, right = (
+        {"verb": r.verb, "deployment": r.deployment, "plan_hash": r.plan_hash, "overrides": " ".join(r.overrides),
+         **flatten(r.config or {}, "config")}
+        for r in (a, b)
+    )
     config = [
         (key, left.get(key, _MISSING), right.get(key, _MISSING))
         for key in sorted(left.keys() | right.keys())
@@ -274,8 +277,8 @@ def cmd_runs_diff(args: argparse.Namespace) -> int:
     if config:
         table = Table(show_edge=False)
         table.add_column("key", no_wrap=True)
-        table.add_column(f"run {a.id}")
-        table.add_column(f"run {b.id}")
+        table.add_column(f"run {a.id}", overflow="fold")
+        table.add_column(f"run {b.id}", overflow="fold")
         for key, va, vb in config:
             table.add_row(key, _cell(va), _cell(vb))
         console.print(table)
