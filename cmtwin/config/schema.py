@@ -121,6 +121,9 @@ class PlacementSpec(Frozen):
 
     balance: Literal["default", "perfect"] = "default"
     """perfect: every expert gets the same load; default: the published expert-load skew, relieved by replicas."""
+    expert_load_cv: float = Field(default=0.0, ge=0, le=3)
+    """Coefficient of variation of per-expert routed load (popularity skew) under `default` balance; a user
+    input measured on your traffic (0 = equal popularity; finite-batch routing noise is always modelled)."""
     first_node: int = Field(default=0, ge=0)
     """First node of the topology the deployment occupies."""
 

@@ -1,0 +1,1 @@
+"""Deployment -> Plan: roles, ranks, expert placement and per-die memory."""

@@ -88,6 +88,30 @@ class DieSpec(Frozen):
     """Dense peak in TFLOPS (TOPS for int8) by dtype; a dtype absent here is unsupported."""
 
 
+class StreamCores(Frozen):
+    """The cores one microbatch stream gets when two microbatches run on split cores."""
+
+    cube_cores: int = Field(ge=0)
+    """Matrix cores given to the stream."""
+    vector_cores: int = Field(ge=0)
+    """Vector cores given to the stream."""
+
+
+class Microbatching(Frozen):
+    """How two microbatches overlap on this hardware."""
+
+    mode: Literal["split_cores", "overlap_comm"]
+    """split_cores: the attention stream and the MoE stream (gate, dispatch, experts, combine) run at once on
+    disjoint core sets (CloudMatrix-Infer); overlap_comm: computation uses all cores and communication of one
+    microbatch hides behind computation of the other (DeepSeek's two-microbatch overlap with DeepEP)."""
+    attention: StreamCores | None = None
+    """split_cores: the attention stream's cores."""
+    moe: StreamCores | None = None
+    """split_cores: the MoE stream's cores."""
+    source: str = Field(min_length=3)
+    """Where the split comes from."""
+
+
 class HardwareProfile(Frozen):
     """One accelerator (or host CPU) kind."""
 
@@ -104,7 +128,9 @@ class HardwareProfile(Frozen):
     efficiency: dict[str, Efficiency] = Field(default_factory=dict)
     """Efficiency by operator class (gemm, grouped_gemm, attention_decode, attention_prefill, elementwise...)."""
     collectives: dict[str, dict[str, Sourced]] = Field(default_factory=dict)
-    """Collective-kernel calibration by kind (dispatch, combine, ...): fixed time and link efficiency."""
+    """Collective-kernel calibration by kind (dispatch, combine, p2p): fixed_us and efficiency_<plane>."""
+    microbatching: Microbatching | None = None
+    """How two microbatches overlap; null: no overlap is modelled (microbatches=2 behaves as 1)."""
 
     @model_validator(mode="after")
     def _integral_dies(self) -> HardwareProfile:

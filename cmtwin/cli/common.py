@@ -1,0 +1,36 @@
+"""Helpers shared by the verbs: output format flags, the console, JSON printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                   help="Hydra overrides: key=value, +group=option (e.g. +deployment=r1_ep320), ~key")
+
+
+def add_format(p: argparse.ArgumentParser, choices=("table", "json")) -> None:
+    p.add_argument("--format", choices=choices, default=choices[0], help="output format (default: %(default)s)")
+
+
+def add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="URL", default=None,
+                   help="SQLAlchemy URL of the run store (default: CMTWIN_DB_URL, else store.url, else sqlite:///cmtwin.db)")
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def gib(x: float) -> str:
+    return f"{x:,.2f}"

@@ -1,0 +1,34 @@
+"""`cmtwin export topology`: the fabric graph as GraphML or node-link JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a topology graph (and later traces)")
+    what = p.add_subparsers(dest="export_what", metavar="topology")
+    what.required = True
+    t = what.add_parser("topology", help="write the topology graph as GraphML or JSON")
+    t.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides selecting the topology")
+    t.add_argument("--format", choices=("graphml", "json"), default="json")
+    t.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    t.set_defaults(func=_topology)
+
+
+def _topology(args) -> int:
+    from cmtwin.config.compose import load_spec
+    from cmtwin.topology.export import export_topology
+    from cmtwin.planner.plan import fabric_for
+
+    spec, _ = load_spec(args.overrides, require_deployment=False)
+    text = export_topology(fabric_for(spec), args.format)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out} ({spec.topology.name}, {args.format})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,66 @@
+"""`cmtwin plan`: compose + validate -> compile -> predict -> record a run -> print."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timezone
+
+from cmtwin.cli.common import add_db, add_format, add_overrides, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="compile a deployment into a plan, predict it, record the run",
+                       description="Compile a deployment into a plan (roles, ranks, expert placement, memory per "
+                                   "die), predict its performance with the twin, and record the run.")
+    add_overrides(p)
+    add_format(p)
+    add_db(p)
+    p.add_argument("--out", metavar="FILE", help="also write the plan (and prediction) as JSON to FILE")
+    p.add_argument("--no-record", action="store_true", help="do not record the run in the store")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cmtwin.config.compose import load_spec
+    from cmtwin.planner.plan import compile_plan
+
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    spec, composed = load_spec(args.overrides)
+    plan = compile_plan(spec)
+    prediction = None
+    try:
+        from cmtwin.twin.predict import predict
+    except ImportError:  # the twin is optional while it is being built
+        predict = None
+    if predict is not None:
+        prediction = predict(spec, plan)
+    plan_dict = plan.to_dict()
+    out = {"plan_hash": plan.plan_hash, "plan": plan_dict}
+    if prediction is not None:
+        out["prediction"] = prediction.to_dict()
+    run_id = None
+    if not args.no_record:
+        from cmtwin.store.engine import open_store
+        from cmtwin.store.repo import record_run
+
+        store = open_store(args.db or spec.store.url)
+        run_id = record_run(
+            store, verb="plan", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
+            overrides=list(composed.overrides), config=composed.config, status="ok", started_at=started,
+            finished_at=datetime.now(timezone.utc), plan=plan_dict, prediction=out.get("prediction"),
+            metrics=prediction.metrics() if prediction is not None else None)
+    out = {"run_id": run_id, **out}
+    if args.out:
+        import json
+        from pathlib import Path
+
+        Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    if args.format == "json":
+        print_json(out)
+    else:
+        from cmtwin.cli.render import render_plan
+
+        render_plan(spec, plan, prediction, run_id=run_id, elapsed_s=time.perf_counter() - t0)
+    return 0

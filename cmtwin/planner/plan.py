@@ -1,0 +1,271 @@
+"""Deployment -> Plan: roles, ranks, expert placement, KV routes and memory per die.
+
+The plan is the single description every later stage reads (twin, simulator, executor, TUI). It is a
+plain, JSON-ready structure; `Plan.to_dict()` is what `--format json` prints and the store keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmtwin.config.identity import spec_hash
+from cmtwin.config.schema import Spec
+from cmtwin.errors import PlanError
+from cmtwin.planner.memory import GIB, MemoryBreakdown, die_memory
+from cmtwin.planner.placement import ExpertPlacement, place_experts
+
+
+@dataclass(frozen=True)
+class DieRole:
+    """What one die does."""
+
+    die: str  # topology node id
+    node: int
+    device: int
+    role: str  # prefill | decode
+    instance: int
+    rank: int  # rank within the instance (attention DP rank / SP rank)
+    ep_rank: int
+    tp_group: int
+    experts: tuple[int, ...]  # routed experts held (ids); empty on dedicated shared ranks
+    shared: bool  # holds a shared-expert replica
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One instance of a phase (prefill instance i, or the decode instance)."""
+
+    role: str
+    instance: int
+    devices: int
+    dies: int
+    nodes: tuple[int, ...]
+    ep: int
+    tp: int
+    dp: int  # attention data-parallel degree
+    tokens_per_die: int  # prefill: tokens per forward; decode: tokens per step (batch x verify width)
+    batch_per_die: int  # decode: requests per die; prefill: prompts per die per forward
+    placement: ExpertPlacement
+    memory: MemoryBreakdown  # of the most loaded die kind
+    memory_by_kind: dict[str, MemoryBreakdown]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "instance": self.instance,
+            "devices": self.devices,
+            "dies": self.dies,
+            "nodes": list(self.nodes),
+            "ep": self.ep,
+            "tp": self.tp,
+            "dp": self.dp,
+            "tokens_per_die": self.tokens_per_die,
+            "batch_per_die": self.batch_per_die,
+            "experts": self.placement.summary(),
+            "memory_per_die": {k: v.to_dict() for k, v in self.memory_by_kind.items()},
+        }
+
+
+@dataclass(frozen=True)
+class CachingPool:
+    """The EMS caching pool over the host CPUs' DRAM."""
+
+    nodes: int
+    cpus: int
+    capacity_bytes: float
+    block_tokens: int
+    block_bytes: int
+    blocks: int
+    ssd_tb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodes": self.nodes, "cpus": self.cpus, "capacity_tib": round(self.capacity_bytes / 2**40, 3),
+                "block_tokens": self.block_tokens, "block_mib": round(self.block_bytes / 2**20, 3),
+                "blocks": self.blocks, "ssd_tb": self.ssd_tb}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compiled deployment."""
+
+    plan_hash: str
+    deployment: str
+    model: str
+    hardware: str
+    topology: str
+    precision: str
+    devices_total: int  # devices in the topology
+    dies_per_device: int
+    pools: tuple[Pool, ...]
+    dies: tuple[DieRole, ...]
+    caching: CachingPool | None
+    kv_routes: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # prefill inst -> (first, step, count) of decode ranks
+
+    def pools_of(self, role: str) -> list[Pool]:
+        return [p for p in self.pools if p.role == role]
+
+    @property
+    def devices_used(self) -> int:
+        return sum(p.devices for p in self.pools)
+
+    def to_dict(self, *, with_dies: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "plan_hash": self.plan_hash,
+            "deployment": self.deployment,
+            "model": self.model,
+            "hardware": self.hardware,
+            "topology": self.topology,
+            "precision": self.precision,
+            "devices_total": self.devices_total,
+            "devices_used": self.devices_used,
+            "dies_per_device": self.dies_per_device,
+            "pools": [p.to_dict() for p in self.pools],
+            "caching": self.caching.to_dict() if self.caching else None,
+            "kv_routes": {str(k): {"decode_rank_first": a, "step": b, "count": c}
+                          for k, (a, b, c) in self.kv_routes.items()},
+        }
+        if with_dies:
+            d["dies"] = [
+                {"die": r.die, "role": r.role, "instance": r.instance, "rank": r.rank, "ep_rank": r.ep_rank,
+                 "tp_group": r.tp_group, "experts": list(r.experts), "shared": r.shared}
+                for r in self.dies
+            ]
+        return d
+
+
+def fabric_for(spec: Spec):
+    from cmtwin.topology.fabric import freeze_overrides, get_fabric
+
+    return get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))
+
+
+def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> None:
+    if mem.used <= mem.capacity:
+        return
+    rows = ", ".join(f"{k} {v:.2f}" for k, v in mem.rows() if v > 0.005)
+    need = mem.used / GIB
+    have = mem.capacity / GIB
+    fix = {
+        "decode": "lower decode.batch_per_device or workload.kv_len, raise decode.ep (fewer experts per die), "
+                  "or use precision=int8/fp8",
+        "prefill": "lower prefill.tokens_per_device, raise prefill.ep or prefill.tp, or use a smaller precision",
+    }[phase]
+    raise PlanError(
+        f"HBM overflow on a {phase} die ({kind}): needs {need:.2f} GiB but a {spec.hardware.name} die has "
+        f"{have:.0f} GiB. Breakdown (GiB): {rows}.", key=f"{phase}", fix=fix)
+
+
+def _pool(spec: Spec, *, role: str, instance: int, dies: list, ep: int, tp: int, redundant: int,
+          dedicated: int, tokens_per_die: int, batch_per_die: int, kv_tokens: float,
+          buffer_tokens: int) -> tuple[Pool, list[DieRole]]:
+    placement = place_experts(spec.model, phase=role, ep=ep, redundant=redundant, dedicated_shared=dedicated,
+                              balance=spec.placement.balance, load_cv=spec.placement.expert_load_cv)
+    kinds: dict[str, MemoryBreakdown] = {}
+    shared_count = spec.model.moe.shared_experts if spec.model.moe else 0
+    routed_kind = placement.routed_slots_per_rank + (shared_count if placement.shared_on_every_rank else 0)
+    kinds["routed" if spec.model.is_moe else "dense"] = die_memory(
+        spec, phase=role, experts_on_die=routed_kind, tp=tp, ep=ep, tokens_per_die=tokens_per_die,
+        kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
+    if placement.dedicated_shared_ranks:
+        kinds["shared"] = die_memory(spec, phase=role, experts_on_die=shared_count, tp=tp, ep=ep,
+                                     tokens_per_die=tokens_per_die, kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
+    for kind, mem in kinds.items():
+        _check_memory(spec, role, kind, mem)
+    roles = []
+    for r, d in enumerate(dies):
+        ep_rank = r % ep
+        experts = placement.ranks[ep_rank] if spec.model.is_moe else ()
+        roles.append(DieRole(die=d.id, node=d.node, device=d.device, role=role, instance=instance, rank=r,
+                             ep_rank=ep_rank, tp_group=r // tp, experts=experts,
+                             shared=spec.model.is_moe and shared_count > 0 and (placement.shared_on_every_rank or not experts)))
+    worst = max(kinds.values(), key=lambda m: m.used)
+    devices = len(dies) // spec.hardware.dies
+    pool = Pool(role=role, instance=instance, devices=devices, dies=len(dies),
+                nodes=tuple(sorted({d.node for d in dies})), ep=ep, tp=tp, dp=len(dies) // tp,
+                tokens_per_die=tokens_per_die, batch_per_die=batch_per_die, placement=placement, memory=worst,
+                memory_by_kind=kinds)
+    return pool, roles
+
+
+def compile_plan(spec: Spec) -> Plan:
+    """Compile a validated spec into a plan, or raise PlanError with the arithmetic."""
+    fabric = fabric_for(spec)
+    all_dies = list(fabric.dies())
+    dpd = spec.hardware.dies
+    if fabric.dies_per_device != dpd:
+        raise PlanError(
+            f"topology {spec.topology.name} has {fabric.dies_per_device} dies per device but hardware "
+            f"{spec.hardware.name} has {dpd}.", key="hardware", fix="pick a hardware profile matching the topology")
+    start = next((i for i, d in enumerate(all_dies) if d.node >= spec.placement.first_node), len(all_dies))
+    free = all_dies[start:]
+    devices_total = len(all_dies) // dpd
+    p, dcfg = spec.prefill, spec.decode
+    want = p.instances * p.devices_per_instance + dcfg.devices
+    if want == 0:
+        raise PlanError("the deployment has neither a prefill nor a decode pool.", key="decode.devices",
+                        fix="set prefill.instances and/or decode.devices")
+    if want * dpd > len(free):
+        raise PlanError(
+            f"the deployment asks for more devices than the topology has: prefill.instances ({p.instances}) x "
+            f"devices_per_instance ({p.devices_per_instance}) + decode.devices ({dcfg.devices}) = {want} devices, "
+            f"but {spec.topology.name} has {len(free) // dpd} from node {spec.placement.first_node} "
+            f"({devices_total} in all).", key="decode.devices",
+            fix="shrink the pools or use a larger topology (topology.params.nodes=...)")
+    pools: list[Pool] = []
+    roles: list[DieRole] = []
+    cursor = 0
+    k = spec.mtp.draft_tokens
+    for i in range(p.instances):
+        n = p.devices_per_instance * dpd
+        dies = free[cursor:cursor + n]
+        cursor += n
+        tpd = p.tokens_per_device // dpd
+        pool, r = _pool(spec, role="prefill", instance=i, dies=dies, ep=p.ep, tp=p.tp, redundant=p.redundant_experts,
+                        dedicated=p.dedicated_shared_ranks, tokens_per_die=tpd,
+                        batch_per_die=max(1, tpd // spec.workload.prompt_len), kv_tokens=tpd,
+                        buffer_tokens=max(1, tpd // p.microbatches))
+        pools.append(pool)
+        roles += r
+    if dcfg.devices:
+        n = dcfg.devices * dpd
+        dies = free[cursor:cursor + n]
+        cursor += n
+        batch = dcfg.batch_per_device // dpd
+        tokens = batch * (1 + k)
+        kv_tokens = batch * (spec.workload.decode_kv_len + k)
+        buffer_tokens = dcfg.max_tokens_per_rank or tokens
+        pool, r = _pool(spec, role="decode", instance=0, dies=dies, ep=dcfg.ep, tp=1,
+                        redundant=dcfg.redundant_experts, dedicated=dcfg.dedicated_shared_ranks,
+                        tokens_per_die=tokens, batch_per_die=batch, kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
+        pools.append(pool)
+        roles += r
+    caching = None
+    if spec.caching.enabled and spec.host is not None:
+        cpus = list(fabric.cpus())
+        nodes = len({c.node for c in cpus})
+        cap = len(cpus) * spec.host.memory_bytes * spec.caching.dram_fraction
+        from cmtwin.model.operators import kv_bytes_per_token
+
+        block = spec.caching.block_tokens * kv_bytes_per_token(spec.model, spec.prec)
+        caching = CachingPool(nodes=nodes, cpus=len(cpus), capacity_bytes=cap, block_tokens=spec.caching.block_tokens,
+                              block_bytes=block, blocks=int(cap // block), ssd_tb=spec.caching.ssd_tb_per_node * nodes)
+    kv_routes = {}
+    if p.instances and dcfg.devices:
+        ranks = dcfg.devices * dpd
+        for i in range(p.instances):
+            kv_routes[i] = (i, p.instances, len(range(i, ranks, p.instances)))
+    return Plan(
+        plan_hash=spec_hash(spec),
+        deployment=spec.deployment.name or "",
+        model=spec.model.name,
+        hardware=spec.hardware.name,
+        topology=spec.topology.name,
+        precision=spec.precision,
+        devices_total=devices_total,
+        dies_per_device=dpd,
+        pools=tuple(pools),
+        dies=tuple(roles),
+        caching=caching,
+        kv_routes=kv_routes,
+    )

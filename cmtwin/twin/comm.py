@@ -1,0 +1,154 @@
+"""Communication time on the topology graph (rule 4 of the twin).
+
+A collective is a set of flows. For one representative rank of a symmetric group, the bytes it sends to
+peers on its own node travel on the intra-node plane, the rest on the inter-node plane; each plane's share
+of the time is bytes / (achievable fraction x the rank's injection bandwidth on that plane), the planes run
+in parallel, and the path latency of the farthest peer is added. Link sharing beyond the rank's own links
+(node uplinks) comes from the fabric's cut figures. The achievable fractions and fixed costs of real
+kernels are calibrated on operator tables (cmtwin/twin/calibration.py) and live in the hardware profile's
+`collectives:` section, each with its source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from cmtwin.twin.hardware import HardwareProfile
+
+
+@dataclass(frozen=True)
+class CommTime:
+    """A collective's modelled time for one rank, and what bounds it."""
+
+    name: str
+    us: float
+    bytes: float
+    bound: str  # the plane/link that limits it
+
+
+@dataclass(frozen=True)
+class Planes:
+    intra: str  # plane between dies of one node
+    inter: str  # plane between nodes (scale-up domain, or scale-out)
+    scale_out: str  # plane for prefill->decode KV transfer
+
+
+def planes(fabric) -> Planes:
+    """Which planes a fabric offers: UB everywhere on CM384; NVLink inside a node and IB across on GPUs."""
+    ps = fabric.planes
+    if "ub" in ps:
+        return Planes("ub", "ub", "rdma" if "rdma" in ps else "ub")
+    if "nvlink" in ps:
+        return Planes("nvlink", "ib" if "ib" in ps else "nvlink", "ib" if "ib" in ps else "nvlink")
+    p = sorted(ps)[0]
+    return Planes(p, p, p)
+
+
+@dataclass(frozen=True)
+class GroupShape:
+    """Where a rank's peers are, for a symmetric group of dies."""
+
+    size: int
+    same_node: int  # peers on the representative rank's node (excluding itself)
+    intra_gbps: float  # representative rank's injection bandwidth, intra-node plane
+    inter_gbps: float
+    intra_latency_us: float
+    inter_latency_us: float
+    planes: Planes
+
+
+@cache
+def _group_shape_cached(fabric, die_ids: tuple[str, ...]) -> GroupShape:
+    pl = planes(fabric)
+    rep = die_ids[0]
+    node = fabric.domain_of(rep)
+    same = [d for d in die_ids[1:] if fabric.domain_of(d) == node]
+    other = [d for d in die_ids[1:] if fabric.domain_of(d) != node]
+    intra_lat = fabric.route(rep, same[-1], pl.intra).latency_us if same else 0.0
+    inter_lat = fabric.route(rep, other[-1], pl.inter).latency_us if other else 0.0
+    return GroupShape(
+        size=len(die_ids),
+        same_node=len(same),
+        intra_gbps=fabric.injection_gbps(rep, pl.intra),
+        inter_gbps=fabric.injection_gbps(rep, pl.inter),
+        intra_latency_us=intra_lat,
+        inter_latency_us=inter_lat,
+        planes=pl,
+    )
+
+
+def group_shape(fabric, die_ids) -> GroupShape:
+    return _group_shape_cached(fabric, tuple(die_ids))
+
+
+def _cal(hw: HardwareProfile, kind: str, key: str, default: float) -> float:
+    entry = hw.collectives.get(kind) or hw.collectives.get("p2p") or {}
+    v = entry.get(key)
+    return v.value if v is not None else default
+
+
+def _spread_time(hw: HardwareProfile, g: GroupShape, kind: str, send_bytes: float) -> tuple[float, str]:
+    """Seconds x 1e6 for a rank to send send_bytes spread evenly over the group (itself included)."""
+    if g.size <= 1 or send_bytes <= 0:
+        return 0.0, "local"
+    intra_b = send_bytes * g.same_node / g.size
+    inter_b = send_bytes * (g.size - 1 - g.same_node) / g.size
+    pi, po = g.planes.intra, g.planes.inter
+    if pi == po:
+        bw = g.intra_gbps / 8 * 1e9 * _cal(hw, kind, f"efficiency_{pi}", 1.0)
+        return (intra_b + inter_b) / bw * 1e6, pi
+    t_in = intra_b / (g.intra_gbps / 8 * 1e9 * _cal(hw, kind, f"efficiency_{pi}", 1.0)) * 1e6 if intra_b else 0.0
+    t_out = inter_b / (g.inter_gbps / 8 * 1e9 * _cal(hw, kind, f"efficiency_{po}", 1.0)) * 1e6 if inter_b else 0.0
+    return (t_in, pi) if t_in >= t_out else (t_out, po)
+
+
+def _latency(g: GroupShape) -> float:
+    return max(g.intra_latency_us, g.inter_latency_us)
+
+
+def dispatch_combine(hw: HardwareProfile, fabric, die_ids, *, kind: str, send_copies: float, recv_copies: float,
+                     msg_bytes: float) -> CommTime:
+    """MoE dispatch (kind='dispatch') or combine ('combine') for one rank.
+
+    send_copies: token copies this rank sends (tokens x distinct destination ranks); recv_copies: copies the
+    busiest rank receives. The rank's time is the larger of its send and receive volumes over its links,
+    plus the kernel's fixed cost and the farthest peer's latency.
+    """
+    g = group_shape(fabric, die_ids)
+    vol = max(send_copies, recv_copies) * msg_bytes
+    t, plane = _spread_time(hw, g, kind, vol)
+    fixed = _cal(hw, kind, "fixed_us", 0.0)
+    return CommTime(kind, t + fixed + _latency(g), vol, f"comm:{plane}")
+
+
+def all_gather(hw: HardwareProfile, fabric, die_ids, *, bytes_per_rank: float, name: str = "all_gather") -> CommTime:
+    """Every rank gathers every other rank's bytes_per_rank (direct full mesh: each rank receives n-1 pieces)."""
+    g = group_shape(fabric, die_ids)
+    vol = bytes_per_rank * g.size  # spread over n ranks, (n-1)/n of it remote
+    t, plane = _spread_time(hw, g, "p2p", vol)
+    return CommTime(name, t + _cal(hw, "p2p", "fixed_us", 0.0) + _latency(g) if g.size > 1 else 0.0, vol, f"comm:{plane}")
+
+
+def all_to_all(hw: HardwareProfile, fabric, die_ids, *, bytes_per_rank: float, name: str = "all_to_all") -> CommTime:
+    """Every rank scatters bytes_per_rank evenly over the group (its own share stays local)."""
+    g = group_shape(fabric, die_ids)
+    t, plane = _spread_time(hw, g, "p2p", bytes_per_rank)
+    return CommTime(name, t + _cal(hw, "p2p", "fixed_us", 0.0) + _latency(g) if g.size > 1 else 0.0,
+                    bytes_per_rank, f"comm:{plane}")
+
+
+def all_reduce(hw: HardwareProfile, fabric, die_ids, *, nbytes: float, name: str = "all_reduce") -> CommTime:
+    """Reduce-scatter then all-gather of nbytes: each rank moves 2 (n-1)/n x nbytes."""
+    g = group_shape(fabric, die_ids)
+    if g.size <= 1:
+        return CommTime(name, 0.0, 0.0, "local")
+    t, plane = _spread_time(hw, g, "p2p", 2.0 * nbytes)
+    return CommTime(name, t + 2 * (_cal(hw, "p2p", "fixed_us", 0.0) + _latency(g)), 2.0 * nbytes, f"comm:{plane}")
+
+
+def p2p(hw: HardwareProfile, fabric, src: str, dst: str, *, nbytes: float, plane: str, name: str = "p2p") -> CommTime:
+    """One transfer of nbytes between two endpoints on a plane."""
+    r = fabric.route(src, dst, plane)
+    bw = fabric.injection_gbps(src, plane) / 8 * 1e9 * _cal(hw, "p2p", f"efficiency_{plane}", 1.0)
+    return CommTime(name, nbytes / bw * 1e6 + r.latency_us, nbytes, f"comm:{plane}")

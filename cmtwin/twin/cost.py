@@ -1,0 +1,71 @@
+"""Operator time: roofline on a share of the cores plus a fixed overhead (rule 3 of the twin).
+
+time = max(flops / (peak[dtype] x eff_compute x cube_share), bytes / (bandwidth x eff_memory x share)) + overhead
+
+Efficiencies come from the hardware profile by operator class (a constant or a curve over the token
+count). Norms and elementwise operators run on the vector units and are treated as memory-bound.
+When microbatches run on split cores, a stream gets its share of the cube and vector cores and the same
+share of memory bandwidth (assumption: each core's DMA engine moves its own operands).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmtwin.model.operators import Op
+from cmtwin.twin.hardware import Curve, Efficiency, HardwareProfile, Sourced
+
+# Operator classes whose efficiency entry falls back to another one.
+_FALLBACK = {
+    "grouped_gemm": "gemm",
+    "router": "gemm",
+    "attention_prefill": "attention_decode",
+    "norm": "elementwise",
+}
+VECTOR_CLASSES = {"norm", "elementwise"}
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """An operator's modelled time and what bounds it."""
+
+    name: str
+    cls: str
+    us: float
+    bound: str  # compute | memory
+    compute_us: float
+    memory_us: float
+    overhead_us: float
+
+
+def _value(e: Sourced | Curve | None, x: float, default: float) -> float:
+    if e is None:
+        return default
+    if isinstance(e, Curve):
+        return e.at(x)
+    return e.value
+
+
+def efficiency(hw: HardwareProfile, cls: str) -> Efficiency:
+    seen = set()
+    while cls not in hw.efficiency and cls in _FALLBACK and cls not in seen:
+        seen.add(cls)
+        cls = _FALLBACK[cls]
+    return hw.efficiency.get(cls, Efficiency())
+
+
+def op_time(op: Op, hw: HardwareProfile, *, cube_share: float = 1.0, vector_share: float = 1.0) -> OpTime:
+    """Time of one operator on this die (or its share of the cores)."""
+    eff = efficiency(hw, op.cls)
+    vector = op.cls in VECTOR_CLASSES
+    share = vector_share if vector else cube_share
+    bw = hw.die.memory_bandwidth_GB_per_s.value * 1e9 * _value(eff.memory, op.tokens, 1.0) * share
+    memory_us = op.bytes / bw * 1e6 if op.bytes else 0.0
+    if vector or op.flops == 0:
+        compute_us = 0.0
+    else:
+        peak = hw.peak_flops(op.dtype if hw.supports(op.dtype) else "bf16")
+        compute_us = op.flops / (peak * _value(eff.compute, op.tokens, 1.0) * share) * 1e6
+    overhead = eff.overhead_us.value if eff.overhead_us is not None else hw.launch_overhead_us.value
+    bound = "compute" if compute_us >= memory_us else "memory"
+    return OpTime(op.name, op.cls, max(compute_us, memory_us) + overhead, bound, compute_us, memory_us, overhead)

@@ -1,0 +1,211 @@
+"""The decode step of one DP-attention / EP-expert rank (rule 5 of the twin).
+
+Per step every die runs `batch x (1 + drafts)` tokens through the main model (the last accepted token and
+the MTP drafts, verified together), then the MTP module drafts the next tokens. A MoE layer is the
+attention path (MLA absorbed: the KV read once per request, queries per verified token) and the MoE path
+(gate, dispatch, experts on the busiest rank, combine). With two microbatches:
+- split_cores (Ascend): the two paths run concurrently on disjoint cores; a layer takes 2 x max(path A,
+  path B) per microbatch pair, plus one pipeline fill per step;
+- overlap_comm (GPU): computation on all cores, dispatch/combine of one microbatch behind the other's
+  computation: 2 x max(compute, comm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmtwin.model.operators import (
+    attention_ops,
+    dense_mlp_ops,
+    expert_ops,
+    lm_head_ops,
+    mtp_extra_ops,
+    router_ops,
+)
+from cmtwin.twin import comm
+from cmtwin.twin.breakdown import Ledger
+from cmtwin.twin.cost import op_time
+from cmtwin.twin.routing import busiest_rank_tokens, distinct_ranks_per_token
+
+
+@dataclass(frozen=True)
+class Shares:
+    attn_cube: float
+    attn_vec: float
+    moe_cube: float
+    moe_vec: float
+    split: bool  # the two paths run concurrently on disjoint cores
+
+
+def stream_shares(hw, microbatches: int) -> Shares:
+    mb = hw.microbatching
+    if microbatches < 2 or mb is None or mb.mode != "split_cores" or not (mb.attention and mb.moe):
+        return Shares(1.0, 1.0, 1.0, 1.0, False)
+    c, v = hw.die.cube_cores.value, hw.die.vector_cores.value
+    return Shares(mb.attention.cube_cores / c, mb.attention.vector_cores / v, mb.moe.cube_cores / c,
+                  mb.moe.vector_cores / v, True)
+
+
+@dataclass(frozen=True)
+class MoELoad:
+    """Token copies per microbatch on the critical ranks of an EP group."""
+
+    send_copies: float  # copies one rank sends (tokens x distinct destination ranks)
+    routed_tokens_busiest: float  # copies landing on the busiest routed rank
+    routed_slots: int
+    shared_tokens: float  # tokens through the shared expert on its busiest holder
+    recv_busiest: float  # copies the busiest rank receives (dispatch) / sends back (combine)
+
+
+def moe_load(spec, placement, *, tokens_per_rank: float, noise: bool) -> MoELoad:
+    """Where the routed and shared load of one microbatch lands, for an EP group of `placement.ep` ranks."""
+    moe = spec.model.moe
+    ep = placement.ep
+    routed_ranks = placement.routed_ranks
+    total = tokens_per_rank * ep  # tokens in the EP group (every rank is also a DP/SP rank)
+    copies = total * moe.experts_per_token
+    loads = placement.rank_loads()[:routed_ranks]
+    s = sum(loads) or 1.0
+    busiest = busiest_rank_tokens([x / s for x in loads], copies, noise=noise)
+    distinct = distinct_ranks_per_token(moe.experts_per_token, moe.routed_experts + spec_redundant(placement),
+                                        routed_ranks) if routed_ranks > 1 else 1.0
+    if placement.dedicated_shared_ranks:
+        shared_tokens = busiest_rank_tokens([1 / placement.dedicated_shared_ranks] * placement.dedicated_shared_ranks,
+                                            total * moe.shared_experts, noise=noise)
+        send = tokens_per_rank * (distinct + moe.shared_experts)
+        recv = max(busiest, shared_tokens)
+    else:
+        shared_tokens = tokens_per_rank * moe.shared_experts  # colocated: own tokens, no dispatch
+        send = tokens_per_rank * distinct
+        recv = busiest
+    return MoELoad(send, busiest, placement.routed_slots_per_rank, shared_tokens, recv)
+
+
+def spec_redundant(placement) -> int:
+    return sum(placement.replicas) - len(placement.replicas)
+
+
+def moe_compute_ops(spec, load: MoELoad, placement):
+    """Expert operators of the critical rank: the busier of a routed rank and a dedicated shared rank."""
+    p = spec.prec
+    per_slot = load.routed_tokens_busiest / max(1, load.routed_slots)
+    routed = expert_ops(spec.model, p, tokens_per_expert=[per_slot] * max(1, load.routed_slots))
+    if placement.dedicated_shared_ranks:
+        shared = expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert")
+        return routed, shared  # two rank kinds; the caller takes the slower
+    if spec.model.moe.shared_experts:
+        routed = routed + expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert")
+    return routed, None
+
+
+def _ops_time(ops, hw, cube, vec, ledger: Ledger | None, stream: str, calls: int) -> float:
+    total = 0.0
+    for op in ops:
+        t = op_time(op, hw, cube_share=cube, vector_share=vec)
+        total += t.us
+        if ledger is not None:
+            ledger.add(stream, op.name, t.us * calls, t.bound, calls)
+    return total
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    step_us: float
+    tpot_ms: float
+    tokens_per_step: float
+    tokens_per_s_per_device: float
+    batch_per_device: int
+    kv_len: int
+    ledger: Ledger
+    streams: dict[str, float]  # per-step busy time per stream
+
+
+def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None) -> DecodeResult:
+    pool = plan.pools_of("decode")[0]
+    b = batch_per_die if batch_per_die is not None else pool.batch_per_die
+    k = spec.mtp.draft_tokens
+    m = max(1, min(spec.decode.microbatches, b))
+    verify = 1 + k
+    tokens_mb = b * verify / m
+    kv_len = spec.workload.decode_kv_len
+    model, prec = spec.model, spec.prec
+    sh = stream_shares(hw, m)
+    overlap = m >= 2 and hw.microbatching is not None
+    noise = spec.placement.balance == "default"
+    ledger = Ledger("decode")
+    die_ids = tuple(r.die for r in plan.dies if r.role == "decode")
+
+    a_name = "attention" if overlap else "serial"
+    b_name = "moe" if overlap else "serial"
+
+    def layer(tokens: float, requests: float, moe: bool, calls: int, tag: str | None = None) -> float:
+        """One layer's time per microbatch-pair (or per step without microbatching); records `calls` layers
+        under the attention/MoE streams, or all under `tag` (the MTP module)."""
+        a_name_, b_name_ = (tag, tag) if tag else (a_name, b_name)
+        t = max(1, round(tokens))
+        a_ops = attention_ops(model, prec, tokens=t, requests=requests, kv_len=kv_len, form="absorbed")
+        reps = m  # microbatches per layer
+        a = _ops_time(a_ops, hw, sh.attn_cube, sh.attn_vec, ledger, a_name_, calls * reps)
+        comm_us = 0.0
+        if moe and model.moe:
+            load = moe_load(spec, pool.placement, tokens_per_rank=tokens, noise=noise)
+            r_ops = router_ops(model, prec, tokens=t)
+            bb = _ops_time(r_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, calls * reps)
+            routed, shared = moe_compute_ops(spec, load, pool.placement)
+            tr = _ops_time(routed, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0)
+            ts = _ops_time(shared, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0) if shared else 0.0
+            crit = routed if tr >= ts else shared
+            bb += _ops_time(crit, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, calls * reps)
+            for kind in ("dispatch", "combine"):
+                c = comm.dispatch_combine(hw, fabric, die_ids, kind=kind, send_copies=load.send_copies,
+                                          recv_copies=load.recv_busiest,
+                                          msg_bytes=prec.message_bytes(kind, model.hidden))
+                comm_us += c.us
+                stream = tag or (b_name if sh.split or not overlap else "comm")
+                ledger.add(stream, kind, c.us * calls * reps, "comm", calls * reps)
+        else:
+            b_ops = dense_mlp_ops(model, prec, tokens=t)
+            bb = _ops_time(b_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, calls * reps)
+        if not overlap:
+            return reps * (a + bb + comm_us)
+        if sh.split:
+            return reps * max(a, bb + comm_us)
+        return reps * max(a + bb, comm_us)
+
+    step = 0.0
+    dense_layers = model.dense.layers
+    moe_layers = model.moe_layers
+    requests_mb = b / m
+    if dense_layers:
+        step += dense_layers * layer(tokens_mb, requests_mb, False, dense_layers)
+    if moe_layers:
+        step += moe_layers * layer(tokens_mb, requests_mb, True, moe_layers)
+    # Pipeline fill: the first microbatch's attention runs alone once per step.
+    if overlap and m >= 2:
+        fill_ops = attention_ops(model, prec, tokens=max(1, round(tokens_mb)), requests=requests_mb, kv_len=kv_len)
+        fill = _ops_time(fill_ops, hw, sh.attn_cube, sh.attn_vec, None, a_name, 0)
+        step += fill
+        ledger.add(a_name, "pipeline_fill", fill, "compute", 1)
+    # LM head for every verified position (full cores).
+    head = _ops_time(lm_head_ops(model, prec, tokens=b * verify), hw, 1.0, 1.0, ledger, "head", 1)
+    step += head
+    # MTP drafting: k sequential passes of the MTP module (its own MoE layer) over the batch, each with a head.
+    for _ in range(k if model.mtp_layers else 0):
+        step += _ops_time(mtp_extra_ops(model, prec, tokens=b), hw, 1.0, 1.0, ledger, "mtp", 1)
+        step += layer(b / m, requests_mb, model.is_moe, 1, tag="mtp")
+        step += _ops_time(lm_head_ops(model, prec, tokens=b), hw, 1.0, 1.0, ledger, "mtp", 1)
+    tps = spec.mtp.tokens_per_step if k else 1.0
+    dpd = spec.hardware.dies
+    streams = {}
+    for r in ledger.rows():
+        streams[r.stream] = streams.get(r.stream, 0.0) + r.time_us
+    return DecodeResult(
+        step_us=step,
+        tpot_ms=step / tps / 1e3,
+        tokens_per_step=tps,
+        tokens_per_s_per_device=dpd * b * tps / (step / 1e6),
+        batch_per_device=b * dpd,
+        kv_len=kv_len,
+        ledger=ledger,
+        streams=streams,
+    )

@@ -1,0 +1,159 @@
+"""The prefill forward of one instance's die (twin issue, item 4).
+
+MLA runs in the staged SP-TP-SP form: each die projects its own tokens down (q_a, kv_a: sequence
+parallel), the latents are all-gathered across the TP group, each die expands them for its heads and runs
+MHA-form attention for all of the group's tokens (tensor parallel over heads), an all-to-all returns the
+head outputs to their tokens' dies, and o_proj runs sequence parallel. The MoE uses EP over the instance.
+With two microbatches, the cube cores compute one microbatch while the vector cores and DMA engines move
+the other's data (all-gather, all-to-all, dispatch, combine): a layer takes max(compute, comm), plus one
+pipeline fill per forward; with one, compute and comm add up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmtwin.model.arch import MLA
+from cmtwin.model.operators import Op, attention_ops, dense_mlp_ops, lm_head_ops, mtp_extra_ops, router_ops
+from cmtwin.model.precision import BYTES
+from cmtwin.twin import comm
+from cmtwin.twin.breakdown import Ledger
+from cmtwin.twin.cost import op_time
+from cmtwin.twin.decode import moe_compute_ops, moe_load
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    step_us: float  # one forward of tokens_per_die tokens
+    tokens_per_die: int
+    tokens_per_s_per_device: float
+    kv_transfer_us: float
+    ttft_ms: float
+    ledger: Ledger
+    streams: dict[str, float]
+
+
+_SP_OPS = {"attn_norm", "q_a_proj", "kv_a_proj"}
+_TP_OPS = {"q_b_proj", "kv_b_proj", "mha_attention", "gqa_attention", "qkv_proj"}
+
+
+def _time(ops: list[Op], hw, ledger: Ledger, stream: str, calls: int) -> float:
+    total = 0.0
+    for op in ops:
+        t = op_time(op, hw)
+        total += t.us
+        ledger.add(stream, op.name, t.us * calls, t.bound, calls)
+    return total
+
+
+def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None) -> PrefillResult:
+    pool = plan.pools_of("prefill")[0]
+    tpd = tokens_per_die if tokens_per_die is not None else pool.tokens_per_die
+    model, prec = spec.model, spec.prec
+    m = max(1, spec.prefill.microbatches)
+    overlap = m >= 2
+    ledger = Ledger("prefill")
+    inst_dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == pool.instance]
+    tp = pool.tp
+    tp_group = tuple(inst_dies[:tp])
+    prompt = spec.workload.prompt_len
+    t_mb = max(1, round(tpd / m))
+    prompts_mb = max(1.0, t_mb / prompt)
+    cname = "compute" if overlap else "serial"
+    kname = "comm" if overlap else "serial"
+
+    def attention(calls: int, tag: str | None) -> tuple[float, float]:
+        """(compute, comm) of one attention block per microbatch."""
+        cs, ks = (tag, tag) if tag else (cname, kname)
+        ops_sp = attention_ops(model, prec, tokens=t_mb, requests=prompts_mb, kv_len=prompt, form="mha")
+        ops_tp = attention_ops(model, prec, tokens=t_mb * tp, requests=prompts_mb * tp, kv_len=prompt, form="mha",
+                               head_share=1 / tp)
+        compute = _time([o for o in ops_sp if o.name in _SP_OPS or o.name == "o_proj"], hw, ledger, cs, calls)
+        compute += _time([o for o in ops_tp if o.name in _TP_OPS], hw, ledger, cs, calls)
+        comm_us = 0.0
+        if tp > 1:
+            att = model.attention
+            lat = (att.q_lora_rank + att.kv_values_per_token) if isinstance(att, MLA) else model.hidden
+            ag = comm.all_gather(hw, fabric, tp_group, bytes_per_rank=t_mb * lat * 2.0, name="sp_all_gather")
+            heads_v = att.heads * (att.v_head_dim if isinstance(att, MLA) else att.head_dim)
+            a2a = comm.all_to_all(hw, fabric, tp_group, bytes_per_rank=t_mb * heads_v * 2.0, name="tp_all_to_all")
+            for c in (ag, a2a):
+                comm_us += c.us
+                ledger.add(ks, c.name, c.us * calls, "comm", calls)
+        return compute, comm_us
+
+    def moe_block(calls: int, tag: str | None) -> tuple[float, float]:
+        cs, ks = (tag, tag) if tag else (cname, kname)
+        compute = _time(router_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls)
+        load = moe_load(spec, pool.placement, tokens_per_rank=t_mb, noise=spec.placement.balance == "default")
+        routed, shared = moe_compute_ops(spec, load, pool.placement)
+        crit = routed
+        if shared is not None:
+            tr = sum(op_time(o, hw).us for o in routed)
+            ts = sum(op_time(o, hw).us for o in shared)
+            crit = routed if tr >= ts else shared
+        compute += _time(crit, hw, ledger, cs, calls)
+        die_ids = tuple(inst_dies[:pool.ep])
+        comm_us = 0.0
+        for kind in ("dispatch", "combine"):
+            c = comm.dispatch_combine(hw, fabric, die_ids, kind=kind, send_copies=load.send_copies,
+                                      recv_copies=load.recv_busiest, msg_bytes=prec.message_bytes(kind, model.hidden))
+            comm_us += c.us
+            ledger.add(ks, kind, c.us * calls, "comm", calls)
+        return compute, comm_us
+
+    def combine(c: float, k: float) -> float:
+        return m * max(c, k) if overlap else m * (c + k)
+
+    step = 0.0
+    fill = 0.0
+    if model.dense.layers:
+        n = model.dense.layers
+        ca, ka = attention(n * m, None)
+        cm = _time(dense_mlp_ops(model, prec, tokens=t_mb), hw, ledger, cname, n * m)
+        step += n * combine(ca + cm, ka)
+        fill = ca
+    if model.moe_layers:
+        n = model.moe_layers
+        ca, ka = attention(n * m, None)
+        cm, km = moe_block(n * m, None)
+        step += n * combine(ca + cm, ka + km)
+        fill = fill or ca
+    if overlap:
+        step += fill
+        ledger.add(cname, "pipeline_fill", fill, "compute", 1)
+    if spec.mtp.draft_tokens and model.mtp_layers:
+        step += m * _time(mtp_extra_ops(model, prec, tokens=t_mb), hw, ledger, "mtp", m)
+        ca, ka = attention(m, "mtp")
+        if model.is_moe:
+            cm, km = moe_block(m, "mtp")
+        else:
+            cm, km = _time(dense_mlp_ops(model, prec, tokens=t_mb), hw, ledger, "mtp", m), 0.0
+        step += m * (ca + cm + ka + km)
+    prompts = max(1, round(tpd / prompt))
+    step += _time(lm_head_ops(model, prec, tokens=prompts), hw, ledger, "head", 1)
+    # KV of one prompt to its decode rank over the scale-out plane (RDMA on CM384, IB on GPUs).
+    kv_us = 0.0
+    decode_dies = [r.die for r in plan.dies if r.role == "decode"]
+    if decode_dies:
+        from cmtwin.model.operators import kv_bytes_per_token
+
+        mtp = model.mtp_layers if spec.mtp.draft_tokens else 0
+        nbytes = prompt * kv_bytes_per_token(model, prec, layers=model.layers + mtp)
+        pl = comm.planes(fabric).scale_out
+        c = comm.p2p(hw, fabric, inst_dies[0], decode_dies[-1], nbytes=nbytes, plane=pl, name="kv_transfer")
+        kv_us = c.us
+        ledger.add("kv_transfer", "kv_transfer", kv_us, "comm", 1)
+    streams: dict[str, float] = {}
+    for r in ledger.rows():
+        streams[r.stream] = streams.get(r.stream, 0.0) + r.time_us
+    dpd = spec.hardware.dies
+    return PrefillResult(
+        step_us=step,
+        tokens_per_die=tpd,
+        tokens_per_s_per_device=dpd * tpd / (step / 1e6),
+        kv_transfer_us=kv_us,
+        ttft_ms=(step + kv_us) / 1e3,
+        ledger=ledger,
+        streams=streams,
+    )

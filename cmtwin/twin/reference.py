@@ -1,0 +1,123 @@
+"""Published figures, transcribed from shared/reference with their sources.
+
+Two kinds, kept apart on purpose:
+- OPERATOR tables: what the twin is calibrated on (rule 2: calibrate on operators);
+- HEADLINES: whole-deployment results, used ONLY by `cmtwin validate` to report the twin's error.
+  Nothing in cmtwin/twin reads HEADLINES to set a constant.
+"""
+
+from __future__ import annotations
+
+PAPER = "arXiv 2506.12708 (CloudMatrix384 paper)"
+
+# MoE dispatch / combine on CM384 UB, 128 tokens per rank, INT8 dispatch (7.5 KB/token), BF16 combine
+# (14 KB/token), top-8 of 256 experts. Paper Table 6 (v3), shared/reference/cloudmatrix384.md §2.
+CM384_DISPATCH_COMBINE = {
+    "source": f"{PAPER} Table 6 (v3): dispatch/combine at 128 tokens per rank",
+    "tokens": 128,
+    "rows": [  # ep, dispatch_us, combine_us
+        (8, 116.0, 118.0),
+        (16, 131.0, 132.0),
+        (32, 133.0, 146.0),
+        (64, 141.0, 150.0),
+        (128, 152.0, 150.0),
+        (256, 152.0, 149.0),
+    ],
+}
+
+# INT8 grouped GEMM on one 910C die (INT8 in, BF16 out). Paper §5 table; cloudmatrix384.md §2.
+CM384_INT8_GROUPED_GEMM = {
+    "source": f"{PAPER} INT8 grouped GEMM table (cloudmatrix384.md §2)",
+    "rows": [  # groups, m, n, k, compute utilisation
+        (4, 7168, 4096, 4096, 0.794),
+        (4, 2048, 7168, 4096, 0.774),
+        (4, 7168, 4096, 8192, 0.827),
+        (4, 2048, 7168, 8192, 0.811),
+        (8, 7168, 4096, 4096, 0.796),
+        (8, 2048, 7168, 4096, 0.779),
+    ],
+}
+
+CM384_MLA = {
+    "source": f"{PAPER} MLA kernel: 65.4% of peak compute when compute-bound, 84.1% of bandwidth (1,346 of 1,600 GB/s)",
+    "compute": 0.654,
+    "memory": 0.841,
+}
+
+CM384_UB = {
+    "source": f"{PAPER} v2 Table 1: UB per die one way, 512-byte latency",
+    "npu_write_inter_GB_per_s": 135.0,
+    "npu_write_intra_GB_per_s": 137.0,
+    "npu_read_inter_GB_per_s": 164.0,
+    "link_GB_per_s": 196.0,  # 7 x 224 Gbps
+}
+
+# DeepEP V1 low-latency kernels on H800 + CX7 400 Gb/s, 128 tokens, top-8, FP8 dispatch, BF16 combine:
+# the 2025-06-05 values (NVLink used where possible). gpu_oplevel.md §4.2.
+DEEPEP_LL_H800 = {
+    "source": "DeepEP README / docs/legacy.md, low-latency kernels, 2025-06-05 values (gpu_oplevel.md §4.2)",
+    "tokens": 128,
+    "rows": [  # ep, dispatch_us, combine_us
+        (8, 77.0, 114.0),
+        (16, 118.0, 195.0),
+        (32, 155.0, 273.0),
+        (64, 173.0, 314.0),
+        (128, 192.0, 369.0),
+        (256, 194.0, 360.0),
+    ],
+}
+
+# DeepGEMM FP8 on H800 SXM5 (gpu_oplevel.md §6).
+DEEPGEMM_DENSE = {
+    "source": "DeepGEMM README dense FP8 GEMM table, 2025-04-09 (gpu_oplevel.md §6.3)",
+    "rows": [  # m, n, k, tflops, GB/s
+        (64, 2112, 7168, 206, 1688), (64, 24576, 1536, 289, 2455), (64, 32768, 512, 219, 2143),
+        (64, 7168, 16384, 336, 2668), (64, 4096, 7168, 287, 2320), (64, 7168, 2048, 295, 2470),
+        (128, 2112, 7168, 352, 1509), (128, 24576, 1536, 535, 2448), (128, 32768, 512, 358, 2103),
+        (128, 7168, 16384, 645, 2604), (128, 4096, 7168, 533, 2221), (128, 7168, 2048, 510, 2277),
+        (4096, 2112, 7168, 1127, 562), (4096, 24576, 1536, 1212, 962), (4096, 32768, 512, 775, 1620),
+        (4096, 7168, 16384, 1520, 384), (4096, 4096, 7168, 1410, 541), (4096, 7168, 2048, 1168, 794),
+    ],
+}
+DEEPGEMM_GROUPED = {
+    "source": "DeepGEMM README grouped FP8 GEMM tables, contiguous (2025-03-25 onward) and masked (gpu_oplevel.md §6.1-6.2)",
+    "rows": [  # layout, groups, m per group, n, k, tflops, GB/s
+        ("contiguous", 4, 8192, 4096, 7168, 1346, 434), ("contiguous", 4, 8192, 7168, 2048, 1214, 752),
+        ("contiguous", 8, 4096, 4096, 7168, 1346, 516), ("contiguous", 8, 4096, 7168, 2048, 1214, 826),
+        ("masked", 1, 1024, 4096, 7168, 1233, 924), ("masked", 1, 1024, 7168, 2048, 925, 968),
+        ("masked", 2, 512, 4096, 7168, 1040, 1288), ("masked", 2, 512, 7168, 2048, 916, 1405),
+        ("masked", 4, 256, 4096, 7168, 932, 2064), ("masked", 4, 256, 7168, 2048, 815, 2047),
+    ],
+}
+FLASHMLA_H800 = {
+    "source": "FlashMLA README 2025-04-22: 3000 GB/s memory-bound, 660 TFLOPS compute-bound, H800 SXM5 BF16 (gpu_oplevel.md §5)",
+    "memory_GB_per_s": 3000.0,
+    "compute_tflops": 660.0,
+}
+H100_CEILINGS = {
+    "source": "gpu_oplevel.md: measured on one H100 80GB HBM3, d2d copy 2.98 TB/s (read + write)",
+    "copy_GB_per_s": 2980.0,
+}
+ISCA_LINKS = {
+    "source": "DeepSeek ISCA'25 (gpu_oplevel.md Links): NVLink 200 GB/s of which ~160 achievable; IB 50 GB/s per NIC, ~40 effective",
+    "nvlink_achievable": 160.0 / 200.0,
+    "ib_achievable": 40.0 / 50.0,
+}
+
+# ---------------------------------------------------------------------------------------------- HEADLINES
+# Whole-deployment results. For `cmtwin validate` only: never read to set a twin constant.
+HEADLINES = [
+    {"name": "decode tokens/s per NPU", "deployment": "r1_ep320", "overrides": [], "key": "decode.tokens_per_s_per_device",
+     "value": 1943.0, "conditions": "batch 96 per NPU, KV 4,096, MTP 1 @ 0.7", "tolerance": 0.05},
+    {"name": "decode TPOT ms", "deployment": "r1_ep320", "overrides": [], "key": "decode.tpot_ms",
+     "value": 49.4, "conditions": "batch 96 per NPU, KV 4,096, MTP 1 @ 0.7", "tolerance": 0.05},
+    {"name": "decode tokens/s per NPU at TPOT <= 15 ms", "deployment": "r1_ep320", "overrides": ["slo.tpot_ms=15"],
+     "key": "decode.tokens_per_s_per_device", "value": 538.0, "conditions": "SLO search, 4,096-token prompts",
+     "tolerance": 0.10},
+    {"name": "prefill tokens/s per NPU (perfect EPLB)", "deployment": "r1_ep320", "overrides": ["placement.balance=perfect"],
+     "key": "prefill.tokens_per_s_per_device", "value": 6688.0, "conditions": "4,096-token prompts, 16,384 tokens per NPU",
+     "tolerance": 0.05},
+    {"name": "prefill tokens/s per NPU (default balance)", "deployment": "r1_ep320", "overrides": [],
+     "key": "prefill.tokens_per_s_per_device", "value": 5655.0, "conditions": "4,096-token prompts, 16,384 tokens per NPU",
+     "tolerance": 0.10},
+]
