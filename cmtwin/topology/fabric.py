@@ -1,0 +1,458 @@
+"""Fast, link-limited communication figures on a frozen fabric graph.
+
+A Fabric is built once per (topology, overrides) and answers from per-endpoint and per-node aggregates:
+injection bandwidth of every endpoint, uplink bandwidth of every node, one route per class of endpoint pair.
+It never enumerates paths per pair. Figures are raw fabric limits; the efficiency of real collective kernels
+is applied by the twin on top.
+
+Bandwidth figures are cuts: a transfer between two endpoints is limited by the source's injection, the
+destination's ejection and, when its route leaves a node, that node's uplink (downlink at the far end).
+Switches are taken as internally non-blocking. Latency is the sum of per-link latencies along a hop-count
+shortest path. Endpoints are grouped into wiring classes (the links an endpoint has on the plane, named
+relative to its node); a pair's route latency is computed once per (class, class, same node or not), which
+is exact for tiered fabrics whose nodes are wired alike (an extra link gives its ends classes of their own).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from cmtwin.errors import TopologyError
+from cmtwin.topology.graph import ENDPOINT_KINDS, build_graph, check_invariants, node_label
+from cmtwin.topology.schema import TopologySpec, load_topology
+
+
+@dataclass(frozen=True, slots=True)
+class DieRef:
+    """An accelerator die (the rank unit): its node id and position."""
+
+    id: str
+    node: int
+    device: int
+    die: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRef:
+    """A host CPU endpoint."""
+
+    id: str
+    node: int
+    cpu: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A hop-count shortest path on one plane; bottleneck is the slowest link on it, latency their sum."""
+
+    path: tuple[str, ...]
+    hops: int
+    bottleneck_gbps: float
+    latency_us: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommTime:
+    """A link-limited communication time: transfer (bandwidth) part plus latency part, and what limits it."""
+
+    time_us: float
+    transfer_us: float
+    latency_us: float
+    bottleneck: str
+    """The limiting cut: "injection n00.npu0.d0 ub", "uplink n03 ub", "latency", or "none"."""
+    algorithm: str
+    """"full_mesh", "ring", "reduce_scatter+all_gather (full_mesh)", "p2p"."""
+
+
+Endpoint = str | DieRef | CpuRef
+
+
+def _us(nbytes: float, gbps: float) -> float:
+    """Microseconds to move nbytes at gbps gigabits per second."""
+    return nbytes * 8.0 / (gbps * 1e3)
+
+
+class Fabric:
+    """A topology's frozen graph with fast routing and collective-time queries (see the module doc)."""
+
+    def __init__(self, spec: TopologySpec):
+        """Build the graph of `spec`, check its invariants (TopologyError) and index it."""
+        self.spec = spec
+        self.graph: nx.MultiDiGraph = build_graph(spec)
+        check_invariants(self.graph, spec)
+        g = self.graph
+        self._node_of: dict[str, int | None] = {n: a.get("node") for n, a in g.nodes(data=True)}
+        self._order = {n: i for i, n in enumerate(g.nodes)}
+        dies, cpus = [], []
+        for n, a in g.nodes(data=True):
+            if a["kind"] == "die":
+                dies.append(DieRef(n, a["node"], a["device"], a["die"], a["index"]))
+            elif a["kind"] == "cpu":
+                cpus.append(CpuRef(n, a["node"], a["cpu"], a["index"]))
+        self._dies = tuple(sorted(dies, key=lambda d: (d.node, d.device, d.die)))
+        self._cpus = tuple(sorted(cpus, key=lambda c: (c.node, c.cpu)))
+        inj: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        ej: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        up: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        down: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        wiring: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        kind = {n: a["kind"] for n, a in g.nodes(data=True)}
+        for u, v, d in g.edges(data=True):
+            plane, bw = d["plane"], d["bandwidth_gbps"]
+            nu, nv = self._node_of[u], self._node_of[v]
+            if kind[u] in ENDPOINT_KINDS:
+                inj[plane][u] += bw
+                peer = ("local", v.split(".", 1)[1]) if nu is not None and nv == nu else ("remote", v)
+                wiring[plane][u].append((peer, bw, d["latency_us"]))
+            if kind[v] in ENDPOINT_KINDS:
+                ej[plane][v] += bw
+            if nu is not None and nv != nu:
+                up[plane][nu] += bw
+            if nv is not None and nu != nv:
+                down[plane][nv] += bw
+        self._inj = {p: dict(m) for p, m in inj.items()}
+        self._ej = {p: dict(m) for p, m in ej.items()}
+        self._up = {p: dict(m) for p, m in up.items()}
+        self._down = {p: dict(m) for p, m in down.items()}
+        self.planes: tuple[str, ...] = tuple(sorted({p for _, _, p in g.edges(data="plane")}))
+        self._class: dict[str, dict[str, int]] = {}
+        for plane, table in wiring.items():
+            ids: dict[tuple, int] = {}
+            self._class[plane] = {ep: ids.setdefault(tuple(sorted(w)), len(ids)) for ep, w in table.items()}
+        self._views: dict[str, nx.MultiDiGraph] = {}
+        self._pairs: dict[tuple, tuple[float, bool]] = {}
+        self._route = functools.lru_cache(maxsize=1 << 16)(self._compute_route)
+
+    # ------------------------------------------------------------------------------------ inventory
+
+    @property
+    def name(self) -> str:
+        """The topology's name."""
+        return self.spec.name
+
+    @property
+    def nodes(self) -> int:
+        """Number of nodes."""
+        return self.spec.nodes
+
+    @property
+    def devices_per_node(self) -> int:
+        """Accelerator packages per node."""
+        return self.spec.node.devices.count
+
+    @property
+    def dies_per_device(self) -> int:
+        """Dies (ranks) per package."""
+        return self.spec.node.devices.dies_per_device
+
+    def dies(self) -> tuple[DieRef, ...]:
+        """All dies, sorted by (node, device, die)."""
+        return self._dies
+
+    def cpus(self) -> tuple[CpuRef, ...]:
+        """All CPUs, sorted by (node, cpu)."""
+        return self._cpus
+
+    def domain_of(self, element: Endpoint) -> int | None:
+        """The node holding an element (None for switches above the nodes)."""
+        return self._node_of[self._known(element)]
+
+    def injection_gbps(self, endpoint: Endpoint, plane: str) -> float:
+        """Sum of the bandwidth of the endpoint's links on `plane` (0.0 when it has none)."""
+        self._plane(plane)
+        return self._inj[plane].get(self._known(endpoint), 0.0)
+
+    def uplink_gbps(self, node: int, plane: str) -> float:
+        """Sum of the bandwidth of the links leaving node `node` towards the tiers above it on `plane`."""
+        self._plane(plane)
+        if not (isinstance(node, int) and 0 <= node < self.nodes):
+            raise TopologyError(
+                f"Fabric {self.name}: node {node!r} does not exist.", key="node", fix=f"use 0..{self.nodes - 1}"
+            )
+        return self._up[plane].get(node, 0.0)
+
+    # ------------------------------------------------------------------------------------ routes
+
+    def route(self, src: Endpoint, dst: Endpoint, plane: str) -> Route:
+        """A hop-count shortest path from src to dst over `plane`'s links only (TopologyError if none)."""
+        a, b = self._known(src), self._known(dst)
+        self._plane(plane)
+        if a == b:
+            raise TopologyError(f"Fabric {self.name}: route from {a} to itself.", key="dst", fix="name another element")
+        return self._route(a, b, plane)
+
+    def _compute_route(self, a: str, b: str, plane: str) -> Route:
+        view = self._views.get(plane)
+        if view is None:
+            g = self.graph
+            view = self._views[plane] = nx.subgraph_view(g, filter_edge=lambda u, v, k: g[u][v][k]["plane"] == plane)
+        try:
+            path = nx.shortest_path(view, a, b)
+        except nx.NetworkXNoPath:
+            planes = ", ".join(p for p in self.planes if self._inj.get(p, {}).get(a) and self._inj.get(p, {}).get(b))
+            raise TopologyError(
+                f"Fabric {self.name}: no route from {a} to {b} on plane {plane}.",
+                key="plane",
+                fix=f"use a plane joining both ({planes or 'none does'})",
+            ) from None
+        bottleneck, latency = math.inf, 0.0
+        for u, v in zip(path, path[1:]):
+            best = max((d for d in self.graph[u][v].values() if d["plane"] == plane), key=lambda d: d["bandwidth_gbps"])
+            bottleneck = min(bottleneck, best["bandwidth_gbps"])
+            latency += best["latency_us"]
+        return Route(tuple(path), len(path) - 1, bottleneck, latency)
+
+    def _pair(self, a: str, b: str, plane: str) -> tuple[float, bool]:
+        """(route latency, whether the route leaves a's node), cached per wiring-class pair."""
+        same = self._node_of[a] == self._node_of[b]
+        key = (plane, self._class[plane][a], self._class[plane][b], same)
+        hit = self._pairs.get(key)
+        if hit is None:
+            r = self.route(a, b, plane)
+            home = self._node_of[a]
+            hit = self._pairs[key] = (r.latency_us, any(self._node_of[x] != home for x in r.path))
+        return hit
+
+    def _cut(self, a: str, b: str, plane: str) -> tuple[float, str]:
+        """The smallest cut between endpoints a and b on `plane`: (gbps, its name)."""
+        _, leaves = self._pair(a, b, plane)
+        cuts = [(self._inj[plane][a], f"injection {a} {plane}"), (self._ej[plane][b], f"ejection {b} {plane}")]
+        if leaves:
+            na, nb = self._node_of[a], self._node_of[b]
+            cuts.append((self._up[plane][na], f"uplink {node_label(na, self.nodes)} {plane}"))
+            cuts.append((self._down[plane][nb], f"downlink {node_label(nb, self.nodes)} {plane}"))
+        return min(cuts, key=lambda c: c[0])
+
+    def path_bandwidth_gbps(self, src: Endpoint, dst: Endpoint, plane: str) -> float:
+        """Aggregate (multi-path) bandwidth from src to dst on `plane`: min of src injection, dst ejection and
+        the node uplinks the route crosses (CloudMatrix384 die to die on UB: 7 x 224 Gbps = 196 GB/s)."""
+        a, b = self._endpoint(src, plane), self._endpoint(dst, plane)
+        if a == b:
+            raise TopologyError(f"Fabric {self.name}: {a} to itself.", key="dst", fix="name another endpoint")
+        return self._cut(a, b, plane)[0]
+
+    # ------------------------------------------------------------------------------------ collectives
+
+    def p2p_time_us(self, src: Endpoint, dst: Endpoint, nbytes: float, plane: str) -> CommTime:
+        """Time to move nbytes from src to dst over all paths of `plane` (path bandwidth) plus route latency."""
+        a, b = self._endpoint(src, plane), self._endpoint(dst, plane)
+        _check_bytes(nbytes)
+        if a == b:
+            return CommTime(0.0, 0.0, 0.0, "none", "p2p")
+        gbps, name = self._cut(a, b, plane)
+        latency = self._pair(a, b, plane)[0]
+        transfer = _us(nbytes, gbps)
+        return CommTime(transfer + latency, transfer, latency, name, "p2p")
+
+    def all_to_all_time_us(self, endpoints: Iterable[Endpoint], bytes_per_pair: float, plane: str) -> CommTime:
+        """Every endpoint sends bytes_per_pair to every other: the slowest of per-endpoint injection/ejection
+        and per-node uplink/downlink times, plus the route latency of the farthest pair."""
+        _check_bytes(bytes_per_pair)
+        return self._full_mesh(self._endpoints(endpoints, plane), bytes_per_pair, plane, "full_mesh")
+
+    def all_gather_time_us(self, endpoints: Iterable[Endpoint], bytes_per_rank: float, plane: str) -> CommTime:
+        """Every endpoint ends with every other's bytes_per_rank: direct full mesh on a non-blocking plane,
+        a ring (in graph order) otherwise; `algorithm` says which."""
+        _check_bytes(bytes_per_rank)
+        eps = self._endpoints(endpoints, plane)
+        if plane in self.spec.non_blocking:
+            return self._full_mesh(eps, bytes_per_rank, plane, "full_mesh")
+        return self._ring(eps, bytes_per_rank, plane)
+
+    def all_reduce_time_us(self, endpoints: Iterable[Endpoint], bytes_per_rank: float, plane: str) -> CommTime:
+        """All-reduce of a bytes_per_rank buffer on every endpoint: reduce-scatter then all-gather of
+        bytes_per_rank / n chunks (the same traffic twice); no reduction compute is counted."""
+        _check_bytes(bytes_per_rank)
+        eps = self._endpoints(endpoints, plane)
+        half = self.all_gather_time_us(eps, bytes_per_rank / max(1, len(eps)), plane)
+        return CommTime(
+            2 * half.time_us,
+            2 * half.transfer_us,
+            2 * half.latency_us,
+            half.bottleneck,
+            f"reduce_scatter+all_gather ({half.algorithm})",
+        )
+
+    def _full_mesh(self, eps: list[str], nbytes: float, plane: str, algorithm: str) -> CommTime:
+        n = len(eps)
+        if n < 2:
+            return CommTime(0.0, 0.0, 0.0, "none", algorithm)
+        inj, ej, cls = self._inj[plane], self._ej[plane], self._class[plane]
+        per_endpoint = (n - 1) * nbytes
+        worst, name = 0.0, "none"
+        groups: dict[tuple[int, int], list[str]] = defaultdict(list)
+        for e in eps:
+            limit, side = (inj[e], "injection") if inj[e] <= ej[e] else (ej[e], "ejection")
+            t = _us(per_endpoint, limit)
+            if t > worst:
+                worst, name = t, f"{side} {e} {plane}"
+            groups[(self._node_of[e], cls[e])].append(e)
+        per_node: dict[int, Counter] = defaultdict(Counter)
+        for (node, c), members in groups.items():
+            per_node[node][c] = len(members)
+        latency = 0.0
+        for node, counts in per_node.items():
+            m = sum(counts.values())
+            crossing = m * (n - m)
+            for ca, na in counts.items():
+                for cb, nb in counts.items():
+                    pairs = na * nb - (na if ca == cb else 0)
+                    if pairs == 0:
+                        continue
+                    a = groups[(node, ca)][0]
+                    b = groups[(node, cb)][1 if ca == cb else 0]
+                    lat, leaves = self._pair(a, b, plane)
+                    latency = max(latency, lat)
+                    crossing += pairs if leaves else 0
+            if crossing:
+                label = node_label(node, self.nodes)
+                for gbps, side in ((self._up[plane].get(node, 0.0), "uplink"), (self._down[plane].get(node, 0.0), "downlink")):
+                    t = _us(crossing * nbytes, gbps) if gbps > 0 else math.inf
+                    if t > worst:
+                        worst, name = t, f"{side} {label} {plane}"
+        nodes_of_class: dict[int, list[int]] = defaultdict(list)
+        for node, c in groups:
+            nodes_of_class[c].append(node)
+        for ca, nodes_a in nodes_of_class.items():
+            for cb, nodes_b in nodes_of_class.items():
+                pair = next(((x, y) for x in nodes_a[:2] for y in nodes_b[:2] if x != y), None)
+                if pair is not None:
+                    lat, _ = self._pair(groups[(pair[0], ca)][0], groups[(pair[1], cb)][0], plane)
+                    latency = max(latency, lat)
+        if worst == 0.0 and latency > 0.0:
+            name = "latency"
+        return CommTime(worst + latency, worst, latency, name, algorithm)
+
+    def _ring(self, eps: list[str], nbytes: float, plane: str) -> CommTime:
+        n = len(eps)
+        if n < 2:
+            return CommTime(0.0, 0.0, 0.0, "none", "ring")
+        ring = sorted(eps, key=self._order.__getitem__)
+        step, name, step_latency = 0.0, "none", 0.0
+        flows_out: Counter = Counter()
+        flows_in: Counter = Counter()
+        for a, b in zip(ring, ring[1:] + ring[:1]):
+            gbps, cut = self._cut(a, b, plane)
+            lat, leaves = self._pair(a, b, plane)
+            step_latency = max(step_latency, lat)
+            if leaves:
+                flows_out[self._node_of[a]] += 1
+                flows_in[self._node_of[b]] += 1
+            t = _us(nbytes, gbps)
+            if t > step:
+                step, name = t, cut
+        for flows, table, side in ((flows_out, self._up[plane], "uplink"), (flows_in, self._down[plane], "downlink")):
+            for node, count in flows.items():
+                t = _us(count * nbytes, table[node])
+                if t > step:
+                    step, name = t, f"{side} {node_label(node, self.nodes)} {plane}"
+        if step == 0.0 and step_latency > 0.0:
+            name = "latency"
+        return CommTime((n - 1) * (step + step_latency), (n - 1) * step, (n - 1) * step_latency, name, "ring")
+
+    # ------------------------------------------------------------------------------------ argument checks
+
+    def _plane(self, plane: str) -> None:
+        if plane not in self.planes:
+            raise TopologyError(
+                f"Fabric {self.name}: plane {plane!r} is not wired here.",
+                key="plane",
+                fix=f"use one of: {', '.join(self.planes)}",
+            )
+
+    def _known(self, element: Endpoint) -> str:
+        nid = element.id if isinstance(element, (DieRef, CpuRef)) else element
+        if not isinstance(nid, str) or nid not in self._node_of:
+            close = difflib.get_close_matches(str(nid), list(self._node_of), n=3)
+            raise TopologyError(
+                f"Fabric {self.name}: no element {nid!r}.",
+                key="endpoint",
+                fix=f"use an id like {', '.join(close) if close else self._dies[0].id}",
+            )
+        return nid
+
+    def _endpoint(self, element: Endpoint, plane: str) -> str:
+        nid = self._known(element)
+        self._plane(plane)
+        if nid not in self._inj[plane]:
+            kinds = sorted({self.graph.nodes[e]["kind"] for e in self._inj[plane]})
+            raise TopologyError(
+                f"Fabric {self.name}: {nid} has no link on plane {plane} (its endpoints are: {', '.join(kinds)}).",
+                key="plane",
+                fix="pick a plane the endpoint is wired to",
+            )
+        return nid
+
+    def _endpoints(self, endpoints: Iterable[Endpoint], plane: str) -> list[str]:
+        eps = [self._endpoint(e, plane) for e in endpoints]
+        if len(set(eps)) != len(eps):
+            dup = next(e for e, c in Counter(eps).items() if c > 1)
+            raise TopologyError(f"Fabric {self.name}: endpoint {dup} is listed twice.", key="endpoints", fix="list each once")
+        return eps
+
+
+def _check_bytes(nbytes: float) -> None:
+    if not (isinstance(nbytes, (int, float)) and math.isfinite(nbytes) and nbytes >= 0):
+        raise ValueError(f"byte count must be a finite number >= 0, got {nbytes!r}")
+
+
+class _FrozenMap(Mapping):
+    """A hashable read-only mapping (a dict inside a frozen override value, e.g. an extra link)."""
+
+    def __init__(self, data: dict[str, Any]):
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._data.items())))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def freeze_overrides(overrides: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """A hashable, canonical form of an overrides dict for get_fabric: nested mappings become dotted keys,
+    lists become tuples, keys are sorted."""
+    flat: dict[str, Any] = {}
+
+    def freeze(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(freeze(v) for v in value)
+        if isinstance(value, Mapping):
+            return _FrozenMap({str(k): freeze(v) for k, v in value.items()})
+        return value
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = freeze(value)
+
+    walk("", dict(overrides or {}))
+    return tuple(sorted(flat.items()))
+
+
+@functools.cache
+def get_fabric(name: str | Path, overrides: tuple[tuple[str, Any], ...] = ()) -> Fabric:
+    """The Fabric of a topology (name or path) with overrides from freeze_overrides(), built once per process."""
+    return Fabric(load_topology(name, dict(overrides)))
