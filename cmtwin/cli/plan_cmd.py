@@ -29,17 +29,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     spec, composed = load_spec(args.overrides)
     plan = compile_plan(spec)
-    prediction = None
-    try:
-        from cmtwin.twin.predict import predict
-    except ImportError:  # the twin is optional while it is being built
-        predict = None
-    if predict is not None:
-        prediction = predict(spec, plan)
+    from cmtwin.twin.predict import predict
+
+    prediction = predict(spec, plan)
     plan_dict = plan.to_dict()
-    out = {"plan_hash": plan.plan_hash, "plan": plan_dict}
-    if prediction is not None:
-        out["prediction"] = prediction.to_dict()
+    out = {"plan_hash": plan.plan_hash, "plan": plan_dict, "prediction": prediction.to_dict()}
     run_id = None
     if not args.no_record:
         from cmtwin.store.engine import open_store
@@ -49,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         run_id = record_run(
             store, verb="plan", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
             overrides=list(composed.overrides), config=composed.config, status="ok", started_at=started,
-            finished_at=datetime.now(timezone.utc), plan=plan_dict, prediction=out.get("prediction"),
-            metrics=prediction.metrics() if prediction is not None else None)
+            finished_at=datetime.now(timezone.utc), plan=plan_dict, prediction=out["prediction"],
+            metrics=prediction.metrics())
     out = {"run_id": run_id, **out}
     if args.out:
         import json

@@ -15,8 +15,7 @@ def render_plan(spec, plan, prediction=None, *, run_id=None, elapsed_s: float | 
               f"({plan.dies_per_device} dies per device)")
 
     pools = Table(title="Pools and parallelism", title_justify="left")
-    for col in ("pool", "instances", "devices/inst", "dies/inst", "nodes", "EP", "TP", "DP attn",
-                "experts/die", "tokens/die"):
+    for col in ("pool", "inst", "devices", "dies", "nodes", "EP", "TP", "DP", "exp/die", "tok/die"):
         pools.add_column(col, justify="right" if col != "pool" else "left")
     seen: dict[str, list] = {}
     for p in plan.pools:
@@ -29,18 +28,21 @@ def render_plan(spec, plan, prediction=None, *, run_id=None, elapsed_s: float | 
                       epd, f"{p.tokens_per_die:,}")
     if plan.caching:
         c = plan.caching
-        pools.add_row("caching", "1", f"{c.cpus} CPUs", "-", f"{c.nodes} nodes", "-", "-", "-", "-",
-                      f"{c.blocks:,} blocks")
+        pools.add_row("caching", "1", f"{c.cpus} CPU", "-", f"{c.nodes}", "-", "-", "-", "-", "-")
     con.print(pools)
+    if plan.caching:
+        c = plan.caching
+        con.print(f"caching pool (EMS): {c.cpus} host CPUs on {c.nodes} nodes, {c.capacity_bytes / 2**40:,.1f} TiB of "
+                  f"DRAM = {c.blocks:,} KV blocks of {c.block_tokens} tokens")
 
     if spec.model.is_moe:
         ex = Table(title="Expert placement", title_justify="left")
-        for col in ("pool", "EP ranks", "routed ranks", "shared", "routed slots", "slots/rank",
-                    "replicated experts", "max/mean rank load"):
+        for col in ("pool", "EP", "routed ranks", "shared expert", "slots", "slots/rank", "replicated",
+                    "max/mean load"):
             ex.add_column(col, justify="right" if col != "pool" else "left")
         for role, ps in seen.items():
             s = ps[0].placement.summary()
-            shared = s["shared_expert"] + (f" ({s['dedicated_shared_ranks']} ranks)" if s["dedicated_shared_ranks"] else "")
+            shared = f"{s['dedicated_shared_ranks']} ranks" if s["dedicated_shared_ranks"] else s["shared_expert"]
             ex.add_row(role, str(s["ep"]), str(s["routed_ranks"]), shared, str(s["routed_slots"]),
                        str(s["routed_slots_per_rank"]), str(s["replicated_experts"]),
                        f"{s['max_over_mean_rank_load']:.3f}")

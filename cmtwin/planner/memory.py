@@ -63,7 +63,7 @@ class MemoryBreakdown:
             ("weights: attention", self.weights_attention),
             ("weights: dense MLP", self.weights_dense_mlp),
             ("weights: experts", self.weights_experts),
-            ("weights: embedding + LM head", self.weights_embedding),
+            ("weights: embed + head", self.weights_embedding),
             ("weights: router, norms, MTP", self.weights_other),
             ("dispatch buffers", self.dispatch_buffers),
             ("combine buffers", self.combine_buffers),

@@ -137,7 +137,7 @@ class Plan:
 def fabric_for(spec: Spec):
     from cmtwin.topology.fabric import freeze_overrides, get_fabric
 
-    return get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))
+    return get_fabric(spec.topology.file, freeze_overrides(spec.topology.params) if spec.topology.params else ())
 
 
 def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> None:

@@ -121,15 +121,15 @@ class Fabric:
                 up[plane][nu] += bw
             if nv is not None and nu != nv:
                 down[plane][nv] += bw
-        self._inj = {p: dict(m) for p, m in inj.items()}
-        self._ej = {p: dict(m) for p, m in ej.items()}
-        self._up = {p: dict(m) for p, m in up.items()}
-        self._down = {p: dict(m) for p, m in down.items()}
         self.planes: tuple[str, ...] = tuple(sorted({p for _, _, p in g.edges(data="plane")}))
+        self._inj = {p: dict(inj[p]) for p in self.planes}
+        self._ej = {p: dict(ej[p]) for p in self.planes}
+        self._up = {p: dict(up[p]) for p in self.planes}
+        self._down = {p: dict(down[p]) for p in self.planes}
         self._class: dict[str, dict[str, int]] = {}
-        for plane, table in wiring.items():
+        for plane in self.planes:
             ids: dict[tuple, int] = {}
-            self._class[plane] = {ep: ids.setdefault(tuple(sorted(w)), len(ids)) for ep, w in table.items()}
+            self._class[plane] = {ep: ids.setdefault(tuple(sorted(w)), len(ids)) for ep, w in wiring[plane].items()}
         self._views: dict[str, nx.MultiDiGraph] = {}
         self._pairs: dict[tuple, tuple[float, bool]] = {}
         self._route = functools.lru_cache(maxsize=1 << 16)(self._compute_route)
@@ -317,7 +317,8 @@ class Fabric:
                     crossing += pairs if leaves else 0
             if crossing:
                 label = node_label(node, self.nodes)
-                for gbps, side in ((self._up[plane].get(node, 0.0), "uplink"), (self._down[plane].get(node, 0.0), "downlink")):
+                for table, side in ((self._up, "uplink"), (self._down, "downlink")):
+                    gbps = table[plane].get(node, 0.0)
                     t = _us(crossing * nbytes, gbps) if gbps > 0 else math.inf
                     if t > worst:
                         worst, name = t, f"{side} {label} {plane}"
@@ -352,9 +353,9 @@ class Fabric:
             t = _us(nbytes, gbps)
             if t > step:
                 step, name = t, cut
-        for flows, table, side in ((flows_out, self._up[plane], "uplink"), (flows_in, self._down[plane], "downlink")):
+        for flows, table, side in ((flows_out, self._up, "uplink"), (flows_in, self._down, "downlink")):
             for node, count in flows.items():
-                t = _us(count * nbytes, table[node])
+                t = _us(count * nbytes, table[plane][node])
                 if t > step:
                     step, name = t, f"{side} {node_label(node, self.nodes)} {plane}"
         if step == 0.0 and step_latency > 0.0:
@@ -398,7 +399,9 @@ class Fabric:
         eps = [self._endpoint(e, plane) for e in endpoints]
         if len(set(eps)) != len(eps):
             dup = next(e for e, c in Counter(eps).items() if c > 1)
-            raise TopologyError(f"Fabric {self.name}: endpoint {dup} is listed twice.", key="endpoints", fix="list each once")
+            raise TopologyError(
+                f"Fabric {self.name}: endpoint {dup} is listed twice.", key="endpoints", fix="list each endpoint once"
+            )
         return eps
 
 

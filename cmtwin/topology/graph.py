@@ -52,12 +52,14 @@ def build_graph(spec: TopologySpec) -> nx.MultiDiGraph:
             for k in range(dev.dies_per_device):
                 nid = f"{lab}.{dev.id_prefix}{d}" + (f".d{k}" if dev.dies_per_device > 1 else "")
                 index = (n * dev.count + d) * dev.dies_per_device + k
-                nodes_out.append((nid, {"kind": "die", "node": n, "device": d, "die": k, "index": index, "model": dev.name}))
+                attrs = {"kind": "die", "node": n, "device": d, "die": k, "index": index, "model": dev.name}
+                nodes_out.append((nid, attrs))
                 ids.append(nid)
             groups["die"].append(ids)
         for c in range(cpu_count):
             nid = f"{lab}.cpu{c}"
-            nodes_out.append((nid, {"kind": "cpu", "node": n, "cpu": c, "index": n * cpu_count + c, "model": spec.node.cpus.name}))
+            attrs = {"kind": "cpu", "node": n, "cpu": c, "index": n * cpu_count + c, "model": spec.node.cpus.name}
+            nodes_out.append((nid, attrs))
             groups["cpu"].append([nid])
         for sw in spec.node.switches:
             groups[sw.name] = []
@@ -195,9 +197,9 @@ def check_invariants(graph: nx.MultiDiGraph, spec: TopologySpec) -> None:
     """Raise TopologyError unless the graph is a sound fabric for `spec`.
 
     Checks: every element is declared (no dangling link), no self-loops, every link has both directions and
-    positive bandwidth, each plane connects all its endpoints (per node on `node_local` planes), no switch links to a switch of its own tier,
-    switch port counts and port bandwidths are respected, and on every `non_blocking` plane that spans
-    nodes each node's uplink carries its dies' full injection bandwidth.
+    positive bandwidth, each plane connects all its endpoints (per node on `node_local` planes), no switch
+    links to a switch of its own tier, switch port counts and port bandwidths are respected, and on every
+    `non_blocking` plane that spans nodes each node's uplink carries its dies' full injection bandwidth.
     """
     name = spec.origin
     for nid, attrs in graph.nodes(data=True):

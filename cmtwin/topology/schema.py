@@ -369,7 +369,9 @@ def _read_yaml(path: Path, origin: str) -> Any:
 def _parse_path(text: Any, origin: str) -> list[str | int]:
     if not isinstance(text, str) or not text:
         raise TopologyError(
-            f"Topology {origin}: key path {text!r} is not a string.", key="params", fix="write a path like `node.devices.count`"
+            f"Topology {origin}: key path {text!r} is not a string.",
+            key="params",
+            fix="write a path like `node.devices.count`",
         )
     parts: list[str | int] = []
     for piece in text.split("."):
@@ -418,7 +420,7 @@ def _check_params(data: dict, origin: str) -> dict[str, list[list[str | int]]]:
             raise TopologyError(
                 f"Topology {origin}: key `params.{pname}` = {_short(target)} is not a key path or a list of them.",
                 key=f"params.{pname}",
-                fix="map each param to a key path, e.g. `nodes: nodes` or `gpus: [node.devices.count, fabric[0].count]`",
+                fix="map each param to a key path or a list of them, e.g. `nodes: nodes`",
             )
         parsed = [_parse_path(p, origin) for p in paths]
         for text, parts in zip(paths, parsed):
@@ -761,7 +763,8 @@ def expected_directed_links(spec: TopologySpec) -> int:
         if conn.from_indices is not None:
             n_from = len(conn.from_indices)
         elements = n_from * (dev.dies_per_device if conn.from_ == "die" else 1)
-        fan = {"all": sizes[conn.to], "same_index": 1, "same_group": sizes[conn.to] // max(1, getattr(fabric.get(conn.to), "groups", 1))}[conn.pattern]
+        per_group = sizes[conn.to] // (fabric[conn.to].groups if conn.to in fabric else 1)
+        fan = {"all": sizes[conn.to], "same_index": 1, "same_group": per_group}[conn.pattern]
         total += 2 * repeat * elements * fan * conn.links_per_pair
     return total + 2 * len(spec.links)
 
@@ -769,7 +772,8 @@ def expected_directed_links(spec: TopologySpec) -> int:
 def _check_size(spec: TopologySpec, origin: str) -> None:
     node = spec.node
     per_node = node.devices.count * node.devices.dies_per_device + (node.cpus.count if node.cpus else 0)
-    elements = spec.nodes * (per_node + sum(g.count for g in node.switches)) + sum(g.groups * g.count for g in spec.fabric)
+    per_node += sum(g.count for g in node.switches)
+    elements = spec.nodes * per_node + sum(g.groups * g.count for g in spec.fabric)
     if elements > MAX_ELEMENTS:
         raise TopologyError(
             f"Topology {origin}: these counts make {elements:,} elements, more than the {MAX_ELEMENTS:,} this "

@@ -64,9 +64,12 @@ def moe_load(spec, placement, *, tokens_per_rank: float, noise: bool) -> MoELoad
     routed_ranks = placement.routed_ranks
     total = tokens_per_rank * ep  # tokens in the EP group (every rank is also a DP/SP rank)
     copies = total * moe.experts_per_token
-    loads = placement.rank_loads()[:routed_ranks]
-    s = sum(loads) or 1.0
-    busiest = busiest_rank_tokens([x / s for x in loads], copies, noise=noise)
+    if spec.placement.balance == "perfect":  # the ideal EPLB: every routed rank gets the same share
+        shares = [1.0 / routed_ranks] * routed_ranks
+    else:
+        loads = placement.rank_loads()[:routed_ranks]
+        shares = [x / (sum(loads) or 1.0) for x in loads]
+    busiest = busiest_rank_tokens(shares, copies, noise=noise)
     distinct = distinct_ranks_per_token(moe.experts_per_token, moe.routed_experts + spec_redundant(placement),
                                         routed_ranks) if routed_ranks > 1 else 1.0
     if placement.dedicated_shared_ranks:

@@ -1,0 +1,44 @@
+"""Human output of a prediction: headline figures per phase, the per-operator breakdown, the bottleneck."""
+
+from __future__ import annotations
+
+
+def render_prediction(con, prediction, *, top: int = 12) -> None:
+    from rich.table import Table
+
+    head = Table(title="Prediction (per device = accelerator package)", title_justify="left")
+    for col in ("phase", "tokens/s/device", "step ms", "latency", "batch"):
+        head.add_column(col, justify="left" if col == "phase" else "right")
+    lines = []
+    if prediction.prefill:
+        p = prediction.prefill
+        head.add_row("prefill", f"{p['tokens_per_s_per_device']:,.0f}", f"{p['step_ms']:,.1f}",
+                     f"TTFT {p['ttft_ms']:,.1f} ms", f"{p['tokens_per_device']:,} tok")
+        lines.append(f"prefill: KV transfer to decode {p['kv_transfer_ms']:.1f} ms per prompt; microbatches {p['microbatches']}")
+    if prediction.decode:
+        d = prediction.decode
+        head.add_row("decode", f"{d['tokens_per_s_per_device']:,.0f}", f"{d['step_ms']:,.2f}",
+                     f"TPOT {d['tpot_ms']:,.2f} ms", f"{d['batch_per_device']} req")
+        lines.append(f"decode: {d['tokens_per_step']:.2f} tokens/step (MTP drafts {d['mtp_draft_tokens']}); KV length "
+                     f"{d['kv_len']:,}; microbatches {d['microbatches']}")
+    con.print(head)
+    for line in lines:
+        con.print(f"[dim]{line}[/]")
+    for note in prediction.notes:
+        con.print(f"[dim]{note}[/]")
+    for phase in ("prefill", "decode"):
+        rows = [r for r in prediction.breakdown if r.phase == phase]
+        if not rows:
+            continue
+        streams: dict[str, float] = {}
+        for r in rows:
+            streams[r.stream] = streams.get(r.stream, 0.0) + r.time_us
+        t = Table(title=f"{phase}: busiest operators per {'forward' if phase == 'prefill' else 'step'} "
+                        f"(streams: " + ", ".join(f"{k} {v / 1e3:,.1f} ms" for k, v in streams.items()) + ")",
+                  title_justify="left")
+        for col in ("stream", "operator", "ms", "bound", "calls"):
+            t.add_column(col, justify="right" if col in ("ms", "calls") else "left")
+        for r in sorted(rows, key=lambda r: -r.time_us)[:top]:
+            t.add_row(r.stream, r.operator, f"{r.time_us / 1e3:,.2f}", r.bound, str(r.calls))
+        con.print(t)
+    con.print(f"[bold]bottleneck[/]: {prediction.bottleneck}")

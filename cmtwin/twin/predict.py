@@ -1,0 +1,105 @@
+"""Plan -> Prediction: prefill and decode figures per device, the per-operator breakdown, the bottleneck.
+
+"Device" is the accelerator package (an NPU = 2 dies; a GPU). With `slo.tpot_ms` the decode batch is the
+largest that meets it; with `slo.ttft_ms` the prefill tokens per device likewise (cmtwin/twin/slo.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmtwin.twin.breakdown import Row
+
+
+@dataclass(frozen=True)
+class Prediction:
+    prefill: dict[str, Any] | None
+    decode: dict[str, Any] | None
+    breakdown: tuple[Row, ...]
+    bottleneck: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prefill": self.prefill,
+            "decode": self.decode,
+            "breakdown": [r.to_dict() for r in self.breakdown],
+            "bottleneck": self.bottleneck,
+            "notes": list(self.notes),
+        }
+
+    def metrics(self) -> dict[str, float]:
+        """Key scalars for the store (flat names such as decode.tokens_per_s_per_device)."""
+        out: dict[str, float] = {}
+        for phase in ("prefill", "decode"):
+            d = getattr(self, phase)
+            for k, v in (d or {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{phase}.{k}"] = float(v)
+        return out
+
+
+def _bottleneck(phase: str, ledger, streams: dict[str, float]) -> str:
+    rows = ledger.rows()
+    if not rows:
+        return f"{phase}: nothing to run"
+    total = sum(streams.values()) or 1.0
+    crit = max(streams, key=streams.get)
+    top = max((r for r in rows if r.stream == crit), key=lambda r: r.time_us)
+    share = top.time_us / (streams[crit] or 1.0)
+    return (f"{phase}: stream '{crit}' ({streams[crit] / total:.0%} of busy time); its largest operator is "
+            f"{top.operator} ({top.bound}-bound, {share:.0%} of the stream)")
+
+
+def _round(x: float, n: int = 3) -> float:
+    return float(f"{x:.{n}f}")
+
+
+def predict(spec, plan) -> Prediction:
+    from cmtwin.planner.plan import fabric_for
+    from cmtwin.twin.decode import decode_step
+    from cmtwin.twin.prefill import prefill_forward
+    from cmtwin.twin.slo import search_decode_batch, search_prefill_tokens
+
+    hw = spec.hardware
+    fabric = fabric_for(spec)
+    rows: list[Row] = []
+    notes: list[str] = []
+    bottlenecks = []
+    prefill = decode = None
+    if plan.pools_of("prefill"):
+        tokens = None
+        if spec.slo.ttft_ms is not None:
+            tokens, note = search_prefill_tokens(spec, plan, hw, fabric, spec.slo.ttft_ms)
+            notes.append(note)
+        r = prefill_forward(spec, plan, hw, fabric, tokens_per_die=tokens)
+        prefill = {
+            "tokens_per_s_per_device": _round(r.tokens_per_s_per_device, 1),
+            "step_ms": _round(r.step_us / 1e3),
+            "ttft_ms": _round(r.ttft_ms),
+            "tokens_per_device": r.tokens_per_die * spec.hardware.dies,
+            "kv_transfer_ms": _round(r.kv_transfer_us / 1e3),
+            "microbatches": spec.prefill.microbatches,
+        }
+        rows += r.ledger.rows()
+        bottlenecks.append(_bottleneck("prefill", r.ledger, r.streams))
+    if plan.pools_of("decode"):
+        batch = None
+        if spec.slo.tpot_ms is not None:
+            batch, note = search_decode_batch(spec, plan, hw, fabric, spec.slo.tpot_ms)
+            notes.append(note)
+        r = decode_step(spec, plan, hw, fabric, batch_per_die=batch)
+        decode = {
+            "tokens_per_s_per_device": _round(r.tokens_per_s_per_device, 1),
+            "tpot_ms": _round(r.tpot_ms),
+            "batch_per_device": r.batch_per_device,
+            "step_ms": _round(r.step_us / 1e3),
+            "tokens_per_step": _round(r.tokens_per_step, 4),
+            "kv_len": r.kv_len,
+            "microbatches": spec.decode.microbatches,
+            "mtp_draft_tokens": spec.mtp.draft_tokens,
+        }
+        rows += r.ledger.rows()
+        bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
+    return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes))

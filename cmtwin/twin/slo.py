@@ -1,0 +1,50 @@
+"""SLO search: the largest decode batch whose TPOT meets slo.tpot_ms, the largest prefill batch whose TTFT
+meets slo.ttft_ms. Both are monotone in the batch, so a bisection over the feasible range suffices."""
+
+from __future__ import annotations
+
+from cmtwin.errors import PlanError
+
+
+def _bisect(ok, lo: int, hi: int) -> int | None:
+    """Largest x in [lo, hi] with ok(x), assuming ok is monotone (True then False); None if ok(lo) fails."""
+    if not ok(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def search_decode_batch(spec, plan, hw, fabric, tpot_ms: float) -> tuple[int, str]:
+    """Requests per die: the largest batch meeting the TPOT target within the die's KV capacity."""
+    from cmtwin.twin.decode import decode_step
+
+    pool = plan.pools_of("decode")[0]
+    per_req = spec.workload.decode_kv_len + spec.mtp.draft_tokens
+    cap = pool.memory.kv_token_capacity + int(pool.memory.kv_cache // pool.memory.kv_bytes_per_token)
+    hi = max(1, min(4096, cap // max(1, per_req)))
+    best = _bisect(lambda b: decode_step(spec, plan, hw, fabric, batch_per_die=b).tpot_ms <= tpot_ms, 1, hi)
+    if best is None:
+        t1 = decode_step(spec, plan, hw, fabric, batch_per_die=1).tpot_ms
+        raise PlanError(f"slo.tpot_ms={tpot_ms:g} cannot be met: even one request per die gives TPOT {t1:.2f} ms.",
+                        key="slo.tpot_ms", fix=f"relax slo.tpot_ms above {t1:.2f}, or use more experts ranks/fewer layers per die")
+    return best, f"slo.tpot_ms={tpot_ms:g}: batch {best * spec.hardware.dies} per device (searched 1..{hi * spec.hardware.dies})"
+
+
+def search_prefill_tokens(spec, plan, hw, fabric, ttft_ms: float) -> tuple[int, str]:
+    """Tokens per die per forward (whole prompts): the largest meeting the TTFT target."""
+    from cmtwin.twin.prefill import prefill_forward
+
+    prompt = spec.workload.prompt_len
+    pool = plan.pools_of("prefill")[0]
+    hi = max(1, pool.tokens_per_die // prompt) * 4
+    best = _bisect(lambda n: prefill_forward(spec, plan, hw, fabric, tokens_per_die=n * prompt).ttft_ms <= ttft_ms, 1, hi)
+    if best is None:
+        t1 = prefill_forward(spec, plan, hw, fabric, tokens_per_die=prompt).ttft_ms
+        raise PlanError(f"slo.ttft_ms={ttft_ms:g} cannot be met: one {prompt}-token prompt per die takes {t1:.1f} ms.",
+                        key="slo.ttft_ms", fix=f"relax slo.ttft_ms above {t1:.1f} or shorten workload.prompt_len")
+    return best * prompt, f"slo.ttft_ms={ttft_ms:g}: {best * prompt * spec.hardware.dies} tokens per device per forward"

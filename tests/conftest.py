@@ -1,0 +1,27 @@
+"""Shared fixtures: an isolated working directory and store per test, the repository root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in a fresh folder with its own SQLite store (sqlite:///cmtwin.db there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CMTWIN_DB_URL", raising=False)
+    monkeypatch.delenv("CMTWIN_FULL_ERROR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_env_leak(monkeypatch):
+    monkeypatch.delenv("CMTWIN_FULL_ERROR", raising=False)
+    if os.environ.get("CMTWIN_DB_URL", "").startswith("sqlite:///cmtwin.db"):
+        monkeypatch.delenv("CMTWIN_DB_URL", raising=False)
