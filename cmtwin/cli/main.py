@@ -20,6 +20,7 @@ _VERB_MODULES = (
     "cmtwin.cli.config_cmd",
     "cmtwin.cli.store_cmds",
     "cmtwin.cli.export_cmd",
+    "cmtwin.cli.validate_cmd",
 )
 
 

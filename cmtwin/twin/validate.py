@@ -1,0 +1,182 @@
+"""`cmtwin validate`: the twin's predictions beside every published figure in shared/reference.
+
+Operator tables are what the twin is calibrated on (a row's error shows the fit, not a prediction of unseen
+data); headlines are whole-deployment results the twin was NOT fitted to. Both are reported with the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmtwin.twin import reference as ref
+
+
+@dataclass(frozen=True)
+class Check:
+    group: str  # operator table or headline
+    name: str
+    published: float
+    predicted: float
+    unit: str
+    source: str
+    tolerance: float | None = None  # the acceptance bound, where one exists
+
+    @property
+    def error(self) -> float:
+        return (self.predicted - self.published) / self.published
+
+    @property
+    def ok(self) -> bool | None:
+        return None if self.tolerance is None else abs(self.error) <= self.tolerance
+
+
+def _load(name: str, overrides=()):
+    from cmtwin.config.compose import load_spec
+
+    return load_spec([f"+deployment={name}", *overrides])[0]
+
+
+def collective_checks() -> list[Check]:
+    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import freeze_overrides, get_fabric
+    from cmtwin.twin import comm
+    from cmtwin.twin.routing import distinct_ranks_per_token
+
+    out: list[Check] = []
+    cases = [
+        ("r1_ep320", ref.CM384_DISPATCH_COMBINE, None, 0.10),
+        ("r1_h800_ep144", ref.DEEPEP_LL_H800, {"nodes": 32}, 0.15),
+    ]
+    for dep, table, params, tol in cases:
+        spec = _load(dep)
+        fab = fabric_for(spec) if params is None else get_fabric(
+            spec.topology.file, freeze_overrides({**spec.topology.params, **params}))
+        hw = spec.hardware
+        for ep, d_us, c_us in table["rows"]:
+            ids = tuple(d.id for d in fab.dies()[:ep])
+            copies = table["tokens"] * distinct_ranks_per_token(8, 256, ep)
+            for kind, meas in (("dispatch", d_us), ("combine", c_us)):
+                t = comm.dispatch_combine(hw, fab, ids, kind=kind, send_copies=copies, recv_copies=copies,
+                                          msg_bytes=spec.prec.message_bytes(kind, spec.model.hidden))
+                out.append(Check(f"{hw.name} {kind}", f"EP{ep} {kind}, {table['tokens']} tokens/rank", meas, t.us,
+                                 "us", table["source"], tol))
+    return out
+
+
+def kernel_checks() -> list[Check]:
+    from cmtwin.model.operators import Op, gemm
+    from cmtwin.twin.cost import op_time
+
+    out: list[Check] = []
+    asc = _load("r1_ep320").hardware
+    for g, m, n, k, util in ref.CM384_INT8_GROUPED_GEMM["rows"]:
+        op = gemm("grouped_gemm", m, k, n, "int8", cls="grouped_gemm", groups=g)
+        t = op_time(op, asc)
+        pred = op.flops / (t.us * 1e-6) / asc.peak_flops("int8")
+        out.append(Check("ascend_910c INT8 grouped GEMM", f"{g}x[{m}x{n}x{k}] compute utilisation", util, pred, "frac",
+                         ref.CM384_INT8_GROUPED_GEMM["source"]))
+    h800 = _load("r1_h800_ep144").hardware
+    for m, n, k, tflops, _gbps in ref.DEEPGEMM_DENSE["rows"]:
+        op = gemm("gemm", m, k, n, "fp8")
+        t = op_time(op, h800)
+        out.append(Check("h800_sxm DeepGEMM dense FP8", f"M={m} N={n} K={k}", tflops, op.flops / t.us / 1e6, "TFLOPS",
+                         ref.DEEPGEMM_DENSE["source"]))
+    for layout, g, m, n, k, tflops, _gbps in ref.DEEPGEMM_GROUPED["rows"]:
+        op = gemm("grouped", m, k, n, "fp8", cls="grouped_gemm", groups=g)
+        t = op_time(op, h800)
+        out.append(Check("h800_sxm DeepGEMM grouped FP8", f"{layout} {g}x M={m} N={n} K={k}", tflops,
+                         op.flops / t.us / 1e6, "TFLOPS", ref.DEEPGEMM_GROUPED["source"]))
+    # FlashMLA: a memory-bound (batch 64, 1 query token, 4096 KV) and a compute-bound (128 heads x 2 tokens) case.
+    for label, b, sq, published, unit in (("memory-bound: 64 x 4,096 KV, s_q=1", 64, 1, ref.FLASHMLA_H800["memory_GB_per_s"], "GB/s"),
+                                          ("compute-bound: 128 x 4,096 KV, s_q=2", 128, 2, ref.FLASHMLA_H800["compute_tflops"], "TFLOPS")):
+        L, heads, d, dv = 4096, 128, 576, 512
+        flops = 2.0 * b * sq * heads * L * (d + dv)
+        kv = b * L * d * 2.0
+        op = Op("mla", "attention_decode", flops, 0.0, 0.0, kv, "bf16", b * sq)
+        t = op_time(op, h800)
+        t_us = t.us - t.overhead_us
+        pred = kv / t_us / 1e3 if unit == "GB/s" else flops / t_us / 1e6
+        out.append(Check("h800_sxm FlashMLA", label, published, pred, unit, ref.FLASHMLA_H800["source"]))
+    return out
+
+
+def headline_checks() -> list[Check]:
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.twin.predict import predict
+
+    out: list[Check] = []
+    for h in ref.HEADLINES:
+        spec = _load(h["deployment"], h["overrides"])
+        try:
+            pred = predict(spec, compile_plan(spec)).metrics().get(h["key"], float("nan"))
+        except Exception as exc:  # an infeasible SLO is a result too
+            from cmtwin.errors import CmtwinError
+
+            if not isinstance(exc, CmtwinError):
+                raise
+            pred = float("nan")
+        extra = " ".join(h["overrides"])
+        out.append(Check("headline", f"{h['name']} ({h['conditions']}{'; ' + extra if extra else ''})", h["value"],
+                         pred, "", ref.PAPER, h["tolerance"]))
+    return out
+
+
+def all_checks() -> list[Check]:
+    return collective_checks() + kernel_checks() + headline_checks()
+
+
+def markdown(checks: list[Check]) -> str:
+    lines = [
+        "# Twin validation",
+        "",
+        "Generated by `cmtwin validate`. Operator tables are what the twin is calibrated on (their rows show the",
+        "quality of the fit); headline results are whole deployments the twin was *not* fitted to.",
+        "",
+    ]
+    group = None
+    for c in checks:
+        if c.group != group:
+            group = c.group
+            lines += ["", f"## {group}", "", f"Source: {c.source}", "",
+                      "| case | published | twin | error | within bound |", "|---|---|---|---|---|"]
+        ok = "" if c.ok is None else ("yes" if c.ok else f"**no** (bound {c.tolerance:.0%})")
+        pred = "infeasible" if c.predicted != c.predicted else f"{c.predicted:,.4g}"
+        err = "-" if c.predicted != c.predicted else f"{c.error:+.1%}"
+        lines.append(f"| {c.name} | {c.published:,.4g} {c.unit} | {pred} | {err} | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
+def iter_constants(profile: dict, prefix: str = ""):
+    """(key path, value, source) for every sourced constant of a hardware profile dict."""
+    if isinstance(profile, dict):
+        if "value" in profile and "source" in profile:
+            yield prefix, profile["value"], profile["source"]
+            return
+        if "points" in profile and "source" in profile:
+            yield prefix, profile["points"], profile["source"]
+            return
+        for k, v in profile.items():
+            if k == "source":
+                continue
+            yield from iter_constants(v, f"{prefix}.{k}" if prefix else k)
+
+
+def constants_markdown() -> str:
+    """Every constant of every hardware profile with its source (docs/calibration.md)."""
+    import yaml
+
+    from cmtwin.paths import conf_dir
+
+    lines = ["# Calibrated constants", "",
+             "Generated by `cmtwin validate` from conf/hardware/*.yaml: every number the twin uses, and its source.",
+             "No constant is derived from a whole-deployment (headline) result.", ""]
+    for path in sorted((conf_dir() / "hardware").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        lines += [f"## {path.stem}", "", "| constant | value | source |", "|---|---|---|"]
+        for key, value, source in iter_constants(data):
+            lines.append(f"| `{key}` | {value} | {source} |")
+        mb = data.get("microbatching")
+        if mb:
+            lines.append(f"| `microbatching` | {mb.get('mode')} | {mb.get('source')} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""The twin: sourced constants, calibration on operator tables, mechanisms visible in the breakdown."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cmtwin.config.compose import load_spec
+from cmtwin.paths import conf_dir
+from cmtwin.planner.plan import compile_plan
+from cmtwin.twin.predict import predict
+
+HARDWARE = sorted((conf_dir() / "hardware").glob("*.yaml"))
+
+
+def _numbers_without_source(node, path=""):
+    """Every numeric leaf that is not the `value` of a {value, source} pair (or a sourced curve's points)."""
+    if isinstance(node, dict):
+        if "source" in node and ("value" in node or "points" in node):
+            return []
+        out = []
+        for k, v in node.items():
+            out += _numbers_without_source(v, f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _numbers_without_source(v, f"{path}[{i}]")]
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        return [path]
+    return []
+
+
+@pytest.mark.parametrize("path", HARDWARE, ids=lambda p: p.stem)
+def test_every_hardware_constant_names_its_source(path: Path):
+    data = yaml.safe_load(path.read_text())
+    data.get("microbatching", {}).pop("attention", None)  # core counts of the split, sourced as a block
+    data.get("microbatching", {}).pop("moe", None)
+    assert _numbers_without_source(data) == [], f"{path.name}: constants without a source"
+
+
+def test_the_source_check_can_fail():
+    assert _numbers_without_source({"die": {"memory_gib": 64}}) == ["die.memory_gib"]
+    assert _numbers_without_source({"die": {"memory_gib": {"value": 64, "source": "datasheet"}}}) == []
+
+
+def test_twin_code_never_reads_headline_results():
+    twin = Path(__file__).resolve().parent.parent / "cmtwin"
+    readers = [p.relative_to(twin).as_posix() for p in twin.rglob("*.py") if "HEADLINES" in p.read_text()]
+    assert sorted(readers) == ["twin/reference.py", "twin/validate.py"]
+
+
+def test_collective_constants_are_the_fit_of_the_operator_tables():
+    from cmtwin.twin.calibration import cm384_fits, h800_fits
+
+    for name, fits in (("ascend_910c", cm384_fits()), ("h800_sxm", h800_fits())):
+        prof = yaml.safe_load((conf_dir() / "hardware" / f"{name}.yaml").read_text())["collectives"]
+        for fit in fits:
+            assert prof[fit.kind]["fixed_us"]["value"] == pytest.approx(fit.fixed_us, abs=0.05)
+            for plane, eff in fit.efficiency.items():
+                assert prof[fit.kind][f"efficiency_{plane}"]["value"] == pytest.approx(eff, abs=0.0005)
+
+
+def test_dispatch_combine_match_the_published_tables():
+    from cmtwin.twin.validate import collective_checks
+
+    checks = collective_checks()
+    assert len(checks) == 24
+    for c in checks:
+        assert c.ok, f"{c.group} {c.name}: {c.predicted:.1f} vs {c.published} ({c.error:+.1%})"
+
+
+def _predict(*overrides):
+    spec, _ = load_spec(["+deployment=r1_ep320", *overrides])
+    return predict(spec, compile_plan(spec))
+
+
+@pytest.fixture(scope="module")
+def base():
+    return _predict()
+
+
+def test_prediction_contract(base):
+    d = base.to_dict()
+    for key in ("tokens_per_s_per_device", "step_ms", "ttft_ms"):
+        assert d["prefill"][key] > 0
+    for key in ("tokens_per_s_per_device", "tpot_ms", "batch_per_device", "step_ms", "tokens_per_step"):
+        assert d["decode"][key] > 0
+    assert {r["bound"] for r in d["breakdown"]} <= {"compute", "memory", "comm"}
+    assert {r["phase"] for r in d["breakdown"]} == {"prefill", "decode"}
+    assert "decode" in d["bottleneck"] and "prefill" in d["bottleneck"]
+    # throughput x TPOT = batch per device (the paper's identity)
+    dec = d["decode"]
+    assert dec["tokens_per_s_per_device"] * dec["tpot_ms"] / 1e3 == pytest.approx(dec["batch_per_device"], rel=1e-3)
+    assert dec["batch_per_device"] == 96 and dec["tokens_per_step"] == pytest.approx(1.7)
+
+
+def test_mtp_off_goes_through_the_mechanism(base):
+    off = _predict("mtp.draft_tokens=0")
+    assert off.decode["tokens_per_step"] == 1.0
+    assert not [r for r in off.breakdown if r.phase == "decode" and r.stream == "mtp"]
+    assert [r for r in base.breakdown if r.phase == "decode" and r.stream == "mtp"]
+    # one verified token per request instead of two: a cheaper step, but fewer tokens per step
+    assert off.decode["step_ms"] < base.decode["step_ms"]
+    att = lambda p: next(r.time_us for r in p.breakdown if r.phase == "decode" and r.operator == "mla_attention"
+                         and r.stream != "mtp")
+    assert att(off) == pytest.approx(att(base) / 2, rel=0.05)
+
+
+def test_microbatching_off_goes_through_the_mechanism(base):
+    off = _predict("decode.microbatches=1", "prefill.microbatches=1")
+    streams = lambda p, phase: {r.stream for r in p.breakdown if r.phase == phase}
+    assert {"attention", "moe"} <= streams(base, "decode") and "serial" not in streams(base, "decode")
+    assert "serial" in streams(off, "decode") and "attention" not in streams(off, "decode")
+    assert {"compute", "comm"} <= streams(base, "prefill") and "serial" in streams(off, "prefill")
+    # overlapping comm with compute makes prefill faster
+    assert off.prefill["step_ms"] > base.prefill["step_ms"]
+
+
+def test_perfect_balance_is_never_slower(base):
+    perfect = _predict("placement.balance=perfect")
+    assert perfect.prefill["step_ms"] <= base.prefill["step_ms"]
+    assert perfect.decode["step_ms"] <= base.decode["step_ms"]
+    skewed = _predict("placement.expert_load_cv=1.0", "decode.microbatches=1")
+    flat = _predict("decode.microbatches=1")
+    assert skewed.decode["step_ms"] > flat.decode["step_ms"]
+
+
+def test_slo_search_finds_the_largest_batch_meeting_the_target():
+    res = _predict("slo.tpot_ms=30")
+    b = res.decode["batch_per_device"]
+    assert res.decode["tpot_ms"] <= 30
+    above = _predict(f"decode.batch_per_device={b + 2}")
+    assert above.decode["tpot_ms"] > 30
+
+
+def test_slo_that_cannot_be_met_is_a_clean_error():
+    from cmtwin.errors import PlanError
+
+    with pytest.raises(PlanError, match="slo.tpot_ms"):
+        _predict("slo.tpot_ms=1")
+
+
+@pytest.mark.parametrize("deployment", ["r1_h800_ep144", "r1_h100_ep72"])
+def test_gpu_deployments_predict(deployment):
+    spec, _ = load_spec([f"+deployment={deployment}"])
+    pred = predict(spec, compile_plan(spec))
+    assert pred.decode["tokens_per_s_per_device"] > 0 and math.isfinite(pred.decode["tpot_ms"])
+    assert pred.prefill["tokens_per_s_per_device"] > 0
+    # GPUs overlap comm with compute on all SMs: a separate comm stream in the breakdown
+    assert "comm" in {r.stream for r in pred.breakdown if r.phase == "decode"}
+
+
+def test_prediction_is_stored_with_the_run(workdir):
+    from cmtwin.cli.main import main
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_run, list_runs
+
+    assert main(["plan", "+deployment=r1_ep320", "--format", "json"]) == 0
+    store = open_store("sqlite:///cmtwin.db")
+    run = get_run(store, list_runs(store)[0].id)
+    assert run.prediction["decode"]["tpot_ms"] > 0
+    assert run.metrics["decode.tokens_per_s_per_device"] == run.prediction["decode"]["tokens_per_s_per_device"]
