@@ -14,14 +14,17 @@ import sys
 from cmtwin import __version__
 from cmtwin.errors import CmtwinError
 
-# Verb modules, imported when the parser is built; each must keep heavy imports inside its handlers.
-_VERB_MODULES = (
-    "cmtwin.cli.plan_cmd",
-    "cmtwin.cli.config_cmd",
-    "cmtwin.cli.store_cmds",
-    "cmtwin.cli.export_cmd",
-    "cmtwin.cli.validate_cmd",
-)
+# Verb modules: every cmtwin/cli/*_cmd.py (and store_cmds.py), imported when the parser is built, in this
+# order first. Each must keep heavy imports (torch, textual, matplotlib) inside its handlers.
+_FIRST = ("plan_cmd", "simulate_cmd", "search_cmd", "execute_cmd", "calibrate_cmd", "tui_cmd", "store_cmds")
+
+
+def _verb_modules() -> list[str]:
+    from pathlib import Path
+
+    found = {p.stem for p in Path(__file__).parent.glob("*_cmd*.py")}
+    ordered = [m for m in _FIRST if m in found] + sorted(found - set(_FIRST))
+    return [f"cmtwin.cli.{m}" for m in ordered]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmtwin {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for name in _VERB_MODULES:
+    for name in _verb_modules():
         importlib.import_module(name).register(sub)
     return parser
 
