@@ -123,14 +123,17 @@ class DecodeResult:
     streams: dict[str, float]  # per-step busy time per stream
 
 
-def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None) -> DecodeResult:
+def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_len: int | None = None,
+                microbatches: int | None = None) -> DecodeResult:
+    """One decode step of the plan's decode ranks. batch_per_die, kv_len (mean context of the batch) and
+    microbatches default to the spec's; the simulator and the SLO search pass their own."""
     pool = plan.pools_of("decode")[0]
     b = batch_per_die if batch_per_die is not None else pool.batch_per_die
     k = spec.mtp.draft_tokens
-    m = max(1, min(spec.decode.microbatches, b))
+    m = max(1, min(microbatches or spec.decode.microbatches, b))
     verify = 1 + k
     tokens_mb = b * verify / m
-    kv_len = spec.workload.decode_kv_len
+    kv_len = kv_len if kv_len is not None else spec.workload.decode_kv_len
     model, prec = spec.model, spec.prec
     sh = stream_shares(hw, m)
     overlap = m >= 2 and hw.microbatching is not None

@@ -46,17 +46,19 @@ def _time(ops: list[Op], hw, ledger: Ledger, stream: str, calls: int) -> float:
     return total
 
 
-def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None) -> PrefillResult:
+def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None,
+                    prompt_len: int | None = None, microbatches: int | None = None) -> PrefillResult:
+    """One prefill forward of tokens_per_die tokens made of prompts of prompt_len (defaults: the spec's)."""
     pool = plan.pools_of("prefill")[0]
     tpd = tokens_per_die if tokens_per_die is not None else pool.tokens_per_die
     model, prec = spec.model, spec.prec
-    m = max(1, spec.prefill.microbatches)
+    m = max(1, microbatches or spec.prefill.microbatches)
     overlap = m >= 2
     ledger = Ledger("prefill")
     inst_dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == pool.instance]
     tp = pool.tp
     tp_group = tuple(inst_dies[:tp])
-    prompt = spec.workload.prompt_len
+    prompt = prompt_len or spec.workload.prompt_len
     t_mb = max(1, round(tpd / m))
     prompts_mb = max(1.0, t_mb / prompt)
     cname = "compute" if overlap else "serial"
