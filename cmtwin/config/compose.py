@@ -23,10 +23,18 @@ class Composed:
     overrides: tuple[str, ...]
 
 
+USER_CONF = "cmtwin_conf"  # extra options in the working directory (e.g. profiles from `cmtwin calibrate`)
+
+
 def options(group: str) -> list[str]:
-    """The options of a config group: the YAML files under conf/<group>/."""
-    folder = conf_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    """The options of a config group: the YAML files under conf/<group>/ and ./cmtwin_conf/<group>/."""
+    from pathlib import Path
+
+    found = set()
+    for folder in (conf_dir() / group, Path(USER_CONF) / group):
+        if folder.is_dir():
+            found |= {p.stem for p in folder.glob("*.yaml")}
+    return sorted(found)
 
 
 def groups() -> list[str]:
@@ -105,7 +113,10 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
             raise ConfigError(f"override '{o}': interpolations that read the environment or evaluate code are "
                               "not allowed in overrides.", key=o.split("=")[0])
     GlobalHydra.instance().clear()
+    import warnings
+
     try:
+        warnings.filterwarnings("ignore", message=".*is not available", category=UserWarning)
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     except Exception as exc:  # Hydra raises several unrelated types; all are bad input here
