@@ -343,10 +343,9 @@ def test_runs_of_dead_processes_are_marked_interrupted(db_url):
 
 @pytest.fixture
 def cli(monkeypatch):
-    """Run `cmtwin ...` in-process with only the store verbs registered (others are built elsewhere)."""
+    """Run `cmtwin ...` in-process (the whole CLI)."""
     import cmtwin.cli.main as cli_main
 
-    monkeypatch.setattr(cli_main, "_VERB_MODULES", ("cmtwin.cli.store_cmds",))
     return cli_main.main
 
 
