@@ -12,6 +12,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from cmtwin.config.base import Frozen
+from cmtwin.config.workload import WorkloadSpec
+from cmtwin.executor.spec import ExecutorSpec
+from cmtwin.sim.spec import SearchSpec, SimSpec
 from cmtwin.model.arch import ModelSpec
 from cmtwin.model.precision import PRECISIONS, Precision, PrecisionName
 from cmtwin.twin.hardware import HardwareProfile
@@ -137,25 +140,6 @@ class MemorySpec(Frozen):
     """Tokens whose activations must fit at once (default: the phase's tokens per die per forward)."""
 
 
-class WorkloadSpec(Frozen):
-    """Request shape."""
-
-    name: str = "custom"
-    """Workload name."""
-    prompt_len: int = Field(ge=1)
-    """Prompt tokens per request."""
-    output_len: int = Field(ge=1)
-    """Output tokens per request."""
-    kv_len: int | None = Field(default=None, ge=1)
-    """KV length a decode step attends to (default: prompt + output / 2)."""
-    prefix_share: float = Field(default=0.0, ge=0, le=1)
-    """Fraction of prompt tokens shared with earlier requests (prefix reuse)."""
-
-    @property
-    def decode_kv_len(self) -> int:
-        return self.kv_len if self.kv_len is not None else self.prompt_len + self.output_len // 2
-
-
 class SloSpec(Frozen):
     """Latency targets; when set the twin searches the largest batch that meets them."""
 
@@ -207,6 +191,12 @@ class Spec(Frozen):
     """Latency targets."""
     store: StoreSpec
     """The run store."""
+    sim: SimSpec = SimSpec()
+    """Discrete-event serving simulation (`cmtwin simulate`)."""
+    search: SearchSpec = SearchSpec()
+    """Plan search (`cmtwin search`)."""
+    executor: ExecutorSpec = ExecutorSpec()
+    """Real-kernel execution (`cmtwin execute`, `cmtwin calibrate`)."""
 
     @property
     def prec(self) -> Precision:

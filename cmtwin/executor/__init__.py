@@ -1,0 +1,1 @@
+"""Real kernels on the local device (the only core package that imports torch, lazily)."""

@@ -1,0 +1,1 @@
+"""Discrete-event serving simulation: event engine, entities, metrics."""
