@@ -94,14 +94,16 @@ def place_experts(model: ModelSpec, *, phase: str, ep: int, redundant: int, dedi
         raise PlanError(f"{phase}.redundant_experts ({redundant}) is more than the ranks can hold without two "
                         f"copies of an expert on one rank.", key=f"{phase}.redundant_experts")
     load = expert_load(model, balance, load_cv)
-    # Replicas: greedy on load per replica (EPLB's rule).
+    # Replicas: greedy on load per replica (EPLB's rule), at most one copy per routed rank (the check above
+    # guarantees the heap never runs dry: routed x routed_ranks >= routed + redundant).
     replicas = [1] * routed
     heap = [(-load[e], e) for e in range(routed)]
     heapq.heapify(heap)
     for _ in range(redundant):
         _, e = heapq.heappop(heap)
         replicas[e] += 1
-        heapq.heappush(heap, (-load[e] / replicas[e], e))
+        if replicas[e] < routed_ranks:
+            heapq.heappush(heap, (-load[e] / replicas[e], e))
     # Copies in descending load per copy, dealt to the least-loaded rank that has a free slot and not the expert.
     copies = sorted(((load[e] / replicas[e], e) for e in range(routed) for _ in range(replicas[e])), reverse=True)
     ranks: list[list[int]] = [[] for _ in range(routed_ranks)]
