@@ -57,7 +57,14 @@ def report_error(exc: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before or after options (`plan --format json decode.ep=32`): argparse stops a
+    # positional list at the first option, so the rest arrive as extras and join the overrides here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
     try:
         code = args.func(args)
     except CmtwinError as exc:

@@ -131,6 +131,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
     except Exception as exc:
         raise ConfigError(f"cannot resolve an interpolation in the config: {' '.join(str(exc).split())}",
                           key="interpolation") from None
+    from cmtwin.config.gate import check_targets
+
+    check_targets(plain)
     return Composed(config=plain, choices=choices, overrides=overrides)
 
 
