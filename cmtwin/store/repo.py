@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -258,6 +259,31 @@ def finish_run(store: Store, run_id: int, status: str, message: str | None = Non
         run.status = status
         run.finished_at = _now()
         run.message = message
+
+
+@contextmanager
+def run_lifecycle(store: Store, run_id: int):
+    """Close a started run however its work ends: `ok` on success, `cancelled` on Ctrl-C (SIGINT),
+    `failed` with the reason on an error. Samples committed before the end stay; a SIGKILL leaves the run
+    `running`, and the next open of the store marks it `interrupted` (its pid is gone).
+
+        run_id = start_run(store, ...)
+        with run_lifecycle(store, run_id):
+            ...  # add_samples(...) in batches as the work progresses
+    """
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        finish_run(store, run_id, "cancelled", "interrupted by the user (SIGINT)")
+        raise
+    except BaseException as exc:
+        finish_run(store, run_id, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    else:
+        with store.read() as session:
+            still_running = _require_run(session, run_id).status == "running"
+        if still_running:
+            finish_run(store, run_id, "ok")
 
 
 def set_metrics(store: Store, run_id: int, metrics: Mapping[str, float]) -> None:
