@@ -27,7 +27,13 @@ def _topology(args) -> int:
     if args.out:
         from pathlib import Path
 
-        Path(args.out).write_text(text)
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            from cmtwin.errors import CmtwinError
+
+            raise CmtwinError(f"--out {args.out}: cannot write the file ({exc.strerror}).", key="--out",
+                              fix="give a writable file path") from None
         print(f"wrote {args.out} ({spec.topology.name}, {args.format})", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -50,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
         import json
         from pathlib import Path
 
-        Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+        try:
+            Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+        except OSError as exc:
+            from cmtwin.errors import CmtwinError
+
+            raise CmtwinError(f"--out {args.out}: cannot write the file ({exc.strerror}).", key="--out",
+                              fix="give a writable file path") from None
     if args.format == "json":
         print_json(out)
     else:
