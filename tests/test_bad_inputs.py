@@ -35,7 +35,7 @@ CONFIG_CASES = [
     ("experts-do-not-fit", ["plan", D, "decode.redundant_experts=31"], "EP cannot hold the experts"),
     ("prefill-experts-do-not-fit", ["plan", D, "prefill.redundant_experts=5"], "prefill.ep"),
     ("hbm-overflow", ["plan", D, "decode.batch_per_device=4000"], "HBM overflow"),
-    ("more-devices-than-topology", ["plan", D, "decode.devices=320"], "more devices than the topology has"),
+    ("more-devices-than-topology", ["plan", D, "decode.devices=320", "decode.ep=640"], "more devices than the topology has"),
     ("bad-override-syntax", ["plan", D, "decode.ep"], "decode.ep"),
     ("code-in-config", ["plan", D, "+x._target_=os.system"], "_target_"),
     ("env-interpolation", ["plan", D, "decode.ep=${oc.env:HOME}"], "interpolation"),

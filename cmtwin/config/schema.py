@@ -57,7 +57,14 @@ class PrefillSpec(Frozen):
     ep: int = Field(ge=1)
     """Expert-parallel ranks (dies) per instance."""
     tp: int = Field(default=1, ge=1)
-    """Tensor-parallel degree (dies) of the attention's head-parallel stage."""
+    """Attention tensor-parallel degree (dies); attention data-parallel degree = ranks / (tp x pp)."""
+    tp_mode: Literal["allreduce", "sp_tp_sp"] = "allreduce"
+    """allreduce: heads split, o_proj row-parallel, an all-reduce per block (Megatron); sp_tp_sp: the staged
+    sequence-parallel / head-parallel MLA of CloudMatrix-Infer (all-gather, then all-to-all)."""
+    moe_tp: int = Field(default=1, ge=1)
+    """Tensor-parallel degree of each expert (its intermediate split moe_tp ways); moe_tp x ep x pp = ranks."""
+    pp: int = Field(default=1, ge=1)
+    """Pipeline stages (layers split pp ways)."""
     redundant_experts: int = Field(default=0, ge=0)
     """Extra routed-expert replicas placed for load balancing."""
     dedicated_shared_ranks: int = Field(default=0, ge=0)
@@ -74,7 +81,15 @@ class DecodeSpec(Frozen):
     devices: int = Field(ge=0)
     """Devices (packages) in the decode instance (0 = no decode pool)."""
     ep: int = Field(ge=1)
-    """Expert-parallel ranks (dies)."""
+    """Expert-parallel ranks (dies); moe_tp x ep x pp = ranks (ignored for a dense model)."""
+    tp: int = Field(default=1, ge=1)
+    """Attention tensor-parallel degree (dies); attention data-parallel degree = ranks / (tp x pp)."""
+    tp_mode: Literal["allreduce", "sp_tp_sp"] = "allreduce"
+    """How tensor-parallel attention communicates (decode uses allreduce)."""
+    moe_tp: int = Field(default=1, ge=1)
+    """Tensor-parallel degree of each expert (its intermediate split moe_tp ways)."""
+    pp: int = Field(default=1, ge=1)
+    """Pipeline stages (layers split pp ways)."""
     redundant_experts: int = Field(default=0, ge=0)
     """Extra routed-expert replicas placed for load balancing."""
     dedicated_shared_ranks: int = Field(default=0, ge=0)
@@ -156,6 +171,26 @@ class StoreSpec(Frozen):
     """SQLAlchemy URL (sqlite:///cmtwin.db by default; CMTWIN_DB_URL overrides)."""
 
 
+def layout_errors(phase: str, ph, devices: int, dies: int, model: ModelSpec) -> list[str]:
+    """The parallel-degree arithmetic of one instance of a phase, as messages (empty when it adds up)."""
+    ranks = devices * dies
+    where = f"devices per instance ({devices}) x dies per device ({dies}) = {ranks} ranks"
+    out = []
+    if ranks % (ph.tp * ph.pp):
+        out.append(f"{phase}.tp ({ph.tp}) x {phase}.pp ({ph.pp}) must divide the {where}")
+    if model.moe is not None and ph.moe_tp * ph.ep * ph.pp != ranks:
+        out.append(f"{phase}.moe_tp ({ph.moe_tp}) x {phase}.ep ({ph.ep}) x {phase}.pp ({ph.pp}) = "
+                   f"{ph.moe_tp * ph.ep * ph.pp} != {where}")
+    if ph.pp > model.layers:
+        out.append(f"{phase}.pp ({ph.pp}) > layers ({model.layers})")
+    heads = model.attention.heads
+    if heads % ph.tp:
+        out.append(f"{phase}.tp ({ph.tp}) must divide the attention heads ({heads})")
+    if model.moe is not None and model.moe.intermediate % ph.moe_tp:
+        out.append(f"{phase}.moe_tp ({ph.moe_tp}) must divide the expert intermediate ({model.moe.intermediate})")
+    return out
+
+
 class Spec(Frozen):
     """Everything a verb needs, validated."""
 
@@ -208,20 +243,13 @@ class Spec(Frozen):
         dies = self.hardware.dies
         p = self.prefill
         if p.instances:
-            ranks = p.devices_per_instance * dies
-            if p.ep > ranks:
-                errors.append(f"prefill.ep ({p.ep}) > ranks per instance: devices_per_instance "
-                              f"({p.devices_per_instance}) x dies per device ({dies}) = {ranks}")
-            elif ranks % p.ep:
-                errors.append(f"prefill.ep ({p.ep}) must divide the ranks per instance ({ranks})")
-            if p.tp > ranks or ranks % p.tp:
-                errors.append(f"prefill.tp ({p.tp}) must divide the ranks per instance ({ranks})")
+            errors += layout_errors("prefill", p, p.devices_per_instance, dies, self.model)
         d = self.decode
         if d.devices:
-            ranks = d.devices * dies
-            if d.ep > ranks or ranks % d.ep:
-                errors.append(f"decode.ep ({d.ep}) must divide the decode ranks: devices ({d.devices}) x dies "
-                              f"per device ({dies}) = {ranks}")
+            errors += layout_errors("decode", d, d.devices, dies, self.model)
+            if d.tp_mode != "allreduce":
+                errors.append(f"decode.tp_mode={d.tp_mode}: the staged SP-TP-SP form is a prefill layout; "
+                              "use decode.tp_mode=allreduce")
             if d.batch_per_device % dies:
                 errors.append(f"decode.batch_per_device ({d.batch_per_device}) must split evenly over the "
                               f"{dies} dies of a device")

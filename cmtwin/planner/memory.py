@@ -17,6 +17,7 @@ from cmtwin.model.operators import (
     weight_params,
 )
 from cmtwin.model.precision import BYTES
+from cmtwin.planner.layout import Layout
 
 GIB = 2**30
 
@@ -80,32 +81,59 @@ class MemoryBreakdown:
         return {f"{k}_gib" if k not in ("kv_bytes_per_token", "kv_token_capacity") else k: v for k, v in d.items()}
 
 
-def die_memory(spec: Spec, *, phase: str, experts_on_die: int, tp: int, ep: int, tokens_per_die: int,
+def die_memory(spec: Spec, *, phase: str, layout: Layout, experts_on_die: int, tokens_per_die: int,
                kv_tokens: float, buffer_tokens: int) -> MemoryBreakdown:
-    """The memory of one die of a phase.
+    """The memory of one die of a phase instance with the given parallel layout (the busiest pipeline stage).
 
-    experts_on_die: expert FFNs held per MoE layer (routed slots + shared); tp: attention head-parallel
-    degree (heads split tp-ways for the per-head up-projections); tokens_per_die: tokens in one forward;
-    kv_tokens: KV-cache tokens the configured batch needs; buffer_tokens: dispatch/combine buffer depth.
+    experts_on_die: expert FFNs held per MoE layer (routed slots + shared), each 1/moe_tp of an expert;
+    tokens_per_die: tokens in one forward; kv_tokens: KV-cache tokens the die holds (TP replication included);
+    buffer_tokens: dispatch/combine buffer depth.
     """
     m, p = spec.model, spec.prec
     w = weight_params(m)
     gb = BYTES[p.gemm]
+    tp, pp = layout.tp, layout.pp
     mtp = m.mtp_layers if spec.mtp.draft_tokens else 0
-    att_layers = m.layers + mtp
     att = m.attention
-    if isinstance(att, MLA) and tp > 1:
+    # Attention weights per layer on one rank.
+    if tp == 1:
+        per_layer = float(w.attention)
+    elif isinstance(att, MLA):
         qk = att.qk_nope_head_dim + att.qk_rope_head_dim
-        per_head = att.q_lora_rank * qk + att.kv_lora_rank * (att.qk_nope_head_dim + att.v_head_dim)
-        per_layer = w.attention - att.heads * per_head + att.heads * per_head / tp
+        up = att.heads * (att.q_lora_rank * qk + att.kv_lora_rank * (att.qk_nope_head_dim + att.v_head_dim))
+        o = att.heads * att.v_head_dim * m.hidden
+        down = w.attention - up - o
+        per_layer = down + up / tp + (o / tp if layout.tp_mode == "allreduce" else o)
     else:
-        per_layer = w.attention / tp
-    weights_attention = att_layers * per_layer * gb
-    weights_dense = m.dense.layers * w.dense_mlp * gb
-    moe_layers = m.moe_layers + (mtp if m.is_moe else 0)
-    weights_experts = moe_layers * experts_on_die * w.expert * gb
-    weights_embedding = (w.embedding + w.lm_head) * BYTES[p.embedding]
-    weights_other = (moe_layers * w.router * 2 + (att_layers + 1) * w.norms * 2 + mtp * w.mtp_extra * gb)
+        q_o = 2 * m.hidden * att.heads * att.head_dim
+        kv = 2 * m.hidden * att.kv_heads * att.head_dim
+        per_layer = q_o / tp + kv * max(1.0 / tp, 1.0 / att.kv_heads)
+    split_mlp = tp if layout.tp_mode == "allreduce" else 1
+    # The busiest pipeline stage: the first holds the embedding and the dense layers, the last the LM head
+    # and the MTP module; with pp = 1 one stage holds everything.
+    stage = layout.stage_layers(m)
+    first_dense = min(m.dense.layers, stage)
+    stages = [(first_dense, stage - first_dense, True, pp == 1, 0 if pp > 1 else mtp)]
+    if pp > 1:
+        last = m.layers - (pp - 1) * stage if m.layers - (pp - 1) * stage > 0 else stage
+        stages.append((0, last, False, True, mtp))
+    best = None
+    for dense_l, moe_l, has_embed, has_head, mtp_l in stages:
+        if not m.is_moe:
+            dense_l, moe_l = dense_l + moe_l, 0
+        layers = dense_l + moe_l + mtp_l
+        wa = layers * per_layer * gb
+        wd = dense_l * w.dense_mlp / split_mlp * gb
+        moe_layers = moe_l + (mtp_l if m.is_moe else 0)
+        we = moe_layers * experts_on_die * w.expert / layout.moe_tp * gb
+        vocab_split = tp if layout.tp_mode == "allreduce" else 1
+        wemb = ((w.embedding if has_embed else 0) + (w.lm_head if has_head else 0)) / vocab_split * BYTES[p.embedding]
+        wo = moe_layers * w.router * 2 + (layers + 1) * w.norms * 2 + mtp_l * w.mtp_extra * gb
+        total = wa + wd + we + wemb + wo
+        if best is None or total > best[0]:
+            best = (total, wa, wd, we, wemb, wo, layers)
+    _, wa, wd, we, wemb, wo, stage_layers = best
+    ep = layout.ep
     if m.is_moe and ep > 1:
         if phase == "decode":
             # low-latency kernels: a slot per peer rank and token, double-buffered (paper v2 §4.2.2)
@@ -122,19 +150,19 @@ def die_memory(spec: Spec, *, phase: str, experts_on_die: int, tp: int, ep: int,
     acts = [o.act_bytes for o in attention_ops(m, p, tokens=t, requests=1, kv_len=1,
                                                form="absorbed" if phase == "decode" else "mha",
                                                head_share=1 / tp)]
-    acts += [o.act_bytes for o in dense_mlp_ops(m, p, tokens=t)]
+    acts += [o.act_bytes for o in dense_mlp_ops(m, p, tokens=t, share=1 / split_mlp)]
     if m.is_moe:
         recv = t * (m.moe.experts_per_token + m.moe.shared_experts) / max(1, ep) * max(1, experts_on_die)
         acts += [o.act_bytes for o in expert_ops(m, p, tokens_per_expert=[recv])]
     logits = t * m.vocab * 4.0 if phase == "decode" else 0.0
     activations = 2.0 * max(acts) + logits
-    kvb = kv_bytes_per_token(m, p, layers=m.layers + mtp)
+    kvb = kv_bytes_per_token(m, p, layers=min(stage_layers, m.layers + mtp))
     return MemoryBreakdown(
-        weights_attention=float(weights_attention),
-        weights_dense_mlp=float(weights_dense),
-        weights_experts=float(weights_experts),
-        weights_embedding=float(weights_embedding),
-        weights_other=float(weights_other),
+        weights_attention=float(wa),
+        weights_dense_mlp=float(wd),
+        weights_experts=float(we),
+        weights_embedding=float(wemb),
+        weights_other=float(wo),
         dispatch_buffers=float(dispatch),
         combine_buffers=float(combine),
         activations=float(activations),

@@ -12,6 +12,7 @@ from typing import Any
 from cmtwin.config.identity import spec_hash
 from cmtwin.config.schema import Spec
 from cmtwin.errors import PlanError
+from cmtwin.planner.layout import Layout, layout_of
 from cmtwin.planner.memory import GIB, MemoryBreakdown, die_memory
 from cmtwin.planner.placement import ExpertPlacement, place_experts
 
@@ -41,6 +42,7 @@ class Pool:
     devices: int
     dies: int
     nodes: tuple[int, ...]
+    layout: Layout
     ep: int
     tp: int
     dp: int  # attention data-parallel degree
@@ -60,6 +62,7 @@ class Pool:
             "ep": self.ep,
             "tp": self.tp,
             "dp": self.dp,
+            "layout": self.layout.to_dict(),
             "tokens_per_die": self.tokens_per_die,
             "batch_per_die": self.batch_per_die,
             "experts": self.placement.summary(),
@@ -156,25 +159,26 @@ def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> No
         f"{have:.0f} GiB. Breakdown (GiB): {rows}.", key=f"{phase}", fix=fix)
 
 
-def _pool(spec: Spec, *, role: str, instance: int, dies: list, ep: int, tp: int, redundant: int,
+def _pool(spec: Spec, *, role: str, instance: int, dies: list, layout: Layout, redundant: int,
           dedicated: int, tokens_per_die: int, batch_per_die: int, kv_tokens: float,
           buffer_tokens: int) -> tuple[Pool, list[DieRole]]:
+    ep, tp = layout.ep, layout.tp
     placement = place_experts(spec.model, phase=role, ep=ep, redundant=redundant, dedicated_shared=dedicated,
                               balance=spec.placement.balance, load_cv=spec.placement.expert_load_cv)
     kinds: dict[str, MemoryBreakdown] = {}
     shared_count = spec.model.moe.shared_experts if spec.model.moe else 0
     routed_kind = placement.routed_slots_per_rank + (shared_count if placement.shared_on_every_rank else 0)
     kinds["routed" if spec.model.is_moe else "dense"] = die_memory(
-        spec, phase=role, experts_on_die=routed_kind, tp=tp, ep=ep, tokens_per_die=tokens_per_die,
+        spec, phase=role, layout=layout, experts_on_die=routed_kind, tokens_per_die=tokens_per_die,
         kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
     if placement.dedicated_shared_ranks:
-        kinds["shared"] = die_memory(spec, phase=role, experts_on_die=shared_count, tp=tp, ep=ep,
+        kinds["shared"] = die_memory(spec, phase=role, layout=layout, experts_on_die=shared_count,
                                      tokens_per_die=tokens_per_die, kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
     for kind, mem in kinds.items():
         _check_memory(spec, role, kind, mem)
     roles = []
     for r, d in enumerate(dies):
-        ep_rank = r % ep
+        ep_rank = (r % layout.stage_ranks) // layout.moe_tp
         experts = placement.ranks[ep_rank] if spec.model.is_moe else ()
         roles.append(DieRole(die=d.id, node=d.node, device=d.device, role=role, instance=instance, rank=r,
                              ep_rank=ep_rank, tp_group=r // tp, experts=experts,
@@ -182,7 +186,7 @@ def _pool(spec: Spec, *, role: str, instance: int, dies: list, ep: int, tp: int,
     worst = max(kinds.values(), key=lambda m: m.used)
     devices = len(dies) // spec.hardware.dies
     pool = Pool(role=role, instance=instance, devices=devices, dies=len(dies),
-                nodes=tuple(sorted({d.node for d in dies})), ep=ep, tp=tp, dp=len(dies) // tp,
+                nodes=tuple(sorted({d.node for d in dies})), layout=layout, ep=ep, tp=tp, dp=layout.attention_dp,
                 tokens_per_die=tokens_per_die, batch_per_die=batch_per_die, placement=placement, memory=worst,
                 memory_by_kind=kinds)
     return pool, roles
@@ -221,9 +225,11 @@ def compile_plan(spec: Spec) -> Plan:
         dies = free[cursor:cursor + n]
         cursor += n
         tpd = p.tokens_per_device // dpd
-        pool, r = _pool(spec, role="prefill", instance=i, dies=dies, ep=p.ep, tp=p.tp, redundant=p.redundant_experts,
+        lay = layout_of(p, p.devices_per_instance, dpd)
+        rep = lay.kv_replication(spec.model) if lay.tp_mode == "allreduce" else 1.0
+        pool, r = _pool(spec, role="prefill", instance=i, dies=dies, layout=lay, redundant=p.redundant_experts,
                         dedicated=p.dedicated_shared_ranks, tokens_per_die=tpd,
-                        batch_per_die=max(1, tpd // spec.workload.prompt_len), kv_tokens=tpd,
+                        batch_per_die=max(1, tpd // spec.workload.prompt_len), kv_tokens=tpd * rep,
                         buffer_tokens=max(1, tpd // p.microbatches))
         pools.append(pool)
         roles += r
@@ -233,9 +239,10 @@ def compile_plan(spec: Spec) -> Plan:
         cursor += n
         batch = dcfg.batch_per_device // dpd
         tokens = batch * (1 + k)
-        kv_tokens = batch * (spec.workload.decode_kv_len + k)
+        lay = layout_of(dcfg, dcfg.devices, dpd)
+        kv_tokens = batch * (spec.workload.decode_kv_len + k) * lay.kv_replication(spec.model)
         buffer_tokens = dcfg.max_tokens_per_rank or tokens
-        pool, r = _pool(spec, role="decode", instance=0, dies=dies, ep=dcfg.ep, tp=1,
+        pool, r = _pool(spec, role="decode", instance=0, dies=dies, layout=lay,
                         redundant=dcfg.redundant_experts, dedicated=dcfg.dedicated_shared_ranks,
                         tokens_per_die=tokens, batch_per_die=batch, kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
         pools.append(pool)
