@@ -192,11 +192,12 @@ def router_ops(model: ModelSpec, p: Precision, *, tokens: int) -> list[Op]:
 
 
 def expert_ops(model: ModelSpec, p: Precision, *, tokens_per_expert: list[float] | tuple[float, ...],
-               name: str = "routed_experts") -> list[Op]:
-    """SwiGLU experts on one rank as two grouped GEMMs (gate_up, down); tokens_per_expert: load per expert."""
+               name: str = "routed_experts", share: float = 1.0) -> list[Op]:
+    """SwiGLU experts on one rank as two grouped GEMMs (gate_up, down); tokens_per_expert: load per expert;
+    share < 1: this rank's tensor-parallel slice of each expert's intermediate (MoE-TP)."""
     moe = model.moe
     assert moe is not None
-    h, i = model.hidden, moe.intermediate
+    h, i = model.hidden, max(1, round(moe.intermediate * share))
     g = len(tokens_per_expert)
     t = sum(tokens_per_expert)
     wb = BYTES[p.gemm]

@@ -88,16 +88,18 @@ def spec_redundant(placement) -> int:
     return sum(placement.replicas) - len(placement.replicas)
 
 
-def moe_compute_ops(spec, load: MoELoad, placement):
-    """Expert operators of the critical rank: the busier of a routed rank and a dedicated shared rank."""
+def moe_compute_ops(spec, load: MoELoad, placement, *, share: float = 1.0):
+    """Expert operators of the critical rank: the busier of a routed rank and a dedicated shared rank
+    (share: the rank's MoE-TP slice of each expert)."""
     p = spec.prec
     per_slot = load.routed_tokens_busiest / max(1, load.routed_slots)
-    routed = expert_ops(spec.model, p, tokens_per_expert=[per_slot] * max(1, load.routed_slots))
+    routed = expert_ops(spec.model, p, tokens_per_expert=[per_slot] * max(1, load.routed_slots), share=share)
     if placement.dedicated_shared_ranks:
-        shared = expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert")
+        shared = expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert", share=share)
         return routed, shared  # two rank kinds; the caller takes the slower
     if spec.model.moe.shared_experts:
-        routed = routed + expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert")
+        routed = routed + expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert",
+                                     share=share)
     return routed, None
 
 
@@ -126,8 +128,17 @@ class DecodeResult:
 def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_len: int | None = None,
                 microbatches: int | None = None) -> DecodeResult:
     """One decode step of the plan's decode ranks. batch_per_die, kv_len (mean context of the batch) and
-    microbatches default to the spec's; the simulator and the SLO search pass their own."""
+    microbatches default to the spec's; the simulator and the SLO search pass their own.
+
+    Layouts: with attention TP (tp > 1) a TP group of tp dies serves b x tp requests, each die on heads/tp
+    (MLA reads the whole latent on every TP rank) followed by an all-reduce; the MoE then takes each die's
+    1/tp share of the group's tokens. MoE-TP (moe_tp > 1) splits every expert's intermediate moe_tp ways
+    (dispatch reaches every shard); pure MoE-TP (ep = 1) ends with an all-reduce instead of a combine.
+    Pipeline stages (pp > 1) leave the per-layer cost unchanged and add a send/recv per stage boundary.
+    """
     pool = plan.pools_of("decode")[0]
+    lay = pool.layout
+    tp, moe_tp = lay.tp, lay.moe_tp
     b = batch_per_die if batch_per_die is not None else pool.batch_per_die
     k = spec.mtp.draft_tokens
     m = max(1, min(microbatches or spec.decode.microbatches, b))
@@ -140,43 +151,67 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     noise = spec.placement.balance == "default"
     ledger = Ledger("decode")
     die_ids = tuple(r.die for r in plan.dies if r.role == "decode")
+    stage_ids = die_ids[:lay.stage_ranks]
+    tp_ids = die_ids[:tp]
+    moe_tp_ids = die_ids[:moe_tp]
+    act_bytes = 2.0 * model.hidden  # bf16 hidden state per token
 
     a_name = "attention" if overlap else "serial"
     b_name = "moe" if overlap else "serial"
+
+    def comm_stream(tag, default):
+        return tag or (default if sh.split or not overlap else "comm")
 
     def layer(tokens: float, requests: float, moe: bool, calls: int, tag: str | None = None) -> float:
         """One layer's time per microbatch-pair (or per step without microbatching); records `calls` layers
         under the attention/MoE streams, or all under `tag` (the MTP module)."""
         a_name_, b_name_ = (tag, tag) if tag else (a_name, b_name)
-        t = max(1, round(tokens))
-        a_ops = attention_ops(model, prec, tokens=t, requests=requests, kv_len=kv_len, form="absorbed")
         reps = m  # microbatches per layer
-        a = _ops_time(a_ops, hw, sh.attn_cube, sh.attn_vec, ledger, a_name_, calls * reps)
+        n = calls * reps
+        group_tokens = tokens * tp
+        t = max(1, round(group_tokens))
+        a_ops = attention_ops(model, prec, tokens=t, requests=requests * tp, kv_len=kv_len, form="absorbed",
+                              head_share=1 / tp)
+        a = _ops_time(a_ops, hw, sh.attn_cube, sh.attn_vec, ledger, a_name_, n)
+        a_comm = 0.0
+        if tp > 1:
+            c = comm.all_reduce(hw, fabric, tp_ids, nbytes=group_tokens * act_bytes, name="tp_all_reduce")
+            a_comm += c.us
+            ledger.add(comm_stream(tag, a_name), c.name, c.us * n, "comm", n)
         comm_us = 0.0
         if moe and model.moe:
             load = moe_load(spec, pool.placement, tokens_per_rank=tokens, noise=noise)
-            r_ops = router_ops(model, prec, tokens=t)
-            bb = _ops_time(r_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, calls * reps)
-            routed, shared = moe_compute_ops(spec, load, pool.placement)
+            r_ops = router_ops(model, prec, tokens=max(1, round(tokens)))
+            bb = _ops_time(r_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
+            routed, shared = moe_compute_ops(spec, load, pool.placement, share=1 / moe_tp)
             tr = _ops_time(routed, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0)
             ts = _ops_time(shared, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0) if shared else 0.0
             crit = routed if tr >= ts else shared
-            bb += _ops_time(crit, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, calls * reps)
-            for kind in ("dispatch", "combine"):
-                c = comm.dispatch_combine(hw, fabric, die_ids, kind=kind, send_copies=load.send_copies,
-                                          recv_copies=load.recv_busiest,
-                                          msg_bytes=prec.message_bytes(kind, model.hidden))
+            bb += _ops_time(crit, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
+            if lay.ep > 1:
+                for kind in ("dispatch", "combine"):
+                    c = comm.dispatch_combine(hw, fabric, stage_ids, kind=kind,
+                                              send_copies=load.send_copies * moe_tp,
+                                              recv_copies=load.recv_busiest,
+                                              msg_bytes=prec.message_bytes(kind, model.hidden))
+                    comm_us += c.us
+                    ledger.add(comm_stream(tag, b_name), kind, c.us * n, "comm", n)
+            if moe_tp > 1 and lay.ep == 1:
+                c = comm.all_reduce(hw, fabric, moe_tp_ids, nbytes=tokens * act_bytes, name="moe_tp_all_reduce")
                 comm_us += c.us
-                stream = tag or (b_name if sh.split or not overlap else "comm")
-                ledger.add(stream, kind, c.us * calls * reps, "comm", calls * reps)
+                ledger.add(comm_stream(tag, b_name), c.name, c.us * n, "comm", n)
         else:
-            b_ops = dense_mlp_ops(model, prec, tokens=t)
-            bb = _ops_time(b_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, calls * reps)
+            b_ops = dense_mlp_ops(model, prec, tokens=t, share=1 / tp)
+            bb = _ops_time(b_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
+            if tp > 1:
+                c = comm.all_reduce(hw, fabric, tp_ids, nbytes=group_tokens * act_bytes, name="tp_all_reduce")
+                comm_us += c.us
+                ledger.add(comm_stream(tag, b_name), c.name, c.us * n, "comm", n)
         if not overlap:
-            return reps * (a + bb + comm_us)
+            return reps * (a + a_comm + bb + comm_us)
         if sh.split:
-            return reps * max(a, bb + comm_us)
-        return reps * max(a + bb, comm_us)
+            return reps * max(a + a_comm, bb + comm_us)
+        return reps * max(a + bb, a_comm + comm_us)
 
     step = 0.0
     dense_layers = model.dense.layers
@@ -188,18 +223,26 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         step += moe_layers * layer(tokens_mb, requests_mb, True, moe_layers)
     # Pipeline fill: the first microbatch's attention runs alone once per step.
     if overlap and m >= 2:
-        fill_ops = attention_ops(model, prec, tokens=max(1, round(tokens_mb)), requests=requests_mb, kv_len=kv_len)
+        fill_ops = attention_ops(model, prec, tokens=max(1, round(tokens_mb * tp)), requests=requests_mb * tp,
+                                 kv_len=kv_len, head_share=1 / tp)
         fill = _ops_time(fill_ops, hw, sh.attn_cube, sh.attn_vec, None, a_name, 0)
         step += fill
         ledger.add(a_name, "pipeline_fill", fill, "compute", 1)
-    # LM head for every verified position (full cores).
-    head = _ops_time(lm_head_ops(model, prec, tokens=b * verify), hw, 1.0, 1.0, ledger, "head", 1)
+    # Pipeline stages: the hidden states of the step's tokens cross pp - 1 stage boundaries.
+    if lay.pp > 1:
+        c = comm.p2p(hw, fabric, die_ids[0], die_ids[lay.stage_ranks], nbytes=b * verify * tp * act_bytes,
+                     plane=comm.planes(fabric).inter, name="pp_send_recv")
+        step += (lay.pp - 1) * c.us
+        ledger.add("pipeline", c.name, (lay.pp - 1) * c.us, "comm", lay.pp - 1)
+    # LM head for every verified position (vocab split over the TP group).
+    head_tokens = b * verify * tp
+    head = _ops_time(lm_head_ops(model, prec, tokens=head_tokens, vocab_share=1 / tp), hw, 1.0, 1.0, ledger, "head", 1)
     step += head
     # MTP drafting: k sequential passes of the MTP module (its own MoE layer) over the batch, each with a head.
     for _ in range(k if model.mtp_layers else 0):
-        step += _ops_time(mtp_extra_ops(model, prec, tokens=b), hw, 1.0, 1.0, ledger, "mtp", 1)
+        step += _ops_time(mtp_extra_ops(model, prec, tokens=b * tp), hw, 1.0, 1.0, ledger, "mtp", 1)
         step += layer(b / m, requests_mb, model.is_moe, 1, tag="mtp")
-        step += _ops_time(lm_head_ops(model, prec, tokens=b), hw, 1.0, 1.0, ledger, "mtp", 1)
+        step += _ops_time(lm_head_ops(model, prec, tokens=b * tp, vocab_share=1 / tp), hw, 1.0, 1.0, ledger, "mtp", 1)
     tps = spec.mtp.tokens_per_step if k else 1.0
     dpd = spec.hardware.dies
     streams = {}

@@ -56,6 +56,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     overlap = m >= 2
     ledger = Ledger("prefill")
     inst_dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == pool.instance]
+    lay = pool.layout
     tp = pool.tp
     tp_group = tuple(inst_dies[:tp])
     prompt = prompt_len or spec.workload.prompt_len
@@ -67,6 +68,14 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     def attention(calls: int, tag: str | None) -> tuple[float, float]:
         """(compute, comm) of one attention block per microbatch."""
         cs, ks = (tag, tag) if tag else (cname, kname)
+        if tp > 1 and lay.tp_mode == "allreduce":
+            # Megatron TP: every rank runs the group's tokens on heads/tp, then an all-reduce.
+            ops = attention_ops(model, prec, tokens=t_mb * tp, requests=prompts_mb * tp, kv_len=prompt, form="mha",
+                                head_share=1 / tp)
+            compute = _time(ops, hw, ledger, cs, calls)
+            c = comm.all_reduce(hw, fabric, tp_group, nbytes=t_mb * tp * model.hidden * 2.0, name="tp_all_reduce")
+            ledger.add(ks, c.name, c.us * calls, "comm", calls)
+            return compute, c.us
         ops_sp = attention_ops(model, prec, tokens=t_mb, requests=prompts_mb, kv_len=prompt, form="mha")
         ops_tp = attention_ops(model, prec, tokens=t_mb * tp, requests=prompts_mb * tp, kv_len=prompt, form="mha",
                                head_share=1 / tp)
@@ -88,21 +97,36 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
         cs, ks = (tag, tag) if tag else (cname, kname)
         compute = _time(router_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls)
         load = moe_load(spec, pool.placement, tokens_per_rank=t_mb, noise=spec.placement.balance == "default")
-        routed, shared = moe_compute_ops(spec, load, pool.placement)
+        routed, shared = moe_compute_ops(spec, load, pool.placement, share=1 / lay.moe_tp)
         crit = routed
         if shared is not None:
             tr = sum(op_time(o, hw).us for o in routed)
             ts = sum(op_time(o, hw).us for o in shared)
             crit = routed if tr >= ts else shared
         compute += _time(crit, hw, ledger, cs, calls)
-        die_ids = tuple(inst_dies[:pool.ep])
+        die_ids = tuple(inst_dies[:lay.stage_ranks])
         comm_us = 0.0
-        for kind in ("dispatch", "combine"):
-            c = comm.dispatch_combine(hw, fabric, die_ids, kind=kind, send_copies=load.send_copies,
+        for kind in ("dispatch", "combine") if lay.ep > 1 else ():
+            c = comm.dispatch_combine(hw, fabric, die_ids, kind=kind, send_copies=load.send_copies * lay.moe_tp,
                                       recv_copies=load.recv_busiest, msg_bytes=prec.message_bytes(kind, model.hidden))
             comm_us += c.us
             ledger.add(ks, kind, c.us * calls, "comm", calls)
+        if lay.moe_tp > 1 and lay.ep == 1:
+            c = comm.all_reduce(hw, fabric, tuple(inst_dies[:lay.moe_tp]), nbytes=t_mb * model.hidden * 2.0,
+                                name="moe_tp_all_reduce")
+            comm_us += c.us
+            ledger.add(ks, c.name, c.us * calls, "comm", calls)
         return compute, comm_us
+
+    def dense_block(calls: int, tag: str | None) -> tuple[float, float]:
+        """A dense MLP: split over the TP group with an all-reduce under allreduce TP, replicated otherwise."""
+        cs, ks = (tag, tag) if tag else (cname, kname)
+        if tp > 1 and lay.tp_mode == "allreduce":
+            compute = _time(dense_mlp_ops(model, prec, tokens=t_mb * tp, share=1 / tp), hw, ledger, cs, calls)
+            c = comm.all_reduce(hw, fabric, tp_group, nbytes=t_mb * tp * model.hidden * 2.0, name="tp_all_reduce")
+            ledger.add(ks, c.name, c.us * calls, "comm", calls)
+            return compute, c.us
+        return _time(dense_mlp_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls), 0.0
 
     def combine(c: float, k: float) -> float:
         return m * max(c, k) if overlap else m * (c + k)
@@ -112,8 +136,8 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     if model.dense.layers:
         n = model.dense.layers
         ca, ka = attention(n * m, None)
-        cm = _time(dense_mlp_ops(model, prec, tokens=t_mb), hw, ledger, cname, n * m)
-        step += n * combine(ca + cm, ka)
+        cm, km = dense_block(n * m, None)
+        step += n * combine(ca + cm, ka + km)
         fill = ca
     if model.moe_layers:
         n = model.moe_layers
@@ -130,10 +154,21 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
         if model.is_moe:
             cm, km = moe_block(m, "mtp")
         else:
-            cm, km = _time(dense_mlp_ops(model, prec, tokens=t_mb), hw, ledger, "mtp", m), 0.0
+            cm, km = dense_block(m, "mtp")
         step += m * (ca + cm + ka + km)
     prompts = max(1, round(tpd / prompt))
     step += _time(lm_head_ops(model, prec, tokens=prompts), hw, ledger, "head", 1)
+    latency = step
+    if lay.pp > 1:
+        # Stage boundaries: hidden states cross pp - 1 links; with m microbatches the pipeline idles
+        # (pp - 1) / m of a forward filling and draining (the bubble) in throughput terms.
+        c = comm.p2p(hw, fabric, inst_dies[0], inst_dies[lay.stage_ranks], nbytes=tpd * model.hidden * 2.0,
+                     plane=comm.planes(fabric).inter, name="pp_send_recv")
+        ledger.add("pipeline", c.name, (lay.pp - 1) * c.us, "comm", lay.pp - 1)
+        latency = step + (lay.pp - 1) * c.us
+        bubble = step * (lay.pp - 1) / m
+        ledger.add("pipeline", "pp_bubble", bubble, "compute", 1)
+        step += bubble
     # KV of one prompt to its decode rank over the scale-out plane (RDMA on CM384, IB on GPUs).
     kv_us = 0.0
     decode_dies = [r.die for r in plan.dies if r.role == "decode"]
@@ -155,7 +190,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
         tokens_per_die=tpd,
         tokens_per_s_per_device=dpd * tpd / (step / 1e6),
         kv_transfer_us=kv_us,
-        ttft_ms=(step + kv_us) / 1e3,
+        ttft_ms=(latency + kv_us) / 1e3,
         ledger=ledger,
         streams=streams,
     )
