@@ -44,7 +44,14 @@ class Serving(Frozen):
     """How prefill and decode share devices."""
 
     mode: Literal["disagg", "agg"] = "disagg"
-    """disagg: separate prefill and decode pools; agg: one pool serves both (chunked prefill in decode steps)."""
+    """disagg: separate prefill and decode pools; agg: one pool (the decode.* keys) serves both, with chunked
+    prefill mixed into decode steps."""
+    concurrency: int | None = Field(default=None, ge=1)
+    """Total concurrent requests over all decode (or aggregated) instances; when set, the batch per device
+    follows from it (concurrency / devices) instead of decode.batch_per_device."""
+    chunk_tokens: int | None = Field(default=None, ge=1)
+    """agg: prefill tokens per die per step (the chunk budget); default: the steady-state need,
+    batch x tokens per step x prompt_len / output_len."""
 
 
 class PrefillSpec(Frozen):
@@ -79,7 +86,9 @@ class DecodeSpec(Frozen):
     """The decode pool: one instance of `devices` devices, data-parallel attention, expert-parallel MoE."""
 
     devices: int = Field(ge=0)
-    """Devices (packages) in the decode instance (0 = no decode pool)."""
+    """Devices (packages) per decode instance (0 = no decode pool)."""
+    instances: int = Field(default=1, ge=1)
+    """Decode instances (replicas of the layout)."""
     ep: int = Field(ge=1)
     """Expert-parallel ranks (dies); moe_tp x ep x pp = ranks (ignored for a dense model)."""
     tp: int = Field(default=1, ge=1)
@@ -211,7 +220,17 @@ class Spec(Frozen):
     prefill: PrefillSpec
     """The prefill pool."""
     decode: DecodeSpec
-    """The decode pool."""
+    """The decode pool (with serving.mode=agg: the one pool serving both phases)."""
+
+    @property
+    def decode_batch_per_device(self) -> int:
+        """Requests per device: from serving.concurrency when given, else decode.batch_per_device (rounded
+        to whole requests per die)."""
+        if self.serving.concurrency is None or not self.decode.devices:
+            return self.decode.batch_per_device
+        dies = self.hardware.dies
+        per_die = max(1, round(self.serving.concurrency / (self.decode.instances * self.decode.devices * dies)))
+        return per_die * dies
     caching: CachingSpec = CachingSpec()
     """The caching pool."""
     mtp: MTPSpec = MTPSpec()
@@ -253,6 +272,12 @@ class Spec(Frozen):
             if d.batch_per_device % dies:
                 errors.append(f"decode.batch_per_device ({d.batch_per_device}) must split evenly over the "
                               f"{dies} dies of a device")
+        if self.serving.mode == "agg":
+            if p.instances:
+                errors.append(f"serving.mode=agg serves prefill on the decode pool, but prefill.instances = "
+                              f"{p.instances}; set prefill.instances=0 (or serving.mode=disagg)")
+            if not d.devices:
+                errors.append("serving.mode=agg needs the pool in decode.devices (0 given)")
         if self.mtp.draft_tokens and self.model.mtp_layers == 0:
             errors.append(f"mtp.draft_tokens ({self.mtp.draft_tokens}) needs a model with MTP layers; "
                           f"{self.model.name} has none (set mtp.draft_tokens=0)")

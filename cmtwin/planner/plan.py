@@ -12,7 +12,7 @@ from typing import Any
 from cmtwin.config.identity import spec_hash
 from cmtwin.config.schema import Spec
 from cmtwin.errors import PlanError
-from cmtwin.planner.layout import Layout, layout_of
+from cmtwin.planner.layout import Layout, agg_chunk_per_die, layout_of
 from cmtwin.planner.memory import GIB, MemoryBreakdown, die_memory
 from cmtwin.planner.placement import ExpertPlacement, place_experts
 
@@ -205,14 +205,15 @@ def compile_plan(spec: Spec) -> Plan:
     free = all_dies[start:]
     devices_total = len(all_dies) // dpd
     p, dcfg = spec.prefill, spec.decode
-    want = p.instances * p.devices_per_instance + dcfg.devices
+    want = p.instances * p.devices_per_instance + dcfg.instances * dcfg.devices
     if want == 0:
         raise PlanError("the deployment has neither a prefill nor a decode pool.", key="decode.devices",
                         fix="set prefill.instances and/or decode.devices")
     if want * dpd > len(free):
         raise PlanError(
             f"the deployment asks for more devices than the topology has: prefill.instances ({p.instances}) x "
-            f"devices_per_instance ({p.devices_per_instance}) + decode.devices ({dcfg.devices}) = {want} devices, "
+            f"devices_per_instance ({p.devices_per_instance}) + decode.instances ({dcfg.instances}) x decode.devices "
+            f"({dcfg.devices}) = {want} devices, "
             f"but {spec.topology.name} has {len(free) // dpd} from node {spec.placement.first_node} "
             f"({devices_total} in all).", key="decode.devices",
             fix="shrink the pools or use a larger topology (topology.params.nodes=...)")
@@ -233,16 +234,18 @@ def compile_plan(spec: Spec) -> Plan:
                         buffer_tokens=max(1, tpd // p.microbatches))
         pools.append(pool)
         roles += r
-    if dcfg.devices:
+    for i in range(dcfg.instances if dcfg.devices else 0):
         n = dcfg.devices * dpd
         dies = free[cursor:cursor + n]
         cursor += n
-        batch = dcfg.batch_per_device // dpd
+        batch = spec.decode_batch_per_device // dpd
         tokens = batch * (1 + k)
+        if spec.serving.mode == "agg":
+            tokens += agg_chunk_per_die(spec, batch)
         lay = layout_of(dcfg, dcfg.devices, dpd)
         kv_tokens = batch * (spec.workload.decode_kv_len + k) * lay.kv_replication(spec.model)
         buffer_tokens = dcfg.max_tokens_per_rank or tokens
-        pool, r = _pool(spec, role="decode", instance=0, dies=dies, layout=lay,
+        pool, r = _pool(spec, role="decode", instance=i, dies=dies, layout=lay,
                         redundant=dcfg.redundant_experts, dedicated=dcfg.dedicated_shared_ranks,
                         tokens_per_die=tokens, batch_per_die=batch, kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
         pools.append(pool)

@@ -116,6 +116,7 @@ def _ops_time(ops, hw, cube, vec, ledger: Ledger | None, stream: str, calls: int
 @dataclass(frozen=True)
 class DecodeResult:
     step_us: float
+    chunk_tokens: int  # agg: prefill tokens per die mixed into each step (0 when disaggregated)
     tpot_ms: float
     tokens_per_step: float
     tokens_per_s_per_device: float
@@ -126,7 +127,7 @@ class DecodeResult:
 
 
 def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_len: int | None = None,
-                microbatches: int | None = None) -> DecodeResult:
+                microbatches: int | None = None, chunk_tokens: int | None = None) -> DecodeResult:
     """One decode step of the plan's decode ranks. batch_per_die, kv_len (mean context of the batch) and
     microbatches default to the spec's; the simulator and the SLO search pass their own.
 
@@ -135,6 +136,8 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     1/tp share of the group's tokens. MoE-TP (moe_tp > 1) splits every expert's intermediate moe_tp ways
     (dispatch reaches every shard); pure MoE-TP (ep = 1) ends with an all-reduce instead of a combine.
     Pipeline stages (pp > 1) leave the per-layer cost unchanged and add a send/recv per stage boundary.
+    Aggregated serving (serving.mode=agg) mixes `chunk_tokens` prefill tokens per die into every step: they
+    share the projections and the MoE with the decode tokens and add MHA-form attention over their prompt.
     """
     pool = plan.pools_of("decode")[0]
     lay = pool.layout
@@ -143,6 +146,11 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     k = spec.mtp.draft_tokens
     m = max(1, min(microbatches or spec.decode.microbatches, b))
     verify = 1 + k
+    if chunk_tokens is None and spec.serving.mode == "agg":
+        from cmtwin.planner.layout import agg_chunk_per_die
+
+        chunk_tokens = agg_chunk_per_die(spec, b)
+    chunk_mb = (chunk_tokens or 0) / m
     tokens_mb = b * verify / m
     kv_len = kv_len if kv_len is not None else spec.workload.decode_kv_len
     model, prec = spec.model, spec.prec
@@ -162,16 +170,33 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     def comm_stream(tag, default):
         return tag or (default if sh.split or not overlap else "comm")
 
-    def layer(tokens: float, requests: float, moe: bool, calls: int, tag: str | None = None) -> float:
+    def attention_block(tokens: float, requests: float, chunk: float) -> list:
+        """Attention operators for a TP group's decode tokens plus (agg) prefill chunk tokens."""
+        t = max(1, round(tokens))
+        ops = attention_ops(model, prec, tokens=t, requests=requests, kv_len=kv_len, form="absorbed",
+                            head_share=1 / tp)
+        if chunk <= 0:
+            return ops
+        c = max(1, round(chunk))
+        both = attention_ops(model, prec, tokens=t + c, requests=requests, kv_len=kv_len, form="absorbed",
+                             head_share=1 / tp)
+        core = {"mla_attention", "gqa_attention", "q_absorb", "v_absorb"}
+        prefill = attention_ops(model, prec, tokens=c, requests=max(1.0, c / spec.workload.prompt_len),
+                                kv_len=spec.workload.prompt_len, form="mha", head_share=1 / tp)
+        return ([o for o in both if o.name not in core] + [o for o in ops if o.name in core]
+                + [o for o in prefill if o.name in ("kv_b_proj", "mha_attention", "gqa_attention")])
+
+    def layer(tokens: float, requests: float, moe: bool, calls: int, tag: str | None = None,
+              chunk: float = 0.0) -> float:
         """One layer's time per microbatch-pair (or per step without microbatching); records `calls` layers
         under the attention/MoE streams, or all under `tag` (the MTP module)."""
         a_name_, b_name_ = (tag, tag) if tag else (a_name, b_name)
         reps = m  # microbatches per layer
         n = calls * reps
+        tokens = tokens + chunk  # every rank's share of the MoE/MLP work includes its prefill chunk
         group_tokens = tokens * tp
         t = max(1, round(group_tokens))
-        a_ops = attention_ops(model, prec, tokens=t, requests=requests * tp, kv_len=kv_len, form="absorbed",
-                              head_share=1 / tp)
+        a_ops = attention_block((tokens - chunk) * tp, requests * tp, chunk * tp)
         a = _ops_time(a_ops, hw, sh.attn_cube, sh.attn_vec, ledger, a_name_, n)
         a_comm = 0.0
         if tp > 1:
@@ -218,9 +243,9 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     moe_layers = model.moe_layers
     requests_mb = b / m
     if dense_layers:
-        step += dense_layers * layer(tokens_mb, requests_mb, False, dense_layers)
+        step += dense_layers * layer(tokens_mb, requests_mb, False, dense_layers, chunk=chunk_mb)
     if moe_layers:
-        step += moe_layers * layer(tokens_mb, requests_mb, True, moe_layers)
+        step += moe_layers * layer(tokens_mb, requests_mb, True, moe_layers, chunk=chunk_mb)
     # Pipeline fill: the first microbatch's attention runs alone once per step.
     if overlap and m >= 2:
         fill_ops = attention_ops(model, prec, tokens=max(1, round(tokens_mb * tp)), requests=requests_mb * tp,
@@ -250,6 +275,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         streams[r.stream] = streams.get(r.stream, 0.0) + r.time_us
     return DecodeResult(
         step_us=step,
+        chunk_tokens=int(chunk_tokens or 0),
         tpot_ms=step / tps / 1e3,
         tokens_per_step=tps,
         tokens_per_s_per_device=dpd * b * tps / (step / 1e6),

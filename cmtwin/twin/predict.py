@@ -102,4 +102,21 @@ def predict(spec, plan) -> Prediction:
         }
         rows += r.ledger.rows()
         bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
+        if spec.serving.mode == "agg" and r.chunk_tokens:
+            # One pool serves both phases: each step carries chunk_tokens prefill tokens per die; a prompt is
+            # prefilled chunk by chunk, one prompt per die at a time.
+            import math
+
+            steps = math.ceil(spec.workload.prompt_len / r.chunk_tokens)
+            prefill = {
+                "tokens_per_s_per_device": _round(r.chunk_tokens * spec.hardware.dies / (r.step_us / 1e6), 1),
+                "step_ms": _round(r.step_us / 1e3),
+                "ttft_ms": _round(steps * r.step_us / 1e3),
+                "tokens_per_device": r.chunk_tokens * spec.hardware.dies,
+                "kv_transfer_ms": 0.0,
+                "microbatches": spec.decode.microbatches,
+                "chunk_tokens_per_die": r.chunk_tokens,
+                "chunks_per_prompt": steps,
+            }
+            decode["serving_mode"] = "agg"
     return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes))
