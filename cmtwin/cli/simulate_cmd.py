@@ -1,0 +1,176 @@
+"""`cmtwin simulate`: compose + validate -> compile -> simulate request streams -> record samples, metrics
+and plots -> print a summary (or one JSON object)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from cmtwin.cli.common import add_db, add_format, add_overrides, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="discrete-event serving simulation of a deployment under a workload",
+                       description="Simulate a deployment serving a request stream (Poisson, bursty or a trace), "
+                                   "timed by the twin; report TTFT/TPOT/end-to-end percentiles, throughput per "
+                                   "device, goodput under slo.*, utilisation, queues and cache hits; record the "
+                                   "time series, metrics and plots in the run store.")
+    add_overrides(p)
+    add_format(p)
+    add_db(p)
+    p.add_argument("--out-dir", metavar="DIR", default="runs",
+                   help="parent folder of the run's output folder <DIR>/<run_id>/ (default: %(default)s)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=run)
+
+
+class SampleWriter:
+    """Buffers time-series rows and writes them to the store in batches (every ~1 s of wall time)."""
+
+    def __init__(self, store, run_id: int, every_s: float = 1.0, max_rows: int = 5000):
+        self.store, self.run_id = store, run_id
+        self.buf: list = []
+        self.all: list = []
+        self.every, self.max_rows = every_s, max_rows
+        self.last = time.monotonic()
+        self.written = 0
+
+    def __call__(self, rows: list) -> None:
+        self.buf.extend(rows)
+        self.all.extend(rows)
+        if len(self.buf) >= self.max_rows or time.monotonic() - self.last >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf and self.store is not None:
+            from cmtwin.store.repo import add_samples
+
+            self.written += add_samples(self.store, self.run_id, self.buf)
+        self.buf = []
+        self.last = time.monotonic()
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+                    TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from cmtwin.config.compose import load_spec
+    from cmtwin.planner.plan import compile_plan, fabric_for
+    from cmtwin.sim.serving import Simulator
+    from cmtwin.twin.predict import predict
+
+    t0 = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    spec, composed = load_spec(args.overrides)
+    plan = compile_plan(spec)
+    fabric = fabric_for(spec)
+    prediction = predict(spec, plan)
+    # Everything that can fail on bad input happens before the run row exists (trace parsing, tables).
+    sim = Simulator(spec, plan, fabric=fabric)
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import add_artifact, finish_run, set_metrics, start_run
+
+    store = open_store(args.db or spec.store.url)
+    plan_dict = plan.to_dict(with_dies=False)
+    run_id = start_run(store, verb="simulate", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
+                       overrides=list(composed.overrides), config=composed.config, plan=plan_dict,
+                       prediction=prediction.to_dict())
+    writer = SampleWriter(store, run_id)
+    sim.sink = writer
+    out_dir = Path(args.out_dir) / str(run_id)
+    try:
+        with _progress() as bar:
+            task = bar.add_task("sim", total=sim.duration)
+            sim.progress = lambda now, end: bar.update(task, completed=now)
+            result = sim.run()
+        writer.flush()
+        plots: list[str] = []
+        if not args.no_plots:
+            from cmtwin.sim.plots import latency_cdf_plot, throughput_plot
+
+            out_dir.mkdir(parents=True, exist_ok=True)
+            title = f"{spec.deployment.name} / {spec.workload.name}: run {run_id}"
+            for kind, path in (("plot", throughput_plot(writer.all, out_dir / "throughput.png", title)),
+                               ("plot", latency_cdf_plot(result.latencies, out_dir / "latency_cdf.png", title, spec.slo))):
+                add_artifact(store, run_id, kind, str(path))
+                plots.append(str(path))
+        metrics = result.metrics()
+        metrics["wall_s"] = time.perf_counter() - t0
+        set_metrics(store, run_id, metrics)
+        finish_run(store, run_id, "ok")
+    except KeyboardInterrupt:
+        writer.flush()
+        finish_run(store, run_id, "cancelled", "interrupted by the user (SIGINT); samples so far are kept")
+        raise
+    except BaseException as exc:
+        try:
+            writer.flush()
+        finally:
+            finish_run(store, run_id, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    out = {"run_id": run_id, "plan_hash": plan.plan_hash, "output_dir": str(out_dir) if plots else None,
+           "plots": plots, "simulation": result.to_dict(),
+           "prediction": {"prefill": prediction.prefill, "decode": prediction.decode}}
+    if args.format == "json":
+        print_json(out)
+    else:
+        _render(spec, result, prediction, run_id, plots, time.perf_counter() - t0)
+    return 0
+
+
+def _fmt(x, nd=1) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.{nd}f}"
+
+
+def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
+    from rich.table import Table
+
+    from cmtwin.cli.common import console
+
+    c = console()
+    w = spec.workload
+    c.print(f"[bold]simulate[/] {spec.deployment.name}  workload {w.name} ({w.arrival}, "
+            f"{res.rate_per_s:,.1f} req/s; twin capacity prefill {res.capacity_per_s['prefill']:,.1f}, decode "
+            f"{res.capacity_per_s['decode']:,.1f} req/s)  {res.duration_s:g} s simulated")
+    t = Table(title="summary (measurement window after warm-up)")
+    t.add_column("metric")
+    t.add_column("p50 / value", justify="right")
+    t.add_column("p90", justify="right")
+    t.add_column("p99", justify="right")
+    t.add_column("twin (plan)", justify="right")
+    pd, dd = prediction.prefill or {}, prediction.decode or {}
+    t.add_row("TTFT (ms)", _fmt(res.ttft_ms["p50"]), _fmt(res.ttft_ms["p90"]), _fmt(res.ttft_ms["p99"]),
+              _fmt(pd.get("ttft_ms")))
+    t.add_row("TPOT (ms)", _fmt(res.tpot_ms["p50"], 2), _fmt(res.tpot_ms["p90"], 2), _fmt(res.tpot_ms["p99"], 2),
+              _fmt(dd.get("tpot_ms"), 2))
+    t.add_row("end-to-end (ms)", _fmt(res.e2e_ms["p50"]), _fmt(res.e2e_ms["p90"]), _fmt(res.e2e_ms["p99"]), "")
+    t.add_row("prefill tokens/s per device", _fmt(res.prefill["tokens_per_s_per_device"]), "", "",
+              _fmt(pd.get("tokens_per_s_per_device")))
+    t.add_row("decode tokens/s per device", _fmt(res.decode["tokens_per_s_per_device"]), "", "",
+              _fmt(dd.get("tokens_per_s_per_device")))
+    t.add_row("output tokens/s per device (all)", _fmt(res.tokens_per_s_per_device), "", "", "")
+    t.add_row("goodput (req/s meeting slo.*)", f"{res.goodput:,.2f} ({res.goodput_fraction:.1%})", "", "", "")
+    t.add_row("utilisation prefill / decode", f"{res.prefill['utilisation']:.1%} / {res.decode['utilisation']:.1%}",
+              "", "", "")
+    t.add_row("decode batch occupancy", f"{res.decode['batch_occupancy']:.1%}", "", "", "")
+    t.add_row("cache hit ratio", f"{res.cache_hit_ratio:.1%}", "", "", "")
+    rq = res.requests
+    t.add_row("requests arrived / completed / in flight",
+              f"{rq['arrived']:,} / {rq['completed']:,} / {rq['arrived'] - rq['completed']:,}", "", "", "")
+    c.print(t)
+    for p in plots:
+        c.print(f"plot: {p}")
+    c.print(f"run {run_id} recorded ({res.events:,} events, {elapsed:.1f} s wall)")
+    sys.stdout.flush()

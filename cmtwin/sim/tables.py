@@ -1,0 +1,167 @@
+"""Lookup tables of the twin's step times, built once at simulation start and interpolated.
+
+The simulator never models an operator itself: every time it uses comes from `decode_step`,
+`prefill_forward` or `comm.p2p`, sampled on a grid of batch sizes and context lengths. Attention and GEMM
+costs are piecewise linear in those, so linear interpolation between grid points is close to the model.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import numpy as np
+
+
+def _grid(lo: int, hi: int, n: int) -> list[int]:
+    """About n integers from lo to hi (both included), geometrically spaced, unique, sorted."""
+    if hi <= lo:
+        return [lo]
+    pts = {lo, hi}
+    for x in np.geomspace(lo, hi, n):
+        pts.add(int(round(x)))
+    return sorted(pts)
+
+
+def _interp1(xs: list[int], x: float) -> tuple[int, float]:
+    """Index i and weight w so that value = v[i] * (1 - w) + v[i + 1] * w (linear extrapolation outside)."""
+    n = len(xs)
+    if n == 1:
+        return 0, 0.0
+    i = bisect.bisect_right(xs, x) - 1
+    i = min(max(i, 0), n - 2)
+    return i, (x - xs[i]) / (xs[i + 1] - xs[i])
+
+
+class Table2D:
+    """values[i][j] at (xs[i], ys[j]); bilinear interpolation, linear extrapolation at the edges."""
+
+    def __init__(self, xs: list[int], ys: list[int], values: np.ndarray):
+        self.xs, self.ys = xs, ys
+        self.v = [list(map(float, row)) for row in values]
+
+    def __call__(self, x: float, y: float) -> float:
+        i, wx = _interp1(self.xs, x)
+        v = self.v
+        if len(self.ys) == 1:
+            if len(self.xs) == 1:
+                return v[0][0]
+            return v[i][0] * (1 - wx) + v[i + 1][0] * wx
+        j, wy = _interp1(self.ys, y)
+        if len(self.xs) == 1:
+            return v[0][j] * (1 - wy) + v[0][j + 1] * wy
+        a = v[i][j] * (1 - wy) + v[i][j + 1] * wy
+        b = v[i + 1][j] * (1 - wy) + v[i + 1][j + 1] * wy
+        return max(0.0, a * (1 - wx) + b * wx)
+
+
+class DecodeTable:
+    """Decode step time (µs) over requests per die x mean context length."""
+
+    def __init__(self, spec, plan, hw, fabric, *, max_batch: int, max_kv: int, microbatches: int | None = None,
+                 kv_points: int = 10):
+        from cmtwin.twin.decode import decode_step
+
+        self.batches = list(range(1, max_batch + 1)) if max_batch <= 64 else _grid(1, max_batch, 48)
+        self.kvs = _grid(64, max(128, max_kv), kv_points)
+        vals = np.empty((len(self.batches), len(self.kvs)))
+        tps = 1.0
+        for a, b in enumerate(self.batches):
+            for c, kv in enumerate(self.kvs):
+                r = decode_step(spec, plan, hw, fabric, batch_per_die=b, kv_len=kv, microbatches=microbatches)
+                vals[a, c] = r.step_us
+                tps = r.tokens_per_step
+        self.tokens_per_step = tps
+        self.table = Table2D(self.batches, self.kvs, vals)
+        self.calls = vals.size
+
+    def step_us(self, batch: float, kv: float) -> float:
+        return self.table(batch, kv)
+
+
+class PrefillTable:
+    """Prefill forward time (µs) over tokens per die x prompt length, and KV transfer time per prompt."""
+
+    def __init__(self, spec, plan, hw, fabric, *, max_tokens_per_die: int, max_prompt: int,
+                 microbatches: int | None = None, points: int = 12):
+        from cmtwin.twin.prefill import prefill_forward
+
+        self.tokens = _grid(1, max(2, max_tokens_per_die), points)
+        self.prompts = _grid(16, max(32, max_prompt), 8)
+        vals = np.empty((len(self.tokens), len(self.prompts)))
+        kv = []
+        for c, p in enumerate(self.prompts):
+            for a, t in enumerate(self.tokens):
+                r = prefill_forward(spec, plan, hw, fabric, tokens_per_die=t, prompt_len=p, microbatches=microbatches)
+                vals[a, c] = r.step_us
+            kv.append(r.kv_transfer_us)
+        self.table = Table2D(self.tokens, self.prompts, vals)
+        self.kv = Table2D(self.prompts, [0], np.array(kv)[:, None])
+        self.calls = vals.size
+
+    def step_us(self, tokens_per_die: float, prompt: float) -> float:
+        return self.table(tokens_per_die, prompt)
+
+    def kv_transfer_us(self, prompt: float) -> float:
+        return self.kv(prompt, 0)
+
+
+class FetchCost:
+    """Time (µs) to bring `nbytes` of cached KV from the EMS pool into one prefill instance's dies.
+
+    ub: every die reads its share from a remote CPU's DRAM over the Unified Bus (comm.p2p, plane ub);
+    vpc: the owning node's CPU sends over the VPC plane to the instance's node CPU (one card per node), which
+    hands it to the dies over UB. SSD-tier blocks are first read at the nodes' SSD bandwidth.
+    """
+
+    def __init__(self, hw, fabric, *, dies: list[str], plane: str, ssd_gbps: float, nodes_total: int):
+        from cmtwin.twin import comm
+
+        cpus = list(fabric.cpus())
+        die0 = dies[0]
+        node0 = fabric.domain_of(die0)
+        remote = next((c for c in reversed(cpus) if c.node != node0), cpus[-1])
+        local0 = next(c for c in cpus if c.node == node0)
+        big = float(1 << 30)
+
+        def line(src, dst, pl):
+            a = comm.p2p(hw, fabric, src, dst, nbytes=1.0, plane=pl).us
+            b = comm.p2p(hw, fabric, src, dst, nbytes=big + 1.0, plane=pl).us
+            slope = (b - a) / big
+            return a - slope, slope
+
+        self.dies = len(dies)
+        self.nodes = max(1, len({fabric.domain_of(d) for d in dies}))
+        self.ub_lat, self.ub_slope = line(remote.id, die0, "ub")
+        self.plane = plane
+        if plane == "vpc":
+            # the VPC card hangs off one CPU per node (the topology says which): find the ones with a vpc route
+            remote0 = next(c for c in cpus if c.node == remote.node and _has_vpc(fabric, c.id))
+            local0 = next(c for c in cpus if c.node == node0 and _has_vpc(fabric, c.id))
+            self.vpc_lat, self.vpc_slope = line(remote0.id, local0.id, "vpc")
+            self.ub_lat, self.ub_slope = line(local0.id, die0, "ub")
+        self.ssd_bytes_per_us = ssd_gbps / 8 * 1e9 / 1e6 * max(1, nodes_total)
+
+    def us(self, nbytes: float, ssd_bytes: float = 0.0) -> float:
+        if nbytes <= 0:
+            return 0.0
+        t = self.ub_lat + nbytes / self.dies * self.ub_slope
+        if self.plane == "vpc":
+            t += self.vpc_lat + nbytes / self.nodes * self.vpc_slope
+        if ssd_bytes > 0:
+            t += ssd_bytes / self.ssd_bytes_per_us
+        return t
+
+
+def _has_vpc(fabric, cpu_id: str) -> bool:
+    try:
+        return fabric.injection_gbps(cpu_id, "vpc") > 0
+    except Exception:  # noqa: BLE001 - the fabric raises its own error type for an endpoint off the plane
+        return False
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = ["DecodeTable", "PrefillTable", "FetchCost", "Table2D", "ceil_div", "math"]

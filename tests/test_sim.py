@@ -1,0 +1,213 @@
+"""The serving simulator: agreement with the twin at saturation, conservation, Little's law, KV capacity,
+prefix caching through the mechanism, trace validation, the CLI and the run store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cmtwin.config.compose import load_spec
+from cmtwin.errors import ConfigError
+from cmtwin.planner.plan import compile_plan
+from cmtwin.sim.engine import Arrival, Environment, Stop
+from cmtwin.sim.serving import Simulator
+from cmtwin.sim.traffic import TraceError, load_trace
+
+
+def _setup(*overrides):
+    spec, _ = load_spec(["+deployment=r1_ep320", *overrides])
+    return spec, compile_plan(spec)
+
+
+def test_simulate_agrees_with_plan_at_saturation():
+    """Fixed shapes, offered load above capacity: decode runs full; its tokens/s per device and TPOT match the
+    twin's steady-state prediction within 3%."""
+    from cmtwin.twin.predict import predict
+
+    spec, plan = _setup("workload=fixed_1k", "sim.duration_s=150", "sim.warmup_s=60")
+    res = Simulator(spec, plan).run()
+    pred = predict(spec, plan).decode
+    assert res.decode["batch_occupancy"] > 0.98
+    assert res.decode["tokens_per_s_per_device"] == pytest.approx(pred["tokens_per_s_per_device"], rel=0.03)
+    assert res.tpot_ms["p50"] == pytest.approx(pred["tpot_ms"], rel=0.03)
+    assert res.decode["kv_peak_fraction"] <= 1.0
+
+
+def test_conservation_and_littles_law():
+    spec, plan = _setup("workload=bursty_chat", "sim.duration_s=20", "sim.warmup_s=0")
+    sim = Simulator(spec, plan)
+    res = sim.run()
+    c = sim.census()
+    assert c["arrived"] == c["completed"] + c["queued_prefill"] + c["in_prefill"] + c["waiting_decode"] + c["decoding"]
+    assert c["arrived"] > 1000 and 0 < c["completed"] < c["arrived"]
+    # drained: everything that came in went out, and L = lambda W over the whole horizon
+    sim = Simulator(spec, plan, drain=True)
+    res = sim.run()
+    c = sim.census()
+    assert c["completed"] == c["arrived"] and sum(v for k, v in c.items() if k not in ("arrived", "completed")) == 0
+    n, horizon = c["arrived"], res.end_s
+    w = float(np.mean(res.latencies.e2e))
+    assert len(res.latencies.e2e) == n
+    assert res.little["mean_in_system"] == pytest.approx(n / horizon * w, rel=1e-9)
+    assert sim.rank_count.sum() == 0 and sim.rank_kv.sum() == 0
+
+
+def test_kv_never_over_capacity():
+    """Long, variable requests against a small KV budget: admissions wait for room instead of overflowing."""
+    spec, plan = _setup("workload=bursty_chat", "workload.load=2.0", "sim.duration_s=30", "sim.warmup_s=5")
+    cap = 12_000
+    sim = Simulator(spec, plan, kv_capacity_per_die=cap)
+    seen = []
+    orig = sim._admit
+
+    def admit(now):
+        orig(now)
+        seen.append(int(sim.rank_kv.max()))
+
+    sim._admit = admit
+    res = sim.run()
+    assert max(seen) <= cap
+    assert res.decode["kv_peak_fraction"] <= 1.0
+    assert res.requests["kv_blocked"] > 0  # the budget did bind
+
+
+def _rate_run(share: float, plane: str = "ub", duration: float = 20.0):
+    spec, plan = _setup("workload=bursty_chat", f"workload.prefix_share={share}", "workload.arrival=poisson",
+                        "workload.length_dist=fixed", "workload.rate_per_s=450", f"sim.duration_s={duration}",
+                        f"sim.ems_plane={plane}")
+    return Simulator(spec, plan).run()
+
+
+def test_prefix_reuse_raises_hits_and_lowers_ttft_and_prefill_load():
+    low, mid, high = (_rate_run(s) for s in (0.0, 0.5, 0.9))
+    assert low.cache_hit_ratio == 0.0 < mid.cache_hit_ratio < high.cache_hit_ratio
+    assert high.cache_hit_ratio > 0.8
+    assert low.ttft_ms["p50"] > mid.ttft_ms["p50"] > high.ttft_ms["p50"]
+    assert (low.prefill["computed_tokens_per_s_per_device"] > mid.prefill["computed_tokens_per_s_per_device"]
+            > high.prefill["computed_tokens_per_s_per_device"])
+
+
+def test_ems_over_ub_beats_vpc():
+    from cmtwin.sim.tables import FetchCost
+
+    spec, plan = _setup()
+    from cmtwin.planner.plan import fabric_for
+
+    fab = fabric_for(spec)
+    dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == 0]
+    ub = FetchCost(spec.hardware, fab, dies=dies, plane="ub", ssd_gbps=50, nodes_total=48)
+    vpc = FetchCost(spec.hardware, fab, dies=dies, plane="vpc", ssd_gbps=50, nodes_total=48)
+    nbytes = 64 * plan.caching.block_bytes
+    assert ub.us(nbytes) < vpc.us(nbytes)
+    a, b = _rate_run(0.9, "ub"), _rate_run(0.9, "vpc")
+    assert a.cache_hit_ratio == pytest.approx(b.cache_hit_ratio, abs=0.02)
+    assert a.ttft_ms["p50"] < b.ttft_ms["p50"]
+
+
+def test_same_seed_same_result_and_engine_tie_break():
+    spec, plan = _setup("workload=bursty_chat", "sim.duration_s=5")
+    a, b = Simulator(spec, plan).run(), Simulator(spec, plan).run()
+    assert a.to_dict() == b.to_dict()
+    env = Environment()
+    order = []
+    env.on(Arrival, lambda ev: order.append("a"))
+    env.on(Stop, lambda ev: order.append("s"))
+    env.schedule(1.0, Stop())
+    env.schedule(1.0, Arrival())
+    env.run()
+    assert order == ["s", "a"] and env.now == 1.0
+    with pytest.raises(ValueError):
+        env.schedule(0.5, Arrival())
+
+
+def test_tables_reproduce_the_twin_on_grid_points():
+    from cmtwin.planner.plan import fabric_for
+    from cmtwin.sim.tables import DecodeTable
+    from cmtwin.twin.decode import decode_step
+
+    spec, plan = _setup()
+    fab = fabric_for(spec)
+    t = DecodeTable(spec, plan, spec.hardware, fab, max_batch=8, max_kv=8192, kv_points=4)
+    for b in (1, 5, 8):
+        for kv in t.kvs:
+            assert t.step_us(b, kv) == pytest.approx(decode_step(spec, plan, spec.hardware, fab, batch_per_die=b,
+                                                                 kv_len=kv).step_us, rel=1e-12)
+
+
+def test_trace_replay_and_shipped_example():
+    tr = load_trace("traces/synthetic_small.csv")
+    assert len(tr) == 2000 and (np.diff(tr.t) >= 0).all() and (tr.prefix >= 0).any()
+    spec, plan = _setup("workload=trace_small", "sim.duration_s=10", "sim.warmup_s=1")
+    res = Simulator(spec, plan).run()
+    assert res.requests["arrived"] == int((tr.t <= 10).sum())
+    assert res.cache_hit_ratio > 0
+
+
+@pytest.mark.parametrize("body, line, words", [
+    ("timestamp_s,prompt_len\n0,10\n", 1, "output_len"),
+    ("timestamp_s,prompt_len,output_len\n0,10,5\n0.5,-3,5\n", 3, "prompt_len"),
+    ("timestamp_s,prompt_len,output_len\n0,10,5\n2,10,5\n1,10,5\n", 4, "earlier"),
+    ("timestamp_s,prompt_len,output_len\n0,10,\n", 2, "output_len"),
+])
+def test_malformed_csv_trace_names_the_line(tmp_path, body, line, words):
+    p = tmp_path / "bad.csv"
+    p.write_text(body)
+    with pytest.raises(TraceError) as e:
+        load_trace(str(p))
+    assert f"line {line}" in str(e.value) and words in str(e.value)
+
+
+def test_malformed_jsonl_trace(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"timestamp_s": 0, "prompt_len": 10, "output_len": 3}\n{"timestamp_s": 1, "prompt_len": 10}\n')
+    with pytest.raises(TraceError, match="line 2"):
+        load_trace(str(p))
+    p.write_text('{"timestamp_s": 0, "prompt_len": 10, "output_len": 3, "prefix_id": "a", "prefix_len": 8}\n')
+    assert load_trace(str(p)).prefix_len[0] == 8
+
+
+def test_trace_arrival_needs_a_file():
+    with pytest.raises(ConfigError, match="workload.trace"):
+        load_spec(["+deployment=r1_ep320", "workload.arrival=trace"])
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "cmtwin.cli.main", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_cli_simulate_records_samples_metrics_and_plots(workdir):
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_run, get_samples
+
+    p = _cli("simulate", "+deployment=r1_ep320", "workload=bursty_chat", "sim.duration_s=8", "--format", "json",
+             cwd=workdir)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    sim = out["simulation"]
+    for key in ("tokens_per_s_per_device", "goodput", "cache_hit_ratio"):
+        assert key in sim
+    assert set(sim["ttft_ms"]) >= {"p50", "p90", "p99"} and set(sim["tpot_ms"]) >= {"p50", "p90", "p99"}
+    assert "tokens_per_s_per_device" in sim["decode"] and "tokens_per_s_per_device" in out["prediction"]["decode"]
+    store = open_store("sqlite:///cmtwin.db")
+    run = get_run(store, out["run_id"])
+    assert run.status == "ok" and run.verb == "simulate"
+    assert {"ttft_ms.p99", "tpot_ms.p50", "decode.tokens_per_s_per_device", "goodput"} <= set(run.metrics)
+    assert len(run.artifacts) == 2 and all((workdir / a.path).is_file() for a in run.artifacts)
+    names = {s.name for s in get_samples(store, out["run_id"])}
+    assert {"decode.tokens_per_s_per_device", "queue.prefill", "cache.hit_ratio", "prefill.utilisation"} <= names
+
+
+def test_cli_bad_trace_exits_2_and_writes_nothing(workdir):
+    (workdir / "bad.csv").write_text("timestamp_s,prompt_len,output_len\n0,10,5\n1,0,5\n")
+    p = _cli("simulate", "+deployment=r1_ep320", "workload.arrival=trace", "workload.trace=bad.csv", cwd=workdir)
+    assert p.returncode == 2
+    assert "line 3" in p.stderr and "Traceback" not in p.stderr
+    if (workdir / "cmtwin.db").exists():
+        from cmtwin.store.engine import open_store
+        from cmtwin.store.repo import list_runs
+
+        assert list_runs(open_store("sqlite:///cmtwin.db")) == []
