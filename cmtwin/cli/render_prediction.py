@@ -42,3 +42,14 @@ def render_prediction(con, prediction, *, top: int = 12) -> None:
             t.add_row(r.stream, r.operator, f"{r.time_us / 1e3:,.2f}", r.bound, str(r.calls))
         con.print(t)
     con.print(f"[bold]bottleneck[/]: {prediction.bottleneck}")
+    sp = prediction.policies.get("sp_attention")
+    if sp:
+        t = Table(title=f"Sequence-parallel prefill of one {sp[0]['prompt_len']:,}-token prompt", title_justify="left")
+        for col in ("policy", "SP", "MB/step", "block compute us", "block comm us", "bound", "attention ms",
+                    "prefill ms"):
+            t.add_column(col, justify="left" if col in ("policy", "bound") else "right")
+        for r in sp:
+            name = f"[bold]{r['policy']}[/]" if r["selected"] else r["policy"]
+            t.add_row(name, str(r["degree"]), f"{r['bytes_per_step'] / 2**20:,.1f}", f"{r['block_compute_us']:,.0f}",
+                      f"{r['block_comm_us']:,.0f}", r["bound"], f"{r['attention_ms']:,.1f}", f"{r['prefill_ms']:,.1f}")
+        con.print(t)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmtwin.errors import ConfigError
-from cmtwin.paths import conf_dir
+from cmtwin.paths import conf_dir, data_root
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,11 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
 
     try:
         warnings.filterwarnings("ignore", message=".*is not available", category=UserWarning)
+        # Search path: ./cmtwin_conf (the user's options) and the data root, whose policies/<family>/ folders
+        # make `+policies/<family>=<preset>` work from the checkout and from an installed wheel alike.
+        search = f"hydra.searchpath=[file://{USER_CONF},file://{data_root()}]"
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+            cfg = hydra_compose(config_name="config", overrides=[search, *overrides], return_hydra_config=True)
     except Exception as exc:  # Hydra raises several unrelated types; all are bad input here
         raise _hydra_error(exc, overrides) from None
     finally:

@@ -200,6 +200,30 @@ def layout_errors(phase: str, ph, devices: int, dies: int, model: ModelSpec) -> 
     return out
 
 
+class PoliciesSpec(Frozen):
+    """Selected policy presets (`+policies/<family>=<preset>`), each validated by its registered policy."""
+
+    sp_attention: dict[str, Any] | None = None
+    """Sequence-parallel attention for long prefill (tokenring, ring)."""
+
+    @model_validator(mode="after")
+    def _known(self) -> PoliciesSpec:
+        from cmtwin.policy.registry import registry
+
+        for family in type(self).model_fields:
+            preset = getattr(self, family)
+            if preset is not None:
+                registry(family).build(preset)  # raises ConfigError naming the key and the valid names
+        return self
+
+    def build(self, family: str):
+        """The policy object of a selected family, or None."""
+        from cmtwin.policy.registry import registry
+
+        preset = getattr(self, family)
+        return None if preset is None else registry(family).build(preset)
+
+
 class Spec(Frozen):
     """Everything a verb needs, validated."""
 
@@ -251,6 +275,8 @@ class Spec(Frozen):
     """Plan search (`cmtwin search`)."""
     executor: ExecutorSpec = ExecutorSpec()
     """Real-kernel execution (`cmtwin execute`, `cmtwin calibrate`)."""
+    policies: PoliciesSpec = PoliciesSpec()
+    """Policy presets in effect (techniques from related work)."""
 
     @property
     def prec(self) -> Precision:

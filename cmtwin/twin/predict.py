@@ -19,15 +19,18 @@ class Prediction:
     breakdown: tuple[Row, ...]
     bottleneck: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    policies: dict[str, Any] = field(default_factory=dict)  # per selected policy family: its what-if table
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "prefill": self.prefill,
             "decode": self.decode,
             "breakdown": [r.to_dict() for r in self.breakdown],
             "bottleneck": self.bottleneck,
             "notes": list(self.notes),
         }
+        d.update(self.policies)
+        return d
 
     def metrics(self) -> dict[str, float]:
         """Key scalars for the store (flat names such as decode.tokens_per_s_per_device)."""
@@ -119,4 +122,15 @@ def predict(spec, plan) -> Prediction:
                 "chunks_per_prompt": steps,
             }
             decode["serving_mode"] = "agg"
-    return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes))
+    policies: dict[str, Any] = {}
+    sp = spec.policies.build("sp_attention")
+    if sp is not None:
+        from cmtwin.policy.sp_attention import sp_prefill_table
+
+        table = sp_prefill_table(spec, plan, hw, fabric, sp)
+        policies["sp_attention"] = table
+        for r in table:
+            if r["selected"]:
+                rows.append(Row("sp_prefill", f"{r['policy']} SP{r['degree']}", "attention_blocks",
+                                r["attention_ms"] * 1e3, r["bound"], r["degree"]))
+    return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes), policies)
