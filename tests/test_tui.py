@@ -168,8 +168,17 @@ def test_supernode_map_places_every_die_on_48_nodes_by_8_npus():
     assert cell.dies[0].memory["used_gib"] == 20.0  # the dedicated shared-expert rank uses the 'shared' memory
     assert grid.cell(2, 0).memory_fraction == pytest.approx(40 / 64)
     text = "\n".join(describe_device(grid.cell(0, 0)))
-    assert "n00.npu0.d0" in text and "prefill 0 rank 0" in text and "mem 50.0/64 GiB" in text
+    assert "n00.npu0.d0  prefill 0  rank 0  ep 0  mem 50.0/64 GiB" in text and "experts [0,64] + shared" in text
     assert describe_device(grid.cell(40, 3)) == ["node 40 npu3: idle (no role in this plan)"]
+
+
+def test_supernode_map_from_pools_when_a_run_kept_no_dies():
+    plan = {k: v for k, v in synthetic_plan().items() if k != "dies"}
+    grid = supernode_map(plan)
+    assert grid.role_counts() == {"prefill": 16, "decode": 32, "idle": 336}
+    assert "stored no per-die placement" in grid.note
+    assert describe_device(grid.cell(3, 4)) == ["node 03 npu4: decode", " n03.npu4.d0  decode 0  mem 40.0/64 GiB",
+                                                " n03.npu4.d1  decode 0  mem 40.0/64 GiB"]
 
 
 def test_supernode_map_reads_gpu_ids():
@@ -506,3 +515,23 @@ def test_plan_verb_does_not_import_textual():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_supernode_takes_placement_from_a_run_with_the_same_plan_hash(db):
+    """`cmtwin simulate` stores a trimmed plan (pools, no dies): the map borrows the dies of a plan run."""
+    from cmtwin.tui.widgets import SupernodeWidget
+
+    url, ids = db
+    trimmed = {k: v for k, v in synthetic_plan().items() if k != "dies"}
+    run_id = record_run(open_store(url), verb="simulate", deployment="tiny", plan_hash=trimmed["plan_hash"],
+                        overrides=[], config={}, status="ok", started_at=T0, finished_at=T0, plan=trimmed)
+
+    async def scenario(pilot):
+        screen = pilot.app.screen
+        widget = screen.query_one(SupernodeWidget)
+        await until(pilot, lambda: widget.grid.note.startswith("placement from"), what="the sibling's placement")
+        assert widget.grid.note == f"placement from run {ids['live']} (same plan hash)"
+        assert widget.selected().dies[0].rank == 0
+        assert "rank 0" in str(screen.query_one("#map-details").render())
+
+    run_app(url, scenario, run_id=run_id, tab="supernode")

@@ -147,8 +147,10 @@ STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "interrupted": "!
 """The one-character status indicator beside each run's status."""
 
 TOKENS_METRICS = ("decode.tokens_per_s_per_device", "tokens_per_s_per_device", "throughput_tokens_per_s")
-TPOT_METRICS = ("decode.tpot_ms", "tpot_ms", "tpot_ms_p50")
-TTFT_METRICS = ("prefill.ttft_ms", "ttft_ms", "ttft_ms_p50")
+TPOT_METRICS = ("decode.tpot_ms", "decode.tpot_ms.p50", "tpot_ms", "tpot_ms.p50", "tpot_ms_p50")
+TTFT_METRICS = ("prefill.ttft_ms", "ttft_ms.p50", "ttft_ms", "ttft_ms_p50")
+"""Where the key figures live: `cmtwin plan` stores the twin's (decode.tpot_ms), `cmtwin simulate` percentiles
+(tpot_ms.p50); the first name found wins."""
 
 
 def key_metric(metrics: Mapping[str, float], names: Iterable[str]) -> float | None:
@@ -253,6 +255,7 @@ class SupernodeMap:
     nodes: int
     per_node: int
     cells: tuple[tuple[DeviceCell, ...], ...]  # cells[node][device]
+    note: str = ""  # where the placement came from, when not from this plan's own dies
 
     def cell(self, node: int, device: int) -> DeviceCell:
         return self.cells[node][device]
@@ -282,7 +285,12 @@ def supernode_map(plan: Mapping[str, Any]) -> SupernodeMap:
     """
     placed: dict[tuple[int, int], list[DieCell]] = {}
     kind, per_node, max_node = "npu", 0, -1
-    for die in plan.get("dies") or []:
+    dies = plan.get("dies") or []
+    note = ""
+    if not dies and plan.get("pools"):
+        dies = _dies_from_pools(plan)
+        note = "roles from the pools (this run stored no per-die placement)"
+    for die in dies:
         m = _DIE_ID.match(str(die.get("die", "")))
         if not m:
             continue
@@ -307,7 +315,26 @@ def supernode_map(plan: Mapping[str, Any]) -> SupernodeMap:
     cells = tuple(
         tuple(DeviceCell(n, d, tuple(placed.get((n, d), ()))) for d in range(per_node)) for n in range(nodes)
     )
-    return SupernodeMap(kind=kind, nodes=nodes, per_node=per_node, cells=cells)
+    return SupernodeMap(kind=kind, nodes=nodes, per_node=per_node, cells=cells, note=note)
+
+
+def _dies_from_pools(plan: Mapping[str, Any], per_node: int = 8) -> list[dict[str, Any]]:
+    """Dies of a plan that kept only its pools (role, node list, device count): each pool's devices fill its
+    nodes in order. Ranks and experts are unknown (None / empty)."""
+    per_device = int(plan.get("dies_per_device") or 1)
+    kind = "npu" if per_device > 1 or "ascend" in str(plan.get("hardware", "")) else "gpu"
+    dies: list[dict[str, Any]] = []
+    for pool in plan.get("pools") or []:
+        left = int(pool.get("devices") or 0)
+        for node in pool.get("nodes") or []:
+            for device in range(min(per_node, left)):
+                for k in range(per_device):
+                    suffix = f".d{k}" if kind == "npu" else ""
+                    dies.append({"die": f"n{int(node):02d}.{kind}{device}{suffix}", "role": pool.get("role"),
+                                 "instance": pool.get("instance"), "rank": None, "ep_rank": None, "experts": [],
+                                 "shared": False})
+            left -= min(per_node, left)
+    return dies
 
 
 def describe_device(cell: DeviceCell, kind: str = "npu") -> list[str]:
@@ -318,14 +345,14 @@ def describe_device(cell: DeviceCell, kind: str = "npu") -> list[str]:
     lines = [f"{name}: {cell.role}"]
     for d in cell.dies:
         where = f"{d.role} {d.instance}" if d.instance is not None else d.role
-        experts = ",".join(str(e) for e in d.experts[:12]) + ("…" if len(d.experts) > 12 else "")
         mem = ""
         if d.memory and d.memory.get("capacity_gib"):
             mem = f"  mem {float(d.memory['used_gib']):.1f}/{float(d.memory['capacity_gib']):.0f} GiB"
-        lines.append(
-            f" {d.die}  {where} rank {d.rank} ep {d.ep_rank}"
-            f"  experts [{experts or '-'}]{' +shared' if d.shared else ''}{mem}"
-        )
+        ranks = "" if d.rank is None else f"  rank {d.rank}  ep {d.ep_rank}"
+        lines.append(f" {d.die}  {where}{ranks}{mem}")
+        if d.rank is not None:
+            experts = ",".join(str(e) for e in d.experts[:16]) + ("…" if len(d.experts) > 16 else "")
+            lines.append(f"   experts [{experts or '-'}]{' + shared expert' if d.shared else ''}")
     return lines
 
 

@@ -114,13 +114,16 @@ _PHASE_KEYS = {
 
 
 def _measured(detail: RunDetail, phase: str, key: str) -> float | None:
-    """A measured value for a predicted figure: a metric of a non-plan run named like the prediction
-    ('decode.tpot_ms'), or with a 'measured.' prefix."""
+    """A measured value for a predicted figure: a 'measured.'-prefixed metric, or a metric of a non-plan run
+    named like the prediction ('decode.tpot_ms') or its median ('decode.tpot_ms.p50', 'tpot_ms.p50')."""
     name = f"{phase}.{key}"
     if f"measured.{name}" in detail.metrics:
         return detail.metrics[f"measured.{name}"]
-    if detail.verb != "plan" and name in detail.metrics:
-        return detail.metrics[name]
+    if detail.verb == "plan":
+        return None  # a plan's metrics are its prediction
+    for candidate in (name, f"{name}.p50", f"{key}.p50"):
+        if candidate in detail.metrics:
+            return detail.metrics[candidate]
     return None
 
 

@@ -6,6 +6,7 @@ Screens read only through the app's RunSource, always in thread workers that pos
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rich.text import Text
@@ -33,6 +34,7 @@ from cmtwin.tui.widgets import (
     CompareLoaded,
     LiveMetrics,
     LoadFailed,
+    PlanFound,
     QueryFinished,
     RunLoaded,
     RunsLoaded,
@@ -305,8 +307,29 @@ class RunScreen(Screen):
             self.query_one("#prediction-body", Static).update(prediction_renderable(detail))
         if first:
             self.query_one(SupernodeWidget).set_grid(supernode_map(detail.plan or {}))
+            if detail.plan and not detail.plan.get("dies") and detail.plan_hash:
+                self.find_placement(detail.plan_hash)
             if self.query_one(TabbedContent).active == "supernode":
                 self.query_one(SupernodeWidget).focus()
+
+    @work(thread=True, exclusive=True, group="placement")
+    def find_placement(self, plan_hash: str) -> None:
+        """A run that stored a trimmed plan (no dies): take the placement from the newest run with the same
+        plan hash that stored it (the plan hash is the plan's identity)."""
+        try:
+            for run in self.source.list_runs():
+                if run.plan_hash == plan_hash and run.id != self.run_id:
+                    plan = self.source.get_run(run.id).plan
+                    if plan and plan.get("dies"):
+                        self.post_message(PlanFound(run.id, plan))
+                        return
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(LoadFailed("placement", str(exc)))
+
+    def on_plan_found(self, message: PlanFound) -> None:
+        grid = supernode_map(message.plan)
+        note = f"placement from run {message.run_id} (same plan hash)"
+        self.query_one(SupernodeWidget).set_grid(dataclasses.replace(grid, note=note))
 
     def on_samples_loaded(self, message: SamplesLoaded) -> None:
         fresh = [p for p in message.points if p.id > self.last_sample_id]

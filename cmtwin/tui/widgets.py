@@ -74,6 +74,15 @@ class QueryFinished(Message):
         self.error = error
 
 
+class PlanFound(Message):
+    """The full plan (with per-die placement) of another run with the same plan hash."""
+
+    def __init__(self, run_id: int, plan: dict) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.plan = plan
+
+
 class LoadFailed(Message):
     """A read failed (the store went away, a run was deleted...)."""
 
@@ -145,7 +154,7 @@ class SupernodeWidget(Widget, can_focus=True):
         return self.grid.cell(self.cursor.node, self.cursor.device) if self.grid.nodes else None
 
     def get_content_height(self, container, viewport, width: int) -> int:
-        return self.grid.per_node + 3
+        return self.grid.per_node + 3 + bool(self.grid.note) if self.grid.nodes else 1
 
     def render(self) -> Text:
         g = self.grid
@@ -174,6 +183,8 @@ class SupernodeWidget(Widget, can_focus=True):
             text.append("■" if role != "idle" else "·", role_style(role))
             text.append(f" {role} {counts[role]}  ")
         text.append("overlay: " + ("memory used (▁ low █ full)" if self.overlay == "memory" else "role"), "italic")
+        if g.note:
+            text.append("\n" + g.note, "italic grey58")
         return text
 
 
@@ -223,7 +234,8 @@ class LiveMetrics(VerticalScroll):
         group = sample_group(name)
         spark = Sparkline([], summary_function=max, classes="live-spark")
         value = Label("", classes="live-value")
-        row = Horizontal(Label(name, classes="live-name"), spark, value, classes="live-row")
+        short = name[len(group) + 1 :] if name.startswith(group + ".") else name
+        row = Horizontal(Label(short, classes="live-name"), spark, value, classes="live-row")
         self._sparks[name], self._values[name] = spark, value
         anchor = self._group_last.get(group)
         if anchor is None:
