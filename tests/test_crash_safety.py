@@ -63,3 +63,48 @@ def test_sigint_ends_the_run_as_cancelled(tmp_path):
     assert run.status == "cancelled" and "SIGINT" in (run.message or "")
     assert len(get_samples(store, run_id)) >= 500
     assert [r.status for r in list_runs(store)] == ["cancelled"]
+
+
+# --- the real long verb ------------------------------------------------------------------------------------
+def _simulate_until_samples(tmp_path, min_samples=20):
+    """Start a long `cmtwin simulate`, return (process, url, run_id) once it has committed samples."""
+    import shutil
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'cmtwin.db'}"
+    env = {**os.environ, "CMTWIN_DB_URL": url}
+    proc = subprocess.Popen([shutil.which("cmtwin"), "simulate", "+deployment=r1_ep320", "sim.duration_s=36000"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            with sqlite3.connect(tmp_path / "cmtwin.db") as con:
+                row = con.execute("select run_id, count(*) from samples group by run_id").fetchone()
+        except sqlite3.Error:
+            continue
+        if row and row[1] >= min_samples:
+            return proc, url, row[0]
+    proc.kill()
+    raise AssertionError("simulate wrote no samples within 90 s")
+
+
+def test_sigkill_in_the_middle_of_simulate(tmp_path):
+    proc, url, run_id = _simulate_until_samples(tmp_path)
+    proc.kill()
+    proc.wait(timeout=10)
+    close_all_stores()
+    store = open_store(url)
+    assert get_run(store, run_id).status == "interrupted"
+    assert len(get_samples(store, run_id)) >= 20
+
+
+def test_sigint_cancels_simulate_cleanly(tmp_path):
+    proc, url, run_id = _simulate_until_samples(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    close_all_stores()
+    store = open_store(url)
+    run = get_run(store, run_id)
+    assert run.status == "cancelled"
+    assert len(get_samples(store, run_id)) >= 20
