@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from cmtwin.errors import StoreError
+from store_fixtures import add_example_runs, db_url, pg_database  # noqa: F401 - fixtures
 from cmtwin.store import add_samples, add_timeline, close_all_stores, open_store, record_run
 from cmtwin.tui.data import (
     config_delta,
@@ -223,6 +224,28 @@ def test_readonly_store_refuses_writes_and_creates_nothing(db, tmp_path):
     with pytest.raises(StoreError, match="there is no run store"):
         store_source(f"sqlite:///{missing}")
     assert not missing.exists()
+
+
+def test_source_reads_sqlite_and_postgresql_and_never_writes(db_url):  # noqa: F811 - fixture
+    ids = add_example_runs(db_url)
+    source = store_source(db_url)
+    try:
+        assert [r.id for r in source.list_runs()] == ids[::-1]
+        assert source.get_run(ids[0]).metrics["decode.tpot_ms"] == 50.0
+        assert source.get_samples(ids[0], 0) == [] and source.get_timeline(ids[0]) == []
+        assert source.query("SELECT count(*) FROM runs").rows == [(2,)]
+        with pytest.raises(StoreError, match="refused"):
+            source.query("UPDATE runs SET status = 'failed'")
+        store = open_readonly_store(db_url)
+        from sqlalchemy import text
+
+        with pytest.raises(Exception, match="(?i)read-only|readonly"):
+            with store.write() as session:
+                session.execute(text("UPDATE runs SET status = 'failed'"))
+        store.engine.dispose()
+        assert {r.status for r in source.list_runs()} == {"ok"}
+    finally:
+        source.close()
 
 
 # ---------------------------------------------------------------------------------------------- Pilot

@@ -71,9 +71,9 @@ def open_readonly_store(url: str | None = None) -> Store:
 
         event.listen(engine, "connect", _on_connect)
     else:
-        engine = create_engine(
-            parsed, pool_pre_ping=True, connect_args={"options": "-c default_transaction_read_only=on"}
-        )
+        # Every transaction read-only, keeping any options the URL sets (e.g. a search_path).
+        options = " ".join(filter(None, (parsed.query.get("options"), "-c default_transaction_read_only=on")))
+        engine = create_engine(parsed.update_query_dict({"options": options}), pool_pre_ping=True)
     sessions = sessionmaker(engine, expire_on_commit=False)
     return Store(url=parsed.render_as_string(hide_password=False), engine=engine, sessions=sessions, _writer=sessions)
 

@@ -108,9 +108,9 @@ class RunsScreen(Screen):
         self.set_interval(self.app.poll_s, self._tick)  # type: ignore[attr-defined]
 
     def _tick(self) -> None:
-        # While a run is active, every tick; otherwise every 5th (new runs still appear).
+        # While a run is active, every tick; otherwise every 2nd (new runs still appear within seconds).
         self._ticks += 1
-        if any(r.status == "running" for r in self.runs) or self._ticks % 5 == 0:
+        if any(r.status == "running" for r in self.runs) or self._ticks % 2 == 0:
             self.load_runs()
 
     @work(thread=True, exclusive=True, group="runs")
@@ -123,8 +123,10 @@ class RunsScreen(Screen):
         self.post_message(RunsLoaded(runs))
 
     def on_runs_loaded(self, message: RunsLoaded) -> None:
-        self.runs = message.runs
         self.loads += 1
+        if message.runs == self.runs and self.loads > 1:
+            return  # nothing changed: keep the table (and its scroll position) as it is
+        self.runs = message.runs
         self.refresh_table()
 
     def on_load_failed(self, message: LoadFailed) -> None:
