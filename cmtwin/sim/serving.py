@@ -147,6 +147,12 @@ class Simulator:
                 f"and a decode pool (decode.devices > 0); this plan has {len(prefill_pools)} prefill instance(s) and "
                 f"{len(decode_pools)} decode instance(s).", key="prefill.instances",
                 fix="give the deployment both pools")
+        if spec.serving.mode != "disagg" or len(decode_pools) > 1:
+            raise ConfigError(
+                f"cmtwin simulate models disaggregated serving with one decode instance; this deployment has "
+                f"serving.mode={spec.serving.mode} and {len(decode_pools)} decode instance(s).",
+                key="serving.mode", fix="set serving.mode=disagg and decode.instances=1 (compare agg layouts with "
+                                        "cmtwin plan)")
         hw = spec.hardware
         self.fabric = fabric = fabric or fabric_for(spec)
         if trace is None and w.arrival == "trace":

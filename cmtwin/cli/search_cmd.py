@@ -1,0 +1,154 @@
+"""`cmtwin search`: explore the plan space within a device budget; Pareto frontier; every point to SQL."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from cmtwin.cli.common import add_db, add_format, add_overrides, print_json
+
+STORED = ("tokens_per_s_per_device", "tpot_ms", "ttft_ms", "requests_per_s")
+"""Per-candidate figures stored as samples named search.<figure> (t = the candidate's index)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search prefill/decode splits, EP, batch, MTP, precision within a device budget",
+                       description="Explore prefill/decode split, instance sizes, EP degree, decode batch, "
+                                   "microbatching, MTP and precision within search.devices; evaluate every "
+                                   "candidate with the analytic twin, simulate the best few; print the Pareto "
+                                   "frontier (tokens/s per device vs TPOT and TTFT), plot it, store every point.")
+    add_overrides(p)
+    add_format(p)
+    add_db(p)
+    p.add_argument("--out-dir", metavar="DIR", default="runs", help="parent of the run's folder (default: %(default)s)")
+    p.add_argument("--top", type=int, default=10, help="frontier rows to print (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def candidate_rows(result) -> list[tuple[float, str, float]]:
+    """Every evaluated candidate as sample rows (t = index): its figures and its parameters.
+    precision is an index into cmtwin.search.run.PRECISION_CODES."""
+    from cmtwin.search.run import PRECISION_CODES
+
+    front = set(result.frontier)
+    rows = []
+    for i, c in enumerate(result.candidates):
+        t = float(i)
+        d, p = c.decode, c.prefill
+        rows += [(t, "search.tokens_per_s_per_device", c.tokens_per_s_per_device), (t, "search.tpot_ms", c.tpot_ms),
+                 (t, "search.ttft_ms", c.ttft_ms), (t, "search.requests_per_s", c.requests_per_s),
+                 (t, "search.pareto", 1.0 if i in front else 0.0), (t, "search.devices", c.devices),
+                 (t, "search.decode.devices", d.devices), (t, "search.decode.ep", d.ep),
+                 (t, "search.decode.batch_per_device", d.batch_per_device),
+                 (t, "search.decode.microbatches", d.microbatches), (t, "search.mtp.draft_tokens", d.mtp),
+                 (t, "search.precision", PRECISION_CODES.index(d.precision)),
+                 (t, "search.prefill.instances", c.prefill_instances),
+                 (t, "search.prefill.devices_per_instance", p.devices_per_instance),
+                 (t, "search.prefill.tokens_per_device", p.tokens_per_device)]
+    return rows
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=not console.is_terminal)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cmtwin.config.compose import load_spec
+    from cmtwin.search.run import search
+
+    t0 = time.perf_counter()
+    spec, composed = load_spec(args.overrides)
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage, done, total):
+            if stage not in tasks:
+                tasks[stage] = bar.add_task("twin: candidate groups" if stage == "twin" else "simulating the best",
+                                            total=total)
+            bar.update(tasks[stage], completed=done)
+
+        result = search(spec, progress=progress)
+    if not result.candidates:
+        from cmtwin.errors import PlanError
+
+        raise PlanError(f"no candidate plan fits search.devices ({result.budget}) and the SLO "
+                        f"(slo.tpot_ms={spec.slo.tpot_ms}, slo.ttft_ms={spec.slo.ttft_ms}); {result.pruned} "
+                        "configurations were pruned (memory, placement).", key="search",
+                        fix="relax slo.*, widen search.decode_batches or raise search.devices")
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import add_artifact, add_samples, finish_run, set_metrics, start_run
+
+    front = [result.candidates[i].to_dict() for i in result.frontier]
+    summary = {"frontier": front, "simulated": result.simulated}
+    store = open_store(args.db or spec.store.url)
+    run_id = start_run(store, verb="search", deployment=spec.deployment.name, plan_hash=None,
+                       overrides=list(composed.overrides), config=composed.config, prediction=summary)
+    out_dir = Path(args.out_dir) / str(run_id)
+    try:
+        rows = candidate_rows(result)
+        for k in range(0, len(rows), 100_000):
+            add_samples(store, run_id, rows[k:k + 100_000])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from cmtwin.search.plots import frontier_plot
+
+        plot = frontier_plot(result, out_dir / "frontier.png",
+                             f"{spec.deployment.name}: {len(result.candidates):,} plans for {result.budget} devices")
+        add_artifact(store, run_id, "plot", str(plot))
+        best = result.candidates[result.frontier[0]]
+        metrics = {"search.candidates": len(result.candidates), "search.frontier": len(result.frontier),
+                   "search.compiled_plans": result.compiled, "search.twin_calls": result.twin_calls,
+                   "search.pruned": result.pruned, "search.best.tokens_per_s_per_device": best.tokens_per_s_per_device,
+                   "search.best.tpot_ms": best.tpot_ms, "search.best.ttft_ms": best.ttft_ms,
+                   **{f"search.wall_s.{k}": v for k, v in result.wall_s.items()},
+                   "wall_s": time.perf_counter() - t0}
+        set_metrics(store, run_id, metrics)
+        finish_run(store, run_id, "ok")
+    except KeyboardInterrupt:
+        finish_run(store, run_id, "cancelled", "interrupted by the user (SIGINT)")
+        raise
+    except BaseException as exc:
+        finish_run(store, run_id, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    wall = time.perf_counter() - t0
+    if args.format == "json":
+        print_json({"run_id": run_id, "budget_devices": result.budget, "candidates": len(result.candidates),
+                    "decode_evaluations": result.decode_evals, "prefill_evaluations": result.prefill_evals,
+                    "compiled_plans": result.compiled, "pruned": result.pruned, "twin_calls": result.twin_calls,
+                    "frontier": front, "simulated": result.simulated, "plot": str(plot),
+                    "wall_s": {**{k: round(v, 3) for k, v in result.wall_s.items()}, "total": round(wall, 3)}})
+        return 0
+    from rich.table import Table
+
+    from cmtwin.cli.common import console
+
+    c = console()
+    c.print(f"[bold]search[/] {spec.deployment.name}: {len(result.candidates):,} candidate plans for "
+            f"{result.budget} devices ({result.compiled} compiled, {result.twin_calls:,} twin calls, "
+            f"{result.pruned:,} pruned), frontier {len(result.frontier)}")
+    t = Table(title=f"Pareto frontier (best {min(args.top, len(front))} by tokens/s per device)")
+    for col in ("tok/s/dev", "TPOT ms", "TTFT ms", "decode", "prefill", "batch/dev", "mb", "MTP", "prec", "bound"):
+        t.add_column(col, justify="right")
+    for d in front[: args.top]:
+        dd, pp = d["decode"], d["prefill"]
+        t.add_row(f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}", f"{d['ttft_ms']:.0f}",
+                  f"{dd['devices']} EP{dd['ep']}", f"{d['prefill_instances']}x{pp['devices_per_instance']}",
+                  str(dd["batch_per_device"]), str(dd["microbatches"]), str(dd["mtp"]), dd["precision"], d["bottleneck"])
+    c.print(t)
+    for s in result.simulated:
+        sim = s.get("simulation")
+        if sim:
+            c.print(f"simulated #{s['index']}: {sim['tokens_per_s_per_device']:,.0f} tok/s/dev, TPOT p50 "
+                    f"{sim['tpot_ms']['p50']} ms, TTFT p50 {sim['ttft_ms']['p50']} ms at {sim['rate_per_s']:.0f} req/s")
+        else:
+            c.print(f"simulated #{s['index']}: {s.get('error')}")
+    c.print(f"plot: {plot}")
+    c.print(f"run {run_id} recorded; every candidate is in samples (name LIKE 'search.%', t = index); "
+            f"{wall:.1f} s wall")
+    return 0

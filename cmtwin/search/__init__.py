@@ -1,0 +1,10 @@
+"""Plan search: explore prefill/decode splits, instance sizes, EP degree, batch, microbatching, MTP and
+precision within a device budget; the analytic twin for every candidate, the simulator for the best few.
+
+Public API: `search(spec, *, workers=None, progress=None) -> SearchResult` (cmtwin/search/run.py),
+`pareto(points, keys)`.
+"""
+
+from cmtwin.search.run import Candidate, SearchResult, pareto, search
+
+__all__ = ["Candidate", "SearchResult", "pareto", "search"]

@@ -1,0 +1,115 @@
+"""The plan search: frontier correctness, candidates that compile and predict as the search says,
+serial == parallel, the CLI and the store."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from cmtwin.config.compose import load_spec
+from cmtwin.search.run import expert_layout, pareto, search
+
+SMALL = ["+deployment=r1_ep320", "search.devices=96", "search.decode_batches=[32,96]",
+         "search.prefill_devices_per_instance=[16]", "search.prefill_tokens_per_device=[16384]",
+         "search.mtp_draft_tokens=[0,1]", "search.precisions=[int8]", "search.decode_devices=[48,64,80]"]
+
+
+def _dominates(a, b):
+    return all(x <= y for x, y in zip(a, b)) and a != b
+
+
+def test_pareto_matches_brute_force():
+    rng = random.Random(1)
+    for _ in range(20):
+        pts = [tuple(rng.randint(0, 6) for _ in range(3)) for _ in range(40)]
+        front = pareto(pts)
+        expect = {p for p in pts if not any(_dominates(q, p) for q in pts)}
+        assert {pts[i] for i in front} == expect
+        assert len(front) == len(expect)  # one index per distinct point
+
+
+def test_expert_layout_rules():
+    assert expert_layout(256, 1, 320) == (32, 32)  # the published EP320 layout
+    assert expert_layout(256, 1, 32) == (32, 0)  # EP32 prefill: 8 routed + 1 redundant per die
+    red, ded = expert_layout(256, 1, 96)
+    assert (256 + red) % 96 == 0 and ded == 0
+
+
+@pytest.fixture(scope="module")
+def small():
+    spec, _ = load_spec(SMALL + ["search.simulate_top=1", "search.sim_duration_s=20"])
+    return spec, search(spec, workers=1)
+
+
+def test_search_frontier_is_not_dominated(small):
+    spec, res = small
+    assert len(res.candidates) >= 20 and res.frontier
+    pts = [(-c.tokens_per_s_per_device, c.tpot_ms, c.ttft_ms) for c in res.candidates]
+    for i in res.frontier:
+        assert not any(_dominates(q, pts[i]) for q in pts)
+    assert all(c.devices <= 96 for c in res.candidates)
+
+
+def test_frontier_candidates_compile_and_predict_as_searched(small):
+    """A frontier point's overrides compile with the full planner checks, and `cmtwin plan`'s prediction is
+    the search's figure (the search reuses compiled plans but never approximates the twin)."""
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.twin.predict import predict
+
+    spec, res = small
+    for i in res.frontier[:3]:
+        c = res.candidates[i]
+        s2, _ = load_spec(["+deployment=r1_ep320", *c.overrides()])
+        pred = predict(s2, compile_plan(s2))
+        assert pred.decode["tpot_ms"] == pytest.approx(c.tpot_ms, rel=1e-3)
+        assert pred.decode["tokens_per_s_per_device"] == pytest.approx(c.decode.tokens_per_s_per_device, rel=1e-3)
+        assert pred.prefill["tokens_per_s_per_device"] == pytest.approx(c.prefill.tokens_per_s_per_device, rel=1e-3)
+    sim = res.simulated[0]
+    assert "simulation" in sim, sim
+    assert sim["simulation"]["tpot_ms"]["p50"] is not None
+
+
+def test_parallel_equals_serial(small):
+    spec, res = small
+    par = search(spec, workers=2, simulate=False)
+    assert [c.to_dict() for c in par.candidates] == [c.to_dict() for c in res.candidates]
+    assert par.frontier == res.frontier
+
+
+def test_slo_filters_candidates():
+    spec, _ = load_spec(SMALL + ["slo.tpot_ms=40"])
+    res = search(spec, workers=1, simulate=False)
+    assert res.candidates and all(c.tpot_ms <= 40 for c in res.candidates)
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "cmtwin.cli.main", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_cli_search_stores_every_point(workdir):
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_run, get_samples
+
+    p = _cli("search", *SMALL, "search.simulate_top=0", "search.workers=1", "--format", "json", cwd=workdir)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    store = open_store("sqlite:///cmtwin.db")
+    run = get_run(store, out["run_id"])
+    assert run.status == "ok" and run.verb == "search"
+    samples = get_samples(store, out["run_id"])
+    per = {}
+    for s in samples:
+        per.setdefault(s.name, []).append(s.value)
+    assert len(per["search.tokens_per_s_per_device"]) == out["candidates"]
+    assert sum(per["search.pareto"]) == len(out["frontier"])
+    assert (workdir / out["plot"]).is_file()
+    assert run.metrics["search.candidates"] == out["candidates"]
+
+
+def test_cli_search_budget_over_topology_exits_2(workdir):
+    p = _cli("search", "+deployment=r1_ep320", "search.devices=1000", cwd=workdir)
+    assert p.returncode == 2 and "search.devices" in p.stderr and "Traceback" not in p.stderr
