@@ -1,0 +1,47 @@
+"""Search speed: `cmtwin search` over the default space for CloudMatrix384's 384 NPUs.
+
+usage: python benchmarks/bench_search.py [--workers N] [--no-sim]
+Prints the machine, candidates, compiled plans, twin calls and pruned configurations, the wall time of each
+stage and the ratio to the goal (>= 1,000 candidate plans in <= 30 s). For scale: a peer GPU configurator's
+default 32-GPU agg/disagg sweep took 137 s on this kind of machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+GOAL_S = 30.0
+
+
+def main() -> None:
+    workers = sys.argv[sys.argv.index("--workers") + 1] if "--workers" in sys.argv else "0"
+    print(f"machine: {platform.machine()} {platform.processor() or ''} · {os.cpu_count()} cores · "
+          f"Python {platform.python_version()}")
+    import json
+
+    args = ["cmtwin", "search", "+deployment=r1_ep320", "search.devices=384", f"search.workers={workers}",
+            "--format", "json"]
+    if "--no-sim" in sys.argv:
+        args.insert(-2, "search.simulate_top=0")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        p = subprocess.run(args, cwd=tmp, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    out = json.loads(p.stdout)
+    print(f"{' '.join(args[1:-2])}")
+    print(f"candidates {out['candidates']:,} (decode evaluations {out['decode_evaluations']:,}, prefill "
+          f"{out['prefill_evaluations']}); compiled plans {out['compiled_plans']:,}; twin calls "
+          f"{out['twin_calls']:,}; pruned {out['pruned']:,}; frontier {len(out['frontier'])}; "
+          f"simulated {len(out['simulated'])}")
+    print(f"stages (s): {out['wall_s']}")
+    print(f"wall {wall:.1f} s (whole command, store writes included) = {wall / GOAL_S:.2f} x the {GOAL_S:.0f} s goal; "
+          f"{out['candidates'] / wall:,.0f} candidates/s")
+
+
+if __name__ == "__main__":
+    main()
