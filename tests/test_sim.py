@@ -211,3 +211,24 @@ def test_cli_bad_trace_exits_2_and_writes_nothing(workdir):
         from cmtwin.store.repo import list_runs
 
         assert list_runs(open_store("sqlite:///cmtwin.db")) == []
+
+
+@pytest.mark.parametrize("exc, status, code", [(KeyboardInterrupt, "cancelled", 130), (RuntimeError, "failed", 1)])
+def test_interrupted_or_failing_simulate_closes_its_run(workdir, monkeypatch, exc, status, code):
+    """SIGINT mid-run: the run is 'cancelled' with the samples taken so far; an internal error: 'failed'."""
+    from cmtwin.cli.main import main
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_samples, list_runs
+
+    orig = Simulator._on_sample
+
+    def boom(self, ev):
+        orig(self, ev)
+        if self.samples_taken >= 3:
+            raise exc("stop")
+
+    monkeypatch.setattr(Simulator, "_on_sample", boom)
+    assert main(["simulate", "+deployment=r1_ep320", "sim.duration_s=10", "--no-plots"]) == code
+    runs = list_runs(open_store("sqlite:///cmtwin.db"))
+    assert len(runs) == 1 and runs[0].status == status and runs[0].finished_at is not None
+    assert len(get_samples(open_store("sqlite:///cmtwin.db"), runs[0].id)) >= 3 * 10
