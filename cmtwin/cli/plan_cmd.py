@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     prediction = predict(spec, plan)
     plan_dict = plan.to_dict()
     out = {"plan_hash": plan.plan_hash, "plan": plan_dict, "prediction": prediction.to_dict()}
+    out_file = _open_out(args.out) if args.out else None  # a bad path fails before anything is recorded
     run_id = None
     if not args.no_record:
         from cmtwin.store.engine import open_store
@@ -46,17 +47,11 @@ def run(args: argparse.Namespace) -> int:
             finished_at=datetime.now(timezone.utc), plan=plan_dict, prediction=out["prediction"],
             metrics=prediction.metrics())
     out = {"run_id": run_id, **out}
-    if args.out:
+    if out_file is not None:
         import json
-        from pathlib import Path
 
-        try:
-            Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
-        except OSError as exc:
-            from cmtwin.errors import CmtwinError
-
-            raise CmtwinError(f"--out {args.out}: cannot write the file ({exc.strerror}).", key="--out",
-                              fix="give a writable file path") from None
+        with out_file:
+            out_file.write(json.dumps(out, indent=2, default=str) + "\n")
     if args.format == "json":
         print_json(out)
     else:
@@ -64,3 +59,14 @@ def run(args: argparse.Namespace) -> int:
 
         render_plan(spec, plan, prediction, run_id=run_id, elapsed_s=time.perf_counter() - t0)
     return 0
+
+
+def _open_out(path: str):
+    """Open --out for writing now, so an unwritable path is bad input before the run is recorded."""
+    try:
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        from cmtwin.errors import CmtwinError
+
+        raise CmtwinError(f"--out {path}: cannot write the file ({exc.strerror}).", key="--out",
+                          fix="give a writable file path") from None

@@ -80,14 +80,22 @@ def _hydra_error(exc: Exception, overrides: tuple[str, ...]) -> ConfigError:
         key = m.group(1)
         top = key.split(".")[0]
         hint = ""
-        if top in groups():
+        if top in groups() and "." not in key:
             hint = f" '{top}' is a config group: select an option with {top}=NAME ({', '.join(options(top))})."
+        elif "." in key:
+            hint = (f" The selected options do not set '{key}'; add it with +{key}=VALUE if the schema has it "
+                    "(e.g. a topology parameter).")
         return ConfigError(
             f"unknown config key '{key}' in override '{next((o for o in overrides if o.lstrip('+~').startswith(key)), key)}'."
             f"{hint} See the valid keys with `cmtwin config show` or `cmtwin config schema`.",
             key=key,
             fix="check the spelling against `cmtwin config show +deployment=...`",
         )
+    if "Config group override must be a string or a list" in text:
+        bad = next((o for o in overrides if o.endswith("=null")), "the override")
+        group = bad.split("=")[0].lstrip("+")
+        return ConfigError(f"'{bad}': a config group cannot be set to null; to drop an optional group use ~{group}.",
+                           key=group, fix=f"use ~{group}")
     m = re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
     if m:
         return ConfigError(f"'+{m.group(1)}' adds a key that already exists; set it with {m.group(1)}=VALUE.",
@@ -168,8 +176,10 @@ def validation_error(exc: Any, what: str = "config") -> ConfigError:
             parts.append(f"'{key}' is missing")
         else:
             val = err.get("input")
-            shown = repr(val) if not isinstance(val, dict) else "{...}"
-            parts.append(f"'{key}' = {shown[:60]}: {msg}")
+            if isinstance(val, (dict, list)):
+                parts.append(f"'{key}': {msg}")
+            else:
+                parts.append(f"'{key}' = {repr(val)[:60]}: {msg}")
     more = len(exc.errors()) - 6
     tail = f" (and {more} more)" if more > 0 else ""
     return ConfigError(f"invalid {what}: " + "; ".join(parts) + tail + ".", key=first_key)

@@ -140,7 +140,7 @@ class Plan:
 def fabric_for(spec: Spec):
     from cmtwin.topology.fabric import freeze_overrides, get_fabric
 
-    return get_fabric(spec.topology.file, freeze_overrides(spec.topology.params) if spec.topology.params else ())
+    return get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))
 
 
 def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> None:

@@ -445,7 +445,7 @@ def freeze_overrides(overrides: Mapping[str, Any] | None) -> tuple[tuple[str, An
         return value
 
     def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping) and (value or not prefix):
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
         else:
@@ -455,7 +455,25 @@ def freeze_overrides(overrides: Mapping[str, Any] | None) -> tuple[tuple[str, An
     return tuple(sorted(flat.items()))
 
 
+def _source_identity(name: str | Path) -> tuple[str, int | None]:
+    """What a topology reference points at now: a path resolves against the working directory and carries the
+    file's modification time, so a changed folder or an edited file is not served from the cache."""
+    text = str(name)
+    if "/" in text or text.endswith((".yaml", ".yml")):
+        try:
+            path = Path(text).resolve()
+            return str(path), path.stat().st_mtime_ns
+        except OSError:
+            return text, None
+    return text, None
+
+
 @functools.cache
-def get_fabric(name: str | Path, overrides: tuple[tuple[str, Any], ...] = ()) -> Fabric:
-    """The Fabric of a topology (name or path) with overrides from freeze_overrides(), built once per process."""
+def _cached_fabric(identity: tuple[str, int | None], name: str, overrides: tuple[tuple[str, Any], ...]) -> Fabric:
     return Fabric(load_topology(name, dict(overrides)))
+
+
+def get_fabric(name: str | Path, overrides: tuple[tuple[str, Any], ...] = ()) -> Fabric:
+    """The Fabric of a topology (name or path) with overrides from freeze_overrides(), built once per process
+    for each file version."""
+    return _cached_fabric(_source_identity(name), str(name), overrides)

@@ -93,7 +93,7 @@ def fit_collective(fabric, table: dict, kind: str, msg_bytes: float) -> Collecti
 def _fabric(name: str, **params):
     from cmtwin.topology.fabric import freeze_overrides, get_fabric
 
-    return get_fabric(name, freeze_overrides(params) if params else ())
+    return get_fabric(name, freeze_overrides(params))
 
 
 def cm384_fits() -> list[CollectiveFit]:

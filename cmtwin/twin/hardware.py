@@ -133,10 +133,35 @@ class HardwareProfile(Frozen):
     """How two microbatches overlap; null: no overlap is modelled (microbatches=2 behaves as 1)."""
 
     @model_validator(mode="after")
-    def _integral_dies(self) -> HardwareProfile:
+    def _ranges(self) -> HardwareProfile:
         d = self.dies_per_device.value
+        bad: list[str] = []
         if d < 1 or d != int(d):
-            raise ValueError(f"dies_per_device must be a positive integer, got {d}")
+            bad.append(f"dies_per_device.value = {d:g}: must be a positive integer")
+        die = self.die
+        for key, q in (("die.memory_gib", die.memory_gib), ("die.memory_bandwidth_GB_per_s", die.memory_bandwidth_GB_per_s),
+                       *((f"die.peak_tflops.{k}", v) for k, v in die.peak_tflops.items())):
+            if not q.value > 0:
+                bad.append(f"{key}.value = {q.value:g}: must be > 0")
+        for key, q in (("die.cube_cores", die.cube_cores), ("die.vector_cores", die.vector_cores),
+                       ("launch_overhead_us", self.launch_overhead_us)):
+            if q.value < 0:
+                bad.append(f"{key}.value = {q.value:g}: must be >= 0")
+        for cls, eff in self.efficiency.items():
+            for part in ("compute", "memory"):
+                e = getattr(eff, part)
+                if isinstance(e, Sourced) and not 0 < e.value <= 1:
+                    bad.append(f"efficiency.{cls}.{part}.value = {e.value:g}: an efficiency lies in (0, 1]")
+            if eff.overhead_us is not None and eff.overhead_us.value < 0:
+                bad.append(f"efficiency.{cls}.overhead_us.value = {eff.overhead_us.value:g}: must be >= 0")
+        for kind, entries in self.collectives.items():
+            for key, q in entries.items():
+                if key.startswith("efficiency_") and not 0 < q.value <= 1:
+                    bad.append(f"collectives.{kind}.{key}.value = {q.value:g}: an efficiency lies in (0, 1]")
+                elif key == "fixed_us" and q.value < 0:
+                    bad.append(f"collectives.{kind}.fixed_us.value = {q.value:g}: must be >= 0")
+        if bad:
+            raise ValueError(f"hardware profile {self.name}: " + "; ".join(bad))
         return self
 
     @property
