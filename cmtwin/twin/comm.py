@@ -67,11 +67,15 @@ def _group_shape_cached(fabric, die_ids: tuple[str, ...]) -> GroupShape:
     other = [d for d in die_ids[1:] if fabric.domain_of(d) != node]
     intra_lat = fabric.route(rep, same[-1], pl.intra).latency_us if same else 0.0
     inter_lat = fabric.route(rep, other[-1], pl.inter).latency_us if other else 0.0
+    inter = fabric.injection_gbps(rep, pl.inter)
+    uplink = fabric.uplink_gbps(node, pl.inter) if node is not None and other else 0.0
+    if uplink > 0:  # the group's ranks on this node share its uplink towards the other nodes
+        inter = min(inter, uplink / (len(same) + 1))
     return GroupShape(
         size=len(die_ids),
         same_node=len(same),
         intra_gbps=fabric.injection_gbps(rep, pl.intra),
-        inter_gbps=fabric.injection_gbps(rep, pl.inter),
+        inter_gbps=inter,
         intra_latency_us=intra_lat,
         inter_latency_us=inter_lat,
         planes=pl,
