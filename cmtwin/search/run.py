@@ -198,15 +198,25 @@ def _decode_group(args) -> tuple[list[DecodeEval], int, int, int]:
                 mem = plan.pools_of("decode")[0].memory
                 cap = mem.kv_token_capacity + int(mem.kv_cache // mem.kv_bytes_per_token)
                 per_req = v.workload.decode_kv_len + k
-                for b in batches:
-                    bd = b // dies
-                    if bd * per_req > cap:
+                fits = [b for b in batches if (b // dies) * per_req <= cap]  # KV estimate at the smallest batch
+                pruned += (len(batches) - len(fits)) * len(s.microbatches)
+                # Memory grows with the batch (KV, buffers, activations): compile the largest exactly, step down
+                # until one passes the planner's HBM check; every smaller batch then fits too.
+                while fits and fits[-1] != b0:
+                    try:
+                        compile_plan(_variant(v, decode={"batch_per_device": fits[-1]}))
+                        compiled += 1
+                        break
+                    except CmtwinError:
+                        fits.pop()
                         pruned += len(s.microbatches)
-                        continue
+                for b in fits:
+                    bd = b // dies
                     for m in s.microbatches:
                         r = decode_step(v, plan, hw, fabric, batch_per_die=bd, microbatches=m)
                         calls += 1
-                        out.append(DecodeEval(devices, ep, ranks // ep, red, ded, b, m, k, prec, r.tpot_ms, r.tokens_per_s_per_device))
+                        out.append(DecodeEval(devices, ep, ranks // ep, red, ded, b, m, k, prec, r.tpot_ms,
+                                              r.tokens_per_s_per_device))
     return out, compiled, pruned, calls
 
 

@@ -141,18 +141,21 @@ class Simulator:
         self.sink, self.progress = sink, progress
         self.interval = sim.sample_interval_s
         prefill_pools, decode_pools = plan.pools_of("prefill"), plan.pools_of("decode")
+        if spec.serving.mode != "disagg":
+            raise ConfigError(
+                f"cmtwin simulate models disaggregated serving; this deployment has serving.mode={spec.serving.mode}.",
+                key="serving.mode", fix="simulate a disaggregated deployment (serving.mode=disagg with prefill and "
+                                        "decode pools); compare aggregated layouts with cmtwin plan")
         if not prefill_pools or not decode_pools:
             raise ConfigError(
                 "cmtwin simulate models disaggregated serving and needs both a prefill pool (prefill.instances > 0) "
                 f"and a decode pool (decode.devices > 0); this plan has {len(prefill_pools)} prefill instance(s) and "
                 f"{len(decode_pools)} decode instance(s).", key="prefill.instances",
                 fix="give the deployment both pools")
-        if spec.serving.mode != "disagg" or len(decode_pools) > 1:
+        if len(decode_pools) > 1:
             raise ConfigError(
-                f"cmtwin simulate models disaggregated serving with one decode instance; this deployment has "
-                f"serving.mode={spec.serving.mode} and {len(decode_pools)} decode instance(s).",
-                key="serving.mode", fix="set serving.mode=disagg and decode.instances=1 (compare agg layouts with "
-                                        "cmtwin plan)")
+                f"cmtwin simulate models one decode instance; this deployment has decode.instances="
+                f"{len(decode_pools)}.", key="decode.instances", fix="set decode.instances=1")
         hw = spec.hardware
         self.fabric = fabric = fabric or fabric_for(spec)
         if trace is None and w.arrival == "trace":
