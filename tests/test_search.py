@@ -73,6 +73,19 @@ def test_frontier_candidates_compile_and_predict_as_searched(small):
     assert sim["simulation"]["tpot_ms"]["p50"] is not None
 
 
+def test_sampled_candidates_pass_the_full_planner(small):
+    """Pruning is exact: candidates anywhere in the space (not only the frontier) compile with every check."""
+    from cmtwin.planner.plan import compile_plan
+
+    spec, res = small
+    rng = random.Random(3)
+    picks = rng.sample(range(len(res.candidates)), 8)
+    biggest = max(range(len(res.candidates)), key=lambda i: res.candidates[i].decode.batch_per_device)
+    for i in picks + [biggest]:
+        s2, _ = load_spec(["+deployment=r1_ep320", *res.candidates[i].overrides()])
+        compile_plan(s2)
+
+
 def test_parallel_equals_serial(small):
     spec, res = small
     par = search(spec, workers=2, simulate=False)
