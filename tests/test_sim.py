@@ -37,6 +37,19 @@ def test_simulate_agrees_with_plan_at_saturation():
     assert res.decode["kv_peak_fraction"] <= 1.0
 
 
+def test_prefill_throughput_agrees_with_plan_at_saturation():
+    """4k prompts at 1.3 x capacity: prefill is the bottleneck, every forward is full, and prompt tokens/s per
+    prefill device match the twin within 3%."""
+    from cmtwin.twin.predict import predict
+
+    spec, plan = _setup("workload=chat_4k", "workload.kv_len=null", "workload.load=1.3", "sim.duration_s=150",
+                        "sim.warmup_s=10")
+    res = Simulator(spec, plan).run()
+    pred = predict(spec, plan).prefill
+    assert res.prefill["utilisation"] > 0.99 and res.requests["queued_prefill"] > 1000
+    assert res.prefill["tokens_per_s_per_device"] == pytest.approx(pred["tokens_per_s_per_device"], rel=0.03)
+
+
 def test_conservation_and_littles_law():
     spec, plan = _setup("workload=bursty_chat", "sim.duration_s=20", "sim.warmup_s=0")
     sim = Simulator(spec, plan)
