@@ -245,3 +245,19 @@ def test_interrupted_or_failing_simulate_closes_its_run(workdir, monkeypatch, ex
     runs = list_runs(open_store("sqlite:///cmtwin.db"))
     assert len(runs) == 1 and runs[0].status == status and runs[0].finished_at is not None
     assert len(get_samples(open_store("sqlite:///cmtwin.db"), runs[0].id)) >= 3 * 10
+
+
+def test_ems_cache_lru_with_ssd_tier():
+    from cmtwin.sim.cache import EMSCache
+
+    c = EMSCache(dram_blocks=4, ssd_blocks=4, block_tokens=256)
+    c.insert(1, 0, 3)  # prefix 1: blocks 0..2
+    assert c.lookup(1, 3) == (3, 0)
+    c.insert(2, 0, 3)  # prefix 2 pushes prefix 1's oldest two blocks to SSD
+    assert len(c.dram) == 4 and len(c.ssd) == 2 and c.evictions == 2
+    hd, hs = c.lookup(1, 3)  # blocks 0, 1 come back from SSD; promoting them pushes block 2 down, then it too
+    assert (hd, hs) == (0, 3) and all(EMSCache.key(1, i) in c.dram for i in range(3))
+    assert c.lookup(3, 2) == (0, 0)  # never stored
+    c2 = EMSCache(dram_blocks=1, ssd_blocks=0, block_tokens=256)
+    c2.insert(1, 0, 2)
+    assert c2.lookup(1, 2) == (0, 0)  # chain broken at block 0 (evicted, no SSD)
