@@ -261,3 +261,13 @@ def test_ems_cache_lru_with_ssd_tier():
     c2 = EMSCache(dram_blocks=1, ssd_blocks=0, block_tokens=256)
     c2.insert(1, 0, 2)
     assert c2.lookup(1, 2) == (0, 0)  # chain broken at block 0 (evicted, no SSD)
+
+
+def test_bursty_arrivals_raise_tail_ttft_at_the_same_rate():
+    common = ["workload=bursty_chat", "workload.prefix_share=0", "workload.length_dist=fixed",
+              "workload.rate_per_s=500", "sim.duration_s=30"]
+    spec_p, plan = _setup(*common, "workload.arrival=poisson")
+    spec_g, _ = _setup(*common, "workload.arrival=gamma", "workload.burstiness_cv=4")
+    p, g = Simulator(spec_p, plan).run(), Simulator(spec_g, plan).run()
+    assert g.ttft_ms["p99"] > 1.5 * p.ttft_ms["p99"]
+    assert g.requests["arrived"] == pytest.approx(p.requests["arrived"], rel=0.1)
