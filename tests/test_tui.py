@@ -286,8 +286,13 @@ def screen_text(app) -> str:
     return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines()) + "\n"
 
 
-def check_snapshot(app, name: str) -> None:
-    text = screen_text(app)
+async def check_snapshot(pilot, name: str) -> None:
+    """Compare the settled screen (no toasts, layout done) with tests/tui_snapshots/<name>.txt."""
+    pilot.app.clear_notifications()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+    await pilot.pause()
+    text = screen_text(pilot.app)
     path = SNAPSHOTS / f"{name}.txt"
     if os.environ.get("CMTWIN_UPDATE_SNAPSHOTS") or not path.exists():
         if not os.environ.get("CMTWIN_UPDATE_SNAPSHOTS"):
@@ -312,7 +317,7 @@ def test_runs_screen_lists_filters_sorts_and_opens_a_run(db):
         assert isinstance(screen, RunsScreen)
         await until(pilot, lambda: screen.loads, what="runs")
         assert [r.id for r in screen.shown] == [ids["live"], ids["sim"], ids["plan2"], ids["plan"]]
-        check_snapshot(pilot.app, "runs_80x24")
+        await check_snapshot(pilot, "runs_80x24")
         await pilot.press("slash", *"verb:plan", "enter")
         assert [r.id for r in screen.shown] == [ids["plan2"], ids["plan"]]
         await pilot.press("escape")
@@ -346,7 +351,7 @@ def test_run_screen_tabs_snapshot(db, tab):
         if tab == "supernode":
             await pilot.press("right", "right", "down")
         await pilot.pause()
-        check_snapshot(pilot.app, f"run_{tab}_80x24")
+        await check_snapshot(pilot, f"run_{tab}_80x24")
 
     run_app(url, scenario, run_id=ids["sim"], tab=tab)
 
@@ -451,7 +456,7 @@ def test_compare_two_runs(db):
         compare = pilot.app.screen
         await until(pilot, lambda: compare.loaded, what="both runs")
         assert (compare.a, compare.b) == (ids["plan2"], ids["plan"])
-        check_snapshot(pilot.app, "compare_80x24")
+        await check_snapshot(pilot, "compare_80x24")
 
     run_app(url, scenario)
 
@@ -475,7 +480,7 @@ def test_query_tab_reads_and_refuses_writes(db):
         await pilot.press("enter")
         await until(pilot, lambda: screen.last, what="the refusal")
         assert screen.last.result is None and "refused DELETE" in screen.last.error
-        check_snapshot(pilot.app, "query_refused_80x24")
+        await check_snapshot(pilot, "query_refused_80x24")
         sql.value = "SELECT 1; DROP TABLE runs"
         screen.last = None
         await pilot.press("enter")
@@ -492,9 +497,10 @@ def test_help_and_quit(db):
     url, _ = db
 
     async def scenario(pilot):
+        await until(pilot, lambda: pilot.app.screen.loads, what="runs")
         await pilot.press("question_mark")
         assert isinstance(pilot.app.screen, HelpScreen)
-        check_snapshot(pilot.app, "help_80x24")
+        await check_snapshot(pilot, "help_80x24")
         await pilot.press("escape")
         assert isinstance(pilot.app.screen, RunsScreen)
         await pilot.press("q")
@@ -510,7 +516,7 @@ def test_wide_terminal_snapshot(db):
         screen = pilot.app.screen
         await until(pilot, lambda: screen.detail, what="run")
         await pilot.pause()
-        check_snapshot(pilot.app, "run_supernode_120x40")
+        await check_snapshot(pilot, "run_supernode_120x40")
 
     run_app(url, scenario, run_id=ids["plan"], tab="supernode", size=(120, 40))
 
