@@ -254,6 +254,11 @@ class Simulator:
                       "pbusy": 0.0, "dbusy": 0.0, "steps": 0, "batch": 0.0}
         self._win_ttft: list[float] = []
         self.samples_taken = 0
+        self._stalled = False  # a prefill instance waits for decode room (decode-aware admission)
+        self._pending_arrival: Request | None = None
+        self._fetch_bytes = 0.0
+        self._fetch_ssd = 0.0
+        self._mark_start: dict | None = None
 
     # ------------------------------------------------------------------ arrivals
     def _next_request(self) -> Request | None:
@@ -416,7 +421,7 @@ class Simulator:
         self._retry_stalled()
 
     def _retry_stalled(self) -> None:
-        if getattr(self, "_stalled", False):
+        if self._stalled:
             self._stalled = False
             for other in self.instances:
                 if not other.busy and other.queue:
@@ -436,7 +441,7 @@ class Simulator:
         cap = self.batch_cap
         kv_cap = self.kv_cap
         counts, kvs = self.rank_count, self.rank_kv
-        steps_for = self.tps
+        tps = self.tps
         while ready and ready[0][0] <= now:
             if self.n_active >= self.ranks * cap:
                 return
@@ -460,7 +465,7 @@ class Simulator:
             r.rank = rank
             r.kv_need = need
             r.admit_step = self.step
-            n = math.ceil((r.output - 1) / steps_for)
+            n = math.ceil((r.output - 1) / tps)
             r.end_step = self.step + n - 1
             b = self.buckets.get(r.end_step)
             if b is None:
@@ -594,7 +599,6 @@ class Simulator:
     # ------------------------------------------------------------------ run
     def run(self) -> SimResult:
         env = self.env
-        self._measure_start = None
         self._schedule_next_arrival()
         env.schedule(min(self.interval, self.duration), _SAMPLE)
         env.schedule(self.warmup, _MARK)
@@ -618,7 +622,7 @@ class Simulator:
         self._mark_start = self._snapshot(self.env.now)
 
     def _result(self, end: float) -> SimResult:
-        a, b = getattr(self, "_mark_start", None) or self._snapshot(0.0), self._mark_end
+        a, b = self._mark_start or self._snapshot(0.0), self._mark_end
         span = max(1e-9, b["t"] - a["t"])
         pdev = sum(i.devices for i in self.instances)
         ddev = self.dpool.devices
