@@ -531,6 +531,12 @@ def test_verb_errors_exit_2_without_starting_the_app(db, tmp_path, capsys):
     assert main(["tui", "--db", url, "999"]) == 2
     assert "run 999 not found" in capsys.readouterr().err
     assert main(["tui", "--db", url, "nope"]) == 2
+    assert main(["tui", "--db", url, "--poll", "0"]) == 2
+    from cmtwin.cli.tui_cmd import _run_id
+
+    source = store_source(url)
+    assert _run_id("last", source) == max(db[1].values()) and _run_id(None, source) is None
+    source.close()
     missing = tmp_path / "none.db"
     assert main(["tui", "--db", f"sqlite:///{missing}"]) == 2
     assert "there is no run store" in capsys.readouterr().err

@@ -354,6 +354,8 @@ class RunScreen(Screen):
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        if tab == "supernode":
+            self.query_one(SupernodeWidget).focus()  # now, so arrows typed right after `2` move the selection
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         # The map takes the arrows as soon as its tab shows.
