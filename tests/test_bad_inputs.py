@@ -127,6 +127,25 @@ def test_oversized_topology_file(workdir, capsys):
     _check(["plan", D, "topology.file=./bad.yaml"], "MiB", workdir, capsys)
 
 
+TRACE_HEADER = "timestamp_s,prompt_len,output_len\n"
+TRACE_CASES = [
+    ("trace-missing-column", "trace.csv", b"timestamp_s,prompt_len\n0.1,100\n", "output_len"),
+    ("trace-negative-length", "trace.csv", (TRACE_HEADER + "0.1,100,10\n0.2,-5,10\n").encode(), "line 3"),
+    ("trace-unsorted", "trace.csv", (TRACE_HEADER + "0.3,100,10\n0.2,5,10\n").encode(), "line 3"),
+    ("trace-fractional-length", "trace.csv", (TRACE_HEADER + "0.1,10.5,10\n").encode(), "prompt_len"),
+    ("trace-non-utf8", "trace.csv", TRACE_HEADER.encode() + b"0.1,1\xff0,10\n", "utf-8"),
+    ("trace-jsonl-missing-key", "trace.jsonl", b'{"timestamp_s": 0.1, "prompt_len": 10}\n', "output_len"),
+    ("trace-missing-file", None, b"", "no such file"),
+]
+
+
+@pytest.mark.parametrize("name,content,fragment", [c[1:] for c in TRACE_CASES], ids=[c[0] for c in TRACE_CASES])
+def test_bad_trace_file(name, content, fragment, workdir, capsys):
+    if name is not None:
+        (workdir / name).write_bytes(content)
+    _check(["simulate", D, "workload=trace_small", f"workload.trace={name or 'nope.csv'}"], fragment, workdir, capsys)
+
+
 @pytest.fixture
 def populated(workdir):
     assert main(["plan", D, "--format", "json"]) == 0
@@ -148,7 +167,7 @@ def test_unknown_run(populated, capsys):
 
 
 def test_corpus_size():
-    n = len(CONFIG_CASES) + len(TOPOLOGY_CASES) + 2 + len(SQL_CASES) + 1
+    n = len(CONFIG_CASES) + len(TOPOLOGY_CASES) + 2 + len(TRACE_CASES) + len(SQL_CASES) + 1
     assert n >= 40, n
 
 
