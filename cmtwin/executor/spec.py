@@ -13,12 +13,38 @@ class ExecutorSpec(Frozen):
     """Real-kernel execution settings."""
 
     layers: int = Field(default=2, ge=1)
-    """Transformer layers to run."""
+    """Transformer layers to run (MoE layers of an MoE model; see dense_layers)."""
+    dense_layers: int = Field(default=0, ge=0)
+    """How many of the executed layers are dense-MLP layers (run first, as in the model); the rest are MoE."""
     scale: float = Field(default=1.0, gt=0, le=1)
-    """Shape scale factor (1.0 = true shapes) so a CPU run finishes in seconds."""
+    """Shape scale factor (1.0 = true shapes) so a CPU run finishes in seconds: hidden, intermediates, heads,
+    head and latent dims and the vocabulary shrink by it (rounded to keep divisibility); the routed-expert
+    count and the plan's placement are kept, so every rank of the plan is executed."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run: auto picks CUDA when present."""
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    """Compute dtype of the real kernels."""
+    dtype: Literal["fp32", "bf16", "int8"] = "fp32"
+    """Compute dtype of the real kernels (int8: W8A8 linear layers, per-token activation and per-channel
+    weight scales, bf16/fp32 elsewhere; needs int8 matmul on the device)."""
     seed: int = Field(default=0, ge=0)
     """Seed of the random weights and inputs."""
+    phase: Literal["decode", "prefill", "both"] = "both"
+    """What to run: a decode step on the decode pool, a prefill chunk on prefill instance 0, or both."""
+    decode_tokens: int | None = Field(default=None, ge=1)
+    """Decode tokens per rank (null: the plan's tokens per die)."""
+    kv_len: int = Field(default=128, ge=1)
+    """Context length of every decode request (its random latent KV cache)."""
+    prefill_tokens: int = Field(default=32, ge=1)
+    """Prefill chunk per rank (one prompt per rank, causal attention within it)."""
+    ranks: int | None = Field(default=None, ge=1)
+    """Execute only the first N ranks of each pool (null: all); routing is then restricted to the experts
+    those ranks hold, and the shared expert runs locally when no dedicated shared rank is among them."""
+    skew: float = Field(default=1.0, ge=0)
+    """Router bias = skew x log(the plan's expert load), so routing follows the plan's (skewed) load;
+    0 gives balanced random routing."""
+    processes: int = Field(default=1, ge=1)
+    """Worker processes (torch.distributed, gloo on CPU / NCCL on GPU); ranks are dealt round-robin."""
+    profile: str | None = None
+    """Hardware profile (conf/hardware or ./cmtwin_conf/hardware) whose cost model predicts the measured
+    compute; null: a profile named local_<device> when it exists, else the deployment's hardware."""
+    reference: bool = True
+    """Check the distributed result against a single-device reference forward."""

@@ -1,0 +1,154 @@
+"""`cmtwin execute` as a library call: run the plan's phases, check numerics, build the timeline."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmtwin.errors import CmtwinError
+
+PRE_DISPATCH = ("dispatch",)
+
+
+def load_profile(name: str):
+    """A hardware profile by name from ./cmtwin_conf/hardware or conf/hardware, validated."""
+    import yaml
+    from pydantic import ValidationError
+
+    from cmtwin.config.compose import USER_CONF, options
+    from cmtwin.paths import conf_dir
+    from cmtwin.twin.hardware import HardwareProfile
+
+    for folder in (Path(USER_CONF) / "hardware", conf_dir() / "hardware"):
+        f = folder / f"{name}.yaml"
+        if f.is_file():
+            try:
+                return HardwareProfile.model_validate(yaml.safe_load(f.read_text()))
+            except (ValidationError, yaml.YAMLError) as exc:
+                raise CmtwinError(f"hardware profile {f}: {' '.join(str(exc).split())[:400]}",
+                                  key="executor.profile") from None
+    raise CmtwinError(f"executor.profile={name}: no such hardware profile.", key="executor.profile",
+                      fix=f"choose one of {', '.join(options('hardware'))} or run `cmtwin calibrate`")
+
+
+def prediction_profile(spec, device: str):
+    from cmtwin.config.compose import options
+
+    name = spec.executor.profile
+    if name is None:
+        local = f"local_{device}"
+        if local in options("hardware"):
+            return load_profile(local)
+        return spec.hardware
+    return load_profile(name)
+
+
+@dataclass
+class ExecuteResult:
+    device: str
+    profile: str
+    phases: list
+    timeline: list = field(default_factory=list)  # TimelineEvent tuples
+    wall_s: float = 0.0
+
+    @property
+    def max_rel_err(self) -> float | None:
+        errs = [p.max_rel_err for p in self.phases if p.max_rel_err is not None]
+        return max(errs) if errs else None
+
+    def per_op(self) -> list[dict]:
+        """Per phase and operator: measured and predicted microseconds, mean per rank per layer executed."""
+        rows: dict = {}
+        for p in self.phases:
+            for r, op, kind, meas, pred, layer in p.events:
+                key = (p.phase, op, kind)
+                d = rows.setdefault(key, {"phase": p.phase, "op": op, "kind": kind, "measured_us": 0.0,
+                                          "predicted_us": 0.0, "n": 0, "ranks": p.ranks})
+                d["measured_us"] += meas
+                d["predicted_us"] += pred or 0.0
+                d["n"] += 1
+        return list(rows.values())
+
+    def per_layer(self) -> dict:
+        """Per phase: compute time of one layer on one rank (mean over ranks and executed layers), measured
+        and predicted, and the relative error of the prediction."""
+        out = {}
+        for p in self.phases:
+            layers = {e[5] for e in p.events if e[2] == "compute"}
+            mlayers = [l for l in layers if l < max(layers)] or list(layers)  # without the LM head
+            meas = sum(e[3] for e in p.events if e[2] == "compute" and e[5] in mlayers)
+            pred = sum(e[4] or 0.0 for e in p.events if e[2] == "compute" and e[5] in mlayers)
+            k = p.ranks * len(mlayers)
+            out[p.phase] = {"measured_us": meas / k, "predicted_us": pred / k,
+                            "rel_err": (pred - meas) / meas if meas else None}
+        return out
+
+
+def schedule(phase_offset_rank: int, phase: str, events: list, nranks: int) -> list:
+    """Start times: each rank runs its operators back to back; dispatch and combine are collectives that
+    start when the last rank is ready and end with the slowest rank's (twin-modelled) time."""
+    from cmtwin.store.repo import TimelineEvent
+
+    clock = [0.0] * nranks
+    out = []
+    by_layer: dict[int, list] = {}
+    for ev in events:
+        by_layer.setdefault(ev[5], []).append(ev)
+    for layer in sorted(by_layer):
+        evs = by_layer[layer]
+        comm = {k: [e for e in evs if e[1] == k] for k in ("dispatch", "combine")}
+        stages = [[], [], []]  # before dispatch, experts, after combine (none)
+        for e in evs:
+            if e[2] == "comm":
+                continue
+            stage = 1 if ("expert" in e[1]) else 0
+            stages[stage].append(e)
+        for stage, kind in ((0, "dispatch"), (1, "combine")):
+            for r, op, k, meas, pred, _ in stages[stage]:
+                out.append(TimelineEvent(phase_offset_rank + r, f"{phase}.{op}", clock[r], meas, "compute", pred))
+                clock[r] += meas
+            if comm[kind]:
+                start = max(clock)
+                for r, op, k, meas, pred, _ in comm[kind]:
+                    out.append(TimelineEvent(phase_offset_rank + r, f"{phase}.{op}", start, meas, "comm", pred))
+                end = start + max(e[3] for e in comm[kind])
+                clock = [end] * nranks
+    return out
+
+
+def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
+    """Run the configured phases of the plan; numerics checked against the reference when enabled."""
+    from cmtwin.executor.run import TOL, PoolRun, pick_device
+    from cmtwin.planner.plan import compile_plan, fabric_for
+
+    ex = spec.executor
+    plan = plan or compile_plan(spec)
+    device = pick_device(ex.device)
+    hw_pred = prediction_profile(spec, device)
+    fabric = fabric_for(spec)
+    t0 = time.perf_counter()
+    phases = ["decode", "prefill"] if ex.phase == "both" else [ex.phase]
+    results, timeline, offset = [], [], 0
+    for ph in phases:
+        if ph == "prefill" and not plan.pools_of("prefill") and ex.phase == "both":
+            continue
+        run = PoolRun(spec, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
+        if ex.processes > 1:
+            from cmtwin.executor.dist import run_processes
+
+            res = run_processes(spec, plan, ph, ex.processes)
+        else:
+            run.run(timed=False) if device == "cuda" else None  # warm-up on GPU
+            res = run.run()
+        if ex.reference:
+            run.routing = getattr(res, "routing", None) or run.routing
+            run.reference(res)
+            if res.max_rel_err > TOL[ex.dtype]:
+                res.verdict = "FAILED"
+        timeline += schedule(offset, ph, res.events, res.ranks)
+        offset += res.ranks
+        results.append(res)
+        if progress:
+            progress(res)
+    return ExecuteResult(device, hw_pred.name, results, timeline, time.perf_counter() - t0)

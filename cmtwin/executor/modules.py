@@ -1,0 +1,202 @@
+"""DeepSeek-V3/R1 layer pieces in PyTorch at (scaled) true shapes, with seeded random weights.
+
+Every function is a plain kernel over tensors so the executor can time each one, run it on any rank, and
+run the very same math as a single-device reference. Linear layers take fp32 master weights cast to the
+compute dtype; dtype 'int8' is W8A8 (per-token activation scales, per-output-channel weight scales).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from cmtwin.errors import CmtwinError
+from cmtwin.model.arch import MLA, ModelSpec
+
+ROUTED_SCALING = 2.5  # DeepSeek-V3 config.json routed_scaling_factor
+ROPE_THETA = 10000.0
+
+
+def torch():
+    import torch as _t
+
+    return _t
+
+
+def _sc(x: int, scale: float, mult: int) -> int:
+    return max(mult, int(round(x * scale / mult)) * mult)
+
+
+def scaled_model(model: ModelSpec, scale: float) -> ModelSpec:
+    """The model with hidden, intermediates, heads, head/latent dims and vocab shrunk by `scale` (divisibility
+    kept: multiples of 8 for widths, of 2 for head dims); the expert counts and routing groups are kept."""
+    att = model.attention
+    if not isinstance(att, MLA):
+        raise CmtwinError(f"the executor runs MLA models (DeepSeek-V3/R1); model {model.name} uses "
+                          f"{att.kind}.", key="model", fix="choose model=deepseek_r1")
+    if model.moe is None:
+        raise CmtwinError(f"the executor runs MoE models; {model.name} has no moe block.", key="model")
+    if scale == 1.0:
+        return model
+    a = att.model_copy(update=dict(heads=_sc(att.heads, scale, 1), q_lora_rank=_sc(att.q_lora_rank, scale, 8),
+                                   kv_lora_rank=_sc(att.kv_lora_rank, scale, 8),
+                                   qk_nope_head_dim=_sc(att.qk_nope_head_dim, scale, 2),
+                                   qk_rope_head_dim=_sc(att.qk_rope_head_dim, scale, 2),
+                                   v_head_dim=_sc(att.v_head_dim, scale, 2)))
+    return model.model_copy(update=dict(
+        hidden=_sc(model.hidden, scale, 8), vocab=_sc(model.vocab, scale, 8), attention=a,
+        dense=model.dense.model_copy(update=dict(intermediate=_sc(model.dense.intermediate, scale, 8))),
+        moe=model.moe.model_copy(update=dict(intermediate=_sc(model.moe.intermediate, scale, 8)))))
+
+
+# ------------------------------------------------------------------------------------------------ weights
+@dataclass
+class LayerWeights:
+    dense: bool
+    attn_norm: object
+    q_a: object
+    q_a_norm: object
+    q_b: object
+    kv_a: object
+    kv_a_norm: object
+    kv_b: object
+    o: object
+    mlp_norm: object
+    router: object = None  # [h, E] fp32
+    bias: object = None  # [E]
+    w_gu: object = None  # routed [E, h, 2i]
+    w_d: object = None  # routed [E, i, h]
+    s_gu: object = None  # shared [h, 2 i ns] / dense MLP gate_up
+    s_d: object = None
+
+
+@dataclass
+class Weights:
+    model: ModelSpec
+    layers: list
+    final_norm: object
+    lm_head: object
+    eh_proj: object  # MTP: [2h, h]
+
+
+def make_weights(model: ModelSpec, *, layers: int, dense_layers: int, seed: int, device: str, load=None,
+                 skew: float = 0.0) -> Weights:
+    """Seeded random weights (fp32). `load` (per routed expert, mean 1) with `skew` > 0 biases the router
+    towards the hot experts (bias = skew x log load), so routing follows the plan's skewed load."""
+    t = torch()
+    g = t.Generator().manual_seed(seed)
+    att, moe, h = model.attention, model.moe, model.hidden
+
+    def w(*shape, fan_in=None):
+        fan = fan_in or shape[-2]
+        return (t.randn(*shape, generator=g) / math.sqrt(fan)).to(device)
+
+    def norm(n):
+        return (1.0 + 0.1 * t.randn(n, generator=g)).to(device)
+
+    qk = att.qk_nope_head_dim + att.qk_rope_head_dim
+    out = []
+    for li in range(layers):
+        dense = li < dense_layers
+        lw = LayerWeights(
+            dense=dense, attn_norm=norm(h), q_a=w(h, att.q_lora_rank), q_a_norm=norm(att.q_lora_rank),
+            q_b=w(att.q_lora_rank, att.heads * qk), kv_a=w(h, att.kv_lora_rank + att.qk_rope_head_dim),
+            kv_a_norm=norm(att.kv_lora_rank), kv_b=w(att.kv_lora_rank, att.heads * (att.qk_nope_head_dim + att.v_head_dim)),
+            o=w(att.heads * att.v_head_dim, h), mlp_norm=norm(h))
+        if dense:
+            i = model.dense.intermediate
+            lw.s_gu, lw.s_d = w(h, 2 * i), w(i, h)
+        else:
+            e, i, ns = moe.routed_experts, moe.intermediate, max(1, moe.shared_experts)
+            lw.router = w(h, e)
+            bias = 0.01 * t.randn(e, generator=g)
+            if load is not None and skew > 0:
+                bias = bias + skew * t.log(t.tensor(load, dtype=t.float32).clamp_min(1e-3))
+            lw.bias = bias.to(device)
+            lw.w_gu, lw.w_d = w(e, h, 2 * i), w(e, i, h)
+            lw.s_gu, lw.s_d = w(h, 2 * i * ns), w(i * ns, h)
+        out.append(lw)
+    return Weights(model, out, norm(h), w(h, model.vocab), w(2 * h, h))
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+class Kernels:
+    """The compute dtype's kernels (fp32, bf16, or int8 W8A8 linear layers with bf16/fp32 elsewhere)."""
+
+    def __init__(self, dtype: str, eps: float):
+        t = torch()
+        self.name = dtype
+        self.dt = {"fp32": t.float32, "bf16": t.bfloat16, "int8": t.float32}[dtype]
+        self.int8 = dtype == "int8"
+        self.eps = eps
+        self._cache: dict[int, object] = {}
+
+    def w(self, weight):
+        """A weight in the compute dtype (cached), or (int8 values, per-channel scale) for W8A8."""
+        key = id(weight)
+        got = self._cache.get(key)
+        if got is None:
+            if self.int8:
+                s = weight.abs().amax(dim=-2, keepdim=True).clamp_min(1e-8) / 127.0
+                got = ((weight / s).round().clamp(-127, 127).to(torch().int8), s)
+            else:
+                got = weight.to(self.dt)
+            self._cache[key] = (got, weight)  # keep the master alive so its id is not reused
+            return got
+        return got[0]
+
+    def linear(self, x, weight):
+        if not self.int8:
+            return x @ self.w(weight)
+        t = torch()
+        wq, ws = self.w(weight)
+        xs = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
+        xq = (x / xs).round().clamp(-127, 127)
+        if x.is_cuda and x.dim() == 2 and x.shape[0] > 16 and x.shape[1] % 8 == 0 and wq.shape[1] % 8 == 0:
+            acc = t._int_mm(xq.to(t.int8), wq).float()
+        else:  # exact: int8 x int8 products summed in fp32 stay integers below 2^24 for these widths
+            acc = xq.float() @ wq.float()
+        return (acc * xs * ws).to(x.dtype)
+
+    def rmsnorm(self, x, weight):
+        t = torch()
+        xf = x.float()
+        y = xf * t.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * weight.float()).to(x.dtype)
+
+    def cast(self, x):
+        return x.to(self.dt)
+
+
+def rope(x, pos):
+    """Rotary embedding (rotate-half form) of x[..., T, (heads,) d] at integer positions pos[T]."""
+    t = torch()
+    d = x.shape[-1]
+    inv = 1.0 / (ROPE_THETA ** (t.arange(0, d, 2, device=x.device, dtype=t.float32) / d))
+    ang = pos.to(t.float32)[:, None] * inv[None, :]
+    cos, sin = t.cat([ang.cos(), ang.cos()], -1), t.cat([ang.sin(), ang.sin()], -1)
+    if x.dim() == 3:  # [T, H, d]
+        cos, sin = cos[:, None, :], sin[:, None, :]
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    rot = t.cat([-x2, x1], -1)
+    return (x.float() * cos + rot.float() * sin).to(x.dtype)
+
+
+def silu_mul(gu):
+    t = torch()
+    g, u = gu.chunk(2, dim=-1)
+    return t.nn.functional.silu(g) * u
+
+
+def group_topk(scores_biased, *, k: int, groups: int, topk_groups: int):
+    """DeepSeek-V3 group-limited top-k on biased scores [T, E]: keep the topk_groups groups with the highest
+    sum of their two best experts, then the k best experts inside them. Returns indices [T, k]."""
+    t = torch()
+    T, E = scores_biased.shape
+    if groups > 1:
+        gs = scores_biased.view(T, groups, E // groups)
+        gscore = gs.topk(min(2, E // groups), dim=-1).values.sum(-1)
+        keep = gscore.topk(topk_groups, dim=-1).indices
+        mask = t.zeros(T, groups, dtype=t.bool, device=scores_biased.device).scatter_(1, keep, True)
+        scores_biased = gs.masked_fill(~mask[..., None], float("-inf")).view(T, E)
+    return scores_biased.topk(k, dim=-1).indices

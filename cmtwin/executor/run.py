@@ -1,0 +1,314 @@
+"""Execute a compiled plan's ranks with real kernels; communication time from the twin's topology model.
+
+Decision (docs/executor.md): every rank of a pool is executed, in one process (or dealt over N worker
+processes) at a reduced shape scale; the plan's placement (expert ids per EP rank, replicas, dedicated
+shared ranks) is used verbatim, routing follows the plan's load (router bias), and tokens move for real
+between the ranks' buffers. A decode step runs on the decode pool, a prefill chunk on prefill instance 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cmtwin.errors import CmtwinError
+from cmtwin.executor import layers as L
+from cmtwin.executor.modules import Kernels, make_weights, scaled_model, torch
+from cmtwin.model.precision import PRECISIONS, Precision
+
+TOL = {"fp32": 1e-5, "bf16": 2e-2, "int8": 5e-2}  # int8: a rounding flip at a quantisation boundary
+TIE_TOL = {"fp32": 1e-4, "bf16": 2e-2, "int8": 2e-2}
+
+
+def precision_of(dtype: str) -> Precision:
+    if dtype == "fp32":
+        return Precision("fp32", gemm="fp32", attention="fp32", kv_cache="fp32", dispatch="fp32", combine="fp32",
+                         embedding="fp32")
+    return PRECISIONS[dtype]
+
+
+def pick_device(want: str) -> str:
+    t = torch()
+    if want == "cuda" and not t.cuda.is_available():
+        raise CmtwinError("executor.device=cuda but torch sees no CUDA device.", key="executor.device",
+                          fix="use executor.device=auto or cpu")
+    return "cuda" if want == "cuda" or (want == "auto" and t.cuda.is_available()) else "cpu"
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    ranks: int
+    tokens: int
+    out: object  # [tokens, h] hidden after the last layer (rank order)
+    logits: object
+    events: list = field(default_factory=list)  # (rank, op, kind, measured_us, predicted_us, layer)
+    max_rel_err: float | None = None
+    ties: int = 0
+    wall_s: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------- routing
+class Router:
+    """Which rank computes each (token, expert) and each token's shared expert, from the plan's placement."""
+
+    def __init__(self, placement, nranks: int):
+        self.n = nranks
+        holders: dict[int, list[int]] = {}
+        for r, experts in enumerate(placement.ranks[:nranks]):
+            for e in experts:
+                holders.setdefault(e, []).append(r)
+        self.holders = {e: sorted(v) for e, v in holders.items()}
+        ded = [r for r in range(nranks) if not placement.ranks[r]]
+        self.shared_ranks = ded
+        self.colocated = placement.shared_on_every_rank or not ded
+
+    def allowed(self, experts: int, device):
+        t = torch()
+        m = t.zeros(experts, dtype=t.bool, device=device)
+        m[list(self.holders)] = True
+        return m
+
+    def tables(self, experts: int, device):
+        """(holder table [E, max replicas], replica count [E]); replica of token g is g mod count."""
+        t = torch()
+        width = max((len(v) for v in self.holders.values()), default=1)
+        tab = t.zeros(experts, width, dtype=t.long)
+        nrep = t.ones(experts, dtype=t.long)
+        for e, h in self.holders.items():
+            tab[e, : len(h)] = t.tensor(h)
+            nrep[e] = len(h)
+        return tab.to(device), nrep.to(device)
+
+    def shared_tensor(self, n: int, device):
+        """Per source rank, the rank computing its tokens' shared expert."""
+        t = torch()
+        out = []
+        for src in range(n):
+            if self.colocated or src in self.shared_ranks:
+                out.append(src)
+            else:
+                out.append(self.shared_ranks[src % len(self.shared_ranks)])
+        return t.tensor(out, dtype=t.long, device=device)
+
+
+# --------------------------------------------------------------------------------------------- the run
+class PoolRun:
+    """One pool's ranks executing a decode step or a prefill chunk."""
+
+    def __init__(self, spec, plan, phase: str, *, device: str, hw_pred, hw_comm, fabric):
+        ex = spec.executor
+        pools = plan.pools_of("decode" if phase == "decode" else "prefill")
+        if not pools:
+            raise CmtwinError(f"the plan has no {phase} pool to execute.", key="executor.phase",
+                              fix="choose executor.phase=decode or prefill")
+        self.pool = pools[0]
+        self.phase = phase
+        self.ex = ex
+        self.device = device
+        self.model = scaled_model(spec.model, ex.scale)
+        self.nranks = min(self.pool.dies, ex.ranks or self.pool.dies)
+        self.dies = [d for d in plan.dies if d.role == self.pool.role and d.instance == self.pool.instance]
+        self.dies.sort(key=lambda d: d.ep_rank)
+        self.die_ids = tuple(d.die for d in self.dies[: self.nranks])
+        self.router = Router(self.pool.placement, self.nranks)
+        self.K = Kernels(ex.dtype, spec.model.norm_eps)
+        self.prec = precision_of(ex.dtype)
+        self.hw_pred, self.hw_comm, self.fabric = hw_pred, hw_comm, fabric
+        self.comm_prec = spec.prec
+        self.W = make_weights(self.model, layers=ex.layers, dense_layers=ex.dense_layers, seed=ex.seed,
+                              device=device, load=self.pool.placement.load, skew=ex.skew)
+        self.T = (ex.decode_tokens or self.pool.tokens_per_die) if phase == "decode" else ex.prefill_tokens
+        self._inputs()
+
+    def _inputs(self):
+        t = torch()
+        g = t.Generator().manual_seed(self.ex.seed + 1 + (0 if self.phase == "decode" else 7))
+        m, a, T = self.model, self.model.attention, self.T
+        n = self.nranks
+        dt = self.K.dt
+        self.x = [t.randn(T, m.hidden, generator=g).to(self.device, dt) for _ in range(n)]
+        if self.phase == "decode":
+            kv = self.ex.kv_len
+            self.pos = t.full((T,), kv, dtype=t.long, device=self.device)
+            self.cache = [[(t.randn(T, kv, a.kv_lora_rank, generator=g).to(self.device, dt),
+                            t.randn(T, kv, a.qk_rope_head_dim, generator=g).to(self.device, dt))
+                           for _ in range(n)] for _ in range(self.ex.layers)]
+        else:
+            self.pos = t.arange(T, device=self.device)
+
+    # ------------------------------------------------------------------ distributed (ranks as buffers)
+    def run(self, timed: bool = True) -> PhaseResult:
+        t = torch()
+        cuda = self.device == "cuda"
+        tms = [L.Timer(timed, cuda) for _ in range(self.nranks)]
+        events: list = []
+        moe = self.model.moe
+        att = self.model.attention
+        allowed = self.router.allowed(moe.routed_experts, self.device) if self.nranks < self.pool.dies else None
+        xs = list(self.x)
+        self.routing: list = []
+        t0 = time.perf_counter()
+        for li, lw in enumerate(self.W.layers):
+            for r in range(self.nranks):
+                if self.phase == "decode":
+                    c, pe = self.cache[li][r]
+                    xs[r] = L.attention_decode(self.K, lw, xs[r], self.pos, c, pe, att, tms[r])
+                else:
+                    xs[r] = L.attention_prefill(self.K, lw, xs[r], self.pos, att, tms[r])
+            if lw.dense:
+                for r in range(self.nranks):
+                    xs[r] = L.dense_mlp(self.K, lw, xs[r], tms[r])
+                self._flush(tms, events, li, {})
+                continue
+            routed = [L.route(self.K, lw, xs[r], moe, tms[r], allowed) for r in range(self.nranks)]
+            self.routing.append([ri[1] for ri in routed])
+            loads, shared_tokens = self._moe(lw, li, routed, xs, tms, events)
+            self._flush(tms, events, li, loads, shared_tokens=shared_tokens)
+        logits = []
+        for r in range(self.nranks):
+            logits.append(L.lm_head(self.K, self.W, xs[r], tms[r]))
+        self._flush(tms, events, self.ex.layers, {}, head=True)
+        wall = time.perf_counter() - t0
+        return PhaseResult(self.phase, self.nranks, self.nranks * self.T, t.cat(xs), t.cat(logits), events,
+                           wall_s=wall)
+
+    def _moe(self, lw, li, routed, xs, tms, events):
+        """Dispatch every (token, expert) row to the rank holding (a replica of) its expert and every token to
+        its shared-expert rank, compute there, combine back weighted by the router."""
+        t = torch()
+        n, T, E = self.nranks, self.T, self.model.moe.routed_experts
+        dev = self.device
+        hn = t.cat([ri[0] for ri in routed])
+        idx = t.cat([ri[1] for ri in routed])
+        w = t.cat([ri[2] for ri in routed])
+        N, k = idx.shape
+        gid = t.arange(N, device=dev)
+        src = gid // T
+        tab, nrep = self.router.tables(E, dev)
+        dest = tab[idx, gid[:, None] % nrep[idx]]  # [N, k]
+        sdest = self.router.shared_tensor(n, dev)[src]  # [N]
+        onehot = t.zeros(N, n, dtype=t.bool, device=dev)
+        onehot.scatter_(1, dest, True)
+        onehot[gid, sdest] = True
+        onehot[gid, src] = False
+        send = t.zeros(n, dtype=t.long, device=dev).index_add_(0, src, onehot.sum(1)).tolist()
+        recv = onehot.sum(0).tolist()
+        key = (dest * E + idx).flatten()
+        order = t.argsort(key, stable=True)
+        counts = t.bincount(key, minlength=n * E).tolist()
+        rows_g = order // k  # token of each sorted row
+        rows_k = order % k
+        # real movement: each destination gets its own buffer of the rows it receives
+        bufs, spans, off = {}, {}, 0
+        for kk, c in enumerate(counts):
+            if c:
+                sel = rows_g[off:off + c]
+                bufs[divmod(kk, E)] = hn.index_select(0, sel).clone()
+                spans[divmod(kk, E)] = (sel, rows_k[off:off + c])
+                off += c
+        sbuf = {}
+        for d in range(n):
+            sel = (sdest == d).nonzero().flatten()
+            if len(sel):
+                sbuf[d] = (sel, hn.index_select(0, sel).clone())
+        self._comm(events, li, "dispatch", send, recv)
+        out = t.zeros(N, self.model.hidden, dtype=hn.dtype, device=dev)
+        loads = {}
+        for d in range(n):
+            mine = list(self.pool.placement.ranks[d])
+            groups = [(e, bufs[(d, e)]) for e in mine if (d, e) in bufs]
+            ys = L.experts(self.K, lw, groups, tms[d]) if groups else []
+            loads[d] = [int(bufs[(d, e)].shape[0]) if (d, e) in bufs else 0 for e in mine]
+            for (e, _), y in zip(groups, ys):
+                sel, kk = spans[(d, e)]
+                out.index_add_(0, sel, (w[sel, kk][:, None] * y.float()).to(out.dtype))
+            if d in sbuf:
+                sel, rows = sbuf[d]
+                out.index_add_(0, sel, L.shared_expert(self.K, lw, rows, tms[d]))
+        self._comm(events, li, "combine", recv, send)
+        for r, o in enumerate(out.split(T)):
+            xs[r] = xs[r] + o
+        return loads, {d: int(sbuf[d][0].numel()) if d in sbuf else 0 for d in range(n)}
+
+    # ------------------------------------------------------------------ timeline bookkeeping
+    def _flush(self, tms, events, layer, loads, shared_tokens=None, head=False):
+        from cmtwin.executor.predict import predicted_ops
+
+        for r, tm in enumerate(tms):
+            pred = predicted_ops(self, tokens=self.T, layer=layer, loads=loads.get(r),
+                                 shared_tokens=(shared_tokens or {}).get(r, 0), head=head)
+            for op, sec in tm.events:
+                events.append((r, op, "compute", sec * 1e6, pred.get(op), layer))
+            tm.events.clear()
+
+    def _comm(self, events, layer, kind, send, recv):
+        from cmtwin.twin import comm
+
+        if self.nranks < 2:
+            return
+        msg = self.comm_prec.message_bytes(kind, self.model.hidden)
+        for r in range(self.nranks):
+            c = comm.dispatch_combine(self.hw_comm, self.fabric, self.die_ids, kind=kind, send_copies=send[r],
+                                      recv_copies=recv[r], msg_bytes=msg)
+            events.append((r, kind, "comm", c.us, c.us, layer))
+
+    # ------------------------------------------------------------------ single-device reference
+    def reference(self, dist: PhaseResult):
+        """All tokens on one device: MHA-form decode / absorbed-form prefill attention, every expert over all
+        its tokens, the shared expert over all tokens. Expert choices are its own; where they differ from the
+        distributed run's only by a near-tie of biased scores (round-off), the distributed choice is adopted
+        and counted."""
+        t = torch()
+        moe, att = self.model.moe, self.model.attention
+        K = self.K
+        tol = TIE_TOL[self.ex.dtype]
+        allowed = self.router.allowed(moe.routed_experts, self.device) if self.nranks < self.pool.dies else None
+        x = t.cat(self.x)
+        ties = 0
+        mi = 0
+        for li, lw in enumerate(self.W.layers):
+            if self.phase == "decode":
+                c = t.cat([cp[0] for cp in self.cache[li]])
+                pe = t.cat([cp[1] for cp in self.cache[li]])
+                x = L.attention_decode(K, lw, x, self.pos.repeat(self.nranks), c, pe, att, absorbed=False)
+            else:  # one prompt per rank: the chunks stay separate sequences
+                x = t.cat([L.attention_prefill(K, lw, xr, self.pos, att, absorbed=True)
+                           for xr in x.split(self.T)])
+            if lw.dense:
+                x = L.dense_mlp(K, lw, x)
+                continue
+            hn, idx, w, biased = L.route(K, lw, x, moe, allowed=allowed)
+            didx = t.cat(self.routing[mi])
+            mi += 1
+            diff = (idx.sort(-1).values != didx.sort(-1).values).any(-1)
+            if diff.any():
+                s = t.sigmoid(hn.float() @ lw.router)
+                for j in diff.nonzero().flatten().tolist():
+                    kth = biased[j].gather(0, idx[j]).min()
+                    theirs = biased[j].gather(0, didx[j])
+                    if not bool(((theirs - kth).abs() <= tol * kth.abs().clamp_min(1.0)).all() | (theirs >= kth - tol).all()):
+                        raise CmtwinError(f"numerics: the distributed run routed token {j} to experts "
+                                          f"{didx[j].tolist()}, the reference to {idx[j].tolist()} (not a near-tie).")
+                    idx[j] = didx[j]
+                    wj = s[j].gather(0, didx[j])
+                    w[j] = wj / wj.sum() * 2.5
+                    ties += 1
+            y = t.zeros_like(x)
+            for e in range(moe.routed_experts):
+                sel = (idx == e).nonzero()
+                if len(sel) == 0:
+                    continue
+                tok, slot = sel[:, 0], sel[:, 1]
+                ye = L.experts(K, lw, [(e, hn[tok])])[0]
+                y.index_add_(0, tok, (w[tok, slot][:, None] * ye.float()).to(y.dtype))
+            y = y + L.shared_expert(K, lw, hn)
+            x = x + y
+        logits = L.lm_head(K, self.W, x)
+        a, b = dist.out.float(), x.float()
+        rel = ((a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-30)).max().item()
+        la, lb = dist.logits.float(), logits.float()
+        rel = max(rel, ((la - lb).norm(dim=-1) / lb.norm(dim=-1).clamp_min(1e-30)).max().item())
+        dist.max_rel_err = rel
+        dist.ties = ties
+        return rel

@@ -1,0 +1,98 @@
+"""Executor: per-rank kernels on the plan's ranks equal a single-device reference; timeline; CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+from cmtwin.config.compose import load_spec  # noqa: E402
+from cmtwin.executor.api import execute  # noqa: E402
+
+TINY = ["executor.scale=0.01", "executor.layers=2", "executor.decode_tokens=2", "executor.kv_len=4",
+        "executor.prefill_tokens=8"]
+
+
+def _spec(*over):
+    return load_spec([*over, *TINY])[0]
+
+
+@pytest.mark.parametrize("deployment", ["r1_ep320", "r1_h800_ep144", "r1_cm384_tp16"])
+def test_distributed_equals_reference_fp32(deployment):
+    res = execute(_spec(f"+deployment={deployment}"))
+    assert res.max_rel_err is not None and res.max_rel_err <= 1e-5
+    assert {p.phase for p in res.phases} <= {"decode", "prefill"}
+    assert all(ev.dur_us >= 0 for ev in res.timeline)
+
+
+def test_redundant_experts_and_skewed_routing_are_exercised():
+    spec = _spec("+deployment=r1_ep320", "executor.phase=decode", "executor.skew=2.0", "executor.dense_layers=1",
+                 "executor.layers=2")
+    res = execute(spec)
+    assert res.max_rel_err <= 1e-5
+    pool = [p for p in __import__("cmtwin.planner.plan", fromlist=["x"]).compile_plan(spec).pools
+            if p.role == "decode"][0]
+    assert max(pool.placement.replicas) > 1 and pool.placement.dedicated_shared_ranks > 0
+    ops = {r["op"] for r in res.per_op()}
+    assert {"mlp_gate_up", "routed_experts_gate_up", "shared_expert_down", "dispatch", "combine"} <= ops
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_low_precision_within_tolerance(dtype):
+    from cmtwin.executor.run import TOL
+
+    res = execute(_spec("+deployment=r1_h800_ep144", f"executor.dtype={dtype}", "executor.ranks=8"))
+    assert res.max_rel_err <= TOL[dtype] <= 5e-2
+
+
+def test_rank_subset_restricts_routing():
+    res = execute(_spec("+deployment=r1_ep320", "executor.ranks=16", "executor.phase=decode"))
+    assert res.phases[0].ranks == 16 and res.max_rel_err <= 1e-5
+
+
+def test_predictions_use_the_twin_cost_model():
+    from cmtwin.executor.predict import catalogue_ops
+    from cmtwin.executor.modules import scaled_model
+    from cmtwin.executor.run import precision_of
+    from cmtwin.twin.cost import op_time
+
+    spec = _spec("+deployment=r1_ep320", "executor.phase=decode", "executor.ranks=4")
+    res = execute(spec)
+    m = scaled_model(spec.model, 0.01)
+    ops = {o.name: o for o in catalogue_ops(m, precision_of("fp32"), phase="decode", tokens=2, kv_len=4, dense=False)}
+    ev = next(e for e in res.timeline if e.op == "decode.q_a_proj")
+    assert ev.predicted_us == pytest.approx(op_time(ops["q_a_proj"], spec.hardware).us)
+
+
+def test_cli_execute_records_timeline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "execute", "+deployment=r1_ep320", *TINY,
+                        "--db", db, "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["numerics"].startswith("ok")
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_timeline
+
+    tl = get_timeline(open_store(db), out["run_id"])
+    assert {e.kind for e in tl} == {"compute", "comm"}
+
+
+def test_bad_input_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "execute", "+deployment=r1_ep320",
+                        "executor.profile=nope", "--no-record"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_plan_does_not_import_torch():
+    code = ("import sys; from cmtwin.cli.main import main; main(['plan', '+deployment=r1_ep320', '--no-record', "
+            "'--format', 'json']); assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
