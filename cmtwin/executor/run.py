@@ -119,6 +119,8 @@ class PoolRun:
         self.W = make_weights(self.model, layers=ex.layers, dense_layers=ex.dense_layers, seed=ex.seed,
                               device=device, load=self.pool.placement.load, skew=ex.skew)
         self.T = (ex.decode_tokens or self.pool.tokens_per_die) if phase == "decode" else ex.prefill_tokens
+        self.owned = list(range(self.nranks))  # ranks this process computes (all, in one process)
+        self.allreduce = None  # across processes: sum a tensor in place (each slot written by one process)
         self._inputs()
 
     def _inputs(self):
@@ -150,28 +152,51 @@ class PoolRun:
         self.routing: list = []
         t0 = time.perf_counter()
         for li, lw in enumerate(self.W.layers):
-            for r in range(self.nranks):
+            for r in self.owned:
                 if self.phase == "decode":
                     c, pe = self.cache[li][r]
                     xs[r] = L.attention_decode(self.K, lw, xs[r], self.pos, c, pe, att, tms[r])
                 else:
                     xs[r] = L.attention_prefill(self.K, lw, xs[r], self.pos, att, tms[r])
             if lw.dense:
-                for r in range(self.nranks):
+                for r in self.owned:
                     xs[r] = L.dense_mlp(self.K, lw, xs[r], tms[r])
                 self._flush(tms, events, li, {})
                 continue
-            routed = [L.route(self.K, lw, xs[r], moe, tms[r], allowed) for r in range(self.nranks)]
+            routed = self._routed([L.route(self.K, lw, xs[r], moe, tms[r], allowed) if r in self.owned else None
+                                   for r in range(self.nranks)])
             self.routing.append([ri[1] for ri in routed])
             loads, shared_tokens = self._moe(lw, li, routed, xs, tms, events)
             self._flush(tms, events, li, loads, shared_tokens=shared_tokens)
-        logits = []
-        for r in range(self.nranks):
-            logits.append(L.lm_head(self.K, self.W, xs[r], tms[r]))
+        logits = [None] * self.nranks
+        for r in self.owned:
+            logits[r] = L.lm_head(self.K, self.W, xs[r], tms[r])
         self._flush(tms, events, self.ex.layers, {}, head=True)
         wall = time.perf_counter() - t0
-        return PhaseResult(self.phase, self.nranks, self.nranks * self.T, t.cat(xs), t.cat(logits), events,
-                           wall_s=wall)
+        out, lg = self._gather(xs), self._gather(logits)
+        return PhaseResult(self.phase, self.nranks, self.nranks * self.T, out, lg, events, wall_s=wall)
+
+    def _gather(self, per_rank):
+        """The ranks' tensors in rank order; across processes every slot is filled by its owner (a sum of
+        the owner's values and zeros, which is exact)."""
+        t = torch()
+        if self.allreduce is None:
+            return t.cat(per_rank)
+        like = next(x for x in per_rank if x is not None)
+        full = t.zeros(self.nranks * self.T, *like.shape[1:], dtype=like.dtype, device=like.device)
+        for r in self.owned:
+            full[r * self.T:(r + 1) * self.T] = per_rank[r]
+        self.allreduce(full)
+        return full
+
+    def _routed(self, routed):
+        """Every process learns every rank's routed tokens (normed hidden, expert ids, weights)."""
+        if self.allreduce is None:
+            return routed
+        hn = self._gather([r[0] if r else None for r in routed]).split(self.T)
+        idx = self._gather([r[1] if r else None for r in routed]).split(self.T)
+        w = self._gather([r[2] if r else None for r in routed]).split(self.T)
+        return [(hn[r], idx[r], w[r], None) for r in range(self.nranks)]
 
     def _moe(self, lw, li, routed, xs, tms, events):
         """Dispatch every (token, expert) row to the rank holding (a replica of) its expert and every token to
@@ -215,7 +240,7 @@ class PoolRun:
         self._comm(events, li, "dispatch", send, recv)
         out = t.zeros(N, self.model.hidden, dtype=hn.dtype, device=dev)
         loads = {}
-        for d in range(n):
+        for d in self.owned:
             mine = list(self.pool.placement.ranks[d])
             groups = [(e, bufs[(d, e)]) for e in mine if (d, e) in bufs]
             ys = L.experts(self.K, lw, groups, tms[d]) if groups else []
@@ -226,9 +251,12 @@ class PoolRun:
             if d in sbuf:
                 sel, rows = sbuf[d]
                 out.index_add_(0, sel, L.shared_expert(self.K, lw, rows, tms[d]))
+        if self.allreduce is not None:  # combine across processes: each token's partial outputs are summed
+            self.allreduce(out)
         self._comm(events, li, "combine", recv, send)
         for r, o in enumerate(out.split(T)):
-            xs[r] = xs[r] + o
+            if r in self.owned:
+                xs[r] = xs[r] + o
         return loads, {d: int(sbuf[d][0].numel()) if d in sbuf else 0 for d in range(n)}
 
     # ------------------------------------------------------------------ timeline bookkeeping
@@ -236,6 +264,8 @@ class PoolRun:
         from cmtwin.executor.predict import predicted_ops
 
         for r, tm in enumerate(tms):
+            if not tm.events:
+                continue
             pred = predicted_ops(self, tokens=self.T, layer=layer, loads=loads.get(r),
                                  shared_tokens=(shared_tokens or {}).get(r, 0), head=head)
             for op, sec in tm.events:
@@ -248,7 +278,7 @@ class PoolRun:
         if self.nranks < 2:
             return
         msg = self.comm_prec.message_bytes(kind, self.model.hidden)
-        for r in range(self.nranks):
+        for r in self.owned:
             c = comm.dispatch_combine(self.hw_comm, self.fabric, self.die_ids, kind=kind, send_copies=send[r],
                                       recv_copies=recv[r], msg_bytes=msg)
             events.append((r, kind, "comm", c.us, c.us, layer))

@@ -1,0 +1,79 @@
+"""`cmtwin calibrate`: measure the local device (or import measurements) -> a hardware profile YAML."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from cmtwin.cli.common import add_format, add_overrides, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="measure the local device into a hardware profile (hardware=<name>)",
+                       description="Microbenchmark the executor's operator classes over a grid of token counts "
+                                   "(at executor.scale and executor.dtype) plus matmul peaks, copy bandwidth and "
+                                   "launch overhead, and write a hardware profile YAML under "
+                                   "./cmtwin_conf/hardware/ that hardware=<name> and executor.profile=<name> "
+                                   "select. --import fits a profile to kernel_probe.py measurements instead.")
+    add_overrides(p)
+    add_format(p)
+    p.add_argument("--name", help="profile name (default: local_<device>, or <file stem> with --import)")
+    p.add_argument("--out", metavar="FILE", help="write here (default: ./cmtwin_conf/hardware/<name>.yaml)")
+    p.add_argument("--import", dest="import_file", metavar="JSON",
+                   help="fit to rows measured elsewhere (shared/reference/h100_kernels_*.json format)")
+    p.add_argument("--base", default="h100_sxm", help="with --import: the profile giving peaks and bandwidth")
+    p.add_argument("--quick", action="store_true", help="a coarser grid (tests)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cmtwin.config.compose import load_spec
+    from cmtwin.executor import calibrate as C
+
+    spec, _ = load_spec(args.overrides, require_deployment=False)
+    out: dict = {}
+    if args.import_file:
+        from cmtwin.executor.api import load_profile
+
+        base = load_profile(args.base)
+        pairs = C.probe_rows(args.import_file)
+        name = args.name or f"{base.name}_{Path(args.import_file).stem}"
+        src = f"cmtwin calibrate --import {Path(args.import_file).name} (on {base.name} peaks)"
+        hw = C.fit_imported(pairs, base, src, name)
+        loo = C.leave_one_out(pairs, base)
+        errs = [abs(p - m) / m for _, m, p in loo]
+        med = statistics.median(errs)
+        header = (f"Fitted by `cmtwin calibrate --import {args.import_file} --base {args.base}`: {len(pairs)} rows.\n"
+                  f"Leave-one-shape-out: median |error| {med:.1%}, max {max(errs):.1%}.")
+        out.update(rows=len(pairs), loso_median_abs_err=med, loso_max_abs_err=max(errs),
+                   loso=[{"op": n, "measured_us": m, "predicted_us": p} for n, m, p in loo])
+    else:
+        from cmtwin.executor.run import pick_device
+
+        device = pick_device(spec.executor.device)
+        name = args.name or f"local_{device}"
+        hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick)
+        fit = [(op.name, op.tokens, us, __import__("cmtwin.twin.cost", fromlist=["op_time"]).op_time(op, hw).us)
+               for op, us in pairs]
+        errs = [abs(p - m) / m for *_, m, p in fit]
+        header = (f"Measured by `cmtwin calibrate {' '.join(args.overrides)}` on {device}: {len(pairs)} operator "
+                  f"timings; in-sample median |error| {statistics.median(errs):.1%}.")
+        out.update(measurements=len(pairs), in_sample_median_abs_err=statistics.median(errs))
+    path = Path(args.out) if args.out else Path("cmtwin_conf") / "hardware" / f"{name}.yaml"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(C.profile_yaml(hw, header))
+    except OSError as exc:
+        from cmtwin.errors import CmtwinError
+
+        raise CmtwinError(f"--out {path}: cannot write the file ({exc.strerror}).", key="--out",
+                          fix="give a writable file path") from None
+    out.update(profile=name, path=str(path))
+    if args.format == "json":
+        print_json(out)
+    else:
+        print(header)
+        print(f"wrote {path} (select with hardware={name} or executor.profile={name})", file=sys.stderr)
+    return 0

@@ -1,0 +1,292 @@
+"""`cmtwin calibrate`: measure the local device -> a hardware profile the twin's cost model can use.
+
+Peaks: a large matmul per dtype (peak_tflops), a large copy (memory bandwidth), a tiny kernel (launch
+overhead). Operator classes: the executor's own kernels, one rank of a layer at the configured scale,
+over a grid of token counts (decode and prefill); each measurement is paired with the catalogue operator
+of the same shape, and the class's efficiency at that token count is the one that makes the twin's
+roofline (cmtwin.twin.cost.op_time) reproduce the measured time: eff(x) = sum roofline_at_eff_1 /
+sum (measured - launch overhead). Compute and memory efficiency share the curve (x = tokens).
+
+Import: rows measured elsewhere (shared/reference/h100_kernels_*.json, kernel_probe.py's format) are fitted
+on a base profile's peaks: a launch overhead for the table and, per class and token count, the compute and
+memory efficiencies that minimise the relative error; leave-one-shape-out error reports how well it predicts.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from datetime import date
+
+from cmtwin.errors import CmtwinError
+from cmtwin.executor.modules import torch
+from cmtwin.model.operators import Op
+from cmtwin.twin.cost import op_time
+from cmtwin.twin.hardware import HardwareProfile
+
+DECODE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+PREFILL_GRID = (8, 16, 32, 64, 128, 256, 512)
+
+
+def _median_time(fn, reps: int, cuda: bool) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        if cuda:
+            torch().cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch().cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def measure_peaks(device: str, *, quick: bool = False) -> dict:
+    t = torch()
+    cuda = device == "cuda"
+    n = (8192 if cuda else 1024) if not quick else 256
+    peaks = {}
+    for name, dt in (("fp32", t.float32), ("bf16", t.bfloat16)):
+        a = t.randn(n, n, device=device).to(dt)
+        b = t.randn(n, n, device=device).to(dt)
+        sec = _median_time(lambda: a @ b, 3 if quick else 5, cuda)
+        peaks[name] = 2 * n**3 / sec / 1e12
+    nel = (1 << 28) if cuda else (1 << 22 if quick else 1 << 24)
+    src = t.randn(nel, device=device)
+    dst = t.empty_like(src)
+    sec = _median_time(lambda: dst.copy_(src), 5, cuda)
+    bw = 2 * 4 * nel / sec / 1e9
+    x = t.randn(1, 8, device=device)
+    w = t.randn(8, 8, device=device)
+    launch = _median_time(lambda: x @ w, 50, cuda) * 1e6
+    return {"peak_tflops": peaks, "bandwidth_GB_per_s": bw, "launch_us": launch, "n": n}
+
+
+def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 5) -> list[tuple[Op, float]]:
+    """(catalogue op, measured us) for the executor's kernels at the scaled shapes over the token grid."""
+    from cmtwin.executor import layers as L
+    from cmtwin.executor.modules import Kernels, make_weights, scaled_model
+    from cmtwin.executor.predict import catalogue_ops
+    from cmtwin.executor.run import precision_of
+
+    t = torch()
+    ex = spec.executor
+    model = scaled_model(spec.model, ex.scale)
+    att, moe = model.attention, model.moe
+    K = Kernels(ex.dtype, spec.model.norm_eps)
+    prec = precision_of(ex.dtype)
+    W = make_weights(model, layers=2, dense_layers=1, seed=ex.seed, device=device)
+    dense, lw = W.layers
+    g = t.Generator().manual_seed(ex.seed)
+    cuda = device == "cuda"
+    out: list[tuple[Op, float]] = []
+    local = [0, 1, 2, 3, 4, 5, 6, 7, 8]  # a rank of nine experts (EP32: 8 routed + 1 redundant)
+    grids = {"decode": DECODE_GRID[::3] if quick else DECODE_GRID, "prefill": PREFILL_GRID[::3] if quick else PREFILL_GRID}
+    for phase, grid in grids.items():
+        for T in grid:
+            x = t.randn(T, model.hidden, generator=g).to(device, K.dt)
+            if phase == "decode":
+                pos = t.full((T,), ex.kv_len, dtype=t.long, device=device)
+                c = t.randn(T, ex.kv_len, att.kv_lora_rank, generator=g).to(device, K.dt)
+                pe = t.randn(T, ex.kv_len, att.qk_rope_head_dim, generator=g).to(device, K.dt)
+            else:
+                pos = t.arange(T, device=device)
+            per = max(1, T * moe.experts_per_token // 2)  # rows per local expert
+            for n_local in (1, len(local)):
+                rows = t.randn(per, model.hidden, generator=g).to(device, K.dt)
+                samples: dict[str, list[float]] = {}
+                for _ in range(reps + 1):
+                    tm = L.Timer(True, cuda)
+                    if phase == "decode":
+                        y = L.attention_decode(K, lw, x, pos, c, pe, att, tm)
+                    else:
+                        y = L.attention_prefill(K, lw, x, pos, att, tm)
+                    L.dense_mlp(K, dense, y, tm)
+                    L.route(K, lw, y, moe, tm)
+                    L.experts(K, lw, [(e, rows) for e in local[:n_local]], tm)
+                    L.shared_expert(K, lw, y, tm)
+                    L.lm_head(K, W, y, tm)
+                    for op, sec in tm.events[:]:
+                        samples.setdefault(op, []).append(sec * 1e6)
+                ops = catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False,
+                                    loads=[per] * n_local, shared_tokens=T)
+                ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=True)[-4:]
+                ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False, head=True)
+                by = {o.name: o for o in ops}
+                for op, vals in samples.items():
+                    if op in by and (n_local == len(local) or "routed" not in op):
+                        out.append((by[op], statistics.median(vals[1:])))
+    return out
+
+
+def calibrate_local(spec, *, device: str, name: str, quick: bool = False) -> tuple[HardwareProfile, list]:
+    """Measure this device: peaks, then the operator classes; returns the profile and the (op, us) pairs."""
+    from cmtwin.twin.hardware import DieSpec, Sourced
+
+    t = torch()
+    pk = measure_peaks(device, quick=quick)
+    if device == "cuda":
+        dev_name = t.cuda.get_device_name()
+        mem = t.cuda.get_device_properties(0).total_memory / 2**30
+        cores = t.cuda.get_device_properties(0).multi_processor_count
+    else:
+        import os
+
+        dev_name = f"{platform.machine()} cpu, {t.get_num_threads()} threads"
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        cores = t.get_num_threads()
+    src = f"cmtwin calibrate {date.today().isoformat()}, {dev_name}"
+    ex = spec.executor
+    hw = HardwareProfile(
+        name=name, kind="gpu" if device == "cuda" else "cpu",
+        dies_per_device=Sourced(value=1, source=f"{src}: one device is one rank"),
+        die=DieSpec(
+            cube_cores=Sourced(value=cores, source=f"{src}: compute units torch uses"),
+            vector_cores=Sourced(value=cores, source=f"{src}: compute units torch uses"),
+            memory_gib=Sourced(value=round(mem, 2), source=f"{src}: device memory"),
+            memory_bandwidth_GB_per_s=Sourced(value=round(pk["bandwidth_GB_per_s"], 2),
+                                              source=f"{src}: fp32 copy, read + write bytes"),
+            peak_tflops={k: Sourced(value=round(v, 5), source=f"{src}: {pk['n']}^3 {k} matmul")
+                         for k, v in pk["peak_tflops"].items()}),
+        launch_overhead_us=Sourced(value=round(pk["launch_us"], 3), source=f"{src}: a 1x8x8 matmul"))
+    pairs = measure_classes(spec, device, quick=quick)
+    layer_ops = [(op, us) for op, us in pairs if not op.name.startswith(("mlp_", "lm_head", "final_norm"))]
+    hw = fit_profile(layer_ops, hw, f"{src}: executor kernels at scale {ex.scale:g}, {ex.dtype}, kv_len {ex.kv_len}",
+                     name, per_class_overhead=True, objective="sum")
+    return hw, pairs
+
+
+def profile_yaml(hw: HardwareProfile, header: str = "") -> str:
+    import yaml
+
+    data = hw.model_dump(mode="json", exclude_none=True)
+    for e in data.get("efficiency", {}).values():
+        for part in ("compute", "memory"):
+            if isinstance(e.get(part), dict) and "points" in e[part]:
+                e[part]["points"] = [list(p) for p in e[part]["points"]]
+    text = yaml.safe_dump(data, sort_keys=False, width=160)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + text
+
+
+# ------------------------------------------------------------------------------------------ import
+PROBE_CLASS = {
+    "q_a_proj": "gemm", "q_b_proj": "gemm", "kv_a_proj": "gemm", "o_proj": "gemm", "dense_gate_up": "gemm",
+    "dense_down": "gemm", "router": "gemm", "lm_head": "gemm", "dense_gate_up_int8": "gemm",
+    "expert_ffn": "grouped_gemm", "experts_grouped_bmm": "grouped_gemm",
+    "mla_decode_absorbed": "attention_decode", "prefill_attn_causal_sdpa": "attention_prefill",
+    "rmsnorm": "norm", "router_topk_grouped": "router",
+}
+DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32", "torch.int8": "int8",
+          "torch.float8_e4m3fn": "fp8"}
+
+
+def probe_rows(path) -> list[tuple[Op, float]]:
+    """(Op, measured us) of a kernel_probe.py JSON file; rows with errors and unknown ops are skipped."""
+    import json
+
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+        rows = data["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CmtwinError(f"--import {path}: not a kernel_probe JSON file ({exc}).", key="--import") from None
+    out = []
+    for r in rows:
+        cls = PROBE_CLASS.get(r.get("op"))
+        if cls is None or "seconds" not in r or not r.get("seconds"):
+            continue
+        shape = r["shape"]
+        tokens = shape[1] if r["op"] == "experts_grouped_bmm" else (shape[2] if r["op"] == "prefill_attn_causal_sdpa" else shape[0])
+        op = Op(f"{r['op']}{shape}", cls, float(r.get("flops") or 0.0), float(r.get("bytes") or 0.0), 0.0,
+                dtype=DTYPES.get(r.get("dtype"), "bf16"), tokens=max(1, int(tokens)))
+        out.append((op, r["seconds"] * 1e6))
+    if not out:
+        raise CmtwinError(f"--import {path}: no usable rows (op, shape, seconds).", key="--import")
+    return out
+
+
+def _grid(lo: float = 0.02):
+    import numpy as np
+
+    return np.geomspace(lo, 1.0, 48 if lo >= 0.02 else 80)
+
+
+def fit_profile(pairs, base: HardwareProfile, source: str, name: str, *, per_class_overhead: bool = False,
+                objective: str = "log") -> HardwareProfile:
+    """Profile = base peaks + a fitted overhead (one for the table, or one per class) + per-class (compute,
+    memory) efficiency curves over tokens, minimising the summed |log(predicted / measured)|."""
+    import numpy as np
+
+    from cmtwin.twin.hardware import Curve, Efficiency, Sourced
+
+    zero = base.model_copy(update={"efficiency": {}, "launch_overhead_us": base.launch_overhead_us.model_copy(update={"value": 0.0})})
+    cells: dict = {}
+    for op, us in pairs:
+        ot = op_time(op, zero)
+        cells.setdefault(op.cls, {}).setdefault(op.tokens, []).append((ot.compute_us, ot.memory_us, us))
+    grid = _grid(0.02 if objective == "log" else 1e-5)
+    ec, em = np.meshgrid(grid, grid, indexing="ij")
+
+    def fit_class(xs, o):
+        total, best = 0.0, {}
+        for x, rows in xs.items():
+            err = np.zeros_like(ec)
+            tot_p, tot_m = np.zeros_like(ec), 0.0
+            for c, m, us in rows:
+                pred = np.maximum(c / ec, m / em) + o
+                if objective == "log":
+                    err += np.abs(np.log(pred / us))
+                else:
+                    err += 1e-3 * (pred - us) ** 2
+                    tot_p += pred
+                    tot_m += us
+            if objective == "sum":
+                err += (tot_p - tot_m) ** 2
+            i = np.unravel_index(np.argmin(err), err.shape)
+            best[x] = (float(ec[i]), float(em[i]))
+            total += float(err[i])
+        return total, best
+
+    def overheads(xs):
+        lo = min(us for rows in xs.values() for *_, us in rows)
+        return np.linspace(0.0, 0.95 * lo, 20)
+
+    fits: dict = {}
+    if per_class_overhead:
+        for cls, xs in cells.items():
+            fits[cls] = min(((fit_class(xs, o), float(o)) for o in overheads(xs)), key=lambda r: r[0][0])
+        o_table = min(o for _, o in fits.values())
+    else:
+        o_best, e_best = 0.0, math.inf
+        for o in np.arange(0.0, 10.01, 0.5):
+            res = {cls: (fit_class(xs, o), float(o)) for cls, xs in cells.items()}
+            e = sum(r[0][0] for r in res.values())
+            if e < e_best:
+                o_best, e_best, fits = float(o), e, res
+        o_table = o_best
+    eff = {}
+    for cls, ((_, best), o) in fits.items():
+        pts = sorted(best.items())
+        eff[cls] = Efficiency(compute=Curve(x="tokens", points=tuple((float(x), c) for x, (c, _) in pts), source=source),
+                              memory=Curve(x="tokens", points=tuple((float(x), m) for x, (_, m) in pts), source=source),
+                              overhead_us=Sourced(value=round(o, 3), source=f"{source}: fitted with the curves")
+                              if per_class_overhead else None)
+    return base.model_copy(update={
+        "name": name, "efficiency": eff,
+        "launch_overhead_us": Sourced(value=o_table, source=f"{source}: fitted with the efficiencies")
+        if not per_class_overhead else base.launch_overhead_us})
+
+
+def fit_imported(pairs, base: HardwareProfile, source: str, name: str) -> HardwareProfile:
+    return fit_profile(pairs, base, source, name)
+
+
+def leave_one_out(pairs, base: HardwareProfile) -> list[tuple[str, float, float]]:
+    """Leave-one-shape-out: (op, measured us, predicted us) with each row predicted by a fit without it."""
+    out = []
+    for i, (op, us) in enumerate(pairs):
+        hw = fit_imported(pairs[:i] + pairs[i + 1:], base, "leave-one-out", base.name)
+        out.append((op.name, us, op_time(op, hw).us))
+    return out

@@ -1,0 +1,75 @@
+"""cmtwin calibrate: a local profile the twin can select, and the import of kernel_probe measurements."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+from cmtwin.twin.hardware import HardwareProfile  # noqa: E402
+
+H100 = Path(__file__).resolve().parents[2] / "shared" / "reference" / "h100_kernels_graph.json"
+if not H100.is_file():
+    H100 = Path("/work/shared/reference/h100_kernels_graph.json")
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "cmtwin.cli.main", *args], capture_output=True, text=True,
+                          timeout=180, cwd=cwd)
+
+
+@pytest.mark.skipif(not H100.is_file(), reason="shared/reference not present")
+def test_import_h100_leave_one_out_median_within_15_percent():
+    from cmtwin.executor.api import load_profile
+    from cmtwin.executor.calibrate import fit_imported, leave_one_out, probe_rows
+
+    pairs = probe_rows(H100)
+    base = load_profile("h100_sxm")
+    hw = fit_imported(pairs, base, "test", "h100_probe")
+    HardwareProfile.model_validate(hw.model_dump())
+    errs = [abs(p - m) / m for _, m, p in leave_one_out(pairs, base)]
+    assert statistics.median(errs) <= 0.15
+
+
+@pytest.mark.skipif(not H100.is_file(), reason="shared/reference not present")
+def test_cli_import_writes_selectable_profile(tmp_path):
+    r = _cli("calibrate", "--import", str(H100), "--name", "h100_probe", "--format", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["loso_median_abs_err"] <= 0.15
+    import yaml
+
+    data = yaml.safe_load((tmp_path / "cmtwin_conf" / "hardware" / "h100_probe.yaml").read_text())
+    HardwareProfile.model_validate(data)
+
+
+def test_cli_local_calibration_profile_validates_and_predicts(tmp_path):
+    r = _cli("calibrate", "--quick", "executor.scale=0.01", "executor.kv_len=8", "--format", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    f = tmp_path / "cmtwin_conf" / "hardware" / "local_cpu.yaml"
+    hw = HardwareProfile.model_validate(yaml.safe_load(f.read_text()))
+    assert hw.kind == "cpu" and "calibrate" in hw.launch_overhead_us.source
+    assert {"gemm", "grouped_gemm", "attention_decode", "attention_prefill"} <= set(hw.efficiency)
+    # execute picks local_cpu for its predictions
+    r = _cli("execute", "+deployment=r1_h800_ep144", "executor.scale=0.01", "executor.decode_tokens=2",
+             "executor.kv_len=8", "executor.prefill_tokens=8", "executor.ranks=4", "--no-record", "--format", "json",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["profile"] == "local_cpu" and out["numerics"].startswith("ok")
+
+
+def test_bad_import_exits_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = _cli("calibrate", "--import", str(bad), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
