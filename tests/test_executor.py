@@ -96,3 +96,23 @@ def test_plan_does_not_import_torch():
             "'--format', 'json']); assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_export_trace(tmp_path):
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "execute", "+deployment=r1_h800_ep144", *TINY,
+                        "executor.ranks=4", "--db", db, "--format", "json"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    out = tmp_path / "t.json"
+    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "export-trace", str(run_id), "--out", str(out),
+                        "--db", db], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tr = json.loads(out.read_text())
+    xs = [e for e in tr["traceEvents"] if e["ph"] == "X"]
+    assert xs and {e["cat"] for e in xs} == {"compute", "comm"}
+    assert all(e["dur"] >= 0 and "predicted_us" in e["args"] for e in xs)
+    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "export-trace", "999", "--db", db],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
