@@ -78,7 +78,7 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 5) ->
     att, moe = model.attention, model.moe
     K = Kernels(ex.dtype, spec.model.norm_eps)
     prec = precision_of(ex.dtype)
-    W = make_weights(model, layers=2, dense_layers=1, seed=ex.seed, device=device)
+    W = make_weights(model, layers=2, dense_layers=1, seed=ex.seed, device=device, experts=range(9))
     dense, lw = W.layers
     g = t.Generator().manual_seed(ex.seed)
     cuda = device == "cuda"

@@ -64,8 +64,8 @@ class LayerWeights:
     mlp_norm: object
     router: object = None  # [h, E] fp32
     bias: object = None  # [E]
-    w_gu: object = None  # routed [E, h, 2i]
-    w_d: object = None  # routed [E, i, h]
+    w_gu: object = None  # routed: expert id -> [h, 2i]
+    w_d: object = None  # routed: expert id -> [i, h]
     s_gu: object = None  # shared [h, 2 i ns] / dense MLP gate_up
     s_d: object = None
 
@@ -80,19 +80,21 @@ class Weights:
 
 
 def make_weights(model: ModelSpec, *, layers: int, dense_layers: int, seed: int, device: str, load=None,
-                 skew: float = 0.0) -> Weights:
-    """Seeded random weights (fp32). `load` (per routed expert, mean 1) with `skew` > 0 biases the router
-    towards the hot experts (bias = skew x log load), so routing follows the plan's skewed load."""
+                 skew: float = 0.0, experts=None) -> Weights:
+    """Seeded random weights (fp32), generated on the device. `load` (per routed expert, mean 1) with
+    `skew` > 0 biases the router towards the hot experts (bias = skew x log load), so routing follows the
+    plan's skewed load. `experts`: the routed expert ids to materialise (default all; each expert has its
+    own seed, so a subset gets the same weights as the full set)."""
     t = torch()
-    g = t.Generator().manual_seed(seed)
+    g = t.Generator(device=device).manual_seed(seed)
     att, moe, h = model.attention, model.moe, model.hidden
 
-    def w(*shape, fan_in=None):
+    def w(*shape, fan_in=None, gen=None):
         fan = fan_in or shape[-2]
-        return (t.randn(*shape, generator=g) / math.sqrt(fan)).to(device)
+        return t.randn(*shape, generator=gen or g, device=device) / math.sqrt(fan)
 
     def norm(n):
-        return (1.0 + 0.1 * t.randn(n, generator=g)).to(device)
+        return 1.0 + 0.1 * t.randn(n, generator=g, device=device)
 
     qk = att.qk_nope_head_dim + att.qk_rope_head_dim
     out = []
@@ -109,11 +111,14 @@ def make_weights(model: ModelSpec, *, layers: int, dense_layers: int, seed: int,
         else:
             e, i, ns = moe.routed_experts, moe.intermediate, max(1, moe.shared_experts)
             lw.router = w(h, e)
-            bias = 0.01 * t.randn(e, generator=g)
+            bias = 0.01 * t.randn(e, generator=g, device=device)
             if load is not None and skew > 0:
-                bias = bias + skew * t.log(t.tensor(load, dtype=t.float32).clamp_min(1e-3))
-            lw.bias = bias.to(device)
-            lw.w_gu, lw.w_d = w(e, h, 2 * i), w(e, i, h)
+                bias = bias + skew * t.log(t.tensor(load, dtype=t.float32, device=device).clamp_min(1e-3))
+            lw.bias = bias
+            lw.w_gu, lw.w_d = {}, {}
+            for ex in sorted(range(e) if experts is None else experts):
+                ge = t.Generator(device=device).manual_seed(seed * 1_000_003 + li * 1009 + ex + 1)
+                lw.w_gu[ex], lw.w_d[ex] = w(h, 2 * i, gen=ge), w(i, h, gen=ge)
             lw.s_gu, lw.s_d = w(h, 2 * i * ns), w(i * ns, h)
         out.append(lw)
     return Weights(model, out, norm(h), w(h, model.vocab), w(2 * h, h))

@@ -117,7 +117,8 @@ class PoolRun:
         self.hw_pred, self.hw_comm, self.fabric = hw_pred, hw_comm, fabric
         self.comm_prec = spec.prec
         self.W = make_weights(self.model, layers=ex.layers, dense_layers=ex.dense_layers, seed=ex.seed,
-                              device=device, load=self.pool.placement.load, skew=ex.skew)
+                              device=device, load=self.pool.placement.load, skew=ex.skew,
+                              experts=sorted(self.router.holders))
         self.T = (ex.decode_tokens or self.pool.tokens_per_die) if phase == "decode" else ex.prefill_tokens
         self.owned = list(range(self.nranks))  # ranks this process computes (all, in one process)
         self.allreduce = None  # across processes: sum a tensor in place (each slot written by one process)
@@ -125,16 +126,16 @@ class PoolRun:
 
     def _inputs(self):
         t = torch()
-        g = t.Generator().manual_seed(self.ex.seed + 1 + (0 if self.phase == "decode" else 7))
+        g = t.Generator(device=self.device).manual_seed(self.ex.seed + 1 + (0 if self.phase == "decode" else 7))
         m, a, T = self.model, self.model.attention, self.T
         n = self.nranks
         dt = self.K.dt
-        self.x = [t.randn(T, m.hidden, generator=g).to(self.device, dt) for _ in range(n)]
+        self.x = [t.randn(T, m.hidden, generator=g, device=self.device).to(dt) for _ in range(n)]
         if self.phase == "decode":
             kv = self.ex.kv_len
             self.pos = t.full((T,), kv, dtype=t.long, device=self.device)
-            self.cache = [[(t.randn(T, kv, a.kv_lora_rank, generator=g).to(self.device, dt),
-                            t.randn(T, kv, a.qk_rope_head_dim, generator=g).to(self.device, dt))
+            self.cache = [[(t.randn(T, kv, a.kv_lora_rank, generator=g, device=self.device).to(dt),
+                            t.randn(T, kv, a.qk_rope_head_dim, generator=g, device=self.device).to(dt))
                            for _ in range(n)] for _ in range(self.ex.layers)]
         else:
             self.pos = t.arange(T, device=self.device)
@@ -325,7 +326,7 @@ class PoolRun:
                     w[j] = wj / wj.sum() * 2.5
                     ties += 1
             y = t.zeros_like(x)
-            for e in range(moe.routed_experts):
+            for e in sorted(lw.w_gu):
                 sel = (idx == e).nonzero()
                 if len(sel) == 0:
                     continue
