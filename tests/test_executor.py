@@ -116,3 +116,11 @@ def test_export_trace(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "export-trace", "999", "--db", db],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_mtp_module_runs_and_matches_reference():
+    res = execute(_spec("+deployment=r1_ep320", "executor.mtp=true", "executor.ranks=16", "executor.layers=1"))
+    assert res.max_rel_err <= 1e-5
+    ops = {r["op"] for r in res.per_op()}
+    assert {"mtp_norms", "mtp_eh_proj"} <= ops
+    assert all(r["predicted_us"] > 0 for r in res.per_op() if r["op"].startswith("mtp_"))

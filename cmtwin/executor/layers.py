@@ -170,3 +170,12 @@ def lm_head(K, w, x, tm=NULL):
         hn = K.rmsnorm(x, w.final_norm)
     with tm("lm_head"):
         return K.linear(hn, w.lm_head).float()
+
+
+def mtp_input(K, w, x, emb, tm=NULL):
+    """The MTP module's input path: eh_proj over [norm(hidden); norm(next-token embedding)]."""
+    t = torch()
+    with tm("mtp_norms"):
+        a = t.cat([K.rmsnorm(x, w.mtp_norms[0]), K.rmsnorm(emb, w.mtp_norms[1])], -1)
+    with tm("mtp_eh_proj"):
+        return K.linear(a, w.eh_proj)

@@ -68,6 +68,7 @@ class LayerWeights:
     w_d: object = None  # routed: expert id -> [i, h]
     s_gu: object = None  # shared [h, 2 i ns] / dense MLP gate_up
     s_d: object = None
+    mtp: bool = False  # the MTP module's block: its input path (norms, eh_proj) runs first
 
 
 @dataclass
@@ -77,10 +78,11 @@ class Weights:
     final_norm: object
     lm_head: object
     eh_proj: object  # MTP: [2h, h]
+    mtp_norms: tuple = ()  # MTP: (hidden norm, embedding norm)
 
 
 def make_weights(model: ModelSpec, *, layers: int, dense_layers: int, seed: int, device: str, load=None,
-                 skew: float = 0.0, experts=None) -> Weights:
+                 skew: float = 0.0, experts=None, mtp: bool = False) -> Weights:
     """Seeded random weights (fp32), generated on the device. `load` (per routed expert, mean 1) with
     `skew` > 0 biases the router towards the hot experts (bias = skew x log load), so routing follows the
     plan's skewed load. `experts`: the routed expert ids to materialise (default all; each expert has its
@@ -98,8 +100,8 @@ def make_weights(model: ModelSpec, *, layers: int, dense_layers: int, seed: int,
 
     qk = att.qk_nope_head_dim + att.qk_rope_head_dim
     out = []
-    for li in range(layers):
-        dense = li < dense_layers
+    for li in range(layers + (1 if mtp else 0)):
+        dense = li < dense_layers and li < layers
         lw = LayerWeights(
             dense=dense, attn_norm=norm(h), q_a=w(h, att.q_lora_rank), q_a_norm=norm(att.q_lora_rank),
             q_b=w(att.q_lora_rank, att.heads * qk), kv_a=w(h, att.kv_lora_rank + att.qk_rope_head_dim),
@@ -120,8 +122,9 @@ def make_weights(model: ModelSpec, *, layers: int, dense_layers: int, seed: int,
                 ge = t.Generator(device=device).manual_seed(seed * 1_000_003 + li * 1009 + ex + 1)
                 lw.w_gu[ex], lw.w_d[ex] = w(h, 2 * i, gen=ge), w(i, h, gen=ge)
             lw.s_gu, lw.s_d = w(h, 2 * i * ns), w(i * ns, h)
+        lw.mtp = li == layers
         out.append(lw)
-    return Weights(model, out, norm(h), w(h, model.vocab), w(2 * h, h))
+    return Weights(model, out, norm(h), w(h, model.vocab), w(2 * h, h), (norm(h), norm(h)))
 
 
 # ------------------------------------------------------------------------------------------------ kernels

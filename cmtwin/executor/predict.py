@@ -8,14 +8,15 @@ from cmtwin.twin.cost import op_time
 
 
 def catalogue_ops(model, prec, *, phase: str, tokens: int, kv_len: int, dense: bool, loads=None,
-                  shared_tokens: int = 0, head: bool = False) -> list:
+                  shared_tokens: int = 0, head: bool = False, mtp: bool = False) -> list:
     """The catalogue's operators of one rank's layer (or of the LM head) at the executed shapes."""
     if head:
         return O.lm_head_ops(model, prec, tokens=tokens)
+    ops = O.mtp_extra_ops(model, prec, tokens=tokens) if mtp else []
     if phase == "decode":
-        ops = O.attention_ops(model, prec, tokens=tokens, requests=tokens, kv_len=kv_len + 1, form="absorbed")
+        ops += O.attention_ops(model, prec, tokens=tokens, requests=tokens, kv_len=kv_len + 1, form="absorbed")
     else:
-        ops = O.attention_ops(model, prec, tokens=tokens, requests=1, kv_len=tokens, form="mha")
+        ops += O.attention_ops(model, prec, tokens=tokens, requests=1, kv_len=tokens, form="mha")
     if dense:
         return ops + O.dense_mlp_ops(model, prec, tokens=tokens)
     ops += O.router_ops(model, prec, tokens=tokens)
@@ -31,6 +32,7 @@ def predicted_ops(run, *, tokens: int, layer: int, loads=None, shared_tokens: in
     if run.hw_pred is None:
         return {}
     dense = (not head) and run.W.layers[layer].dense
+    mtp = (not head) and run.W.layers[layer].mtp
     ops = catalogue_ops(run.model, run.prec, phase=run.phase, tokens=tokens, kv_len=run.ex.kv_len, dense=dense,
-                        loads=loads, shared_tokens=shared_tokens, head=head)
+                        loads=loads, shared_tokens=shared_tokens, head=head, mtp=mtp)
     return {op.name: op_time(op, run.hw_pred).us for op in ops}

@@ -118,7 +118,7 @@ class PoolRun:
         self.comm_prec = spec.prec
         self.W = make_weights(self.model, layers=ex.layers, dense_layers=ex.dense_layers, seed=ex.seed,
                               device=device, load=self.pool.placement.load, skew=ex.skew,
-                              experts=sorted(self.router.holders))
+                              experts=sorted(self.router.holders), mtp=ex.mtp and spec.model.mtp_layers > 0)
         self.T = (ex.decode_tokens or self.pool.tokens_per_die) if phase == "decode" else ex.prefill_tokens
         self.owned = list(range(self.nranks))  # ranks this process computes (all, in one process)
         self.allreduce = None  # across processes: sum a tensor in place (each slot written by one process)
@@ -131,12 +131,13 @@ class PoolRun:
         n = self.nranks
         dt = self.K.dt
         self.x = [t.randn(T, m.hidden, generator=g, device=self.device).to(dt) for _ in range(n)]
+        self.emb = [t.randn(T, m.hidden, generator=g, device=self.device).to(dt) for _ in range(n)]
         if self.phase == "decode":
             kv = self.ex.kv_len
             self.pos = t.full((T,), kv, dtype=t.long, device=self.device)
             self.cache = [[(t.randn(T, kv, a.kv_lora_rank, generator=g, device=self.device).to(dt),
                             t.randn(T, kv, a.qk_rope_head_dim, generator=g, device=self.device).to(dt))
-                           for _ in range(n)] for _ in range(self.ex.layers)]
+                           for _ in range(n)] for _ in range(len(self.W.layers))]
         else:
             self.pos = t.arange(T, device=self.device)
 
@@ -153,6 +154,9 @@ class PoolRun:
         self.routing: list = []
         t0 = time.perf_counter()
         for li, lw in enumerate(self.W.layers):
+            if lw.mtp:
+                for r in self.owned:
+                    xs[r] = L.mtp_input(self.K, self.W, xs[r], self.emb[r], tms[r])
             for r in self.owned:
                 if self.phase == "decode":
                     c, pe = self.cache[li][r]
@@ -172,7 +176,7 @@ class PoolRun:
         logits = [None] * self.nranks
         for r in self.owned:
             logits[r] = L.lm_head(self.K, self.W, xs[r], tms[r])
-        self._flush(tms, events, self.ex.layers, {}, head=True)
+        self._flush(tms, events, len(self.W.layers), {}, head=True)
         wall = time.perf_counter() - t0
         out, lg = self._gather(xs), self._gather(logits)
         return PhaseResult(self.phase, self.nranks, self.nranks * self.T, out, lg, events, wall_s=wall)
@@ -299,6 +303,8 @@ class PoolRun:
         ties = 0
         mi = 0
         for li, lw in enumerate(self.W.layers):
+            if lw.mtp:
+                x = L.mtp_input(K, self.W, x, t.cat(self.emb))
             if self.phase == "decode":
                 c = t.cat([cp[0] for cp in self.cache[li]])
                 pe = t.cat([cp[1] for cp in self.cache[li]])

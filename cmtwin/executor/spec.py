@@ -14,6 +14,9 @@ class ExecutorSpec(Frozen):
 
     layers: int = Field(default=2, ge=1)
     """Transformer layers to run (MoE layers of an MoE model; see dense_layers)."""
+    mtp: bool = False
+    """Also run the model's MTP module after the layers (its norms and eh_proj over the hidden state and a
+    random next-token embedding, then one MoE layer); the logits are then the MTP module's."""
     dense_layers: int = Field(default=0, ge=0)
     """How many of the executed layers are dense-MLP layers (run first, as in the model); the rest are MoE."""
     scale: float = Field(default=1.0, gt=0, le=1)
