@@ -37,14 +37,17 @@ def main() -> int:
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--scale", default="1.0")
     ap.add_argument("--out", default=".")
+    ap.add_argument("--allow-cpu", action="store_true", help="smoke-test the script on a CPU (use a small --scale)")
     a = ap.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device; nothing to do", file=sys.stderr)
+    cuda = torch.cuda.is_available()
+    if not cuda and not a.allow_cpu:
+        print("gpu_check: no CUDA device; nothing to do (--allow-cpu runs it on the CPU)", file=sys.stderr)
         return 0
+    profile = "local_cuda" if cuda else "local_cpu"
     t_all = time.perf_counter()
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}  torch {torch.__version__}")
     rc, out, dt = sh(["calibrate", f"executor.scale={a.scale}", "executor.dtype=bf16", "--format", "json"], 150)
     print(f"calibrate: rc {rc} in {dt:.1f} s: {out.strip()[:300]}")
     ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "h100_kernels_graph.json"
@@ -53,7 +56,7 @@ def main() -> int:
         if rc == 0:
             print(f"import {ref.name}: LOSO median |err| {json.loads(out)['loso_median_abs_err']:.1%} ({dt:.1f} s)")
     rc, out, dt = sh(["execute", f"+deployment={a.deployment}", f"executor.scale={a.scale}", "executor.dtype=bf16",
-                      f"executor.layers={a.layers}", f"executor.ranks={a.ranks}", "executor.profile=local_cuda",
+                      f"executor.layers={a.layers}", f"executor.ranks={a.ranks}", f"executor.profile={profile}",
                       "--format", "json", "--no-record"], 240)
     if rc not in (0, 1):
         print(f"execute failed (rc {rc})")
