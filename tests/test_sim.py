@@ -166,7 +166,8 @@ def test_trace_replay_and_shipped_example():
     ("timestamp_s,prompt_len,output_len\n0,10,5\n2,10,5\n1,10,5\n", 4, "earlier"),
     ("timestamp_s,prompt_len,output_len\n0,10,\n", 2, "output_len"),
 ])
-def test_malformed_csv_trace_names_the_line(tmp_path, body, line, words):
+def test_malformed_csv_trace_names_the_line(tmp_path, monkeypatch, body, line, words):
+    monkeypatch.chdir(tmp_path)
     p = tmp_path / "bad.csv"
     p.write_text(body)
     with pytest.raises(TraceError) as e:
@@ -174,7 +175,8 @@ def test_malformed_csv_trace_names_the_line(tmp_path, body, line, words):
     assert f"line {line}" in str(e.value) and words in str(e.value)
 
 
-def test_malformed_jsonl_trace(tmp_path):
+def test_malformed_jsonl_trace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     p = tmp_path / "bad.jsonl"
     p.write_text('{"timestamp_s": 0, "prompt_len": 10, "output_len": 3}\n{"timestamp_s": 1, "prompt_len": 10}\n')
     with pytest.raises(TraceError, match="line 2"):
@@ -186,6 +188,28 @@ def test_malformed_jsonl_trace(tmp_path):
 def test_trace_arrival_needs_a_file():
     with pytest.raises(ConfigError, match="workload.trace"):
         load_spec(["+deployment=r1_ep320", "workload.arrival=trace"])
+
+
+def test_trace_path_cannot_escape(tmp_path, monkeypatch):
+    inside = tmp_path / "work"
+    inside.mkdir()
+    (tmp_path / "outside.csv").write_text("timestamp_s,prompt_len,output_len\n0,10,5\n")
+    monkeypatch.chdir(inside)
+    for path in ("/etc/passwd", "../outside.csv", str(tmp_path / "outside.csv")):
+        with pytest.raises(TraceError) as e:
+            load_trace(path)
+        msg = str(e.value)
+        assert "workload.trace" in msg and path in msg and "outside the allowed folders" in msg
+        assert e.value.fix and "working directory" in e.value.fix
+    (inside / "ok.csv").write_text("timestamp_s,prompt_len,output_len\n0,10,5\n")
+    assert len(load_trace("ok.csv")) == 1 and len(load_trace(str(inside / "ok.csv"))) == 1
+    assert len(load_trace("traces/synthetic_small.csv")) > 0  # conf/workload/ stays allowed
+
+
+def test_cli_trace_outside_exits_2(workdir):
+    p = _cli("simulate", "+deployment=r1_ep320", "workload.arrival=trace", "workload.trace=/etc/passwd", cwd=workdir)
+    assert p.returncode == 2, p.stderr
+    assert "workload.trace" in p.stderr and "/etc/passwd" in p.stderr and "Traceback" not in p.stderr
 
 
 def _cli(*args, cwd):

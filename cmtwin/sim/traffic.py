@@ -39,17 +39,30 @@ class Chunk:
 
 
 def resolve_trace(path: str) -> Path:
-    """A trace path as given (relative to the working directory), else under conf/workload/."""
+    """A trace path as given (relative to the working directory), else under conf/workload/.
+
+    Like topology files, the path must resolve inside the working directory tree or conf/workload/
+    (symlinks and `..` resolved first), so a config cannot make the simulator read e.g. /etc/passwd.
+    """
     from cmtwin.paths import conf_dir
 
-    p = Path(path)
-    if p.is_file():
-        return p
-    alt = conf_dir() / "workload" / path
-    if alt.is_file():
-        return alt
+    folder = (conf_dir() / "workload").resolve()
+    cwd = Path.cwd().resolve()
+    p = Path(path).expanduser()
+    candidates = [(cwd / p).resolve() if not p.is_absolute() else p.resolve()]
+    if not p.is_absolute():
+        candidates.append((folder / p).resolve())
+    for resolved in candidates:
+        if resolved.is_file() and not any(resolved.is_relative_to(r) for r in (folder, cwd)):
+            raise TraceError(
+                f"workload.trace: path '{path}' resolves to {resolved}, outside the allowed folders "
+                f"({folder} and the working directory {cwd}).", key="workload.trace",
+                fix="copy the trace under the working directory, or give a name under conf/workload/ "
+                    "such as workload.trace=traces/synthetic_small.csv")
+        if resolved.is_file():
+            return resolved
     raise TraceError(f"workload.trace: no such file '{path}' (looked in the working directory and in "
-                     f"{conf_dir() / 'workload'}).", key="workload.trace",
+                     f"{folder}).", key="workload.trace",
                      fix="give an existing CSV or JSONL file, e.g. workload.trace=traces/synthetic_small.csv")
 
 
@@ -59,9 +72,7 @@ def _bad(path: Path, line: int, msg: str, fix: str) -> TraceError:
 
 def load_trace(path: str | Path, *, max_len: int = 1 << 30) -> Chunk:
     """Read and validate a whole trace; raises TraceError naming the line of the first problem."""
-    p = resolve_trace(str(path)) if not isinstance(path, Path) else path
-    if not p.is_file():
-        raise TraceError(f"workload.trace: no such file '{p}'.", key="workload.trace")
+    p = resolve_trace(str(path))
     rows: list[tuple[int, dict]] = []
     try:
         text = p.read_text()
