@@ -4,6 +4,7 @@ serial == parallel, the CLI and the store."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import random
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def test_cli_search_stores_every_point(workdir):
     assert sum(per["search.pareto"]) == len(out["frontier"])
     assert (workdir / out["plot"]).is_file()
     assert run.metrics["search.candidates"] == out["candidates"]
+    assert run.output_dir == str(Path("runs") / str(out["run_id"])) and (workdir / run.output_dir).is_dir()
 
 
 def test_cli_search_budget_over_topology_exits_2(workdir):

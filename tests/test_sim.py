@@ -4,6 +4,7 @@ prefix caching through the mechanism, trace validation, the CLI and the run stor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -234,6 +235,7 @@ def test_cli_simulate_records_samples_metrics_and_plots(workdir):
     assert run.status == "ok" and run.verb == "simulate"
     assert {"ttft_ms.p99", "tpot_ms.p50", "decode.tokens_per_s_per_device", "goodput"} <= set(run.metrics)
     assert len(run.artifacts) == 2 and all((workdir / a.path).is_file() for a in run.artifacts)
+    assert run.output_dir == out["output_dir"] == str(Path("runs") / str(out["run_id"]))
     names = {s.name for s in get_samples(store, out["run_id"])}
     assert {"decode.tokens_per_s_per_device", "queue.prefill", "cache.hit_ratio", "prefill.utilisation"} <= names
 
@@ -295,3 +297,19 @@ def test_bursty_arrivals_raise_tail_ttft_at_the_same_rate():
     p, g = Simulator(spec_p, plan).run(), Simulator(spec_g, plan).run()
     assert g.ttft_ms["p99"] > 1.5 * p.ttft_ms["p99"]
     assert g.requests["arrived"] == pytest.approx(p.requests["arrived"], rel=0.1)
+
+
+def test_set_output_dir(tmp_path):
+    from cmtwin.errors import StoreError
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_run, set_output_dir, start_run
+
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    rid = start_run(store, verb="simulate", deployment="d", plan_hash=None, overrides=[], config={})
+    assert get_run(store, rid).output_dir is None
+    set_output_dir(store, rid, tmp_path / "runs" / str(rid))
+    assert get_run(store, rid).output_dir == str(tmp_path / "runs" / str(rid))
+    set_output_dir(store, rid, None)
+    assert get_run(store, rid).output_dir is None
+    with pytest.raises(StoreError):
+        set_output_dir(store, rid + 99, "x")

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                         "configurations were pruned (memory, placement).", key="search",
                         fix="relax slo.*, widen search.decode_batches or raise search.devices")
     from cmtwin.store.engine import open_store
-    from cmtwin.store.repo import add_artifact, add_samples, finish_run, set_metrics, start_run
+    from cmtwin.store.repo import add_artifact, add_samples, finish_run, set_metrics, set_output_dir, start_run
 
     front = [result.candidates[i].to_dict() for i in result.frontier]
     summary = {"frontier": front, "simulated": result.simulated}
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         for k in range(0, len(rows), 100_000):
             add_samples(store, run_id, rows[k:k + 100_000])
         out_dir.mkdir(parents=True, exist_ok=True)
+        set_output_dir(store, run_id, out_dir)
         from cmtwin.search.plots import frontier_plot
 
         plot = frontier_plot(result, out_dir / "frontier.png",

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can fail on bad input happens before the run row exists (trace parsing, tables).
     sim = Simulator(spec, plan, fabric=fabric)
     from cmtwin.store.engine import open_store
-    from cmtwin.store.repo import add_artifact, finish_run, set_metrics, start_run
+    from cmtwin.store.repo import add_artifact, finish_run, set_metrics, set_output_dir, start_run
 
     store = open_store(args.db or spec.store.url)
     plan_dict = plan.to_dict(with_dies=False)
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             from cmtwin.sim.plots import latency_cdf_plot, throughput_plot
 
             out_dir.mkdir(parents=True, exist_ok=True)
+            set_output_dir(store, run_id, out_dir)
             title = f"{spec.deployment.name} / {spec.workload.name}: run {run_id}"
             for kind, path in (("plot", throughput_plot(writer.all, out_dir / "throughput.png", title)),
                                ("plot", latency_cdf_plot(result.latencies, out_dir / "latency_cdf.png", title, spec.slo))):

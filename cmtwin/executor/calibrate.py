@@ -65,7 +65,7 @@ def measure_peaks(device: str, *, quick: bool = False) -> dict:
     return {"peak_tflops": peaks, "bandwidth_GB_per_s": bw, "launch_us": launch, "n": n}
 
 
-def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 5) -> list[tuple[Op, float]]:
+def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 9) -> list[tuple[Op, float]]:
     """(catalogue op, measured us) for the executor's kernels at the scaled shapes over the token grid."""
     from cmtwin.executor import layers as L
     from cmtwin.executor.modules import Kernels, make_weights, scaled_model
@@ -118,7 +118,7 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 5) ->
                 by = {o.name: o for o in ops}
                 for op, vals in samples.items():
                     if op in by and (n_local == len(local) or "routed" not in op):
-                        out.append((by[op], statistics.median(vals[1:])))
+                        out.append((by[op], statistics.median(vals[1:])))  # median of reps: robust to bursts of load
     return out
 
 

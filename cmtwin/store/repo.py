@@ -323,6 +323,13 @@ def add_artifact(store: Store, run_id: int, kind: str, path: str) -> None:
         session.add(Artifact(run_id=run_id, kind=kind, path=str(path)))
 
 
+def set_output_dir(store: Store, run_id: int, path: str | os.PathLike | None) -> None:
+    """Record (or clear, with None) the folder holding a run's files (plots, traces): `runs.output_dir`."""
+    with store.write() as session:
+        run = _require_run(session, run_id)
+        run.output_dir = None if path is None else str(path)
+
+
 def _metrics_by_run(session: Session, run_ids: list[int]) -> dict[int, dict[str, float]]:
     found: dict[int, dict[str, float]] = {rid: {} for rid in run_ids}
     if run_ids:
