@@ -53,3 +53,27 @@ def render_prediction(con, prediction, *, top: int = 12) -> None:
             t.add_row(name, str(r["degree"]), f"{r['bytes_per_step'] / 2**20:,.1f}", f"{r['block_compute_us']:,.0f}",
                       f"{r['block_comm_us']:,.0f}", r["bound"], f"{r['attention_ms']:,.1f}", f"{r['prefill_ms']:,.1f}")
         con.print(t)
+    for family in ("speculation", "layer_skip", "model_routing", "token_transform"):
+        eff = prediction.policies.get(family)
+        if not eff:
+            continue
+        t = Table(title=f"policy {family}={eff['policy']}: its effect on the decode step", title_justify="left")
+        t.add_column("effect")
+        t.add_column("value", justify="right")
+        for key in ("layer_fraction", "ffn_scale", "verify_tokens", "tokens_per_step", "kv_len_scale", "text_per_token",
+                    "kv_bytes_scale"):
+            if eff.get(key) is not None:
+                t.add_row(key, f"{eff[key]:g}")
+        if eff.get("extra_operators"):
+            t.add_row("extra operators", ", ".join(eff["extra_operators"]))
+        con.print(t)
+        table = eff.get("table")
+        if table:
+            t = Table(title=f"{eff['policy']}: candidate sizes (bold: selected)", title_justify="left")
+            cols = [c for c in table[0] if c != "selected"]
+            for c in cols:
+                t.add_column(c, justify="right")
+            for r in table:
+                cells = [f"{r[c]:,g}" if isinstance(r[c], (int, float)) else str(r[c]) for c in cols]
+                t.add_row(*([f"[bold]{x}[/]" for x in cells] if r["selected"] else cells))
+            con.print(t)

@@ -205,6 +205,14 @@ class PoliciesSpec(Frozen):
 
     sp_attention: dict[str, Any] | None = None
     """Sequence-parallel attention for long prefill (tokenring, ring)."""
+    speculation: dict[str, Any] | None = None
+    """Speculative decoding (mtp, ppd)."""
+    layer_skip: dict[str, Any] | None = None
+    """Layer skipping / adaptive compute (skipdecode)."""
+    model_routing: dict[str, Any] | None = None
+    """Routing between models or model parts (duo)."""
+    token_transform: dict[str, Any] | None = None
+    """Token-count transforms in workloads (tokenadapt, flextok)."""
 
     @model_validator(mode="after")
     def _known(self) -> PoliciesSpec:

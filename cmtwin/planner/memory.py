@@ -157,6 +157,12 @@ def die_memory(spec: Spec, *, phase: str, layout: Layout, experts_on_die: int, t
     logits = t * m.vocab * 4.0 if phase == "decode" else 0.0
     activations = 2.0 * max(acts) + logits
     kvb = kv_bytes_per_token(m, p, layers=min(stage_layers, m.layers + mtp))
+    if phase == "decode":  # policies that write KV for fewer layers per token (SkipDecode), via the one StepEffect
+        from cmtwin.policy.effects import combined_effect
+
+        scale = combined_effect(spec).kv_bytes_scale
+        if scale != 1.0:
+            kvb = max(1, round(kvb * scale))
     return MemoryBreakdown(
         weights_attention=float(wa),
         weights_dense_mlp=float(wd),

@@ -78,7 +78,8 @@ def _load_builtin() -> None:
     import importlib
     from importlib.metadata import entry_points
 
-    for module in ("cmtwin.policy.sp_attention",):
+    for module in ("cmtwin.policy.sp_attention", "cmtwin.policy.speculation", "cmtwin.policy.layer_skip",
+                   "cmtwin.policy.model_routing", "cmtwin.policy.token_transform"):
         importlib.import_module(module)
     for ep in entry_points(group="cmtwin.policies"):
         ep.load()

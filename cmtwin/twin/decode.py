@@ -127,7 +127,7 @@ class DecodeResult:
 
 
 def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_len: int | None = None,
-                microbatches: int | None = None, chunk_tokens: int | None = None) -> DecodeResult:
+                microbatches: int | None = None, chunk_tokens: int | None = None, effect=None) -> DecodeResult:
     """One decode step of the plan's decode ranks. batch_per_die, kv_len (mean context of the batch) and
     microbatches default to the spec's; the simulator and the SLO search pass their own.
 
@@ -138,14 +138,21 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     Pipeline stages (pp > 1) leave the per-layer cost unchanged and add a send/recv per stage boundary.
     Aggregated serving (serving.mode=agg) mixes `chunk_tokens` prefill tokens per die into every step: they
     share the projections and the MoE with the decode tokens and add MHA-form attention over their prompt.
+
+    Policies (speculation, layer_skip, model_routing, token_transform) act through one StepEffect
+    (cmtwin/policy/effects.py; `effect` overrides the spec's): drafts and verify width, tokens per step, layers
+    run (lowest skipped), FFN token share, context length, extra operator rows. The identity changes nothing.
     """
+    from cmtwin.policy.effects import combined_effect
+
+    eff = effect if effect is not None else combined_effect(spec, plan, hw, fabric)
     pool = plan.pools_of("decode")[0]
     lay = pool.layout
     tp, moe_tp = lay.tp, lay.moe_tp
     b = batch_per_die if batch_per_die is not None else pool.batch_per_die
-    k = spec.mtp.draft_tokens
+    k = spec.mtp.draft_tokens if eff.draft_tokens is None else eff.draft_tokens
     m = max(1, min(microbatches or spec.decode.microbatches, b))
-    verify = 1 + k
+    verify = 1 + k if eff.verify_tokens is None else eff.verify_tokens
     if chunk_tokens is None and spec.serving.mode == "agg":
         from cmtwin.planner.layout import agg_chunk_per_die
 
@@ -153,6 +160,8 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     chunk_mb = (chunk_tokens or 0) / m
     tokens_mb = b * verify / m
     kv_len = kv_len if kv_len is not None else spec.workload.decode_kv_len
+    if eff.kv_len_scale != 1.0:
+        kv_len = max(1, round(kv_len * eff.kv_len_scale))
     model, prec = spec.model, spec.prec
     sh = stream_shares(hw, m)
     overlap = m >= 2 and hw.microbatching is not None
@@ -195,7 +204,8 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         n = calls * reps
         tokens = tokens + chunk  # every rank's share of the MoE/MLP work includes its prefill chunk
         group_tokens = tokens * tp
-        t = max(1, round(group_tokens))
+        ffn_tokens = tokens * eff.ffn_scale if not tag else tokens  # policy route mix (main model only)
+        t = max(1, round(ffn_tokens * tp))
         a_ops = attention_block((tokens - chunk) * tp, requests * tp, chunk * tp)
         a = _ops_time(a_ops, hw, sh.attn_cube, sh.attn_vec, ledger, a_name_, n)
         a_comm = 0.0
@@ -205,7 +215,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
             ledger.add(comm_stream(tag, a_name), c.name, c.us * n, "comm", n)
         comm_us = 0.0
         if moe and model.moe:
-            load = moe_load(spec, pool.placement, tokens_per_rank=tokens, noise=noise)
+            load = moe_load(spec, pool.placement, tokens_per_rank=ffn_tokens, noise=noise)
             r_ops = router_ops(model, prec, tokens=max(1, round(tokens)))
             bb = _ops_time(r_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
             routed, shared = moe_compute_ops(spec, load, pool.placement, share=1 / moe_tp)
@@ -222,7 +232,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
                     comm_us += c.us
                     ledger.add(comm_stream(tag, b_name), kind, c.us * n, "comm", n)
             if moe_tp > 1 and lay.ep == 1:
-                c = comm.all_reduce(hw, fabric, moe_tp_ids, nbytes=tokens * act_bytes, name="moe_tp_all_reduce")
+                c = comm.all_reduce(hw, fabric, moe_tp_ids, nbytes=ffn_tokens * act_bytes, name="moe_tp_all_reduce")
                 comm_us += c.us
                 ledger.add(comm_stream(tag, b_name), c.name, c.us * n, "comm", n)
         else:
@@ -241,6 +251,10 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     step = 0.0
     dense_layers = model.dense.layers
     moe_layers = model.moe_layers
+    if eff.layer_fraction != 1.0:  # layer skipping: the lowest layers (dense first) are not run
+        skipped = (dense_layers + moe_layers) - max(1, round((dense_layers + moe_layers) * eff.layer_fraction))
+        moe_layers -= max(0, skipped - dense_layers)
+        dense_layers = max(0, dense_layers - skipped)
     requests_mb = b / m
     if dense_layers:
         step += dense_layers * layer(tokens_mb, requests_mb, False, dense_layers, chunk=chunk_mb)
@@ -268,7 +282,13 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         step += _ops_time(mtp_extra_ops(model, prec, tokens=b * tp), hw, 1.0, 1.0, ledger, "mtp", 1)
         step += layer(b / m, requests_mb, model.is_moe, 1, tag="mtp")
         step += _ops_time(lm_head_ops(model, prec, tokens=b * tp, vocab_share=1 / tp), hw, 1.0, 1.0, ledger, "mtp", 1)
+    for stream, op, calls in eff.extra_ops:  # policy operators (draft heads, routers, decoders)
+        step += calls * _ops_time([op], hw, 1.0, 1.0, None, stream, 0)
+        ledger.add(stream, op.name, calls * op_time(op, hw).us, op_time(op, hw).bound, calls)
     tps = spec.mtp.tokens_per_step if k else 1.0
+    if eff.tokens_per_step is not None:
+        tps = eff.tokens_per_step
+    tps *= eff.text_per_token
     dpd = spec.hardware.dies
     streams = {}
     for r in ledger.rows():

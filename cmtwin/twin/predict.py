@@ -133,4 +133,22 @@ def predict(spec, plan) -> Prediction:
             if r["selected"]:
                 rows.append(Row("sp_prefill", f"{r['policy']} SP{r['degree']}", "attention_blocks",
                                 r["attention_ms"] * 1e3, r["bound"], r["degree"]))
+    if decode is not None:
+        from cmtwin.policy.effects import STEP_FAMILIES
+
+        for family in STEP_FAMILIES:
+            pol = spec.policies.build(family)
+            if pol is None:
+                continue
+            eff = pol.step_effect(spec, plan=plan, hw=hw, fabric=fabric)
+            entry: dict[str, Any] = {
+                "policy": pol.name, "layer_fraction": round(eff.layer_fraction, 4), "ffn_scale": round(eff.ffn_scale, 4),
+                "verify_tokens": eff.verify_tokens, "tokens_per_step": None if eff.tokens_per_step is None
+                else round(eff.tokens_per_step, 4), "kv_len_scale": round(eff.kv_len_scale, 4),
+                "text_per_token": eff.text_per_token, "kv_bytes_scale": round(eff.kv_bytes_scale, 4),
+                "extra_operators": [op.name for _, op, _ in eff.extra_ops],
+            }
+            if hasattr(pol, "table"):
+                entry["table"] = pol.table(spec, plan, hw, fabric)
+            policies[family] = entry
     return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes), policies)
