@@ -4,10 +4,10 @@ serial == parallel, the CLI and the store."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 

@@ -4,9 +4,9 @@ prefix caching through the mechanism, trace validation, the CLI and the run stor
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
