@@ -151,3 +151,16 @@ def test_skipdecode_halves_decode_kv_bytes_per_token_in_the_plan():
     d0, d1 = m0.to_dict()["memory_per_die"]["routed"], m1.to_dict()["memory_per_die"]["routed"]
     assert d1["kv_bytes_per_token"] == d0["kv_bytes_per_token"] // 2
     assert d1["kv_token_capacity"] > 1.9 * d0["kv_token_capacity"]
+
+
+def test_r2r_charges_both_models_passes_and_memory(base):
+    _, pred = _predict("+policies/model_routing=r2r")
+    (t,) = pred.policies["model_routing"]["table"]
+    assert t["large_tokens_per_call"] == 10 and t["large_requests_per_die"] == round(48 * 0.1)
+    assert t["step_ms"] == pytest.approx(t["small_step_ms"] + t["large_step_ms"], abs=2e-3)
+    assert 0 < t["small_weights_gib_per_die"] < t["large_weights_gib_per_die"]
+    assert t["large_only_tokens_per_s_per_device"] == base.decode["tokens_per_s_per_device"]
+    assert {r.stream for r in pred.breakdown} >= {"r2r_small", "r2r_large"}
+    # escalating less often: a cheaper large-model pass per step
+    _, lo = _predict("+policies/model_routing=r2r", "policies.model_routing.large_fraction=0.05")
+    assert lo.policies["model_routing"]["table"][0]["large_step_ms"] < t["large_step_ms"]

@@ -62,3 +62,63 @@ class DuoLLM:
             extra = (("duo", gemm("duo_router", t, spec.model.hidden, 3, "bf16"),
                       spec.model.layers),)
         return StepEffect(ffn_scale=self.ffn_scale, extra_ops=extra)
+
+
+class R2RParams(Frozen):
+    """A small and a large model; a router escalates a fraction of tokens to the large one."""
+
+    large_fraction: float = Field(default=0.1, gt=0, le=1)
+    """Share of generated tokens the router sends to the large model (user input; R2R reports ~5-15 %)."""
+    small_layer_fraction: float = Field(default=0.25, gt=0, le=1)
+    """The small model as a scaled-down copy of the deployment's model: its share of the layers (0.05-0.5)."""
+    small_ffn_fraction: float = Field(default=0.25, gt=0, le=1)
+    """... and of each layer's FFN/MoE work (0.05-1); its weights scale by layers x this (attention by layers)."""
+
+
+@REG.register("r2r")
+class R2R:
+    """R2R (roads to rome): the small model decodes every token; for a `large_fraction` of them the large model
+    runs and first prefills every token since its last call (1 / large_fraction tokens per call on average).
+    Per step of b requests: a small-model decode step over b, plus a large-model pass over b x f requests with
+    1 / f tokens each (the same token count as b, but a KV read per request only for the escalated ones).
+    Both models stay resident on the decode dies. The decode headline stays the large model's own step; the
+    R2R figures are in this policy's table and the breakdown rows `r2r_small` and `r2r_large`."""
+
+    Params = R2RParams
+
+    def __init__(self, params: R2RParams):
+        self.params = params
+
+    def step_effect(self, spec, *, plan=None, hw=None, fabric=None) -> StepEffect:
+        return StepEffect()
+
+    def table(self, spec, plan, hw, fabric) -> list[dict]:
+        from cmtwin.twin.decode import decode_step
+
+        pp = self.params
+        pool = plan.pools_of("decode")[0]
+        b = pool.batch_per_die
+        f = pp.large_fraction
+        base = decode_step(spec, plan, hw, fabric)
+        small = decode_step(spec, plan, hw, fabric, effect=StepEffect(
+            layer_fraction=pp.small_layer_fraction, ffn_scale=pp.small_ffn_fraction, draft_tokens=0,
+            verify_tokens=1, tokens_per_step=1.0))
+        large_reqs = max(1, round(b * f))
+        large = decode_step(spec, plan, hw, fabric, batch_per_die=large_reqs, effect=StepEffect(
+            draft_tokens=0, verify_tokens=max(1, round(1 / f)), tokens_per_step=1.0))
+        step_us = small.step_us + large.step_us
+        mem = pool.to_dict()["memory_per_die"]
+        mem = next(iter(mem.values())) if isinstance(mem, dict) and "weights_gib" not in mem else mem
+        w = mem.get("weights_gib", 0.0)
+        small_w = (mem.get("weights_attention_gib", 0.0) * pp.small_layer_fraction
+                   + (w - mem.get("weights_attention_gib", 0.0)) * pp.small_layer_fraction * pp.small_ffn_fraction)
+        dpd = spec.hardware.dies
+        return [{
+            "large_fraction": f, "small_step_ms": round(small.step_us / 1e3, 3),
+            "large_step_ms": round(large.step_us / 1e3, 3), "large_requests_per_die": large_reqs,
+            "large_tokens_per_call": max(1, round(1 / f)), "step_ms": round(step_us / 1e3, 3),
+            "tpot_ms": round(step_us / 1e3, 3), "tokens_per_s_per_device": round(dpd * b / (step_us / 1e6), 1),
+            "large_only_tokens_per_s_per_device": round(base.tokens_per_s_per_device, 1),
+            "small_weights_gib_per_die": round(small_w, 3), "large_weights_gib_per_die": round(w, 3),
+            "selected": True,
+        }]

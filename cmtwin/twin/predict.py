@@ -150,5 +150,9 @@ def predict(spec, plan) -> Prediction:
             }
             if hasattr(pol, "table"):
                 entry["table"] = pol.table(spec, plan, hw, fabric)
+                if pol.name == "r2r":  # two models' passes per step, in the breakdown
+                    for t in entry["table"]:
+                        rows.append(Row("decode", "r2r_small", "small_model_step", t["small_step_ms"] * 1e3, "compute", 1))
+                        rows.append(Row("decode", "r2r_large", "large_model_pass", t["large_step_ms"] * 1e3, "compute", 1))
             policies[family] = entry
     return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes), policies)
