@@ -68,8 +68,16 @@ def render_prediction(con, prediction, *, top: int = 12) -> None:
             t.add_row("extra operators", ", ".join(eff["extra_operators"]))
         con.print(t)
         table = eff.get("table")
-        if table:
-            t = Table(title=f"{eff['policy']}: candidate sizes (bold: selected)", title_justify="left")
+        if table and len(table) == 1:
+            t = Table(title=f"{eff['policy']}: figures", title_justify="left")
+            t.add_column("figure")
+            t.add_column("value", justify="right")
+            for c, v in table[0].items():
+                if c != "selected":
+                    t.add_row(c, f"{v:,g}" if isinstance(v, (int, float)) else str(v))
+            con.print(t)
+        elif table:
+            t = Table(title=f"{eff['policy']}: candidates (bold: selected)", title_justify="left")
             cols = [c for c in table[0] if c != "selected"]
             for c in cols:
                 t.add_column(c, justify="right")
