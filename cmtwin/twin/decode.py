@@ -124,6 +124,8 @@ class DecodeResult:
     kv_len: int
     ledger: Ledger
     streams: dict[str, float]  # per-step busy time per stream
+    draft_tokens: int = 0  # MTP drafts per step actually run (the spec's, or a speculation policy's)
+    verify_tokens: float = 1.0  # tokens per request the main model verifies per step
 
 
 def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_len: int | None = None,
@@ -303,4 +305,6 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         kv_len=kv_len,
         ledger=ledger,
         streams=streams,
+        draft_tokens=k,
+        verify_tokens=verify,
     )

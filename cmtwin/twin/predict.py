@@ -101,8 +101,10 @@ def predict(spec, plan) -> Prediction:
             "tokens_per_step": _round(r.tokens_per_step, 4),
             "kv_len": r.kv_len,
             "microbatches": spec.decode.microbatches,
-            "mtp_draft_tokens": spec.mtp.draft_tokens,
+            "mtp_draft_tokens": r.draft_tokens,
         }
+        if r.verify_tokens != 1 + r.draft_tokens:  # a speculation policy's tree (PPD)
+            decode["verify_tokens_per_request"] = r.verify_tokens
         rows += r.ledger.rows()
         bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
         if spec.serving.mode == "agg" and r.chunk_tokens:
