@@ -5,7 +5,9 @@ chunked-prefill forwards up to their token budget (prefill.tokens_per_device x d
 that carry each finished prompt's KV to decode; the decode instance, whose DP ranks step in lockstep
 (one event per step) with continuous batching bounded by the batch and the KV capacity of every die, and
 MTP's expected tokens per step; the EMS caching pool (prefix-hash blocks, LRU DRAM + SSD, served over UB
-or VPC). All times come from the twin (cmtwin/sim/tables.py).
+or VPC). All times come from the twin (cmtwin/sim/tables.py). With serving.mode=agg there is no prefill pool:
+the decode instance prefills prompts chunk by chunk (FCFS, up to the chunk budget per die per step) inside its
+decode steps, and a prompt decodes on the rank that prefilled it (no KV transfer).
 
 Timing conventions: TTFT = arrival -> the prompt's prefill forward ends and its KV lands on its decode rank
 (the twin's ttft = forward + KV transfer); TPOT = (completion - first token) / (output tokens - 1),
@@ -34,7 +36,7 @@ from cmtwin.sim.engine import (
     SampleTick,
     Stop,
 )
-from cmtwin.sim.tables import DecodeTable, FetchCost, PrefillTable
+from cmtwin.sim.tables import AggDecodeTable, DecodeTable, FetchCost, PrefillTable
 from cmtwin.sim.traffic import Chunk, Stream, load_trace
 
 _ARRIVAL = Arrival()
@@ -141,12 +143,11 @@ class Simulator:
         self.sink, self.progress = sink, progress
         self.interval = sim.sample_interval_s
         prefill_pools, decode_pools = plan.pools_of("prefill"), plan.pools_of("decode")
-        if spec.serving.mode != "disagg":
-            raise ConfigError(
-                f"cmtwin simulate models disaggregated serving; this deployment has serving.mode={spec.serving.mode}.",
-                key="serving.mode", fix="simulate a disaggregated deployment (serving.mode=disagg with prefill and "
-                                        "decode pools); compare aggregated layouts with cmtwin plan")
-        if not prefill_pools or not decode_pools:
+        self.agg = spec.serving.mode == "agg"
+        if self.agg and not decode_pools:
+            raise ConfigError("serving.mode=agg needs the pool in decode.devices (0 given).", key="decode.devices",
+                              fix="give the aggregated pool devices (decode.devices=N)")
+        if not self.agg and (not prefill_pools or not decode_pools):
             raise ConfigError(
                 "cmtwin simulate models disaggregated serving and needs both a prefill pool (prefill.instances > 0) "
                 f"and a decode pool (decode.devices > 0); this plan has {len(prefill_pools)} prefill instance(s) and "
@@ -171,6 +172,33 @@ class Simulator:
         self.drafts = spec.mtp.draft_tokens
         max_prompt = int(trace.prompt.max()) if trace is not None else (w.prompt_len if w.length_dist == "fixed" or w.prompt_cv == 0 else w.max_len)
         # --- cost tables (the twin, sampled once)
+        max_kv = max(self.kv_cap // max(1, self.batch_cap) * 2, w.decode_kv_len * 2)
+        if self.agg:
+            from cmtwin.planner.layout import agg_chunk_per_die
+
+            self.chunk = agg_chunk_per_die(spec, self.batch_cap)  # prefill tokens per die per step (budget)
+            if tables is None:
+                tables = (AggDecodeTable(spec, plan, hw, fabric, max_batch=self.batch_cap, max_kv=max_kv,
+                                         max_chunk=self.chunk), None)
+            self.dtable, self.ptable = tables
+            self.tps = self.dtable.tokens_per_step
+            self.cache = None
+            self.block_tokens = 0
+            self.block_bytes = 0.0
+            self.instances = []
+            self.inst_budget = self.chunk * self.ranks
+            steps_per_req = math.ceil(max(0, w.output_len - 1) / self.tps) if w.output_len > 1 else 0
+            dstep = self.dtable.step_us(self.batch_cap, w.prompt_len + w.output_len / 2, self.chunk) / 1e6
+            self.full_forward_s = dstep
+            self.decode_capacity = (self.ranks * self.batch_cap / (steps_per_req * dstep)) if steps_per_req else float("inf")
+            self.prefill_capacity = self.inst_budget / dstep / w.prompt_len
+            self.capacity = min(self.decode_capacity, self.prefill_capacity)
+            if trace is not None:
+                self.rate = len(trace) / max(1e-9, float(trace.t[-1])) if len(trace) > 1 else 1.0
+            else:
+                self.rate = rate_per_s or w.rate_per_s or w.load * self.capacity
+            self._reset()
+            return
         tpd = prefill_pools[0].tokens_per_die
         if tables is None:
             dt = DecodeTable(spec, plan, hw, fabric, max_batch=self.batch_cap, max_kv=max(self.kv_cap // max(1, self.batch_cap) * 2, w.decode_kv_len * 2))
@@ -259,6 +287,13 @@ class Simulator:
         self._fetch_bytes = 0.0
         self._fetch_ssd = 0.0
         self._mark_start: dict | None = None
+        # aggregated serving: FCFS prompts waiting for a slot, prompts being prefilled (slot and KV held),
+        # the prefill tokens of the running step and the prompts it finishes
+        self.agg_queue: deque[Request] = deque()
+        self.prefilling: deque[Request] = deque()
+        self.rank_dec = np.zeros(self.ranks, dtype=np.int64)  # decoding requests per rank (slots minus prefill)
+        self._step_chunk = 0
+        self._step_done: list[Request] = []
 
     # ------------------------------------------------------------------ arrivals
     def _next_request(self) -> Request | None:
@@ -291,6 +326,12 @@ class Simulator:
         self._area(now)
         self.in_system += 1
         self.totals.arrived += 1
+        if self.agg:
+            self.agg_queue.append(r)
+            if not self.decode_busy:
+                self._start_step()
+            self._schedule_next_arrival()
+            return
         insts = self.instances
         if self.spec.sim.prefill_policy == "round_robin":
             inst = insts[self.rr % len(insts)]
@@ -476,8 +517,94 @@ class Simulator:
             self.sum_prompt += r.prompt
             self.sum_admit += self.step
 
+    def _agg_plan_step(self) -> int:
+        """Aggregated serving: give waiting prompts a slot (rank with the fewest requests and KV room, FCFS),
+        then spend the step's prefill budget (chunk per die x ranks) on the prefilling prompts in FCFS order.
+        Returns the prefill tokens of the step; the prompts it completes go to _step_done."""
+        cap, kv_cap = self.batch_cap, self.kv_cap
+        counts, kvs = self.rank_count, self.rank_kv
+        q = self.agg_queue
+        while q:
+            r = q[0]
+            need = r.prompt + r.output + self.drafts
+            ok = np.flatnonzero((counts < cap) & (kvs + need <= kv_cap))
+            if len(ok) == 0:
+                if (counts < cap).any():
+                    self.totals.kv_blocked += 1
+                break
+            rank = int(ok[np.argmin(counts[ok])])
+            q.popleft()
+            counts[rank] += 1
+            kvs[rank] += need
+            frac = kvs[rank] / kv_cap if kv_cap else 0.0
+            if frac > self.totals.kv_peak_fraction:
+                self.totals.kv_peak_fraction = frac
+            r.rank, r.kv_need, r.todo, r.hit = rank, need, r.prompt, 0
+            self.prefilling.append(r)
+        left = self.inst_budget
+        tokens = 0
+        done = self._step_done
+        for r in self.prefilling:
+            if left <= 0:
+                break
+            take = min(r.todo, left)
+            r.todo -= take
+            left -= take
+            tokens += take
+            if r.todo == 0:
+                done.append(r)
+        self.in_prefill = len(self.prefilling)
+        return tokens
+
+    def _agg_join(self, now: float) -> None:
+        """Prompts whose last chunk ran in the finished step: first token now, then decode on the same rank."""
+        done = self._step_done
+        if not done:
+            return
+        self._step_done = []
+        pf = self.prefilling
+        for _ in range(len(done)):
+            pf.popleft()  # FCFS: the finished prompts are the oldest ones
+        self.in_prefill = len(pf)
+        tps = self.tps
+        for r in done:
+            self.totals.prompt_tokens += r.prompt
+            r.t_first = now
+            if r.output <= 1:
+                self.rank_count[r.rank] -= 1
+                self.rank_kv[r.rank] -= r.kv_need
+                r.t_done = now
+                self._complete(r, now)
+                continue
+            self.rank_dec[r.rank] += 1
+            r.admit_step = self.step
+            r.end_step = self.step + math.ceil((r.output - 1) / tps) - 1
+            self.buckets.setdefault(r.end_step, []).append(r)
+            self.n_active += 1
+            self.sum_prompt += r.prompt
+            self.sum_admit += self.step
+
     def _start_step(self) -> None:
         now = self.env.now
+        if self.agg:
+            chunk = self._agg_plan_step()
+            if self.n_active == 0 and chunk == 0:
+                if self.decode_busy:
+                    self.decode_busy = False
+                    self.decode_busy_acc += now - self.decode_since
+                return
+            if not self.decode_busy:
+                self.decode_busy = True
+                self.decode_since = now
+            self._step_chunk = chunk
+            self.totals.computed_tokens += chunk
+            b = int(self.rank_dec.max())
+            kv = ((self.sum_prompt + self.tps * (self.n_active * self.step - self.sum_admit)) / self.n_active
+                  if self.n_active else float(self.spec.workload.prompt_len))
+            dt = self.dtable.step_us(max(b, 1), kv, chunk / self.ranks) / 1e6
+            self.batch_sum += self.n_active
+            self.env.schedule(now + dt, DecodeStepDone(self.step))
+            return
         self._admit(now)
         if self.n_active == 0:
             if self.decode_busy:
@@ -511,6 +638,8 @@ class Simulator:
                 emitted -= (k - r.admit_step + 1) * self.tps - (r.output - 1)
                 counts[r.rank] -= 1
                 kvs[r.rank] -= r.kv_need
+                if self.agg:
+                    self.rank_dec[r.rank] -= 1
                 self.n_active -= 1
                 self.sum_prompt -= r.prompt
                 self.sum_admit -= r.admit_step
@@ -522,6 +651,8 @@ class Simulator:
             self.done_rate = self.done_rate * decay + len(finished) / 5.0
         self.totals.output_tokens += emitted
         self.step = k + 1
+        if self.agg:
+            self._agg_join(now)
         self._start_step()
         if finished:
             self._retry_stalled()
@@ -546,7 +677,7 @@ class Simulator:
 
     def census(self) -> dict[str, int]:
         """Where every request that arrived is now; the parts add up to `arrived`."""
-        queued = sum(len(i.queue) for i in self.instances)
+        queued = sum(len(i.queue) for i in self.instances) + len(self.agg_queue)
         return {"arrived": self.totals.arrived, "completed": self.totals.completed, "queued_prefill": queued,
                 "in_prefill": self.in_prefill, "waiting_decode": len(self.ready), "decoding": self.n_active}
 
@@ -567,9 +698,9 @@ class Simulator:
         dt = now - L["t"]
         if dt <= 0:
             return []
-        pdev = sum(i.devices for i in self.instances)
+        pdev = sum(i.devices for i in self.instances) or self.dpool.devices  # agg: the one pool
         ddev = self.dpool.devices
-        pbusy = sum(i.busy_total(now) for i in self.instances)
+        pbusy = sum(i.busy_total(now) for i in self.instances) if self.instances else self.decode_busy_total(now)
         dbusy = self.decode_busy_total(now)
         steps = T.decode_steps - L["steps"]
         prompt = T.prompt_tokens - L["prompt"]
@@ -580,10 +711,10 @@ class Simulator:
             (now, "prefill.tokens_per_s_per_device", prompt / dt / pdev),
             (now, "prefill.computed_tokens_per_s_per_device", (T.computed_tokens - L["computed"]) / dt / pdev),
             (now, "decode.tokens_per_s_per_device", (T.output_tokens - L["out"]) / dt / ddev),
-            (now, "prefill.utilisation", (pbusy - L["pbusy"]) / dt / len(self.instances)),
+            (now, "prefill.utilisation", (pbusy - L["pbusy"]) / dt / max(1, len(self.instances))),
             (now, "decode.utilisation", (dbusy - L["dbusy"]) / dt),
             (now, "decode.batch_occupancy", ((self.batch_sum - L["batch"]) / steps / (self.ranks * self.batch_cap)) if steps else 0.0),
-            (now, "queue.prefill", float(sum(len(i.queue) for i in self.instances))),
+            (now, "queue.prefill", float(sum(len(i.queue) for i in self.instances) + len(self.agg_queue))),
             (now, "queue.decode_wait", float(len(self.ready))),
             (now, "requests.in_system", float(self.in_system)),
             (now, "cache.hit_ratio", hit / prompt if prompt else 0.0),
@@ -614,7 +745,9 @@ class Simulator:
     def _snapshot(self, now: float) -> dict[str, float]:
         T = self.totals
         return {"t": now, "out": T.output_tokens, "prompt": T.prompt_tokens, "computed": T.computed_tokens,
-                "hit": T.hit_tokens, "pbusy": sum(i.busy_total(now) for i in self.instances),
+                "hit": T.hit_tokens,
+                "pbusy": (sum(i.busy_total(now) for i in self.instances) if self.instances
+                          else self.decode_busy_total(now)),
                 "dbusy": self.decode_busy_total(now), "steps": T.decode_steps, "batch": self.batch_sum,
                 "done": T.completed}
 
@@ -624,8 +757,9 @@ class Simulator:
     def _result(self, end: float) -> SimResult:
         a, b = self._mark_start or self._snapshot(0.0), self._mark_end
         span = max(1e-9, b["t"] - a["t"])
-        pdev = sum(i.devices for i in self.instances)
         ddev = self.dpool.devices
+        pdev = sum(i.devices for i in self.instances)
+        pool_dev = pdev or ddev  # agg: prefill runs on the decode pool
         steps = b["steps"] - a["steps"]
         prompt = b["prompt"] - a["prompt"]
         rec = self.rec
@@ -658,9 +792,9 @@ class Simulator:
             rate_per_s=self.rate,
             capacity_per_s={"prefill": self.prefill_capacity, "decode": self.decode_capacity},
             prefill={
-                "tokens_per_s_per_device": prompt / span / pdev,
-                "computed_tokens_per_s_per_device": (b["computed"] - a["computed"]) / span / pdev,
-                "utilisation": (b["pbusy"] - a["pbusy"]) / span / len(self.instances),
+                "tokens_per_s_per_device": prompt / span / pool_dev,
+                "computed_tokens_per_s_per_device": (b["computed"] - a["computed"]) / span / pool_dev,
+                "utilisation": (b["pbusy"] - a["pbusy"]) / span / max(1, len(self.instances)),
                 "devices": pdev,
             },
             decode={

@@ -79,6 +79,41 @@ class DecodeTable:
         return self.table(batch, kv)
 
 
+class AggDecodeTable:
+    """Aggregated serving: decode step time (µs) over requests per die x mean context x prefill chunk tokens per
+    die mixed into the step (the twin's decode_step(..., chunk_tokens=)); linear in the chunk between grid
+    points, chunk 0 being a pure decode step."""
+
+    def __init__(self, spec, plan, hw, fabric, *, max_batch: int, max_kv: int, max_chunk: int,
+                 microbatches: int | None = None, kv_points: int = 8, chunk_points: int = 6):
+        from cmtwin.twin.decode import decode_step
+
+        self.batches = list(range(1, max_batch + 1)) if max_batch <= 64 else _grid(1, max_batch, 48)
+        self.kvs = _grid(64, max(128, max_kv), kv_points)
+        self.chunks = [0, *_grid(1, max(1, max_chunk), chunk_points)]
+        self.tables = []
+        self.calls = 0
+        tps = 1.0
+        for ch in self.chunks:
+            vals = np.empty((len(self.batches), len(self.kvs)))
+            for a, b in enumerate(self.batches):
+                for c, kv in enumerate(self.kvs):
+                    r = decode_step(spec, plan, hw, fabric, batch_per_die=b, kv_len=kv, microbatches=microbatches,
+                                    chunk_tokens=ch)
+                    vals[a, c] = r.step_us
+                    tps = r.tokens_per_step
+            self.tables.append(Table2D(self.batches, self.kvs, vals))
+            self.calls += vals.size
+        self.tokens_per_step = tps
+
+    def step_us(self, batch: float, kv: float, chunk: float = 0.0) -> float:
+        i, w = _interp1(self.chunks, chunk)
+        if len(self.chunks) == 1:
+            return self.tables[0](batch, kv)
+        a = self.tables[i](batch, kv)
+        return max(0.0, a * (1 - w) + self.tables[i + 1](batch, kv) * w) if w else a
+
+
 class PrefillTable:
     """Prefill forward time (µs) over tokens per die x prompt length, and KV transfer time per prompt."""
 
@@ -164,4 +199,4 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["DecodeTable", "PrefillTable", "FetchCost", "Table2D", "ceil_div", "math"]
+__all__ = ["AggDecodeTable", "DecodeTable", "PrefillTable", "FetchCost", "Table2D", "ceil_div", "math"]
