@@ -313,3 +313,14 @@ def test_set_output_dir(tmp_path):
     assert get_run(store, rid).output_dir is None
     with pytest.raises(StoreError):
         set_output_dir(store, rid + 99, "x")
+
+
+def test_offline_workload_all_requests_at_t0():
+    spec, plan = _setup("workload=offline_prefix", "workload.requests=300", "workload.output_len=16",
+                        "sim.duration_s=5", "sim.warmup_s=0", "sim.drain=true")
+    sim = Simulator(spec, plan)
+    res = sim.run()
+    c = sim.census()
+    assert c["arrived"] == c["completed"] == 300
+    assert res.latencies.e2e and min(res.latencies.ttft) >= 0
+    assert res.cache_hit_ratio > 0  # the prefix-heavy batch reuses prefixes (FCFS + LRU EMS)

@@ -28,8 +28,9 @@ class WorkloadSpec(Frozen):
     prefix_share: float = Field(default=0.0, ge=0, le=1)
     """Fraction of prompt tokens shared with earlier requests (prefix reuse)."""
 
-    arrival: Literal["poisson", "gamma", "trace"] = "poisson"
-    """Arrival process of `cmtwin simulate`: poisson, gamma (bursty; see burstiness_cv) or trace (replay `trace`)."""
+    arrival: Literal["poisson", "gamma", "trace", "offline"] = "poisson"
+    """Arrival process of `cmtwin simulate`: poisson, gamma (bursty; see burstiness_cv), trace (replay `trace`) or
+    offline (a batch job: `requests` requests all available at t = 0)."""
     rate_per_s: float | None = Field(default=None, gt=0)
     """Mean arrival rate, requests/s (default: `load` x the deployment's capacity estimated by the twin)."""
     load: float = Field(default=1.0, gt=0, le=10)
@@ -48,6 +49,8 @@ class WorkloadSpec(Frozen):
     """Distinct shared prefixes (system prompts, documents) that requests draw from, by Zipf popularity."""
     prefix_zipf: float = Field(default=1.0, ge=0, le=4)
     """Zipf exponent of prefix popularity (0 = uniform)."""
+    requests: int = Field(default=1000, ge=1)
+    """arrival=offline: how many requests the batch job holds (all arrive at t = 0)."""
     trace: str | None = None
     """Trace file (CSV or JSONL) replayed under arrival=trace: a path, or a name under conf/workload/ such as
     traces/synthetic_small.csv. Columns: timestamp_s, prompt_len, output_len[, prefix_id, prefix_len]."""

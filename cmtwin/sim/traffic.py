@@ -191,9 +191,14 @@ class Stream:
             yield Chunk(tr.t[keep], tr.prompt[keep], tr.output[keep], tr.prefix[keep], tr.prefix_len[keep])
             return
         w, rng, n = self.w, self.rng, self.chunk
-        mean_gap = 1.0 / self.rate
+        mean_gap = 1.0 / self.rate if self.rate else 1.0
+        left = w.requests if w.arrival == "offline" else None
         while True:
-            if w.arrival == "gamma":
+            if left is not None:  # offline: the whole batch is there at t = 0
+                n = min(n, left)
+                left -= n
+                gaps = np.zeros(n)
+            elif w.arrival == "gamma":
                 shape = 1.0 / (w.burstiness_cv ** 2)
                 gaps = rng.gamma(shape, mean_gap / shape, n)
             else:
@@ -210,5 +215,5 @@ class Stream:
                 plen = np.zeros(n, dtype=np.int64)
             keep = t <= self.until
             yield Chunk(t[keep], prompt[keep], output[keep], prefix[keep], plen[keep])
-            if not keep.all():
+            if not keep.all() or left == 0:
                 return
