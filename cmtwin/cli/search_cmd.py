@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                         "configurations were pruned (memory, placement).", key="search",
                         fix="relax slo.*, widen search.decode_batches or raise search.devices")
     from cmtwin.store.engine import open_store
-    from cmtwin.store.repo import add_artifact, add_samples, finish_run, set_metrics, set_output_dir, start_run
+    from cmtwin.store.repo import add_artifact, add_samples, run_lifecycle, set_metrics, set_output_dir, start_run
 
     front = [result.candidates[i].to_dict() for i in result.frontier]
     summary = {"frontier": front, "simulated": result.simulated}
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = start_run(store, verb="search", deployment=spec.deployment.name, plan_hash=None,
                        overrides=list(composed.overrides), config=composed.config, prediction=summary)
     out_dir = Path(args.out_dir) / str(run_id)
-    try:
+    with run_lifecycle(store, run_id):  # ok, cancelled on SIGINT, failed on an error
         rows = candidate_rows(result)
         for k in range(0, len(rows), 100_000):
             add_samples(store, run_id, rows[k:k + 100_000])
@@ -110,13 +110,6 @@ def run(args: argparse.Namespace) -> int:
                    **{f"search.wall_s.{k}": v for k, v in result.wall_s.items()},
                    "wall_s": time.perf_counter() - t0}
         set_metrics(store, run_id, metrics)
-        finish_run(store, run_id, "ok")
-    except KeyboardInterrupt:
-        finish_run(store, run_id, "cancelled", "interrupted by the user (SIGINT)")
-        raise
-    except BaseException as exc:
-        finish_run(store, run_id, "failed", f"{type(exc).__name__}: {exc}"[:2000])
-        raise
     wall = time.perf_counter() - t0
     if args.format == "json":
         print_json({"run_id": run_id, "budget_devices": result.budget, "candidates": len(result.candidates),
