@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can fail on bad input happens before the run row exists (trace parsing, tables).
     sim = Simulator(spec, plan, fabric=fabric)
     from cmtwin.store.engine import open_store
-    from cmtwin.store.repo import add_artifact, finish_run, set_metrics, set_output_dir, start_run
+    from cmtwin.store.repo import add_artifact, run_lifecycle, set_metrics, set_output_dir, start_run
 
     store = open_store(args.db or spec.store.url)
     plan_dict = plan.to_dict(with_dies=False)
@@ -88,37 +88,30 @@ def run(args: argparse.Namespace) -> int:
     writer = SampleWriter(store, run_id)
     sim.sink = writer
     out_dir = Path(args.out_dir) / str(run_id)
-    try:
-        with _progress() as bar:
-            task = bar.add_task("sim", total=sim.duration)
-            sim.progress = lambda now, end: bar.update(task, completed=now)
-            result = sim.run()
-        writer.flush()
-        plots: list[str] = []
-        if not args.no_plots:
-            from cmtwin.sim.plots import latency_cdf_plot, throughput_plot
-
-            out_dir.mkdir(parents=True, exist_ok=True)
-            set_output_dir(store, run_id, out_dir)
-            title = f"{spec.deployment.name} / {spec.workload.name}: run {run_id}"
-            for kind, path in (("plot", throughput_plot(writer.all, out_dir / "throughput.png", title)),
-                               ("plot", latency_cdf_plot(result.latencies, out_dir / "latency_cdf.png", title, spec.slo))):
-                add_artifact(store, run_id, kind, str(path))
-                plots.append(str(path))
-        metrics = result.metrics()
-        metrics["wall_s"] = time.perf_counter() - t0
-        set_metrics(store, run_id, metrics)
-        finish_run(store, run_id, "ok")
-    except KeyboardInterrupt:
-        writer.flush()
-        finish_run(store, run_id, "cancelled", "interrupted by the user (SIGINT); samples so far are kept")
-        raise
-    except BaseException as exc:
+    # ok at the end, cancelled on SIGINT, failed on an error; the samples are flushed first either way
+    with run_lifecycle(store, run_id):
         try:
+            with _progress() as bar:
+                task = bar.add_task("sim", total=sim.duration)
+                sim.progress = lambda now, end: bar.update(task, completed=now)
+                result = sim.run()
             writer.flush()
+            plots: list[str] = []
+            if not args.no_plots:
+                from cmtwin.sim.plots import latency_cdf_plot, throughput_plot
+
+                out_dir.mkdir(parents=True, exist_ok=True)
+                set_output_dir(store, run_id, out_dir)
+                title = f"{spec.deployment.name} / {spec.workload.name}: run {run_id}"
+                for kind, path in (("plot", throughput_plot(writer.all, out_dir / "throughput.png", title)),
+                                   ("plot", latency_cdf_plot(result.latencies, out_dir / "latency_cdf.png", title, spec.slo))):
+                    add_artifact(store, run_id, kind, str(path))
+                    plots.append(str(path))
+            metrics = result.metrics()
+            metrics["wall_s"] = time.perf_counter() - t0
+            set_metrics(store, run_id, metrics)
         finally:
-            finish_run(store, run_id, "failed", f"{type(exc).__name__}: {exc}"[:2000])
-        raise
+            writer.flush()
     out = {"run_id": run_id, "plan_hash": plan.plan_hash, "output_dir": str(out_dir) if plots else None,
            "plots": plots, "simulation": result.to_dict(),
            "prediction": {"prefill": prediction.prefill, "decode": prediction.decode}}
