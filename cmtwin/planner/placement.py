@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from functools import cached_property
 
 from cmtwin.errors import PlanError
 from cmtwin.model.arch import ModelSpec
@@ -38,7 +39,11 @@ class ExpertPlacement:
 
     def rank_loads(self) -> list[float]:
         """Routed load per rank in units of 'one expert's mean load', replicas splitting their expert's load."""
-        return [sum(self.load[e] / self.replicas[e] for e in experts) for experts in self.ranks]
+        return list(self._rank_loads)
+
+    @cached_property
+    def _rank_loads(self) -> tuple[float, ...]:  # the twin asks once per layer kind and step: computed once
+        return tuple(sum(self.load[e] / self.replicas[e] for e in experts) for experts in self.ranks)
 
     def summary(self) -> dict:
         loads = [x for x in self.rank_loads() if x > 0] or [0.0]

@@ -51,7 +51,10 @@ def efficiency(hw: HardwareProfile, cls: str) -> Efficiency:
     while cls not in hw.efficiency and cls in _FALLBACK and cls not in seen:
         seen.add(cls)
         cls = _FALLBACK[cls]
-    return hw.efficiency.get(cls, Efficiency())
+    return hw.efficiency.get(cls, _UNKNOWN)
+
+
+_UNKNOWN = Efficiency()  # no entry: peak fractions 1.0, the profile's launch overhead
 
 
 def op_time(op: Op, hw: HardwareProfile, *, cube_share: float = 1.0, vector_share: float = 1.0) -> OpTime:

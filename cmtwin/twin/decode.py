@@ -68,7 +68,8 @@ def moe_load(spec, placement, *, tokens_per_rank: float, noise: bool) -> MoELoad
         shares = [1.0 / routed_ranks] * routed_ranks
     else:
         loads = placement.rank_loads()[:routed_ranks]
-        shares = [x / (sum(loads) or 1.0) for x in loads]
+        total_load = sum(loads) or 1.0
+        shares = [x / total_load for x in loads]
     busiest = busiest_rank_tokens(shares, copies, noise=noise)
     distinct = distinct_ranks_per_token(moe.experts_per_token, moe.routed_experts + spec_redundant(placement),
                                         routed_ranks) if routed_ranks > 1 else 1.0
