@@ -1,7 +1,7 @@
 """GPU check: on a CUDA machine, calibrate the GPU and execute a few DeepSeek-R1 layers at true shapes,
 printing measured vs predicted per operator. Budget: under 5 minutes.
 
-usage: python benchmarks/gpu_check.py [--deployment r1_h100_ep72] [--layers 2] [--ranks 4] [--out DIR]
+usage: python benchmarks/gpu_check.py [--deployment r1_h100_ep72] [--layers 2] [--ranks 4] [--out DIR] [--ref JSON]
 
 Steps (each a `cmtwin` command, so the same code paths as a user's):
   1. cmtwin calibrate executor.scale=1.0 executor.dtype=bf16      -> ./cmtwin_conf/hardware/local_cuda.yaml
@@ -37,6 +37,9 @@ def main() -> int:
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--scale", default="1.0")
     ap.add_argument("--out", default=".")
+    ap.add_argument("--ref", default=str(Path(__file__).resolve().parents[2] / "shared" / "reference"
+                                         / "h100_kernels_graph.json"),
+                    help="measured H100 kernels to import for the leave-one-shape-out check")
     ap.add_argument("--allow-cpu", action="store_true", help="smoke-test the script on a CPU (use a small --scale)")
     a = ap.parse_args()
     import torch
@@ -50,7 +53,7 @@ def main() -> int:
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}  torch {torch.__version__}")
     rc, out, dt = sh(["calibrate", f"executor.scale={a.scale}", "executor.dtype=bf16", "--format", "json"], 150)
     print(f"calibrate: rc {rc} in {dt:.1f} s: {out.strip()[:300]}")
-    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "h100_kernels_graph.json"
+    ref = Path(a.ref)
     if ref.is_file():
         rc, out, dt = sh(["calibrate", "--import", str(ref), "--format", "json"], 60)
         if rc == 0:

@@ -106,14 +106,14 @@ def test_export_trace(tmp_path):
     assert r.returncode == 0, r.stderr
     run_id = json.loads(r.stdout)["run_id"]
     out = tmp_path / "t.json"
-    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "export-trace", str(run_id), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "export", "trace", str(run_id), "--out", str(out),
                         "--db", db], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     tr = json.loads(out.read_text())
     xs = [e for e in tr["traceEvents"] if e["ph"] == "X"]
     assert xs and {e["cat"] for e in xs} == {"compute", "comm"}
     assert all(e["dur"] >= 0 and "predicted_us" in e["args"] for e in xs)
-    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "export-trace", "999", "--db", db],
+    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "export", "trace", "999", "--db", db],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
@@ -124,3 +124,47 @@ def test_mtp_module_runs_and_matches_reference():
     ops = {r["op"] for r in res.per_op()}
     assert {"mtp_norms", "mtp_eh_proj"} <= ops
     assert all(r["predicted_us"] > 0 for r in res.per_op() if r["op"].startswith("mtp_"))
+
+
+def test_near_tie_accepts_a_flipped_group_and_rejects_a_worse_choice():
+    from cmtwin.executor.run import near_tie
+
+    # 4 groups of 4 experts, top-2 groups, k=4. Groups 0 and 1 tie (best-two sums 1.70 each).
+    s = torch.tensor([0.90, 0.80, 0.10, 0.10,   # group 0
+                      0.95, 0.75, 0.10, 0.10,   # group 1
+                      0.99, 0.98, 0.10, 0.10,   # group 2: clear winner
+                      0.20, 0.10, 0.10, 0.10])  # group 3: clearly out
+    kw = dict(groups=4, topk_groups=2, slack=1e-4)
+    assert near_tie(s, torch.tensor([9, 8, 5, 4]), **kw)  # the reference's own choice, groups {2, 1}
+    # keeping {2, 0} instead flips a group near-tie: two experts change at once, and that is round-off
+    assert near_tie(s, torch.tensor([8, 9, 0, 1]), **kw)
+    assert not near_tie(s, torch.tensor([8, 9, 12, 13]), **kw)  # group 3 is no tie
+    assert not near_tie(s, torch.tensor([8, 9, 0, 2]), **kw)  # group 0, but not its best two
+
+
+def test_near_tie_judges_groups_by_the_kept_groups_not_by_the_chosen_experts():
+    """Both runs keep groups {0, 1}; the reference takes no expert from group 1, the other run takes one (a
+    near-tie inside the kept groups, seen on an H100). Measuring the group threshold from the reference's
+    chosen experts' groups alone would wrongly call that a disagreement."""
+    from cmtwin.executor.run import near_tie
+
+    s = torch.tensor([0.90, 0.80, 0.3871, 0.10,   # group 0: sum 1.70
+                      0.3853, 0.30, 0.10, 0.10,   # group 1: sum 0.6853, kept (2nd of 2)
+                      0.30, 0.20, 0.10, 0.10])    # group 2: sum 0.50, out
+    kw = dict(groups=3, topk_groups=2, slack=2e-2)
+    # the reference takes 0, 1, 2, all from group 0; the other run takes 4 (0.3853) over 2 (0.3871)
+    assert near_tie(s, torch.tensor([0, 1, 4]), **kw)
+    assert not near_tie(s, torch.tensor([0, 1, 8]), **kw)  # group 2 was not kept, and is no tie
+
+
+def test_running_out_of_device_memory_is_a_clear_error_not_a_bug(monkeypatch):
+    from cmtwin.errors import CmtwinError
+    from cmtwin.executor import api
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 448.00 MiB.")
+
+    monkeypatch.setattr(api, "_run_phase", oom)
+    with pytest.raises(CmtwinError) as e:
+        execute(_spec("+deployment=r1_ep320", "executor.phase=decode"))
+    assert e.value.key == "executor.ranks" and "ran out of memory in the decode phase" in str(e.value)

@@ -52,7 +52,7 @@ def _worker(pid: int, world: int, port: int, spec, plan, phase: str, out_path: s
         if pid == 0:
             res.events = [e for evs in events for e in evs]
             t.save({"out": res.out.cpu(), "logits": res.logits.cpu(), "events": res.events, "wall_s": res.wall_s,
-                    "routing": [[x.cpu() for x in layer] for layer in run.routing]}, out_path)
+                    "routing": [[(hn.cpu(), idx.cpu()) for hn, idx in layer] for layer in run.routing]}, out_path)
     finally:
         dist.destroy_process_group()
 
