@@ -73,3 +73,29 @@ def test_bad_import_exits_2(tmp_path):
     bad.write_text("{not json")
     r = _cli("calibrate", "--import", str(bad), cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_local_fit_reproduces_each_operator_at_the_measured_shapes_and_classes_fall_back():
+    """fit_local: per operator name, eff = roofline / (measured - overhead), so op_time gives back each single
+    measurement; an operator the grid never saw falls back to its class's curve."""
+    from cmtwin.executor.api import load_profile
+    from cmtwin.executor.calibrate import fit_local
+    from cmtwin.model.operators import Op
+    from cmtwin.twin.cost import op_time
+
+    base = load_profile("h100_sxm")
+    pairs = [(Op("q_a_proj", "gemm", 2 * t * 7168 * 1536, 2 * 7168 * 1536, 0.0, tokens=t), us)
+             for t, us in ((1, 20.0), (64, 30.0), (512, 90.0))]
+    pairs += [(Op("lm_head", "gemm", 2 * t * 7168 * 129280, 2 * 7168 * 129280, 0.0, tokens=t), us)
+              for t, us in ((1, 900.0), (64, 1000.0), (512, 2500.0))]
+    hw = fit_local(pairs, base, "test", "local_test")
+    HardwareProfile.model_validate(hw.model_dump())
+    for op, us in pairs:
+        assert op_time(op, hw).us == pytest.approx(us, rel=1e-6)
+    # two GEMMs of one class differ by 30x at one token count: a class-only curve could not give both
+    assert {"op:q_a_proj", "op:lm_head", "gemm"} <= set(hw.efficiency)
+    other = Op("o_proj", "gemm", 2 * 64 * 16384 * 7168, 2 * 16384 * 7168, 0.0, tokens=64)
+    from cmtwin.twin.cost import efficiency
+
+    assert efficiency(hw, "gemm", "o_proj") is hw.efficiency["gemm"]
+    assert op_time(other, hw).us > 0

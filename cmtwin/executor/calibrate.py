@@ -1,11 +1,12 @@
 """`cmtwin calibrate`: measure the local device -> a hardware profile the twin's cost model can use.
 
 Peaks: a large matmul per dtype (peak_tflops), a large copy (memory bandwidth), a tiny kernel (launch
-overhead). Operator classes: the executor's own kernels, one rank of a layer at the configured scale,
-over a grid of token counts (decode and prefill); each measurement is paired with the catalogue operator
-of the same shape, and the class's efficiency at that token count is the one that makes the twin's
-roofline (cmtwin.twin.cost.op_time) reproduce the measured time: eff(x) = sum roofline_at_eff_1 /
-sum (measured - launch overhead). Compute and memory efficiency share the curve (x = tokens).
+overhead). Operators: the executor's own kernels, one rank of a layer at the configured scale, over a grid
+of token counts (decode and prefill); each measurement is paired with the catalogue operator of the same
+shape. Per operator (by name: GEMMs of one class differ by shape) and per class (the fallback for operators
+not measured), the efficiency at a token count is the one that makes the twin's roofline
+(cmtwin.twin.cost.op_time) reproduce the measured time: eff(x) = sum roofline_at_eff_1 / sum (measured -
+overhead). Compute and memory efficiency share the curve (x = tokens); between grid points it interpolates.
 
 Import: rows measured elsewhere (shared/reference/h100_kernels_*.json, kernel_probe.py's format) are fitted
 on a base profile's peaks: a launch overhead for the table and, per class and token count, the compute and
@@ -153,10 +154,34 @@ def calibrate_local(spec, *, device: str, name: str, quick: bool = False) -> tup
                          for k, v in pk["peak_tflops"].items()}),
         launch_overhead_us=Sourced(value=round(pk["launch_us"], 3), source=f"{src}: a 1x8x8 matmul"))
     pairs = measure_classes(spec, device, quick=quick)
-    layer_ops = [(op, us) for op, us in pairs if not op.name.startswith(("mlp_", "lm_head", "final_norm"))]
-    hw = fit_profile(layer_ops, hw, f"{src}: executor kernels at scale {ex.scale:g}, {ex.dtype}, kv_len {ex.kv_len}",
-                     name, per_class_overhead=True, objective="sum")
+    hw = fit_local(pairs, hw, f"{src}: executor kernels at scale {ex.scale:g}, {ex.dtype}, kv_len {ex.kv_len}", name)
     return hw, pairs
+
+
+def fit_local(pairs, base: HardwareProfile, source: str, name: str) -> HardwareProfile:
+    """Efficiency curves per operator name and per class from (op, measured us) pairs: at each token count,
+    eff = sum roofline at efficiency 1 / sum (measured - overhead). The overhead is the measured launch
+    overhead, capped at half the fastest time of that operator (a timer's floor, not a fit parameter)."""
+    from cmtwin.twin.hardware import Curve, Efficiency, Sourced
+
+    zero = base.model_copy(update={"efficiency": {}, "launch_overhead_us": base.launch_overhead_us.model_copy(update={"value": 0.0})})
+    cells: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for op, us in pairs:
+        ot = op_time(op, zero)
+        for key in (f"op:{op.name}", op.cls):
+            cells.setdefault(key, {}).setdefault(op.tokens, []).append((max(ot.compute_us, ot.memory_us), us))
+    eff = {}
+    for key, xs in sorted(cells.items()):
+        o = min(base.launch_overhead_us.value, 0.5 * min(us for rows in xs.values() for _, us in rows))
+        pts = []
+        for x, rows in sorted(xs.items()):
+            roof, busy = sum(r for r, _ in rows), sum(us - o for _, us in rows)
+            pts.append((float(x), min(1.0, max(1e-6, roof / busy)) if roof > 0 else 1.0))
+        curve = Curve(x="tokens", points=tuple(pts), source=source)
+        eff[key] = Efficiency(compute=curve, memory=curve,
+                              overhead_us=Sourced(value=round(o, 3), source=f"{source}: launch overhead, capped at "
+                                                  "half the operator's fastest time"))
+    return base.model_copy(update={"name": name, "efficiency": eff})
 
 
 def profile_yaml(hw: HardwareProfile, header: str = "") -> str:
@@ -207,16 +232,9 @@ def probe_rows(path) -> list[tuple[Op, float]]:
     return out
 
 
-def _grid(lo: float = 0.02):
-    import numpy as np
-
-    return np.geomspace(lo, 1.0, 48 if lo >= 0.02 else 80)
-
-
-def fit_profile(pairs, base: HardwareProfile, source: str, name: str, *, per_class_overhead: bool = False,
-                objective: str = "log") -> HardwareProfile:
-    """Profile = base peaks + a fitted overhead (one for the table, or one per class) + per-class (compute,
-    memory) efficiency curves over tokens, minimising the summed |log(predicted / measured)|."""
+def fit_imported(pairs, base: HardwareProfile, source: str, name: str) -> HardwareProfile:
+    """Profile = base peaks + one fitted launch overhead for the table + per-class (compute, memory)
+    efficiency curves over tokens, minimising the summed |log(predicted / measured)|."""
     import numpy as np
 
     from cmtwin.twin.hardware import Curve, Efficiency, Sourced
@@ -226,61 +244,34 @@ def fit_profile(pairs, base: HardwareProfile, source: str, name: str, *, per_cla
     for op, us in pairs:
         ot = op_time(op, zero)
         cells.setdefault(op.cls, {}).setdefault(op.tokens, []).append((ot.compute_us, ot.memory_us, us))
-    grid = _grid(0.02 if objective == "log" else 1e-5)
+    grid = np.geomspace(0.02, 1.0, 48)
     ec, em = np.meshgrid(grid, grid, indexing="ij")
 
     def fit_class(xs, o):
         total, best = 0.0, {}
         for x, rows in xs.items():
             err = np.zeros_like(ec)
-            tot_p, tot_m = np.zeros_like(ec), 0.0
             for c, m, us in rows:
-                pred = np.maximum(c / ec, m / em) + o
-                if objective == "log":
-                    err += np.abs(np.log(pred / us))
-                else:
-                    err += 1e-3 * (pred - us) ** 2
-                    tot_p += pred
-                    tot_m += us
-            if objective == "sum":
-                err += (tot_p - tot_m) ** 2
+                err += np.abs(np.log((np.maximum(c / ec, m / em) + o) / us))
             i = np.unravel_index(np.argmin(err), err.shape)
             best[x] = (float(ec[i]), float(em[i]))
             total += float(err[i])
         return total, best
 
-    def overheads(xs):
-        lo = min(us for rows in xs.values() for *_, us in rows)
-        return np.linspace(0.0, 0.95 * lo, 20)
-
-    fits: dict = {}
-    if per_class_overhead:
-        for cls, xs in cells.items():
-            fits[cls] = min(((fit_class(xs, o), float(o)) for o in overheads(xs)), key=lambda r: r[0][0])
-        o_table = min(o for _, o in fits.values())
-    else:
-        o_best, e_best = 0.0, math.inf
-        for o in np.arange(0.0, 10.01, 0.5):
-            res = {cls: (fit_class(xs, o), float(o)) for cls, xs in cells.items()}
-            e = sum(r[0][0] for r in res.values())
-            if e < e_best:
-                o_best, e_best, fits = float(o), e, res
-        o_table = o_best
+    o_best, e_best, fits = 0.0, math.inf, {}
+    for o in np.arange(0.0, 10.01, 0.5):
+        res = {cls: fit_class(xs, o) for cls, xs in cells.items()}
+        e = sum(r[0] for r in res.values())
+        if e < e_best:
+            o_best, e_best, fits = float(o), e, res
     eff = {}
-    for cls, ((_, best), o) in fits.items():
+    for cls, (_, best) in fits.items():
         pts = sorted(best.items())
         eff[cls] = Efficiency(compute=Curve(x="tokens", points=tuple((float(x), c) for x, (c, _) in pts), source=source),
-                              memory=Curve(x="tokens", points=tuple((float(x), m) for x, (_, m) in pts), source=source),
-                              overhead_us=Sourced(value=round(o, 3), source=f"{source}: fitted with the curves")
-                              if per_class_overhead else None)
+                              memory=Curve(x="tokens", points=tuple((float(x), m) for x, (_, m) in pts), source=source))
     return base.model_copy(update={
         "name": name, "efficiency": eff,
-        "launch_overhead_us": Sourced(value=o_table, source=f"{source}: fitted with the efficiencies")
-        if not per_class_overhead else base.launch_overhead_us})
-
-
-def fit_imported(pairs, base: HardwareProfile, source: str, name: str) -> HardwareProfile:
-    return fit_profile(pairs, base, source, name)
+        "launch_overhead_us": Sourced(value=o_best, source=f"{source}: fitted with the efficiencies")})
 
 
 def leave_one_out(pairs, base: HardwareProfile) -> list[tuple[str, float, float]]:

@@ -2,8 +2,9 @@
 
 time = max(flops / (peak[dtype] x eff_compute x cube_share), bytes / (bandwidth x eff_memory x share)) + overhead
 
-Efficiencies come from the hardware profile by operator class (a constant or a curve over the token
-count). Norms and elementwise operators run on the vector units and are treated as memory-bound.
+Efficiencies come from the hardware profile by operator name where the profile has one (`op:<name>`:
+a local `cmtwin calibrate` measures each of the executor's operators), else by operator class (a constant or a
+curve over the token count). Norms and elementwise operators run on the vector units and are treated as memory-bound.
 When microbatches run on split cores, a stream gets its share of the cube and vector cores and the same
 share of memory bandwidth (assumption: each core's DMA engine moves its own operands).
 """
@@ -46,7 +47,9 @@ def _value(e: Sourced | Curve | None, x: float, default: float) -> float:
     return e.value
 
 
-def efficiency(hw: HardwareProfile, cls: str) -> Efficiency:
+def efficiency(hw: HardwareProfile, cls: str, name: str | None = None) -> Efficiency:
+    if name is not None and f"op:{name}" in hw.efficiency:
+        return hw.efficiency[f"op:{name}"]
     seen = set()
     while cls not in hw.efficiency and cls in _FALLBACK and cls not in seen:
         seen.add(cls)
@@ -59,7 +62,7 @@ _UNKNOWN = Efficiency()  # no entry: peak fractions 1.0, the profile's launch ov
 
 def op_time(op: Op, hw: HardwareProfile, *, cube_share: float = 1.0, vector_share: float = 1.0) -> OpTime:
     """Time of one operator on this die (or its share of the cores)."""
-    eff = efficiency(hw, op.cls)
+    eff = efficiency(hw, op.cls, op.name)
     vector = op.cls in VECTOR_CLASSES
     share = vector_share if vector else cube_share
     bw = hw.die.memory_bandwidth_GB_per_s.value * 1e9 * _value(eff.memory, op.tokens, 1.0) * share
