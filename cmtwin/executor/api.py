@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,7 @@ def schedule(phase_offset_rank: int, phase: str, events: list, nranks: int) -> l
 
 def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
     """Run the configured phases of the plan; numerics checked against the reference when enabled."""
-    from cmtwin.executor.run import TOL, PoolRun, pick_device
+    from cmtwin.executor.run import TOL, pick_device
     from cmtwin.planner.plan import compile_plan, fabric_for
 
     ex = spec.executor
@@ -133,23 +134,48 @@ def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
     for ph in phases:
         if ph == "prefill" and not plan.pools_of("prefill") and ex.phase == "both":
             continue
-        run = PoolRun(spec, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
-        if ex.processes > 1:
-            from cmtwin.executor.dist import run_processes
-
-            res, run.routing = run_processes(spec, plan, ph, ex.processes)
-            res.ranks, res.tokens = run.nranks, run.nranks * run.T
-            res.out, res.logits = res.out.to(device), res.logits.to(device)
-        else:
-            run.run(timed=False) if device == "cuda" else None  # warm-up on GPU
-            res = run.run()
-        if ex.reference:
-            run.reference(res)
-            if res.max_rel_err > TOL[ex.dtype]:
-                res.verdict = "FAILED"
+        with _memory_is_a_limit(ex, ph, device):
+            res, run = _run_phase(spec, plan, ph, device, hw_pred, fabric)
+            if ex.reference:
+                run.reference(res)
+                if res.max_rel_err > TOL[ex.dtype]:
+                    res.verdict = "FAILED"
         timeline += schedule(offset, ph, res.events, res.ranks)
         offset += res.ranks
         results.append(res)
         if progress:
             progress(res)
     return ExecuteResult(device, hw_pred.name, results, timeline, time.perf_counter() - t0)
+
+
+def _run_phase(spec, plan, ph, device, hw_pred, fabric):
+    from cmtwin.executor.run import PoolRun
+
+    ex = spec.executor
+    run = PoolRun(spec, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
+    if ex.processes > 1:
+        from cmtwin.executor.dist import run_processes
+
+        res, run.routing = run_processes(spec, plan, ph, ex.processes)
+        res.ranks, res.tokens = run.nranks, run.nranks * run.T
+        res.out, res.logits = res.out.to(device), res.logits.to(device)
+    else:
+        run.run(timed=False) if device == "cuda" else None  # warm-up on GPU
+        res = run.run()
+    return res, run
+
+
+@contextlib.contextmanager
+def _memory_is_a_limit(ex, phase: str, device: str):
+    """Running out of device memory is a limit of the requested run, not a bug: say which knobs shrink it."""
+    from cmtwin.executor.modules import torch
+
+    t = torch()
+    try:
+        yield
+    except (MemoryError, t.OutOfMemoryError) as exc:
+        raise CmtwinError(
+            f"executor: the {device} ran out of memory in the {phase} phase with executor.ranks="
+            f"{ex.ranks if ex.ranks is not None else 'all'}, executor.layers={ex.layers}, executor.scale={ex.scale:g} "
+            f"({str(exc).splitlines()[0][:160]}).", key="executor.ranks",
+            fix="run fewer ranks (executor.ranks=4), fewer layers or a smaller executor.scale") from None
