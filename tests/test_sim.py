@@ -67,7 +67,7 @@ def test_conservation_and_littles_law():
     w = float(np.mean(res.latencies.e2e))
     assert len(res.latencies.e2e) == n
     assert res.little["mean_in_system"] == pytest.approx(n / horizon * w, rel=1e-9)
-    assert sim.rank_count.sum() == 0 and sim.rank_kv.sum() == 0
+    assert all(d.rank_count.sum() == 0 and d.rank_kv.sum() == 0 for d in sim.decoders)
 
 
 def test_kv_never_over_capacity():
@@ -78,9 +78,9 @@ def test_kv_never_over_capacity():
     seen = []
     orig = sim._admit
 
-    def admit(now):
-        orig(now)
-        seen.append(int(sim.rank_kv.max()))
+    def admit(d, now):
+        orig(d, now)
+        seen.append(int(d.rank_kv.max()))
 
     sim._admit = admit
     res = sim.run()
@@ -233,7 +233,9 @@ def test_cli_simulate_records_samples_metrics_and_plots(workdir):
     store = open_store("sqlite:///cmtwin.db")
     run = get_run(store, out["run_id"])
     assert run.status == "ok" and run.verb == "simulate"
-    assert {"ttft_ms.p99", "tpot_ms.p50", "decode.tokens_per_s_per_device", "goodput"} <= set(run.metrics)
+    assert {"ttft_ms.p99", "tpot_ms.p50", "decode.tokens_per_s_per_device", "goodput", "prefill.computed_tokens",
+            "prefill.token_saving_ratio", "decode.kv_peak_tokens", "decode.kv_peak_bytes_per_die",
+            "decode.per_instance.0.tokens_per_s_per_device"} <= set(run.metrics)
     assert len(run.artifacts) == 2 and all((workdir / a.path).is_file() for a in run.artifacts)
     assert run.output_dir == out["output_dir"] == str(Path("runs") / str(out["run_id"]))
     names = {s.name for s in get_samples(store, out["run_id"])}
@@ -323,4 +325,11 @@ def test_offline_workload_all_requests_at_t0():
     c = sim.census()
     assert c["arrived"] == c["completed"] == 300
     assert res.latencies.e2e and min(res.latencies.ttft) >= 0
-    assert res.cache_hit_ratio > 0  # the prefix-heavy batch reuses prefixes (FCFS + LRU EMS)
+    # the batch arrives together: 300 prompts fit in the six instances' first forwards (128 x 2,048-token prompts
+    # each), so the LRU pool, filled when a forward ends, has nothing for them ...
+    assert res.cache_hit_ratio == 0 and res.prefill["computed_tokens"] == 300 * 2048
+    # ... while a batch larger than one wave of forwards reuses the prefixes the first wave stored
+    spec, plan = _setup("workload=offline_prefix", "workload.requests=1200", "workload.output_len=16",
+                        "sim.duration_s=5", "sim.warmup_s=0", "sim.drain=true")
+    res = Simulator(spec, plan).run()
+    assert res.cache_hit_ratio > 0.2 and res.requests["completed"] == 1200

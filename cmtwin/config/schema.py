@@ -213,6 +213,8 @@ class PoliciesSpec(Frozen):
     """Routing between models or model parts (duo)."""
     token_transform: dict[str, Any] | None = None
     """Token-count transforms in workloads (tokenadapt, flextok)."""
+    batching: dict[str, Any] | None = None
+    """Batching and scheduling of `cmtwin simulate` (fcfs_lru, the default when none is selected; batchllm)."""
 
     @model_validator(mode="after")
     def _known(self) -> PoliciesSpec:

@@ -79,7 +79,7 @@ def _load_builtin() -> None:
     from importlib.metadata import entry_points
 
     for module in ("cmtwin.policy.sp_attention", "cmtwin.policy.speculation", "cmtwin.policy.layer_skip",
-                   "cmtwin.policy.model_routing", "cmtwin.policy.token_transform"):
+                   "cmtwin.policy.model_routing", "cmtwin.policy.token_transform", "cmtwin.policy.batching"):
         importlib.import_module(module)
     for ep in entry_points(group="cmtwin.policies"):
         ep.load()

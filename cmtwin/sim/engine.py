@@ -28,14 +28,17 @@ class PrefillDone:
 
 @dataclass(frozen=True, slots=True)
 class DecodeStepDone:
-    """The decode instance finished step `step` (all DP ranks run in lockstep: one event per step)."""
+    """Decode instance `instance` finished its step `step` (its DP ranks run in lockstep: one event per step)."""
 
+    instance: int
     step: int
 
 
 @dataclass(frozen=True, slots=True)
 class DecodeWake:
-    """KV of a waiting request has landed while the decode instance was idle."""
+    """KV of a request waiting for decode instance `instance` has landed while the instance was idle."""
+
+    instance: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,19 @@
-"""The serving path of a disaggregated deployment, at iteration granularity.
+"""The serving path of a deployment, at iteration granularity.
 
-Entities: requests; a global scheduler with one queue per prefill instance; prefill instances running
-chunked-prefill forwards up to their token budget (prefill.tokens_per_device x devices); the RDMA links
-that carry each finished prompt's KV to decode; the decode instance, whose DP ranks step in lockstep
-(one event per step) with continuous batching bounded by the batch and the KV capacity of every die, and
-MTP's expected tokens per step; the EMS caching pool (prefix-hash blocks, LRU DRAM + SSD, served over UB
-or VPC). All times come from the twin (cmtwin/sim/tables.py). With serving.mode=agg there is no prefill pool:
-the decode instance prefills prompts chunk by chunk (FCFS, up to the chunk budget per die per step) inside its
-decode steps, and a prompt decodes on the rank that prefilled it (no KV transfer).
+Entities: requests; a global scheduler; prefill instances running chunked-prefill forwards up to their token
+budget (prefill.tokens_per_device x devices); the RDMA links that carry each finished prompt's KV to decode; the
+decode instances (decode.instances), each stepping its DP ranks in lockstep (one event per step) with continuous
+batching bounded by the batch and the KV capacity of every die, and MTP's expected tokens per step; the EMS
+caching pool (prefix-hash blocks, LRU DRAM + SSD, served over UB or VPC). All times come from the twin
+(cmtwin/sim/tables.py). With serving.mode=agg there is no prefill pool: each aggregated instance prefills prompts
+chunk by chunk (FCFS, up to the chunk budget per die per step) inside its decode steps, and a prompt decodes on
+the rank that prefilled it (no KV transfer).
+
+Scheduling decisions (which line a request waits in, what a prefill forward computes and reuses, which decode die
+a request occupies and the KV it holds there) are the batching policy's (cmtwin/policy/batching.py: fcfs_lru by
+default, batchllm), asked through its one `Scheduler` hook. Requests that arrive at the same instant (an offline
+batch) are handed to it together. Each request finishing prefill goes to the least-loaded decode instance (the
+larger of its share of slots and of KV taken or awaited).
 
 Timing conventions: TTFT = arrival -> the prompt's prefill forward ends and its KV lands on its decode rank
 (the twin's ttft = forward + KV transfer); TPOT = (completion - first token) / (output tokens - 1),
@@ -40,7 +46,6 @@ from cmtwin.sim.tables import AggDecodeTable, DecodeTable, FetchCost, PrefillTab
 from cmtwin.sim.traffic import Chunk, Stream, load_trace
 
 _ARRIVAL = Arrival()
-_WAKE = DecodeWake()
 _SAMPLE = SampleTick()
 _STOP = Stop()
 _MARK = MeasureStart()
@@ -50,7 +55,7 @@ class Request:
     """One request's state and timestamps (seconds of simulated time)."""
 
     __slots__ = ("id", "t_arrival", "prompt", "output", "prefix", "prefix_len", "todo", "hit", "t_first",
-                 "t_done", "rank", "kv_need", "admit_step", "end_step")
+                 "t_done", "rank", "admit_step", "end_step", "group", "shared", "kv_need")
 
     def __init__(self, rid: int, t: float, prompt: int, output: int, prefix: int, prefix_len: int):
         self.id = rid
@@ -59,19 +64,21 @@ class Request:
         self.output = output
         self.prefix = prefix
         self.prefix_len = prefix_len
-        self.todo = -1  # prompt tokens still to compute (-1: not yet looked up in the cache)
-        self.hit = 0
+        self.todo = -1  # prompt tokens still to compute (-1: its prefill has not started)
+        self.hit = 0  # prompt tokens reused instead of computed
         self.t_first = -1.0
         self.t_done = -1.0
         self.rank = -1
-        self.kv_need = 0
         self.admit_step = -1
         self.end_step = -1
+        self.group = -1  # prefix group the batching policy put it in (-1: none)
+        self.shared = 0  # leading prompt tokens whose KV it shares with its group on a decode die
+        self.kv_need = 0  # KV tokens it is expected to hold on decode (the batching policy's estimate)
 
 
 class PrefillInstance:
     __slots__ = ("index", "dies", "devices", "queue", "queued_tokens", "busy", "busy_since", "busy_acc",
-                 "lanes", "in_forward", "forwards", "fetch")
+                 "lanes", "in_forward", "in_forward_kv", "forwards", "fetch")
 
     def __init__(self, index: int, dies: int, devices: int, fetch: FetchCost | None):
         self.index = index
@@ -83,12 +90,103 @@ class PrefillInstance:
         self.busy_since = 0.0
         self.busy_acc = 0.0
         self.lanes = [0.0] * dies  # RDMA port of each die: free at
-        self.in_forward = 0
+        self.in_forward = 0  # requests the running forward completes, and their KV tokens on decode
+        self.in_forward_kv = 0
         self.forwards = 0
         self.fetch = fetch
 
+    @property
+    def load(self) -> float:
+        return self.queued_tokens
+
+    def push(self, r: Request) -> None:
+        self.queue.append(r)
+        self.queued_tokens += r.prompt
+
     def busy_total(self, now: float) -> float:
         return self.busy_acc + (now - self.busy_since if self.busy else 0.0)
+
+
+class DecodeInstance:
+    """One decode instance (with serving.mode=agg, one aggregated instance): DP ranks stepping in lockstep.
+
+    rank_count / rank_kv: requests and reserved KV tokens per rank (die); held / kv_sum their totals; waiting /
+    waiting_kv the requests routed here that hold no slot yet (KV in flight or landed, or, in agg, prompts queued).
+    """
+
+    __slots__ = ("index", "devices", "ranks", "cap", "kv_cap", "rank_count", "rank_kv", "rank_dec",
+                 "n_active", "sum_prompt", "sum_admit", "step", "buckets", "ready", "busy", "busy_acc", "since",
+                 "wake_at", "batch_sum", "steps", "out_tokens", "queue", "prefilling", "step_chunk", "step_done",
+                 "held", "waiting", "waiting_kv", "kv_sum", "kv_sum_peak", "kv_die_peak")
+
+    def __init__(self, index: int, devices: int, ranks: int, cap: int, kv_cap: int):
+        self.index, self.devices, self.ranks, self.cap, self.kv_cap = index, devices, ranks, cap, kv_cap
+        self.rank_count = np.zeros(ranks, dtype=np.int64)
+        self.rank_kv = np.zeros(ranks, dtype=np.int64)
+        self.rank_dec = np.zeros(ranks, dtype=np.int64)  # agg: decoding requests per rank (slots minus prefill)
+        self.n_active = 0  # decoding requests
+        self.sum_prompt = 0
+        self.sum_admit = 0
+        self.step = 0
+        self.buckets: dict[int, list[Request]] = {}  # requests by the step they finish in
+        self.ready: list[tuple[float, int, Request]] = []  # disagg: (KV lands at, id, request)
+        self.busy = False
+        self.busy_acc = 0.0
+        self.since = 0.0
+        self.wake_at = math.inf
+        self.batch_sum = 0.0  # sum over steps of decoding requests (for occupancy)
+        self.steps = 0
+        self.out_tokens = 0.0
+        # agg: FCFS prompts waiting for a slot, prompts being prefilled (slot and KV held), and the step's prefill
+        self.queue: deque[Request] = deque()
+        self.prefilling: deque[Request] = deque()
+        self.step_chunk = 0
+        self.step_done: list[Request] = []
+        self.held = 0
+        self.waiting = 0
+        self.waiting_kv = 0
+        self.kv_sum = 0
+        self.kv_sum_peak = 0
+        self.kv_die_peak = 0
+
+    @property
+    def load(self) -> float:
+        """The larger of the slots and the KV capacity taken or awaited (fractions)."""
+        return max((self.held + self.waiting) / (self.ranks * self.cap),
+                   (self.kv_sum + self.waiting_kv) / max(1, self.ranks * self.kv_cap))
+
+    def wait(self, r: Request) -> None:
+        self.waiting += 1
+        self.waiting_kv += r.kv_need
+
+    def push(self, r: Request) -> None:
+        """agg: a prompt joins this instance's queue."""
+        self.queue.append(r)
+        self.wait(r)
+
+    def take(self, r: Request, rank: int, added: int) -> None:
+        """r leaves the waiting requests for a slot on `rank`, adding `added` KV tokens there."""
+        self.waiting -= 1
+        self.waiting_kv -= r.kv_need
+        self.held += 1
+        self.rank_count[rank] += 1
+        kv = int(self.rank_kv[rank]) + added
+        self.rank_kv[rank] = kv
+        if kv > self.kv_die_peak:
+            self.kv_die_peak = kv
+        self.kv_sum += added
+        if self.kv_sum > self.kv_sum_peak:
+            self.kv_sum_peak = self.kv_sum
+        r.rank = rank
+
+    def leave(self, r: Request, freed: int) -> None:
+        self.held -= 1
+        self.rank_count[r.rank] -= 1
+        self.rank_kv[r.rank] -= freed
+        self.kv_sum -= freed
+
+    def busy_total(self, now: float) -> float:
+        return self.busy_acc + (now - self.since if self.busy else 0.0)
 
 
 @dataclass
@@ -98,15 +196,16 @@ class Totals:
     arrived: int = 0
     completed: int = 0
     prompt_tokens: int = 0  # prompt tokens of requests whose prefill finished
-    computed_tokens: int = 0  # prompt tokens actually computed by prefill (the rest came from the cache)
-    hit_tokens: int = 0
-    ssd_hit_tokens: int = 0
+    computed_tokens: int = 0  # prompt tokens computed by prefill forwards (the prefill load)
+    hit_tokens: int = 0  # prompt tokens of requests whose prefill finished that were reused instead of computed
     output_tokens: float = 0.0
     kv_blocked: int = 0  # admissions deferred because no rank had KV room
     prefill_stalls: int = 0  # forwards deferred by decode-aware admission
     in_system_area: float = 0.0  # integral of requests in the system over time
     decode_steps: int = 0
-    kv_peak_fraction: float = 0.0
+    kv_tokens: int = 0  # KV reserved over all decode dies
+    kv_tokens_peak: int = 0
+    last_done: float = 0.0  # when the latest request completed
 
 
 @dataclass
@@ -119,7 +218,7 @@ class Recorded:
 
 
 class Simulator:
-    """A discrete-event serving simulation of a compiled disaggregated plan.
+    """A discrete-event serving simulation of a compiled plan (disaggregated or aggregated).
 
     sink(rows) receives time-series samples [(t, name, value), ...] as they are taken; progress(now, end)
     is called at every sample.
@@ -130,11 +229,13 @@ class Simulator:
                  sink: Callable[[list], None] | None = None, progress: Callable[[float, float], None] | None = None,
                  kv_capacity_per_die: int | None = None, tables: tuple | None = None):
         from cmtwin.planner.plan import fabric_for
+        from cmtwin.policy.registry import registry
 
         self.spec, self.plan = spec, plan
         sim, w = spec.sim, spec.workload
         self.duration = float(duration_s if duration_s is not None else sim.duration_s)
-        self.warmup = sim.warmup_s if sim.warmup_s is not None else 0.1 * self.duration
+        self.offline = w.arrival == "offline"
+        self.warmup = sim.warmup_s if sim.warmup_s is not None else (0.0 if self.offline else 0.1 * self.duration)
         if self.warmup >= self.duration:
             raise ConfigError(f"sim.warmup_s ({self.warmup:g}) must be below sim.duration_s ({self.duration:g}).",
                               key="sim.warmup_s", fix="lower sim.warmup_s or raise sim.duration_s")
@@ -153,26 +254,35 @@ class Simulator:
                 f"and a decode pool (decode.devices > 0); this plan has {len(prefill_pools)} prefill instance(s) and "
                 f"{len(decode_pools)} decode instance(s).", key="prefill.instances",
                 fix="give the deployment both pools")
-        if len(decode_pools) > 1:
-            raise ConfigError(
-                f"cmtwin simulate models one decode instance; this deployment has decode.instances="
-                f"{len(decode_pools)}.", key="decode.instances", fix="set decode.instances=1")
         hw = spec.hardware
         self.fabric = fabric = fabric or fabric_for(spec)
         if trace is None and w.arrival == "trace":
             trace = load_trace(w.trace, max_len=w.max_len)
         self.trace = trace
-        # --- the decode instance
+        # --- the decode (or aggregated) instances: one layout, so one set of tables
         dpool = decode_pools[0]
-        self.dpool = dpool
         self.ranks = dpool.dies
         self.batch_cap = dpool.batch_per_die
-        cap = dpool.memory.kv_token_capacity
-        self.kv_cap = int(kv_capacity_per_die if kv_capacity_per_die is not None else cap)
+        self.kv_cap = int(kv_capacity_per_die if kv_capacity_per_die is not None else dpool.memory.kv_token_capacity)
+        self.kv_bytes = dpool.memory.kv_bytes_per_token
         self.drafts = spec.mtp.draft_tokens
+        self.decoders = [DecodeInstance(k, pool.devices, pool.dies, self.batch_cap, self.kv_cap)
+                         for k, pool in enumerate(decode_pools)]
+        self.decode_devices = sum(d.devices for d in self.decoders)
         max_prompt = int(trace.prompt.max()) if trace is not None else (w.prompt_len if w.length_dist == "fixed" or w.prompt_cv == 0 else w.max_len)
-        # --- cost tables (the twin, sampled once)
         max_kv = max(self.kv_cap // max(1, self.batch_cap) * 2, w.decode_kv_len * 2)
+        # --- EMS
+        self.cache = None
+        self.block_tokens = 0
+        self.block_bytes = 0.0
+        caching = plan.caching if not self.agg else None  # agg: no EMS prefix cache yet
+        if caching is not None:
+            ssd_blocks = int(caching.ssd_tb * 1e12 // caching.block_bytes) if caching.ssd_tb else 0
+            self.cache = EMSCache(caching.blocks, ssd_blocks, caching.block_tokens)
+            self.block_tokens = caching.block_tokens
+            self.block_bytes = caching.block_bytes
+        # --- cost tables (the twin, sampled once), prefill lines and capacity
+        self.instances: list[PrefillInstance] = []
         if self.agg:
             from cmtwin.planner.layout import agg_chunk_per_die
 
@@ -181,63 +291,38 @@ class Simulator:
                 tables = (AggDecodeTable(spec, plan, hw, fabric, max_batch=self.batch_cap, max_kv=max_kv,
                                          max_chunk=self.chunk), None)
             self.dtable, self.ptable = tables
-            self.tps = self.dtable.tokens_per_step
-            self.cache = None
-            self.block_tokens = 0
-            self.block_bytes = 0.0
-            self.instances = []
             self.inst_budget = self.chunk * self.ranks
-            steps_per_req = math.ceil(max(0, w.output_len - 1) / self.tps) if w.output_len > 1 else 0
             dstep = self.dtable.step_us(self.batch_cap, w.prompt_len + w.output_len / 2, self.chunk) / 1e6
             self.full_forward_s = dstep
-            self.decode_capacity = (self.ranks * self.batch_cap / (steps_per_req * dstep)) if steps_per_req else float("inf")
-            self.prefill_capacity = self.inst_budget / dstep / w.prompt_len
-            self.capacity = min(self.decode_capacity, self.prefill_capacity)
-            if trace is not None:
-                self.rate = len(trace) / max(1e-9, float(trace.t[-1])) if len(trace) > 1 else 1.0
-            else:
-                self.rate = rate_per_s or w.rate_per_s or w.load * self.capacity
-            self._reset()
-            return
-        tpd = prefill_pools[0].tokens_per_die
-        if tables is None:
-            dt = DecodeTable(spec, plan, hw, fabric, max_batch=self.batch_cap, max_kv=max(self.kv_cap // max(1, self.batch_cap) * 2, w.decode_kv_len * 2))
-            pt = PrefillTable(spec, plan, hw, fabric, max_tokens_per_die=tpd, max_prompt=max_prompt)
-            tables = (dt, pt)
-        self.dtable, self.ptable = tables
+            self.prefill_capacity = len(self.decoders) * self.inst_budget / dstep / w.prompt_len
+        else:
+            tpd = prefill_pools[0].tokens_per_die
+            if tables is None:
+                tables = (DecodeTable(spec, plan, hw, fabric, max_batch=self.batch_cap, max_kv=max_kv),
+                          PrefillTable(spec, plan, hw, fabric, max_tokens_per_die=tpd, max_prompt=max_prompt))
+            self.dtable, self.ptable = tables
+            for pool in prefill_pools:
+                dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == pool.instance]
+                fetch = None
+                if caching is not None:
+                    fetch = FetchCost(hw, fabric, dies=dies, plane=sim.ems_plane, ssd_gbps=sim.ssd_read_gbps,
+                                      nodes_total=caching.nodes)
+                self.instances.append(PrefillInstance(pool.instance, pool.dies, pool.devices, fetch))
+            self.inst_budget = tpd * prefill_pools[0].dies  # tokens per forward per instance
+            self.full_forward_s = self.ptable.step_us(tpd, w.prompt_len) / 1e6
+            dstep = self.dtable.step_us(self.batch_cap, w.prompt_len + w.output_len / 2) / 1e6
+            self.prefill_capacity = len(self.instances) * self.inst_budget / self.full_forward_s / w.prompt_len
         self.tps = self.dtable.tokens_per_step
-        # --- EMS
-        self.cache = None
-        self.block_tokens = 0
-        self.block_bytes = 0.0
-        caching = plan.caching
-        if caching is not None:
-            ssd_blocks = int(caching.ssd_tb * 1e12 // caching.block_bytes) if caching.ssd_tb else 0
-            self.cache = EMSCache(caching.blocks, ssd_blocks, caching.block_tokens)
-            self.block_tokens = caching.block_tokens
-            self.block_bytes = caching.block_bytes
-        # --- prefill instances
-        self.instances: list[PrefillInstance] = []
-        for pool in prefill_pools:
-            dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == pool.instance]
-            fetch = None
-            if caching is not None:
-                fetch = FetchCost(hw, fabric, dies=dies, plane=sim.ems_plane, ssd_gbps=sim.ssd_read_gbps,
-                                  nodes_total=caching.nodes)
-            self.instances.append(PrefillInstance(pool.instance, pool.dies, pool.devices, fetch))
-        self.inst_budget = tpd * prefill_pools[0].dies  # tokens per forward per instance
-        self.full_forward_s = self.ptable.step_us(tpd, w.prompt_len) / 1e6
-        # --- capacity and offered load
         steps_per_req = math.ceil(max(0, w.output_len - 1) / self.tps) if w.output_len > 1 else 0
-        kv_mean = w.prompt_len + w.output_len / 2
-        dstep = self.dtable.step_us(self.batch_cap, kv_mean) / 1e6
-        self.decode_capacity = (self.ranks * self.batch_cap / (steps_per_req * dstep)) if steps_per_req else float("inf")
-        self.prefill_capacity = len(self.instances) * self.inst_budget / self.full_forward_s / w.prompt_len
+        slots = len(self.decoders) * self.ranks * self.batch_cap
+        self.decode_capacity = slots / (steps_per_req * dstep) if steps_per_req else float("inf")
         self.capacity = min(self.decode_capacity, self.prefill_capacity)
         if trace is not None:
             self.rate = len(trace) / max(1e-9, float(trace.t[-1])) if len(trace) > 1 else 1.0
         else:
             self.rate = rate_per_s or w.rate_per_s or w.load * self.capacity
+        self.lines = self.decoders if self.agg else self.instances  # where arriving requests wait
+        self.batching = spec.policies.build("batching") or registry("batching").build({"name": "fcfs_lru"})
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -250,6 +335,7 @@ class Simulator:
         env.on(SampleTick, self._on_sample)
         env.on(Stop, lambda ev: env.stop())
         env.on(MeasureStart, self._on_mark)
+        self.sched = self.batching.scheduler(self)
         self.totals = Totals()
         self.rec = Recorded()
         self.next_id = 0
@@ -259,41 +345,16 @@ class Simulator:
         self._ci = 0
         self.in_system = 0
         self._area_t = 0.0
-        # decode
-        self.rank_count = np.zeros(self.ranks, dtype=np.int64)
-        self.rank_kv = np.zeros(self.ranks, dtype=np.int64)
-        self.n_active = 0
-        self.sum_prompt = 0
-        self.sum_admit = 0
-        self.step = 0
-        self.buckets: dict[int, list[Request]] = {}
-        self.ready: list[tuple[float, int, Request]] = []
-        self.decode_busy = False
-        self.decode_busy_acc = 0.0
-        self.decode_since = 0.0
-        self.wake_at = math.inf
-        self.in_prefill = 0  # requests in running forwards that will finish their prompt
-        self.rr = 0
+        self.in_prefill = 0  # requests in running forwards (agg: being prefilled) that will finish their prompt
         self.done_rate = 0.0  # EWMA of completions per second (tau 5 s)
+        self.done_kv_rate = 0.0  # ... and of the decode KV tokens they free
         self._rate_t = 0.0
-        self.batch_sum = 0.0  # sum over steps of active requests (for occupancy)
-        # sampling window
-        self._last = {"t": 0.0, "arr": 0, "done": 0, "out": 0.0, "prompt": 0, "computed": 0, "hit": 0,
-                      "pbusy": 0.0, "dbusy": 0.0, "steps": 0, "batch": 0.0}
+        self._last = self._snapshot(0.0) | {"arr": 0}
         self._win_ttft: list[float] = []
         self.samples_taken = 0
         self._stalled = False  # a prefill instance waits for decode room (decode-aware admission)
         self._pending_arrival: Request | None = None
-        self._fetch_bytes = 0.0
-        self._fetch_ssd = 0.0
         self._mark_start: dict | None = None
-        # aggregated serving: FCFS prompts waiting for a slot, prompts being prefilled (slot and KV held),
-        # the prefill tokens of the running step and the prompts it finishes
-        self.agg_queue: deque[Request] = deque()
-        self.prefilling: deque[Request] = deque()
-        self.rank_dec = np.zeros(self.ranks, dtype=np.int64)  # decoding requests per rank (slots minus prefill)
-        self._step_chunk = 0
-        self._step_done: list[Request] = []
 
     # ------------------------------------------------------------------ arrivals
     def _next_request(self) -> Request | None:
@@ -310,8 +371,7 @@ class Simulator:
         self.next_id += 1
         return r
 
-    def _schedule_next_arrival(self) -> None:
-        r = self._next_request()
+    def _schedule_next_arrival(self, r: Request | None) -> None:
         self._pending_arrival = r
         if r is not None:
             self.env.schedule(r.t_arrival, _ARRIVAL)
@@ -321,110 +381,68 @@ class Simulator:
         self._area_t = now
 
     def _on_arrival(self, ev) -> None:
-        r = self._pending_arrival
         now = self.env.now
+        batch = [self._pending_arrival]
+        r = self._next_request()
+        while r is not None and r.t_arrival == now:  # requests arriving together are scheduled together
+            batch.append(r)
+            r = self._next_request()
+        self._schedule_next_arrival(r)
         self._area(now)
-        self.in_system += 1
-        self.totals.arrived += 1
-        if self.agg:
-            self.agg_queue.append(r)
-            if not self.decode_busy:
-                self._start_step()
-            self._schedule_next_arrival()
-            return
-        insts = self.instances
-        if self.spec.sim.prefill_policy == "round_robin":
-            inst = insts[self.rr % len(insts)]
-            self.rr += 1
-        else:
-            inst = min(insts, key=lambda x: x.queued_tokens)
-        inst.queue.append(r)
-        inst.queued_tokens += r.prompt
-        if not inst.busy:
-            self._try_prefill(inst)
-        self._schedule_next_arrival()
+        self.in_system += len(batch)
+        self.totals.arrived += len(batch)
+        lines = self.lines
+        before = [len(x.queue) for x in lines]
+        self.sched.enqueue(batch, lines)
+        for line, n in zip(lines, before):
+            if len(line.queue) > n and not line.busy:
+                if self.agg:
+                    self._start_step(line)
+                else:
+                    self._try_prefill(line)
 
     # ------------------------------------------------------------------ prefill
-    def _decode_can_take(self, new: int) -> bool:
-        free = self.ranks * self.batch_cap - self.n_active
-        outstanding = len(self.ready) + self.in_prefill + new
+    def decode_can_take(self, new: int) -> bool:
+        """Decode-aware admission by request slots: can decode absorb `new` more requests finishing prefill?"""
+        ds = self.decoders
+        free = sum(d.ranks * d.cap - d.n_active for d in ds)
+        outstanding = sum(len(d.ready) for d in ds) + self.in_prefill + new
         if outstanding <= free:
             return True
         frees = self.done_rate * self.full_forward_s * (1.0 + self.spec.sim.handoff_margin)
         return outstanding <= free + frees
 
-    def _lookup(self, r: Request) -> None:
-        hit = ssd = 0
-        if self.cache is not None and r.prefix >= 0 and r.prefix_len >= self.block_tokens:
-            nb = r.prefix_len // self.block_tokens
-            hd, hs = self.cache.lookup(r.prefix, nb)
-            hit = (hd + hs) * self.block_tokens
-            ssd = hs * self.block_tokens
-            hit = min(hit, r.prompt - 1)  # the last prompt token is always computed (it yields the logits)
-            ssd = min(ssd, hit)
-        r.hit = hit
-        r.todo = r.prompt - hit
-        self.totals.hit_tokens += hit
-        self.totals.ssd_hit_tokens += ssd
-        self._fetch_bytes += hit * self.block_bytes / max(1, self.block_tokens)
-        self._fetch_ssd += ssd * self.block_bytes / max(1, self.block_tokens)
+    def decode_kv_room(self, fraction: float = 1.0) -> float:
+        """Decode-aware admission by KV memory: KV tokens decode can still take within `fraction` of its capacity,
+        less what handed-over and in-prefill requests will hold, plus (1 + sim.handoff_margin) x the KV freed
+        during one forward."""
+        ds = self.decoders
+        free = sum(fraction * d.ranks * d.kv_cap - d.kv_sum - d.waiting_kv for d in ds)
+        free -= sum(i.in_forward_kv for i in self.instances)
+        return free + self.done_kv_rate * self.full_forward_s * (1.0 + self.spec.sim.handoff_margin)
 
     def _try_prefill(self, inst: PrefillInstance) -> None:
         if inst.busy or not inst.queue:
             return
-        budget = self.inst_budget
-        q = inst.queue
-        # how many requests would this forward finish? (decode-aware admission)
-        finishing = 0
-        left = budget
-        for r in q:
-            need = r.todo if r.todo >= 0 else r.prompt  # before lookup: an upper bound
-            if need > left:
-                break
-            left -= need
-            finishing += 1
-            if left <= 0:
-                break
-        if finishing and not self._decode_can_take(finishing):
+        fwd = self.sched.next_forward(inst, self.inst_budget)
+        if fwd is None:
             self.totals.prefill_stalls += 1
             self._stalled = True
             return
-        self._fetch_bytes = 0.0
-        self._fetch_ssd = 0.0
-        left = budget
-        tokens = 0
-        weighted = 0
-        done: list[Request] = []
-        while q and left > 0:
-            r = q[0]
-            if r.todo < 0:
-                self._lookup(r)
-            take = r.todo if r.todo <= left else left
-            tokens += take
-            weighted += take * r.prompt
-            left -= take
-            r.todo -= take
-            inst.queued_tokens -= take
-            if r.todo == 0:
-                q.popleft()
-                inst.queued_tokens -= r.hit
-                done.append(r)
-            else:
-                break
-        if tokens == 0:
-            return
-        tpd = tokens / inst.dies
-        step = self.ptable.step_us(tpd if tpd >= 1 else 1, weighted / tokens)
-        if inst.fetch is not None and self._fetch_bytes:
-            step += inst.fetch.us(self._fetch_bytes, self._fetch_ssd)
-        self.totals.computed_tokens += tokens
+        self.totals.computed_tokens += fwd.tokens
+        tpd = fwd.tokens / inst.dies
+        step = self.ptable.step_us(tpd if tpd >= 1 else 1, fwd.weighted / fwd.tokens)
+        if inst.fetch is not None and fwd.fetched:
+            per_token = self.block_bytes / self.block_tokens
+            step += inst.fetch.us(fwd.fetched * per_token, fwd.ssd * per_token)
         now = self.env.now
         inst.busy = True
         inst.busy_since = now
-        inst.in_forward = len(done)
+        inst.in_forward = len(fwd.done)
+        inst.in_forward_kv = sum(r.kv_need for r in fwd.done)
         inst.forwards += 1
-        self.in_prefill += len(done)
-        self.env.schedule(now + step / 1e6, PrefillDone(inst.index, tuple(done)))
+        self.in_prefill += len(fwd.done)
+        self.env.schedule(now + step / 1e6, PrefillDone(inst.index, tuple(fwd.done)))
 
     def _on_prefill_done(self, ev: PrefillDone) -> None:
         now = self.env.now
@@ -432,17 +450,15 @@ class Simulator:
         inst.busy = False
         inst.busy_acc += now - inst.busy_since
         self.in_prefill -= inst.in_forward
-        inst.in_forward = 0
+        inst.in_forward = inst.in_forward_kv = 0
         lanes = inst.lanes
         nl = len(lanes)
-        cache = self.cache
-        bt = self.block_tokens
-        earliest = math.inf
+        ds = self.decoders
+        T = self.totals
         for k, r in enumerate(ev.done):
-            self.totals.prompt_tokens += r.prompt
-            if cache is not None and r.prefix >= 0 and r.prefix_len >= bt:
-                nb = r.prefix_len // bt
-                cache.insert(r.prefix, min(nb, r.hit // bt), nb)
+            T.prompt_tokens += r.prompt
+            T.hit_tokens += r.hit
+            self.sched.prefilled(r, inst)
             if r.output <= 1:  # the prefill's token is the whole answer
                 r.t_first = r.t_done = now
                 self._complete(r, now)
@@ -452,12 +468,12 @@ class Simulator:
             t = start + self.ptable.kv_transfer_us(r.prompt) / 1e6
             lanes[lane] = t
             r.t_first = t
-            heapq.heappush(self.ready, (t, r.id, r))
-            if t < earliest:
-                earliest = t
-        if earliest < math.inf and not self.decode_busy and earliest < self.wake_at:
-            self.wake_at = earliest
-            self.env.schedule(earliest, _WAKE)
+            d = ds[0] if len(ds) == 1 else min(ds, key=lambda x: x.load)  # global scheduler: least loaded
+            d.wait(r)
+            heapq.heappush(d.ready, (t, r.id, r))
+            if not d.busy and t < d.wake_at:
+                d.wake_at = t
+                self.env.schedule(t, DecodeWake(d.index))
         self._try_prefill(inst)
         self._retry_stalled()
 
@@ -469,82 +485,75 @@ class Simulator:
                     self._try_prefill(other)
 
     # ------------------------------------------------------------------ decode
-    def _on_wake(self, ev) -> None:
-        if self.env.now >= self.wake_at:
-            self.wake_at = math.inf
-        if not self.decode_busy:
-            self._start_step()
+    def _on_wake(self, ev: DecodeWake) -> None:
+        d = self.decoders[ev.instance]
+        if self.env.now >= d.wake_at:
+            d.wake_at = math.inf
+        if not d.busy:
+            self._start_step(d)
 
-    def _admit(self, now: float) -> None:
-        ready = self.ready
-        if not ready or ready[0][0] > now:
-            return
-        cap = self.batch_cap
-        kv_cap = self.kv_cap
-        counts, kvs = self.rank_count, self.rank_kv
-        tps = self.tps
-        while ready and ready[0][0] <= now:
-            if self.n_active >= self.ranks * cap:
-                return
-            r = ready[0][2]
-            need = r.prompt + r.output + self.drafts
-            rank = int(np.argmin(counts))
-            if counts[rank] >= cap:
-                return
-            if kvs[rank] + need > kv_cap:
-                ok = np.flatnonzero((counts < cap) & (kvs + need <= kv_cap))
-                if len(ok) == 0:
-                    self.totals.kv_blocked += 1
-                    return
-                rank = int(ok[np.argmin(counts[ok])])
-            heapq.heappop(ready)
-            counts[rank] += 1
-            kvs[rank] += need
-            frac = kvs[rank] / kv_cap if kv_cap else 0.0
-            if frac > self.totals.kv_peak_fraction:
-                self.totals.kv_peak_fraction = frac
-            r.rank = rank
-            r.kv_need = need
-            r.admit_step = self.step
-            n = math.ceil((r.output - 1) / tps)
-            r.end_step = self.step + n - 1
-            b = self.buckets.get(r.end_step)
-            if b is None:
-                self.buckets[r.end_step] = [r]
-            else:
-                b.append(r)
-            self.n_active += 1
-            self.sum_prompt += r.prompt
-            self.sum_admit += self.step
+    def _slot(self, d: DecodeInstance, r: Request) -> bool:
+        """Give r a slot on d (the batching policy picks the die); False when every die with a free slot lacks KV
+        room (the caller checked that a slot is free)."""
+        rank, added = self.sched.place(r, d)
+        if rank < 0:
+            if d.held == 0:  # an empty instance cannot take it: it would wait forever
+                raise ConfigError(
+                    f"a request of {r.prompt:,} prompt + {r.output:,} output tokens needs more KV than a decode die "
+                    f"holds ({d.kv_cap:,} tokens): it can never be admitted.", key="workload.max_len",
+                    fix="lower workload.max_len (or the prompt/output lengths), or give decode dies more KV room "
+                        "(a smaller decode.batch_per_device frees activation memory, more decode.devices spread weights)")
+            self.totals.kv_blocked += 1
+            return False
+        d.take(r, rank, added)
+        T = self.totals
+        T.kv_tokens += added
+        if T.kv_tokens > T.kv_tokens_peak:
+            T.kv_tokens_peak = T.kv_tokens
+        return True
 
-    def _agg_plan_step(self) -> int:
-        """Aggregated serving: give waiting prompts a slot (rank with the fewest requests and KV room, FCFS),
-        then spend the step's prefill budget (chunk per die x ranks) on the prefilling prompts in FCFS order.
-        Returns the prefill tokens of the step; the prompts it completes go to _step_done."""
-        cap, kv_cap = self.batch_cap, self.kv_cap
-        counts, kvs = self.rank_count, self.rank_kv
-        q = self.agg_queue
-        while q:
-            r = q[0]
-            need = r.prompt + r.output + self.drafts
-            ok = np.flatnonzero((counts < cap) & (kvs + need <= kv_cap))
-            if len(ok) == 0:
-                if (counts < cap).any():
-                    self.totals.kv_blocked += 1
-                break
-            rank = int(ok[np.argmin(counts[ok])])
-            q.popleft()
-            counts[rank] += 1
-            kvs[rank] += need
-            frac = kvs[rank] / kv_cap if kv_cap else 0.0
-            if frac > self.totals.kv_peak_fraction:
-                self.totals.kv_peak_fraction = frac
-            r.rank, r.kv_need, r.todo, r.hit = rank, need, r.prompt, 0
-            self.prefilling.append(r)
+    def _release(self, d: DecodeInstance, r: Request) -> int:
+        """r gives its slot and its KV back (the batching policy says how much KV that frees)."""
+        freed = self.sched.release(r, d)
+        d.leave(r, freed)
+        self.totals.kv_tokens -= freed
+        return freed
+
+    def _decode(self, d: DecodeInstance, r: Request) -> None:
+        """r starts decoding on its rank at d's current step."""
+        r.admit_step = d.step
+        r.end_step = d.step + math.ceil((r.output - 1) / self.tps) - 1
+        b = d.buckets.get(r.end_step)
+        if b is None:
+            d.buckets[r.end_step] = [r]
+        else:
+            b.append(r)
+        d.n_active += 1
+        d.sum_prompt += r.prompt
+        d.sum_admit += d.step
+
+    def _admit(self, d: DecodeInstance, now: float) -> None:
+        ready = d.ready
+        slots = d.ranks * d.cap
+        while ready and ready[0][0] <= now and d.held < slots:
+            if not self._slot(d, ready[0][2]):
+                return
+            self._decode(d, heapq.heappop(ready)[2])
+
+    def _agg_plan_step(self, d: DecodeInstance) -> int:
+        """Aggregated serving: give waiting prompts a slot (FCFS; the batching policy picks the die), then spend the
+        step's prefill budget (chunk per die x ranks) on the prefilling prompts in FCFS order. Returns the prefill
+        tokens of the step; the prompts it completes go to d.step_done."""
+        q = d.queue
+        slots = d.ranks * d.cap
+        while q and d.held < slots and self._slot(d, q[0]):
+            r = q.popleft()
+            r.todo, r.hit = r.prompt, 0
+            d.prefilling.append(r)
+            self.in_prefill += 1
         left = self.inst_budget
         tokens = 0
-        done = self._step_done
-        for r in self.prefilling:
+        for r in d.prefilling:
             if left <= 0:
                 break
             take = min(r.todo, left)
@@ -552,120 +561,102 @@ class Simulator:
             left -= take
             tokens += take
             if r.todo == 0:
-                done.append(r)
-        self.in_prefill = len(self.prefilling)
+                d.step_done.append(r)
         return tokens
 
-    def _agg_join(self, now: float) -> None:
+    def _agg_join(self, d: DecodeInstance, now: float) -> None:
         """Prompts whose last chunk ran in the finished step: first token now, then decode on the same rank."""
-        done = self._step_done
+        done = d.step_done
         if not done:
             return
-        self._step_done = []
-        pf = self.prefilling
+        d.step_done = []
         for _ in range(len(done)):
-            pf.popleft()  # FCFS: the finished prompts are the oldest ones
-        self.in_prefill = len(pf)
-        tps = self.tps
+            d.prefilling.popleft()  # FCFS: the finished prompts are the oldest ones
+        self.in_prefill -= len(done)
         for r in done:
             self.totals.prompt_tokens += r.prompt
             r.t_first = now
             if r.output <= 1:
-                self.rank_count[r.rank] -= 1
-                self.rank_kv[r.rank] -= r.kv_need
+                self._release(d, r)
                 r.t_done = now
                 self._complete(r, now)
                 continue
-            self.rank_dec[r.rank] += 1
-            r.admit_step = self.step
-            r.end_step = self.step + math.ceil((r.output - 1) / tps) - 1
-            self.buckets.setdefault(r.end_step, []).append(r)
-            self.n_active += 1
-            self.sum_prompt += r.prompt
-            self.sum_admit += self.step
+            d.rank_dec[r.rank] += 1
+            self._decode(d, r)
 
-    def _start_step(self) -> None:
+    def _start_step(self, d: DecodeInstance) -> None:
         now = self.env.now
         if self.agg:
-            chunk = self._agg_plan_step()
-            if self.n_active == 0 and chunk == 0:
-                if self.decode_busy:
-                    self.decode_busy = False
-                    self.decode_busy_acc += now - self.decode_since
-                return
-            if not self.decode_busy:
-                self.decode_busy = True
-                self.decode_since = now
-            self._step_chunk = chunk
+            chunk = self._agg_plan_step(d)
+            idle = d.n_active == 0 and chunk == 0
+        else:
+            self._admit(d, now)
+            chunk = 0
+            idle = d.n_active == 0
+        if idle:
+            if d.busy:
+                d.busy = False
+                d.busy_acc += now - d.since
+            if d.ready and d.ready[0][0] < d.wake_at:
+                d.wake_at = d.ready[0][0]
+                self.env.schedule(d.wake_at, DecodeWake(d.index))
+            return
+        if not d.busy:
+            d.busy = True
+            d.since = now
+        kv = ((d.sum_prompt + self.tps * (d.n_active * d.step - d.sum_admit)) / d.n_active
+              if d.n_active else float(self.spec.workload.prompt_len))
+        if self.agg:
+            d.step_chunk = chunk
             self.totals.computed_tokens += chunk
-            b = int(self.rank_dec.max())
-            kv = ((self.sum_prompt + self.tps * (self.n_active * self.step - self.sum_admit)) / self.n_active
-                  if self.n_active else float(self.spec.workload.prompt_len))
-            dt = self.dtable.step_us(max(b, 1), kv, chunk / self.ranks) / 1e6
-            self.batch_sum += self.n_active
-            self.env.schedule(now + dt, DecodeStepDone(self.step))
-            return
-        self._admit(now)
-        if self.n_active == 0:
-            if self.decode_busy:
-                self.decode_busy = False
-                self.decode_busy_acc += now - self.decode_since
-            if self.ready:
-                t = self.ready[0][0]
-                if t < self.wake_at:
-                    self.wake_at = t
-                    self.env.schedule(t, _WAKE)
-            return
-        if not self.decode_busy:
-            self.decode_busy = True
-            self.decode_since = now
-        b = int(self.rank_count.max())
-        kv = (self.sum_prompt + self.tps * (self.n_active * self.step - self.sum_admit)) / self.n_active
-        dt = self.dtable.step_us(b, kv) / 1e6
-        self.batch_sum += self.n_active
-        self.env.schedule(now + dt, DecodeStepDone(self.step))
+            dt = self.dtable.step_us(max(int(d.rank_dec.max()), 1), kv, chunk / d.ranks) / 1e6
+        else:
+            dt = self.dtable.step_us(int(d.rank_count.max()), kv) / 1e6
+        d.batch_sum += d.n_active
+        self.env.schedule(now + dt, DecodeStepDone(d.index, d.step))
 
     def _on_decode_done(self, ev: DecodeStepDone) -> None:
         now = self.env.now
+        d = self.decoders[ev.instance]
         k = ev.step
         self.totals.decode_steps += 1
-        emitted = self.n_active * self.tps
-        finished = self.buckets.pop(k, None)
+        d.steps += 1
+        emitted = d.n_active * self.tps
+        finished = d.buckets.pop(k, None)
         if finished:
             self._area(now)
-            counts, kvs = self.rank_count, self.rank_kv
+            freed = 0
             for r in finished:
                 emitted -= (k - r.admit_step + 1) * self.tps - (r.output - 1)
-                counts[r.rank] -= 1
-                kvs[r.rank] -= r.kv_need
+                freed += self._release(d, r)
                 if self.agg:
-                    self.rank_dec[r.rank] -= 1
-                self.n_active -= 1
-                self.sum_prompt -= r.prompt
-                self.sum_admit -= r.admit_step
+                    d.rank_dec[r.rank] -= 1
+                d.n_active -= 1
+                d.sum_prompt -= r.prompt
+                d.sum_admit -= r.admit_step
                 r.t_done = now
                 self._complete(r, now, area=False)
-            dtr = now - self._rate_t
+            decay = math.exp(-(now - self._rate_t) / 5.0)
             self._rate_t = now
-            decay = math.exp(-dtr / 5.0)
             self.done_rate = self.done_rate * decay + len(finished) / 5.0
+            self.done_kv_rate = self.done_kv_rate * decay + freed / 5.0
         self.totals.output_tokens += emitted
-        self.step = k + 1
+        d.out_tokens += emitted
+        d.step = k + 1
         if self.agg:
-            self._agg_join(now)
-        self._start_step()
+            self._agg_join(d, now)
+        self._start_step(d)
         if finished:
             self._retry_stalled()
-
-    def decode_busy_total(self, now: float) -> float:
-        return self.decode_busy_acc + (now - self.decode_since if self.decode_busy else 0.0)
 
     # ------------------------------------------------------------------ completion and metrics
     def _complete(self, r: Request, now: float, area: bool = True) -> None:
         if area:
             self._area(now)
         self.in_system -= 1
-        self.totals.completed += 1
+        T = self.totals
+        T.completed += 1
+        T.last_done = now
         ttft = r.t_first - r.t_arrival
         self._win_ttft.append(ttft)
         if self.warmup <= r.t_arrival <= self.duration:
@@ -677,9 +668,11 @@ class Simulator:
 
     def census(self) -> dict[str, int]:
         """Where every request that arrived is now; the parts add up to `arrived`."""
-        queued = sum(len(i.queue) for i in self.instances) + len(self.agg_queue)
+        ds = self.decoders
+        queued = sum(len(i.queue) for i in self.instances) + sum(len(d.queue) for d in ds)
         return {"arrived": self.totals.arrived, "completed": self.totals.completed, "queued_prefill": queued,
-                "in_prefill": self.in_prefill, "waiting_decode": len(self.ready), "decoding": self.n_active}
+                "in_prefill": self.in_prefill, "waiting_decode": sum(len(d.ready) for d in ds),
+                "decoding": sum(d.n_active for d in ds)}
 
     def _on_sample(self, ev) -> None:
         now = self.env.now
@@ -698,39 +691,36 @@ class Simulator:
         dt = now - L["t"]
         if dt <= 0:
             return []
-        pdev = sum(i.devices for i in self.instances) or self.dpool.devices  # agg: the one pool
-        ddev = self.dpool.devices
-        pbusy = sum(i.busy_total(now) for i in self.instances) if self.instances else self.decode_busy_total(now)
-        dbusy = self.decode_busy_total(now)
-        steps = T.decode_steps - L["steps"]
-        prompt = T.prompt_tokens - L["prompt"]
-        hit = T.hit_tokens - L["hit"]
+        S = self._snapshot(now)
+        pdev = sum(i.devices for i in self.instances) or self.decode_devices  # agg: the one pool
+        steps = S["steps"] - L["steps"]
+        prompt = S["prompt"] - L["prompt"]
+        ds = self.decoders
         rows = [
             (now, "arrivals_per_s", (T.arrived - L["arr"]) / dt),
-            (now, "completions_per_s", (T.completed - L["done"]) / dt),
+            (now, "completions_per_s", (S["done"] - L["done"]) / dt),
             (now, "prefill.tokens_per_s_per_device", prompt / dt / pdev),
-            (now, "prefill.computed_tokens_per_s_per_device", (T.computed_tokens - L["computed"]) / dt / pdev),
-            (now, "decode.tokens_per_s_per_device", (T.output_tokens - L["out"]) / dt / ddev),
-            (now, "prefill.utilisation", (pbusy - L["pbusy"]) / dt / max(1, len(self.instances))),
-            (now, "decode.utilisation", (dbusy - L["dbusy"]) / dt),
-            (now, "decode.batch_occupancy", ((self.batch_sum - L["batch"]) / steps / (self.ranks * self.batch_cap)) if steps else 0.0),
-            (now, "queue.prefill", float(sum(len(i.queue) for i in self.instances) + len(self.agg_queue))),
-            (now, "queue.decode_wait", float(len(self.ready))),
+            (now, "prefill.computed_tokens_per_s_per_device", (S["computed"] - L["computed"]) / dt / pdev),
+            (now, "decode.tokens_per_s_per_device", (S["out"] - L["out"]) / dt / self.decode_devices),
+            (now, "prefill.utilisation", (S["pbusy"] - L["pbusy"]) / dt / len(self.instances or ds)),
+            (now, "decode.utilisation", (S["dbusy"] - L["dbusy"]) / dt / len(ds)),
+            (now, "decode.batch_occupancy", ((S["batch"] - L["batch"]) / steps / (self.ranks * self.batch_cap)) if steps else 0.0),
+            (now, "queue.prefill", float(sum(len(i.queue) for i in self.instances) + sum(len(d.queue) for d in ds))),
+            (now, "queue.decode_wait", float(sum(len(d.ready) for d in ds))),
             (now, "requests.in_system", float(self.in_system)),
-            (now, "cache.hit_ratio", hit / prompt if prompt else 0.0),
+            (now, "cache.hit_ratio", (S["hit"] - L["hit"]) / prompt if prompt else 0.0),
+            (now, "decode.kv_tokens", float(T.kv_tokens)),
         ]
         if self._win_ttft:
             rows.append((now, "ttft_ms.p50", 1e3 * float(np.median(self._win_ttft))))
             self._win_ttft = []
-        self._last = {"t": now, "arr": T.arrived, "done": T.completed, "out": T.output_tokens,
-                      "prompt": T.prompt_tokens, "computed": T.computed_tokens, "hit": T.hit_tokens,
-                      "pbusy": pbusy, "dbusy": dbusy, "steps": T.decode_steps, "batch": self.batch_sum}
+        self._last = S | {"arr": T.arrived}
         return rows
 
     # ------------------------------------------------------------------ run
     def run(self) -> SimResult:
         env = self.env
-        self._schedule_next_arrival()
+        self._schedule_next_arrival(self._next_request())
         env.schedule(min(self.interval, self.duration), _SAMPLE)
         env.schedule(self.warmup, _MARK)
         env.schedule(self.duration, _STOP)
@@ -738,18 +728,21 @@ class Simulator:
         self._mark_end = self._snapshot(env.now)
         if self.drain:
             env.run()
+            if self.offline:  # a batch job is measured to its last completion (everything is idle by then)
+                self._mark_end = self._snapshot(self.totals.last_done)
         now = env.now
         self._area(now)
         return self._result(now)
 
     def _snapshot(self, now: float) -> dict[str, float]:
         T = self.totals
+        ds = self.decoders
+        dbusy = sum(d.busy_total(now) for d in ds)
         return {"t": now, "out": T.output_tokens, "prompt": T.prompt_tokens, "computed": T.computed_tokens,
-                "hit": T.hit_tokens,
-                "pbusy": (sum(i.busy_total(now) for i in self.instances) if self.instances
-                          else self.decode_busy_total(now)),
-                "dbusy": self.decode_busy_total(now), "steps": T.decode_steps, "batch": self.batch_sum,
-                "done": T.completed}
+                "hit": T.hit_tokens, "pbusy": sum(i.busy_total(now) for i in self.instances) if self.instances else dbusy,
+                "dbusy": dbusy, "steps": T.decode_steps, "batch": sum(d.batch_sum for d in ds), "done": T.completed,
+                "dout": [d.out_tokens for d in ds], "dsteps": [d.steps for d in ds],
+                "dbatch": [d.batch_sum for d in ds], "dbusys": [d.busy_total(now) for d in ds]}
 
     def _on_mark(self, ev) -> None:
         self._mark_start = self._snapshot(self.env.now)
@@ -757,13 +750,17 @@ class Simulator:
     def _result(self, end: float) -> SimResult:
         a, b = self._mark_start or self._snapshot(0.0), self._mark_end
         span = max(1e-9, b["t"] - a["t"])
-        ddev = self.dpool.devices
+        ds = self.decoders
+        ddev = self.decode_devices
         pdev = sum(i.devices for i in self.instances)
         pool_dev = pdev or ddev  # agg: prefill runs on the decode pool
+        slots_per_inst = self.ranks * self.batch_cap
         steps = b["steps"] - a["steps"]
         prompt = b["prompt"] - a["prompt"]
+        hit = b["hit"] - a["hit"]
         rec = self.rec
         slo = self.spec.slo
+        T = self.totals
 
         def pct(xs):
             if not xs:
@@ -783,9 +780,20 @@ class Simulator:
             if slo.tpot_ms is not None and len(rec.tpot) == n:
                 ok &= np.asarray(rec.tpot) * 1e3 <= slo.tpot_ms
             good = int(ok.sum())
-        window = self.duration - self.warmup
+        window = span if self.offline and self.drain else self.duration - self.warmup  # a batch job: its makespan
         census = self.census()
         out_rate = (b["out"] - a["out"]) / span
+        die_peak = max(d.kv_die_peak for d in ds)
+        per_instance = {}
+        for k, d in enumerate(ds):
+            st = b["dsteps"][k] - a["dsteps"][k]
+            per_instance[str(d.index)] = {
+                "tokens_per_s_per_device": (b["dout"][k] - a["dout"][k]) / span / d.devices,
+                "utilisation": (b["dbusys"][k] - a["dbusys"][k]) / span,
+                "batch_occupancy": (b["dbatch"][k] - a["dbatch"][k]) / st / slots_per_inst if st else 0.0,
+                "kv_peak_tokens_per_die": d.kv_die_peak,
+                "kv_peak_tokens": d.kv_sum_peak,
+            }
         return SimResult(
             duration_s=self.duration,
             end_s=end,
@@ -794,29 +802,38 @@ class Simulator:
             prefill={
                 "tokens_per_s_per_device": prompt / span / pool_dev,
                 "computed_tokens_per_s_per_device": (b["computed"] - a["computed"]) / span / pool_dev,
-                "utilisation": (b["pbusy"] - a["pbusy"]) / span / max(1, len(self.instances)),
+                "prompt_tokens": prompt,  # of the prompts whose prefill finished in the window
+                "computed_tokens": prompt - hit,  # ... of which computed (the rest reused)
+                "token_saving_ratio": hit / prompt if prompt else 0.0,
+                "utilisation": (b["pbusy"] - a["pbusy"]) / span / len(self.instances or ds),
                 "devices": pdev,
             },
             decode={
                 "tokens_per_s_per_device": out_rate / ddev,
                 "tpot_ms": pct(rec.tpot),
-                "utilisation": (b["dbusy"] - a["dbusy"]) / span,
-                "batch_occupancy": ((b["batch"] - a["batch"]) / steps / (self.ranks * self.batch_cap)) if steps else 0.0,
+                "utilisation": (b["dbusy"] - a["dbusy"]) / span / len(ds),
+                "batch_occupancy": ((b["batch"] - a["batch"]) / steps / slots_per_inst) if steps else 0.0,
                 "tokens_per_step": self.tps,
-                "kv_peak_fraction": self.totals.kv_peak_fraction,
+                "kv_peak_fraction": die_peak / self.kv_cap if self.kv_cap else 0.0,
+                "kv_peak_tokens_per_die": die_peak,
+                "kv_peak_tokens": T.kv_tokens_peak,
+                "kv_peak_bytes_per_die": die_peak * self.kv_bytes,
+                "kv_peak_bytes": T.kv_tokens_peak * self.kv_bytes,
                 "devices": ddev,
+                "instances": len(ds),
+                "per_instance": per_instance,
             },
             tokens_per_s_per_device=out_rate / (pdev + ddev),
+            makespan_s=T.last_done if T.completed == T.arrived and T.arrived else None,
             ttft_ms=pct(rec.ttft),
             tpot_ms=pct(rec.tpot),
             e2e_ms=pct(rec.e2e),
             goodput=good / window if window > 0 else 0.0,
             goodput_fraction=good / n if n else 0.0,
-            cache_hit_ratio=(b["hit"] - a["hit"]) / prompt if prompt else 0.0,
-            requests={**census, "measured": n, "good": good, "kv_blocked": self.totals.kv_blocked,
-                      "prefill_stalls": self.totals.prefill_stalls},
-            little={"mean_in_system": self.totals.in_system_area / end if end else 0.0,
-                    "area": self.totals.in_system_area},
+            cache_hit_ratio=hit / prompt if prompt else 0.0,
+            requests={**census, "measured": n, "good": good, "kv_blocked": T.kv_blocked,
+                      "prefill_stalls": T.prefill_stalls},
+            little={"mean_in_system": T.in_system_area / end if end else 0.0, "area": T.in_system_area},
             events=self.env.events,
             latencies=rec,
         )
@@ -833,6 +850,7 @@ class SimResult:
     prefill: dict
     decode: dict
     tokens_per_s_per_device: float
+    makespan_s: float | None
     ttft_ms: dict
     tpot_ms: dict
     e2e_ms: dict
@@ -855,7 +873,7 @@ class SimResult:
         return {
             "duration_s": self.duration_s, "rate_per_s": r(self.rate_per_s), "capacity_per_s": r(self.capacity_per_s),
             "prefill": r(self.prefill), "decode": r(self.decode),
-            "tokens_per_s_per_device": r(self.tokens_per_s_per_device),
+            "tokens_per_s_per_device": r(self.tokens_per_s_per_device), "makespan_s": r(self.makespan_s),
             "ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms,
             "goodput": r(self.goodput), "goodput_fraction": r(self.goodput_fraction),
             "cache_hit_ratio": r(self.cache_hit_ratio), "requests": self.requests, "events": self.events,
