@@ -85,3 +85,14 @@ def render_prediction(con, prediction, *, top: int = 12) -> None:
                 cells = [f"{r[c]:,g}" if isinstance(r[c], (int, float)) else str(r[c]) for c in cols]
                 t.add_row(*([f"[bold]{x}[/]" for x in cells] if r["selected"] else cells))
             con.print(t)
+    bat = prediction.policies.get("batching")
+    if bat:
+        fig = bat["table"][0]
+        t = Table(title=f"policy batching={bat['policy']}: the offline batch of {fig['requests']:,} requests "
+                        "(twin estimate; `cmtwin simulate` measures it)", title_justify="left")
+        t.add_column("figure")
+        t.add_column("value", justify="right")
+        for c, v in fig.items():
+            if c not in ("policy", "requests"):
+                t.add_row(c, f"{v:,}" if isinstance(v, int) else f"{v:,g}")
+        con.print(t)

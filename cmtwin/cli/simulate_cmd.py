@@ -135,9 +135,11 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
 
     c = console()
     w = spec.workload
-    c.print(f"[bold]simulate[/] {spec.deployment.name}  workload {w.name} ({w.arrival}, "
-            f"{res.rate_per_s:,.1f} req/s; twin capacity prefill {res.capacity_per_s['prefill']:,.1f}, decode "
-            f"{res.capacity_per_s['decode']:,.1f} req/s)  {res.duration_s:g} s simulated")
+    batching = (spec.policies.batching or {}).get("name", "fcfs_lru")
+    arrivals = f"a batch of {w.requests:,} at t = 0" if w.arrival == "offline" else f"{res.rate_per_s:,.1f} req/s"
+    c.print(f"[bold]simulate[/] {spec.deployment.name}  workload {w.name} ({w.arrival}, {arrivals}; twin capacity "
+            f"prefill {res.capacity_per_s['prefill']:,.1f}, decode {res.capacity_per_s['decode']:,.1f} req/s)  "
+            f"{res.duration_s:g} s simulated  batching {batching}")
     t = Table(title="summary (measurement window after warm-up)")
     t.add_column("metric")
     t.add_column("p50 / value", justify="right")
@@ -155,6 +157,19 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
     t.add_row("decode tokens/s per device", _fmt(res.decode["tokens_per_s_per_device"]), "", "",
               _fmt(dd.get("tokens_per_s_per_device")))
     t.add_row("output tokens/s per device (all)", _fmt(res.tokens_per_s_per_device), "", "", "")
+    if res.makespan_s is not None:
+        t.add_row("makespan (s, last request done)", _fmt(res.makespan_s, 3), "", "", "")
+    p, d = res.prefill, res.decode
+    t.add_row("prefill tokens computed / prompt", f"{p['computed_tokens']:,} / {p['prompt_tokens']:,}", "", "", "")
+    t.add_row("token saving ratio", f"{p['token_saving_ratio']:.1%}", "", "", "")
+    gib = 2**30
+    t.add_row("peak KV per decode die", f"{d['kv_peak_tokens_per_die']:,} tok, {d['kv_peak_bytes_per_die'] / gib:,.2f} GiB",
+              "", "", "")
+    t.add_row(f"peak KV, decode pool ({d['devices']} devices)",
+              f"{d['kv_peak_tokens']:,} tok, {d['kv_peak_bytes'] / gib:,.1f} GiB", "", "", "")
+    if d["instances"] > 1:
+        t.add_row(f"decode tokens/s per device, {d['instances']} instances",
+                  " / ".join(_fmt(x["tokens_per_s_per_device"]) for x in d["per_instance"].values()), "", "", "")
     t.add_row("goodput (req/s meeting slo.*)", f"{res.goodput:,.2f} ({res.goodput_fraction:.1%})", "", "", "")
     t.add_row("utilisation prefill / decode", f"{res.prefill['utilisation']:.1%} / {res.decode['utilisation']:.1%}",
               "", "", "")

@@ -157,4 +157,7 @@ def predict(spec, plan) -> Prediction:
                         rows.append(Row("decode", "r2r_small", "small_model_step", t["small_step_ms"] * 1e3, "compute", 1))
                         rows.append(Row("decode", "r2r_large", "large_model_pass", t["large_step_ms"] * 1e3, "compute", 1))
             policies[family] = entry
+    batching = spec.policies.build("batching")
+    if batching is not None:  # the offline batch's prefill saving and decode KV (the simulator measures them)
+        policies["batching"] = {"policy": batching.name, "table": batching.table(spec, plan, hw, fabric)}
     return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes), policies)
