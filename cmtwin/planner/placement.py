@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from cmtwin.errors import PlanError
 from cmtwin.model.arch import ModelSpec
@@ -70,6 +70,7 @@ def expert_load(model: ModelSpec, balance: str, cv: float = 0.0) -> tuple[float,
     return expert_load_profile(n, 0.0 if balance == "perfect" else cv)
 
 
+@lru_cache(maxsize=1024)  # a search compiles thousands of plans over a few expert layouts; the result is frozen
 def place_experts(model: ModelSpec, *, phase: str, ep: int, redundant: int, dedicated_shared: int,
                   balance: str, load_cv: float = 0.0) -> ExpertPlacement:
     """Lay out routed experts, their redundant replicas and the shared experts over `ep` ranks."""

@@ -59,6 +59,16 @@ def _round(x: float, n: int = 3) -> float:
     return float(f"{x:.{n}f}")
 
 
+def agg_ttft(spec, r) -> tuple[int, float]:
+    """Aggregated serving (one pool serves both phases): every step of `r` (a DecodeResult) carries r.chunk_tokens
+    prefill tokens per die and a prompt is prefilled chunk by chunk, one prompt per die at a time:
+    (chunks per prompt, TTFT ms)."""
+    import math
+
+    steps = math.ceil(spec.workload.prompt_len / r.chunk_tokens)
+    return steps, steps * r.step_us / 1e3
+
+
 def predict(spec, plan) -> Prediction:
     from cmtwin.planner.plan import fabric_for
     from cmtwin.twin.decode import decode_step
@@ -108,15 +118,11 @@ def predict(spec, plan) -> Prediction:
         rows += r.ledger.rows()
         bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
         if spec.serving.mode == "agg" and r.chunk_tokens:
-            # One pool serves both phases: each step carries chunk_tokens prefill tokens per die; a prompt is
-            # prefilled chunk by chunk, one prompt per die at a time.
-            import math
-
-            steps = math.ceil(spec.workload.prompt_len / r.chunk_tokens)
+            steps, ttft_ms = agg_ttft(spec, r)
             prefill = {
                 "tokens_per_s_per_device": _round(r.chunk_tokens * spec.hardware.dies / (r.step_us / 1e6), 1),
                 "step_ms": _round(r.step_us / 1e3),
-                "ttft_ms": _round(steps * r.step_us / 1e3),
+                "ttft_ms": _round(ttft_ms),
                 "tokens_per_device": r.chunk_tokens * spec.hardware.dies,
                 "kv_transfer_ms": 0.0,
                 "microbatches": spec.decode.microbatches,

@@ -46,6 +46,17 @@ def _time(ops: list[Op], hw, ledger: Ledger, stream: str, calls: int) -> float:
     return total
 
 
+def kv_transfer(spec, hw, fabric, src: str, dst: str, prompt_len: int):
+    """One prompt's KV cache (every layer, plus the MTP module's when drafting) from prefill die `src` to decode
+    die `dst` over the scale-out plane (RDMA on CM384, IB on GPUs)."""
+    from cmtwin.model.operators import kv_bytes_per_token
+
+    model = spec.model
+    mtp = model.mtp_layers if spec.mtp.draft_tokens else 0
+    nbytes = prompt_len * kv_bytes_per_token(model, spec.prec, layers=model.layers + mtp)
+    return comm.p2p(hw, fabric, src, dst, nbytes=nbytes, plane=comm.planes(fabric).scale_out, name="kv_transfer")
+
+
 def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None,
                     prompt_len: int | None = None, microbatches: int | None = None) -> PrefillResult:
     """One prefill forward of tokens_per_die tokens made of prompts of prompt_len (defaults: the spec's)."""
@@ -173,13 +184,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     kv_us = 0.0
     decode_dies = [r.die for r in plan.dies if r.role == "decode"]
     if decode_dies:
-        from cmtwin.model.operators import kv_bytes_per_token
-
-        mtp = model.mtp_layers if spec.mtp.draft_tokens else 0
-        nbytes = prompt * kv_bytes_per_token(model, prec, layers=model.layers + mtp)
-        pl = comm.planes(fabric).scale_out
-        c = comm.p2p(hw, fabric, inst_dies[0], decode_dies[-1], nbytes=nbytes, plane=pl, name="kv_transfer")
-        kv_us = c.us
+        kv_us = kv_transfer(spec, hw, fabric, inst_dies[0], decode_dies[-1], prompt).us
         ledger.add("kv_transfer", "kv_transfer", kv_us, "comm", 1)
     streams: dict[str, float] = {}
     for r in ledger.rows():

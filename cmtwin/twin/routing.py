@@ -54,11 +54,11 @@ def busiest_rank_tokens(shares: list[float], total_copies: float, *, noise: bool
     (normal approximation of the maximum over ranks); without it, the largest mean."""
     if not shares or total_copies <= 0:
         return 0.0
-    means = [total_copies * s for s in shares]
+    distinct = set(shares)  # ranks with equal shares have equal figures (most do: replicas even the load out)
     if not noise:
-        return max(means)
+        return max(total_copies * s for s in distinct)
     z = expected_max_normal(len(shares))
-    return max(m + z * math.sqrt(max(m * (1 - s), 0.0)) for m, s in zip(means, shares))
+    return max(total_copies * s + z * math.sqrt(max(total_copies * s * (1 - s), 0.0)) for s in distinct)
 
 
 def distinct_ranks_per_token(k: int, experts: int, ranks: int) -> float:
