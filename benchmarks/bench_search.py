@@ -1,13 +1,17 @@
 """Search speed: `cmtwin search` over the default space for CloudMatrix384's 384 NPUs.
 
 usage: python benchmarks/bench_search.py [--workers N] [--no-sim]
-Prints the machine, candidates, compiled plans, twin calls and pruned configurations, the wall time of each
-stage and the ratio to the goal (>= 1,000 candidate plans in <= 30 s). For scale: a peer GPU configurator's
-default 32-GPU agg/disagg sweep took 137 s on this kind of machine.
+Prints the machine (cores, load average), the space (candidates, decode and prefill evaluations, those left out
+as dominated, compiled plans, twin calls, pruned configurations), the wall time of each stage and of the whole
+command, and the ratio to the goal (>= 1,000 candidate plans in <= 30 s). The default space covers serving modes
+(disagg, agg) and layouts (attention TP 1-16, moe_tp 1-2, decode instances 1-2) as well as the pool split, batch,
+microbatching, MTP and precision. For scale: a peer GPU configurator's default 32-GPU agg/disagg sweep took 137 s
+on this kind of machine.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -20,10 +24,9 @@ GOAL_S = 30.0
 
 def main() -> None:
     workers = sys.argv[sys.argv.index("--workers") + 1] if "--workers" in sys.argv else "0"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"machine: {platform.machine()} {platform.processor() or ''} · {os.cpu_count()} cores · "
-          f"Python {platform.python_version()}")
-    import json
-
+          f"Python {platform.python_version()} · load average before {load}")
     args = ["cmtwin", "search", "+deployment=r1_ep320", "search.devices=384", f"search.workers={workers}",
             "--format", "json"]
     if "--no-sim" in sys.argv:
@@ -34,11 +37,15 @@ def main() -> None:
         wall = time.perf_counter() - t0
     out = json.loads(p.stdout)
     print(f"{' '.join(args[1:-2])}")
-    print(f"candidates {out['candidates']:,} (decode evaluations {out['decode_evaluations']:,}, prefill "
-          f"{out['prefill_evaluations']}); compiled plans {out['compiled_plans']:,}; twin calls "
-          f"{out['twin_calls']:,}; pruned {out['pruned']:,}; frontier {len(out['frontier'])}; "
-          f"simulated {len(out['simulated'])}")
+    print(f"candidates {out['candidates']:,} from {out['decode_evaluations']:,} decode evaluations "
+          f"({out['decode_dominated']:,} dominated at their size and TP degree, left out) and "
+          f"{out['prefill_evaluations']} prefill ({out['prefill_dominated']} dominated); compiled plans "
+          f"{out['compiled_plans']:,}; twin calls {out['twin_calls']:,}; pruned {out['pruned']:,}; frontier "
+          f"{len(out['frontier'])}; simulated {len(out['simulated'])}")
     print(f"stages (s): {out['wall_s']}")
+    best = out["frontier"][0]
+    print(f"best: {best['tokens_per_s_per_device']:,.0f} tok/s/device, TPOT {best['tpot_ms']:.1f} ms, "
+          f"{best['layout']}")
     print(f"wall {wall:.1f} s (whole command, store writes included) = {wall / GOAL_S:.2f} x the {GOAL_S:.0f} s goal; "
           f"{out['candidates'] / wall:,.0f} candidates/s")
 

@@ -1,5 +1,5 @@
 """The plan search: frontier correctness, candidates that compile and predict as the search says,
-serial == parallel, the CLI and the store."""
+serial == parallel, the CLI and the store (layouts: tests/test_search_layouts.py)."""
 
 from __future__ import annotations
 
@@ -62,13 +62,18 @@ def test_frontier_candidates_compile_and_predict_as_searched(small):
     from cmtwin.twin.predict import predict
 
     spec, res = small
-    for i in res.frontier[:3]:
+    best_agg = max((i for i, c in enumerate(res.candidates) if c.mode == "agg"),
+                   key=lambda i: res.candidates[i].tokens_per_s_per_device)
+    for i in res.frontier[:3] + [best_agg]:
         c = res.candidates[i]
         s2, _ = load_spec(["+deployment=r1_ep320", *c.overrides()])
         pred = predict(s2, compile_plan(s2))
         assert pred.decode["tpot_ms"] == pytest.approx(c.tpot_ms, rel=1e-3)
         assert pred.decode["tokens_per_s_per_device"] == pytest.approx(c.decode.tokens_per_s_per_device, rel=1e-3)
-        assert pred.prefill["tokens_per_s_per_device"] == pytest.approx(c.prefill.tokens_per_s_per_device, rel=1e-3)
+        if c.prefill is None:  # aggregated: the chunked prefill between decode steps
+            assert pred.prefill["ttft_ms"] == pytest.approx(c.ttft_ms, rel=1e-3)
+        else:
+            assert pred.prefill["tokens_per_s_per_device"] == pytest.approx(c.prefill.tokens_per_s_per_device, rel=1e-3)
     sim = res.simulated[0]
     assert "simulation" in sim, sim
     assert sim["simulation"]["tpot_ms"]["p50"] is not None
@@ -120,6 +125,14 @@ def test_cli_search_stores_every_point(workdir):
         per.setdefault(s.name, []).append(s.value)
     assert len(per["search.tokens_per_s_per_device"]) == out["candidates"]
     assert sum(per["search.pareto"]) == len(out["frontier"])
+    for name in ("search.mode", "search.concurrency", "search.decode.tp", "search.decode.moe_tp", "search.decode.ep",
+                 "search.decode.pp", "search.decode.instances", "search.prefill.tp", "search.prefill.ep"):
+        assert len(per[name]) == out["candidates"], name
+    assert set(per["search.mode"]) == {0.0, 1.0}  # MODE_CODES: disagg, agg
+    row = out["frontier"][0]
+    assert row["layout"].startswith(row["mode"]) and {"tp", "moe_tp", "ep", "pp"} <= set(row["decode"])
+    assert row["decode_instances"] >= 1 and row["concurrency"] > 0
+    assert {(r["mode"], r["decode"]["tp"]) for r in out["best_per_layout"]} >= {("agg", 1), ("disagg", 1)}
     assert (workdir / out["plot"]).is_file()
     assert run.metrics["search.candidates"] == out["candidates"]
     assert run.output_dir == str(Path("runs") / str(out["run_id"])) and (workdir / run.output_dir).is_dir()

@@ -12,11 +12,13 @@ STORED = ("tokens_per_s_per_device", "tpot_ms", "ttft_ms", "requests_per_s")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="search prefill/decode splits, EP, batch, MTP, precision within a device budget",
-                       description="Explore prefill/decode split, instance sizes, EP degree, decode batch, "
-                                   "microbatching, MTP and precision within search.devices; evaluate every "
-                                   "candidate with the analytic twin, simulate the best few; print the Pareto "
-                                   "frontier (tokens/s per device vs TPOT and TTFT), plot it, store every point.")
+    p = sub.add_parser("search", help="search serving modes, layouts, pool splits, batch, MTP, precision within a "
+                                      "device budget",
+                       description="Explore agg/disagg serving, parallel layouts (attention TP, moe_tp x ep, pp, "
+                                   "instances), the prefill/decode split, decode batch, microbatching, MTP and "
+                                   "precision within search.devices; evaluate every candidate with the analytic twin, "
+                                   "simulate the best few; print the Pareto frontier (tokens/s per device vs TPOT and "
+                                   "TTFT) and the best candidate per layout, plot it, store every point.")
     add_overrides(p)
     add_format(p)
     add_db(p)
@@ -26,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def candidate_rows(result) -> list[tuple[float, str, float]]:
-    """Every evaluated candidate as sample rows (t = index): its figures and its parameters.
-    precision is an index into cmtwin.search.run.PRECISION_CODES."""
-    from cmtwin.search.run import PRECISION_CODES
+    """Every evaluated candidate as sample rows (t = index): its figures and its parameters. precision and mode are
+    indexes into cmtwin.search.run.PRECISION_CODES and MODE_CODES; prefill.* are 0 for an aggregated candidate."""
+    from cmtwin.search.run import MODE_CODES, PRECISION_CODES
 
     front = set(result.frontier)
     rows = []
@@ -38,14 +40,19 @@ def candidate_rows(result) -> list[tuple[float, str, float]]:
         rows += [(t, "search.tokens_per_s_per_device", c.tokens_per_s_per_device), (t, "search.tpot_ms", c.tpot_ms),
                  (t, "search.ttft_ms", c.ttft_ms), (t, "search.requests_per_s", c.requests_per_s),
                  (t, "search.pareto", 1.0 if i in front else 0.0), (t, "search.devices", c.devices),
-                 (t, "search.decode.devices", d.devices), (t, "search.decode.ep", d.ep),
-                 (t, "search.decode.batch_per_device", d.batch_per_device),
+                 (t, "search.mode", MODE_CODES.index(c.mode)), (t, "search.concurrency", c.concurrency),
+                 (t, "search.decode.devices", d.devices), (t, "search.decode.instances", c.decode_instances),
+                 (t, "search.decode.tp", d.tp), (t, "search.decode.moe_tp", d.moe_tp), (t, "search.decode.ep", d.ep),
+                 (t, "search.decode.pp", d.pp), (t, "search.decode.batch_per_device", d.batch_per_device),
                  (t, "search.decode.microbatches", d.microbatches), (t, "search.mtp.draft_tokens", d.mtp),
                  (t, "search.precision", PRECISION_CODES.index(d.precision)),
-                 (t, "search.prefill.instances", c.prefill_instances),
-                 (t, "search.prefill.devices_per_instance", p.devices_per_instance),
-                 (t, "search.prefill.tokens_per_device", p.tokens_per_device)]
+                 (t, "search.prefill.instances", c.prefill_instances)]
+        rows += [(t, f"search.prefill.{k}", getattr(p, k) if p else 0) for k in PREFILL_STORED]
     return rows
+
+
+PREFILL_STORED = ("devices_per_instance", "tp", "moe_tp", "ep", "pp", "tokens_per_device")
+"""Prefill parameters stored per candidate as search.prefill.<key>."""
 
 
 def _progress():
@@ -80,13 +87,16 @@ def run(args: argparse.Namespace) -> int:
 
         raise PlanError(f"no candidate plan fits search.devices ({result.budget}) and the SLO "
                         f"(slo.tpot_ms={spec.slo.tpot_ms}, slo.ttft_ms={spec.slo.ttft_ms}); {result.pruned} "
-                        "configurations were pruned (memory, placement).", key="search",
-                        fix="relax slo.*, widen search.decode_batches or raise search.devices")
+                        f"configurations were pruned (layout, memory, placement), e.g.: {result.prune_example}",
+                        key="search", fix="relax slo.*, widen search.decode_batches or the layout lists "
+                        "(search.decode_tp, moe_tp, pp), or raise search.devices")
     from cmtwin.store.engine import open_store
     from cmtwin.store.repo import add_artifact, add_samples, run_lifecycle, set_metrics, set_output_dir, start_run
 
-    front = [result.candidates[i].to_dict() for i in result.frontier]
-    summary = {"frontier": front, "simulated": result.simulated}
+    dies = result.dies_per_device
+    front = [result.candidates[i].to_dict(dies) for i in result.frontier]
+    layouts = [{"index": i, **result.candidates[i].to_dict(dies)} for i in result.best_per_layout()]
+    summary = {"frontier": front, "best_per_layout": layouts, "simulated": result.simulated}
     store = open_store(args.db or spec.store.url)
     run_id = start_run(store, verb="search", deployment=spec.deployment.name, plan_hash=None,
                        overrides=list(composed.overrides), config=composed.config, prediction=summary)
@@ -115,26 +125,18 @@ def run(args: argparse.Namespace) -> int:
         print_json({"run_id": run_id, "budget_devices": result.budget, "candidates": len(result.candidates),
                     "decode_evaluations": result.decode_evals, "prefill_evaluations": result.prefill_evals,
                     "compiled_plans": result.compiled, "pruned": result.pruned, "twin_calls": result.twin_calls,
-                    "frontier": front, "simulated": result.simulated, "plot": str(plot),
+                    "decode_dominated": result.decode_dominated, "prefill_dominated": result.prefill_dominated,
+                    "frontier": front, "best_per_layout": layouts, "simulated": result.simulated, "plot": str(plot),
                     "wall_s": {**{k: round(v, 3) for k, v in result.wall_s.items()}, "total": round(wall, 3)}})
         return 0
-    from rich.table import Table
-
     from cmtwin.cli.common import console
 
     c = console()
     c.print(f"[bold]search[/] {spec.deployment.name}: {len(result.candidates):,} candidate plans for "
             f"{result.budget} devices ({result.compiled} compiled, {result.twin_calls:,} twin calls, "
             f"{result.pruned:,} pruned), frontier {len(result.frontier)}")
-    t = Table(title=f"Pareto frontier (best {min(args.top, len(front))} by tokens/s per device)")
-    for col in ("tok/s/dev", "TPOT ms", "TTFT ms", "decode", "prefill", "batch/dev", "mb", "MTP", "prec", "bound"):
-        t.add_column(col, justify="right")
-    for d in front[: args.top]:
-        dd, pp = d["decode"], d["prefill"]
-        t.add_row(f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}", f"{d['ttft_ms']:.0f}",
-                  f"{dd['devices']} EP{dd['ep']}", f"{d['prefill_instances']}x{pp['devices_per_instance']}",
-                  str(dd["batch_per_device"]), str(dd["microbatches"]), str(dd["mtp"]), dd["precision"], d["bottleneck"])
-    c.print(t)
+    c.print(_table(f"Pareto frontier (best {min(args.top, len(front))} by tokens/s per device)", front[: args.top]))
+    c.print(_table("Best candidate per serving mode and decode attention TP", layouts[: args.top]))
     for s in result.simulated:
         sim = s.get("simulation")
         if sim:
@@ -146,3 +148,17 @@ def run(args: argparse.Namespace) -> int:
     c.print(f"run {run_id} recorded; every candidate is in samples (name LIKE 'search.%', t = index); "
             f"{wall:.1f} s wall")
     return 0
+
+
+def _table(title: str, rows: list[dict]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("tok/s/dev", "TPOT ms", "TTFT ms", "layout", "batch/dev", "conc", "mb", "MTP", "prec", "bound"):
+        t.add_column(col, justify="left" if col == "layout" else "right")
+    for d in rows:
+        dd = d["decode"]
+        t.add_row(f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}", f"{d['ttft_ms']:.0f}", d["layout"],
+                  str(dd["batch_per_device"]), f"{d['concurrency']:,}", str(dd["microbatches"]), str(dd["mtp"]),
+                  dd["precision"], d["bottleneck"])
+    return t

@@ -1,8 +1,9 @@
-"""Plan search: explore prefill/decode splits, instance sizes, EP degree, batch, microbatching, MTP and
-precision within a device budget; the analytic twin for every candidate, the simulator for the best few.
+"""Plan search: explore serving modes (disagg, agg), parallel layouts (attention TP, moe_tp x ep, pp, instances),
+prefill/decode splits and instance sizes, batch, microbatching, MTP and precision within a device budget; the
+analytic twin for every candidate, the simulator for the best few.
 
 Public API: `search(spec, *, workers=None, progress=None) -> SearchResult` (cmtwin/search/run.py),
-`pareto(points, keys)`.
+`pareto(points)`.
 """
 
 from cmtwin.search.run import Candidate, SearchResult, pareto, search

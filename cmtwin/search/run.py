@@ -1,17 +1,20 @@
 """The plan search.
 
 Decode and prefill are evaluated apart, then combined: a decode configuration's TPOT and tokens/s per
-device depend only on its own pool (devices, EP, batch, microbatches, MTP, precision), a prefill
-configuration's TTFT and tokens/s per device only on its instance (devices, tokens per forward, MTP,
-precision). Every structural combination (decode devices x EP x precision x MTP; prefill instance size x
-precision x MTP) is compiled once by the planner, which checks placement and memory; the batch and the
-microbatching are then varied on the same compiled plan through `decode_step(batch_per_die=,
-microbatches=)`, with batches that cannot hold their KV pruned before any twin call. A candidate plan is a
-decode configuration plus a prefill configuration (same precision and MTP) with as many prefill instances as
-the remaining budget allows; its system figures follow from the two pools' rates:
+device depend only on its own instance (devices, layout, batch, microbatches, MTP, precision, serving mode),
+a prefill configuration's TTFT and tokens/s per device only on its instance (devices, layout, tokens per
+forward, MTP, precision). The layout of an instance is its attention TP degree, its MoE split (moe_tp x ep) and
+its pipeline stages (pp); every structural combination is validated by the Spec's own cross-checks
+(`layout_errors`) and compiled once by the planner (placement, memory), so an invalid or infeasible one is
+pruned by the same code `cmtwin plan` runs. The batch and the microbatching then vary on the same compiled plan
+through `decode_step(batch_per_die=, microbatches=)`, with batches that cannot hold their KV pruned before any
+twin call. A disaggregated candidate is `decode_instances` decode instances plus as many prefill instances (same
+precision and MTP) as the rest of the budget holds; an aggregated one is as many replicas of one pool (prefill
+chunks mixed into its decode steps) as the budget holds. Their system figures follow from the pools' rates:
 
     requests/s = min(prefill instances x prefill tokens/s per instance / prompt_len,
-                     decode devices x decode tokens/s per device / output_len)
+                     decode instances x decode devices x decode tokens/s per device / output_len)    (disagg)
+    requests/s = replicas x devices x tokens/s per device / output_len                               (agg)
     tokens_per_s_per_device = requests/s x output_len / devices used
 
 The frontier maximises tokens/s per device and minimises TPOT and TTFT; the best few frontier points are
@@ -20,23 +23,30 @@ then compiled exactly and simulated (cmtwin/sim) at 90% of their capacity.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import product
 
 from cmtwin.errors import CmtwinError, ConfigError
 
 PRECISION_CODES = ("int8", "fp8", "bf16")
 """`precision` of a stored search point is an index into this tuple."""
+MODE_CODES = ("disagg", "agg")
+"""`mode` of a stored search point is an index into this tuple."""
 
 
 @dataclass(frozen=True)
 class DecodeEval:
+    """One decode (agg: aggregated) instance at one batch: its layout and the twin's figures."""
+
+    mode: str  # disagg | agg
     devices: int
-    ep: int
+    tp: int
     moe_tp: int
+    ep: int
+    pp: int
     redundant: int
     dedicated: int
     batch_per_device: int
@@ -45,13 +55,17 @@ class DecodeEval:
     precision: str
     tpot_ms: float
     tokens_per_s_per_device: float
+    ttft_ms: float | None = None  # agg: chunked prefill of a prompt between decode steps
+    chunk_tokens: int = 0  # agg: prefill tokens per die per step
 
 
 @dataclass(frozen=True)
 class PrefillEval:
     devices_per_instance: int
-    ep: int
     tp: int
+    moe_tp: int
+    ep: int
+    pp: int
     redundant: int
     tokens_per_device: int
     mtp: int
@@ -60,12 +74,25 @@ class PrefillEval:
     tokens_per_s_per_device: float
 
 
+def layout_label(ranks: int, tp: int, moe_tp: int, ep: int, pp: int) -> str:
+    """An instance's layout in the usual notation, e.g. 'TP8 EP8', 'DP8 EP8', 'DP20 TP16 EP320', 'DP4 TP2 EP4
+    MoE-TP2 PP2' (degrees of 1 left out)."""
+    from cmtwin.planner.layout import Layout
+
+    lay = Layout(ranks=ranks, tp=tp, tp_mode="allreduce", moe_tp=moe_tp, ep=ep, pp=pp)
+    parts = [(f"DP{lay.attention_dp}", lay.attention_dp), (f"TP{tp}", tp), (f"EP{ep}", ep),
+             (f"MoE-TP{moe_tp}", moe_tp), (f"PP{pp}", pp)]
+    return " ".join(p for p, n in parts if n > 1) or "1 rank"
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """A whole deployment: one decode instance + `prefill_instances` prefill instances."""
+    """A whole deployment: `decode_instances` decode instances + `prefill_instances` prefill instances (disagg),
+    or `decode_instances` replicas of one aggregated pool (agg; prefill is None)."""
 
     decode: DecodeEval
-    prefill: PrefillEval
+    prefill: PrefillEval | None
+    decode_instances: int
     prefill_instances: int
     devices: int
     requests_per_s: float
@@ -74,42 +101,70 @@ class Candidate:
     ttft_ms: float
     bottleneck: str
 
+    @property
+    def mode(self) -> str:
+        return self.decode.mode
+
+    @property
+    def concurrency(self) -> int:
+        """Concurrent requests over all decode (agg) instances."""
+        return self.decode.batch_per_device * self.decode.devices * self.decode_instances
+
+    def layout(self, dies: int) -> str:
+        """e.g. 'agg 1x8 [TP8 EP8]' or 'disagg decode 1x8 [DP8 EP8] + prefill 1x8 [TP8 EP8]' (dies per device)."""
+        d, p = self.decode, self.prefill
+        out = f"{d.mode} {'' if p is None else 'decode '}{self.decode_instances}x{d.devices} " \
+              f"[{layout_label(d.devices * dies, d.tp, d.moe_tp, d.ep, d.pp)}]"
+        if p is not None:
+            out += f" + prefill {self.prefill_instances}x{p.devices_per_instance} " \
+                   f"[{layout_label(p.devices_per_instance * dies, p.tp, p.moe_tp, p.ep, p.pp)}]"
+        return out
+
     def sections(self) -> dict:
         """The spec sections this candidate sets (for _variant and overrides)."""
         d, p = self.decode, self.prefill
-        return {
+        out = {
             "precision": d.precision,
             "mtp": {"draft_tokens": d.mtp},
-            "decode": {"devices": d.devices, "instances": 1, "ep": d.ep, "moe_tp": d.moe_tp, "tp": 1, "pp": 1,
-                       "redundant_experts": d.redundant, "dedicated_shared_ranks": d.dedicated,
+            "serving": {"mode": d.mode, "concurrency": None},
+            "decode": {"devices": d.devices, "instances": self.decode_instances, "ep": d.ep, "moe_tp": d.moe_tp,
+                       "tp": d.tp, "pp": d.pp, "redundant_experts": d.redundant, "dedicated_shared_ranks": d.dedicated,
                        "batch_per_device": d.batch_per_device, "microbatches": d.microbatches},
-            "prefill": {"instances": self.prefill_instances, "devices_per_instance": p.devices_per_instance,
-                        "ep": p.ep, "tp": p.tp, "moe_tp": 1, "pp": 1, "redundant_experts": p.redundant,
-                        "dedicated_shared_ranks": 0, "tokens_per_device": p.tokens_per_device},
+            "prefill": {"instances": 0},
         }
+        if p is not None:
+            out["prefill"] = {"instances": self.prefill_instances, "devices_per_instance": p.devices_per_instance,
+                              "ep": p.ep, "tp": p.tp, "moe_tp": p.moe_tp, "pp": p.pp, "redundant_experts": p.redundant,
+                              "dedicated_shared_ranks": 0, "tokens_per_device": p.tokens_per_device}
+        return out
 
     def overrides(self) -> list[str]:
         """The Hydra overrides that turn the searched deployment into this candidate."""
         out = []
         for k, v in self.sections().items():
-            if isinstance(v, dict):
-                out += [f"{k}.{kk}={vv}" for kk, vv in v.items()]
-            else:
-                out.append(f"{k}={v}")
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):
+                out.append(f"{k}.{kk}={_hydra(vv)}" if kk else f"{k}={_hydra(vv)}")
         return out
 
-    def to_dict(self) -> dict:
-        return {"decode": asdict(self.decode), "prefill": asdict(self.prefill),
-                "prefill_instances": self.prefill_instances, "devices": self.devices,
+    def to_dict(self, dies: int = 1) -> dict:
+        return {"mode": self.mode, "layout": self.layout(dies), "decode": asdict(self.decode),
+                "prefill": asdict(self.prefill) if self.prefill else None,
+                "decode_instances": self.decode_instances, "prefill_instances": self.prefill_instances,
+                "devices": self.devices, "concurrency": self.concurrency,
                 "requests_per_s": round(self.requests_per_s, 3),
                 "tokens_per_s_per_device": round(self.tokens_per_s_per_device, 2),
                 "tpot_ms": round(self.tpot_ms, 3), "ttft_ms": round(self.ttft_ms, 2), "bottleneck": self.bottleneck,
                 "overrides": self.overrides()}
 
 
+def _hydra(v) -> str:
+    return "null" if v is None else str(v)
+
+
 @dataclass
 class SearchResult:
     budget: int
+    dies_per_device: int
     candidates: list[Candidate]
     frontier: list[int]  # indexes into candidates
     decode_evals: int
@@ -117,12 +172,25 @@ class SearchResult:
     compiled: int
     pruned: int
     twin_calls: int
+    decode_dominated: int = 0  # decode evaluations left out of the combination (see undominated_decode)
+    prefill_dominated: int = 0  # prefill evaluations left out of the combination (see undominated_prefill)
+    prune_example: str = ""  # the first reason a configuration was pruned
     simulated: list[dict] = field(default_factory=list)
     wall_s: dict = field(default_factory=dict)
 
+    def best_per_layout(self) -> list[int]:
+        """Per serving mode and decode attention TP degree, the index of the candidate with the most tokens/s per
+        device, best first: e.g. whether TP8 or DP8 decode attention wins, aggregated or not."""
+        best: dict[tuple, int] = {}
+        for i, c in enumerate(self.candidates):
+            key = (c.mode, c.decode.tp)
+            if key not in best or c.tokens_per_s_per_device > self.candidates[best[key]].tokens_per_s_per_device:
+                best[key] = i
+        return sorted(best.values(), key=lambda i: -self.candidates[i].tokens_per_s_per_device)
+
 
 # ------------------------------------------------------------------ expert layout rules
-def expert_layout(experts: int, shared: int, ep: int) -> tuple[int, int] | None:
+def expert_layout(experts: int, shared: int, ep: int) -> tuple[int, int]:
     """(redundant experts, dedicated shared ranks) for an EP degree, by the published layouts' rule:
     below one expert per rank, pad the routed experts to a multiple of ep (plus one redundant per rank when
     that adds nothing); at or above it, one expert per rank, the surplus ranks split between shared-expert
@@ -135,6 +203,54 @@ def expert_layout(experts: int, shared: int, ep: int) -> tuple[int, int] | None:
     surplus = ep - experts
     ded = surplus // 2 if shared else 0
     return surplus - ded, ded
+
+
+# ------------------------------------------------------------------ the space
+def tp_options(spec, phase: str) -> list[int]:
+    """Attention TP degrees to try in a phase: search.<phase>_tp, or every power of two dividing the dies of a node
+    (TP groups are consecutive dies, so they stay in the fastest domain) plus the deployment's own degree."""
+    given = getattr(spec.search, f"{phase}_tp")
+    if given:
+        return sorted(set(given))
+    from cmtwin.planner.plan import fabric_for
+
+    per_node = fabric_for(spec).devices_per_node * spec.hardware.dies
+    return sorted({t for t in (2 ** i for i in range(per_node.bit_length())) if per_node % t == 0}
+                  | {getattr(spec, phase).tp})
+
+
+def scale_up_devices(spec) -> int:
+    """Devices joined by the fabric's fastest plane: the whole fabric where the nodes are joined by the plane their
+    dies use inside a node (UB on CM384), else one node (NVLink on GPU clusters)."""
+    from cmtwin.planner.plan import fabric_for
+    from cmtwin.twin.comm import planes
+
+    fabric = fabric_for(spec)
+    pl = planes(fabric)
+    return len(fabric.dies()) // spec.hardware.dies if pl.inter == pl.intra else fabric.devices_per_node
+
+
+def pp_options(spec, phase: str, devices: int) -> list[int]:
+    """Pipeline stages to try for an instance of `devices` devices: search.pp, or 1, the deployment's own, and 2
+    where each stage is whole scale-up domains (stages then meet only over the slower plane)."""
+    if spec.search.pp:
+        return sorted(set(spec.search.pp))
+    return sorted({1, getattr(spec, phase).pp} | ({2} if devices % (2 * scale_up_devices(spec)) == 0 else set()))
+
+
+def phase_layouts(spec, phase: str, devices: int) -> list[dict]:
+    """The layouts to try for an instance of a phase, as spec keys: tp x moe_tp x pp with ep = ranks / (moe_tp x
+    pp) and the expert layout rule. Whether a layout adds up is left to the Spec's checks (layout_errors)."""
+    moe = spec.model.moe
+    ranks = devices * spec.hardware.dies
+    out = []
+    for pp, tp, moe_tp in product(pp_options(spec, phase, devices), tp_options(spec, phase),
+                                  sorted(set(spec.search.moe_tp)) if moe else [1]):
+        ep = max(1, ranks // (moe_tp * pp)) if moe else 1
+        red, ded = expert_layout(moe.routed_experts, moe.shared_experts, ep) if moe else (0, 0)
+        out.append({"tp": tp, "moe_tp": moe_tp, "ep": ep, "pp": pp, "redundant_experts": red,
+                    "dedicated_shared_ranks": ded})
+    return out
 
 
 # ------------------------------------------------------------------ workers
@@ -151,117 +267,153 @@ def _variant(spec, **parts):
     Raises CmtwinError (ConfigError) when the combination is invalid."""
     from pydantic import ValidationError
 
+    from cmtwin.config.compose import validation_error
+
     d = spec.model_dump()
     for k, v in parts.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v
     try:
         return type(spec).model_validate(d)
     except ValidationError as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+        raise validation_error(exc, "candidate") from None
 
 
-def _decode_group(args) -> tuple[list[DecodeEval], int, int, int]:
-    """All decode evaluations of one decode pool size: (evals, compiled, pruned, twin calls)."""
-    devices, = args
+@dataclass
+class _Tally:
+    compiled: int = 0
+    pruned: int = 0
+    calls: int = 0
+    example: str = ""
+
+    def prune(self, n: int, exc: Exception | None = None) -> None:
+        self.pruned += n
+        if exc is not None and not self.example:
+            self.example = str(exc)
+
+    def add(self, other: _Tally) -> None:
+        self.compiled += other.compiled
+        self.pruned += other.pruned
+        self.calls += other.calls
+        self.example = self.example or other.example
+
+
+def _largest_that_compiles(v, values: list[int], section: str, key: str, tally: _Tally, per: int, known=None):
+    """Memory grows with the batch (prefill: the tokens per forward): compile the largest of `values` (ascending)
+    exactly and step down until one passes the planner's checks; every smaller value then fits too. Returns the
+    values that fit and the compiled plan of the largest. known: (value, plan) already compiled."""
+    from cmtwin.planner.plan import compile_plan
+
+    values = list(values)
+    while values:
+        if known is not None and values[-1] == known[0]:
+            return values, known[1]
+        try:
+            # only a count changes, on a spec that passed every cross-check (the grid keeps batches whole per die)
+            part = getattr(v, section).model_copy(update={key: values[-1]})
+            plan = compile_plan(v.model_copy(update={section: part}))
+            tally.compiled += 1
+            return values, plan
+        except CmtwinError as exc:
+            values.pop()
+            tally.prune(per, exc)
+    return [], None
+
+
+def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
+    """All decode evaluations of one instance size, in the given serving modes."""
+    devices, modes = args
     from cmtwin.planner.plan import compile_plan, fabric_for
     from cmtwin.twin.decode import decode_step
+    from cmtwin.twin.predict import agg_ttft
 
     spec = _SPEC
     s = spec.search
     hw = spec.hardware
     fabric = fabric_for(spec)
     dies = hw.dies
-    ranks = devices * dies
-    moe = spec.model.moe
-    eps = sorted({e for e in (ranks, ranks // 2) if e >= 1 and ranks % e == 0}) if moe else [1]
     out: list[DecodeEval] = []
-    compiled = pruned = calls = 0
-    batches = sorted(b for b in s.decode_batches if b % dies == 0)
-    for prec in _precisions(spec):
+    tally = _Tally()
+    mbs = sorted(set(s.microbatches))
+    batches = sorted({b for b in s.decode_batches if b % dies == 0})
+    layouts = phase_layouts(spec, "decode", devices)
+    b0 = batches[0]
+    for prec, mode, lay in product(_precisions(spec), modes, layouts):
+        bound = None  # the batches that fit with the fewest drafts; more drafts need more memory (weights, KV)
         for k in _mtps(spec):
-            for ep in eps:
-                layout = expert_layout(moe.routed_experts, moe.shared_experts, ep) if moe else (0, 0)
-                if layout is None:
-                    continue
-                red, ded = layout
-                b0 = batches[0]
-                try:
-                    v = _variant(spec, precision=prec, mtp={"draft_tokens": k}, prefill={"instances": 0},
-                                 decode={"devices": devices, "instances": 1, "ep": ep, "moe_tp": ranks // ep,
-                                         "tp": 1, "pp": 1, "redundant_experts": red, "dedicated_shared_ranks": ded,
-                                         "batch_per_device": b0}, slo={"tpot_ms": None, "ttft_ms": None})
-                    plan = compile_plan(v)
-                except CmtwinError:
-                    pruned += len(batches) * len(s.microbatches)
-                    continue
-                compiled += 1
-                mem = plan.pools_of("decode")[0].memory
-                cap = mem.kv_token_capacity + int(mem.kv_cache // mem.kv_bytes_per_token)
-                per_req = v.workload.decode_kv_len + k
-                fits = [b for b in batches if (b // dies) * per_req <= cap]  # KV estimate at the smallest batch
-                pruned += (len(batches) - len(fits)) * len(s.microbatches)
-                # Memory grows with the batch (KV, buffers, activations): compile the largest exactly, step down
-                # until one passes the planner's HBM check; every smaller batch then fits too.
-                while fits and fits[-1] != b0:
-                    try:
-                        compile_plan(_variant(v, decode={"batch_per_device": fits[-1]}))
-                        compiled += 1
-                        break
-                    except CmtwinError:
-                        fits.pop()
-                        pruned += len(s.microbatches)
-                for b in fits:
-                    bd = b // dies
-                    for m in s.microbatches:
-                        r = decode_step(v, plan, hw, fabric, batch_per_die=bd, microbatches=m)
-                        calls += 1
-                        out.append(DecodeEval(devices, ep, ranks // ep, red, ded, b, m, k, prec, r.tpot_ms,
-                                              r.tokens_per_s_per_device))
-    return out, compiled, pruned, calls
+            known = None
+            try:
+                v = _variant(spec, precision=prec, mtp={"draft_tokens": k}, prefill={"instances": 0},
+                             serving={"mode": mode, "concurrency": None},
+                             decode={"devices": devices, "instances": 1, **lay, "batch_per_device": b0},
+                             slo={"tpot_ms": None, "ttft_ms": None})
+                if bound is None:
+                    known = (b0, compile_plan(v))
+                    tally.compiled += 1
+                    # The KV cache is linear in the batch: the batches whose KV fits what the smallest leaves free.
+                    mem = known[1].pools_of("decode")[0].memory
+                    bound = [b for b in batches if mem.kv_cache * b / b0 <= mem.capacity - mem.fixed]
+            except CmtwinError as exc:
+                tally.prune(len(batches) * len(mbs), exc)
+                continue
+            tally.prune((len(batches) - len(bound)) * len(mbs))
+            fits, plan = _largest_that_compiles(v, bound, "decode", "batch_per_device", tally, len(mbs), known)
+            if known is not None:
+                bound = fits  # what compiles with the fewest drafts bounds what compiles with more
+            for b, m in product(fits, mbs):
+                r = decode_step(v, plan, hw, fabric, batch_per_die=b // dies, microbatches=m)
+                tally.calls += 1
+                out.append(DecodeEval(mode=mode, devices=devices, tp=lay["tp"], moe_tp=lay["moe_tp"], ep=lay["ep"],
+                                      pp=lay["pp"], redundant=lay["redundant_experts"],
+                                      dedicated=lay["dedicated_shared_ranks"], batch_per_device=b, microbatches=m,
+                                      mtp=k, precision=prec, tpot_ms=r.tpot_ms,
+                                      tokens_per_s_per_device=r.tokens_per_s_per_device,
+                                      ttft_ms=agg_ttft(v, r)[1] if mode == "agg" else None,
+                                      chunk_tokens=r.chunk_tokens))
+    return out, tally
 
 
-def _prefill_group(args) -> tuple[list[PrefillEval], int, int, int]:
+def _group(task):
+    kind, args = task
+    return (_decode_group if kind == "d" else _prefill_group)(args)
+
+
+def _prefill_group(args) -> tuple[list[PrefillEval], _Tally]:
+    """All prefill evaluations of one instance size."""
     size, = args
-    from cmtwin.planner.plan import compile_plan, fabric_for
-    from cmtwin.twin import comm
-    from cmtwin.twin.prefill import prefill_forward
+    from cmtwin.planner.plan import fabric_for
+    from cmtwin.twin.prefill import kv_transfer, prefill_forward
 
     spec = _SPEC
     hw = spec.hardware
     fabric = fabric_for(spec)
     dies = hw.dies
-    ranks = size * dies
-    moe = spec.model.moe
-    ep = ranks if moe else 1
-    tp = max(t for t in (1, 2, 4, 8, 16) if ranks % t == 0 and t <= ranks)
-    red = expert_layout(moe.routed_experts, moe.shared_experts, ep)[0] if moe and ep < moe.routed_experts else 0
     out: list[PrefillEval] = []
-    compiled = pruned = calls = 0
-    far = fabric.dies()[-1].id
-    for prec in _precisions(spec):
-        for k in _mtps(spec):
-            for tokens in spec.search.prefill_tokens_per_device:
-                try:
-                    v = _variant(spec, precision=prec, mtp={"draft_tokens": k}, decode={"devices": 0},
-                                 prefill={"instances": 1, "devices_per_instance": size, "ep": ep, "tp": tp,
-                                          "moe_tp": 1, "pp": 1, "redundant_experts": red,
-                                          "dedicated_shared_ranks": 0, "tokens_per_device": tokens},
-                                 slo={"tpot_ms": None, "ttft_ms": None})
-                    plan = compile_plan(v)
-                except CmtwinError:
-                    pruned += 1
-                    continue
-                compiled += 1
-                pool = plan.pools_of("prefill")[0]
-                r = prefill_forward(v, plan, hw, fabric)
-                calls += 1
-                # KV of one prompt to a decode die elsewhere over the scale-out plane (decode is not in this plan)
-                first = next(d.die for d in plan.dies if d.role == "prefill")
-                kv = comm.p2p(hw, fabric, first, far, nbytes=v.workload.prompt_len * pool.memory.kv_bytes_per_token,
-                              plane=comm.planes(fabric).scale_out).us
-                out.append(PrefillEval(size, ep, tp, red, tokens, k, prec, (r.step_us + kv) / 1e3,
-                                       r.tokens_per_s_per_device))
-    return out, compiled, pruned, calls
+    tally = _Tally()
+    far = fabric.dies()[-1].id  # the KV goes to a decode die elsewhere (decode is not in this plan)
+    tokens = sorted(set(spec.search.prefill_tokens_per_device))
+    layouts = phase_layouts(spec, "prefill", size)
+    for prec, k, lay in product(_precisions(spec), _mtps(spec), layouts):
+        try:
+            v = _variant(spec, precision=prec, mtp={"draft_tokens": k}, serving={"mode": "disagg", "concurrency": None},
+                         decode={"devices": 0}, prefill={"instances": 1, "devices_per_instance": size, **lay,
+                                                          "tokens_per_device": tokens[0]},
+                         slo={"tpot_ms": None, "ttft_ms": None})
+        except CmtwinError as exc:
+            tally.prune(len(tokens), exc)
+            continue
+        fits, plan = _largest_that_compiles(v, tokens, "prefill", "tokens_per_device", tally, 1)
+        if not fits:
+            continue
+        first = next(d.die for d in plan.dies if d.role == "prefill")
+        kv_ms = kv_transfer(v, hw, fabric, first, far, v.workload.prompt_len).us / 1e3
+        for t in fits:
+            r = prefill_forward(v, plan, hw, fabric, tokens_per_die=t // dies)
+            tally.calls += 1
+            out.append(PrefillEval(devices_per_instance=size, tp=lay["tp"], moe_tp=lay["moe_tp"], ep=lay["ep"],
+                                   pp=lay["pp"], redundant=lay["redundant_experts"], tokens_per_device=t, mtp=k,
+                                   precision=prec, ttft_ms=r.ttft_ms + kv_ms,
+                                   tokens_per_s_per_device=r.tokens_per_s_per_device))
+    return out, tally
 
 
 def _precisions(spec) -> list[str]:
@@ -289,17 +441,66 @@ def _mtps(spec) -> list[int]:
 # ------------------------------------------------------------------ frontier
 def pareto(points: list[tuple[float, ...]]) -> list[int]:
     """Indexes of the points that no other point dominates (every coordinate minimised; of equal points, the
-    first). Sorted sweep: a point is kept unless an already kept point is <= it in every coordinate."""
+    first). Sorted sweep: a point is kept unless an already kept point is <= it in every coordinate. Every kept
+    point is <= it in the first coordinate, so up to three coordinates the test is a lookup in the staircase of
+    the kept points' other two (ordered by the second, the third strictly falling): O(n log n)."""
+    from bisect import bisect_right
+
     first: dict[tuple, int] = {}
     for i, p in enumerate(points):
         first.setdefault(tuple(p), i)
-    kept: list[tuple] = []
     out: list[int] = []
+    if any(len(p) > 3 for p in first):
+        kept: list[tuple] = []
+        for p in sorted(first):
+            if not any(all(q[j] <= p[j] for j in range(len(p))) for q in kept):
+                kept.append(p)
+                out.append(first[p])
+        return out
+    ys: list[float] = []
+    zs: list[float] = []
     for p in sorted(first):
-        if not any(all(q[j] <= p[j] for j in range(len(p))) for q in kept):
-            kept.append(p)
-            out.append(first[p])
+        y, z = (tuple(p[1:]) + (0.0, 0.0))[:2]
+        i = bisect_right(ys, y)
+        if i and zs[i - 1] <= z:
+            continue  # a kept point is <= p in every coordinate
+        out.append(first[p])
+        j = i
+        while j < len(ys) and zs[j] >= z:  # steps p now covers
+            j += 1
+        ys[i:j], zs[i:j] = [y], [z]
     return out
+
+
+def _undominated(evals: list, group: Callable, figures: Callable) -> list:
+    """The evaluations no other of their group dominates in `figures` (all minimised), in their order."""
+    groups: dict[tuple, list] = {}
+    for e in evals:
+        groups.setdefault(group(e), []).append(e)
+    keep = set()
+    for g in groups.values():
+        keep |= {id(g[i]) for i in pareto([figures(e) for e in g])}
+    return [e for e in evals if id(e) in keep]
+
+
+def undominated_prefill(prefill: list[PrefillEval]) -> list[PrefillEval]:
+    """The prefill evaluations worth combining. A candidate depends on its prefill instance only through the
+    instance size (how many fit the budget), its tokens/s per device and its TTFT, so of the evaluations of one
+    size, precision and MTP, one with no more tokens/s and no less TTFT than another gives only candidates that
+    the other's dominate (same decode, same devices, no more requests/s, no less TTFT)."""
+    return _undominated(prefill, lambda p: (p.precision, p.mtp, p.devices_per_instance),
+                        lambda p: (-round(p.tokens_per_s_per_device, 6), round(p.ttft_ms, 6)))
+
+
+def undominated_decode(decode: list[DecodeEval]) -> list[DecodeEval]:
+    """The decode evaluations worth combining. A candidate depends on its decode instance only through the mode,
+    the instance size, the precision and MTP (which prefill it pairs with), its tokens/s per device, its TPOT and
+    (agg) its TTFT; of the evaluations sharing those keys and the attention TP degree, one that another beats or
+    ties in every figure gives only dominated candidates. Keeping the TP degree in the key keeps the best
+    candidate of every (mode, TP) exact, so the layouts can be compared (TP8 vs DP8)."""
+    return _undominated(decode, lambda d: (d.mode, d.devices, d.precision, d.mtp, d.tp),
+                        lambda d: (-round(d.tokens_per_s_per_device, 6), round(d.tpot_ms, 6),
+                                   round(d.ttft_ms or 0.0, 6)))
 
 
 def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillEval]) -> list[Candidate]:
@@ -307,18 +508,24 @@ def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillE
     by_key: dict[tuple[str, int], list[PrefillEval]] = {}
     for p in prefill:
         by_key.setdefault((p.precision, p.mtp), []).append(p)
+    instances = sorted(set(spec.search.decode_instances))
     out = []
     for d in decode:
-        for p in by_key.get((d.precision, d.mtp), ()):
-            inst = (budget - d.devices) // p.devices_per_instance
+        dec = d.devices * d.tokens_per_s_per_device / w.output_len  # requests/s of one instance
+        if d.mode == "agg":
+            k = budget // d.devices
+            out.append(Candidate(d, None, k, 0, k * d.devices, k * dec, d.tokens_per_s_per_device, d.tpot_ms,
+                                 d.ttft_ms, "agg"))
+            continue
+        for k, p in product(instances, by_key.get((d.precision, d.mtp), ())):
+            inst = (budget - k * d.devices) // p.devices_per_instance
             if inst < 1:
                 continue
-            devices = d.devices + inst * p.devices_per_instance
+            devices = k * d.devices + inst * p.devices_per_instance
             pre = inst * p.devices_per_instance * p.tokens_per_s_per_device / w.prompt_len
-            dec = d.devices * d.tokens_per_s_per_device / w.output_len
-            rate = min(pre, dec)
-            out.append(Candidate(d, p, inst, devices, rate, rate * w.output_len / devices, d.tpot_ms, p.ttft_ms,
-                                 "prefill" if pre < dec else "decode"))
+            rate = min(pre, k * dec)
+            out.append(Candidate(d, p, k, inst, devices, rate, rate * w.output_len / devices, d.tpot_ms, p.ttft_ms,
+                                 "prefill" if pre < k * dec else "decode"))
     slo = spec.slo
     if slo.tpot_ms is not None:
         out = [c for c in out if c.tpot_ms <= slo.tpot_ms]
@@ -333,15 +540,27 @@ def _frontier(cands: list[Candidate]) -> list[int]:
 
 
 # ------------------------------------------------------------------ driver
-def decode_sizes(spec, budget: int) -> list[int]:
+def pool_sizes(spec, budget: int) -> dict[int, tuple[str, ...]]:
+    """Devices per decode (agg) instance to evaluate, each with the serving modes it is tried in. Default: whole
+    nodes; disagg up to the budget less the smallest prefill instance, agg the sizes whose replicas tile the
+    budget (an aggregated deployment has no second pool to give the rest to)."""
     s = spec.search
-    if s.decode_devices:
-        return sorted({d for d in s.decode_devices if 1 <= d < budget})
-    from cmtwin.planner.plan import fabric_for
-
-    step = fabric_for(spec).devices_per_node  # whole nodes
     smallest = min(s.prefill_devices_per_instance)
-    return [d for d in range(step, budget - smallest + 1, step)]
+    if s.decode_devices:
+        disagg = {d for d in s.decode_devices if d + smallest <= budget}
+        agg = {d for d in s.decode_devices if d <= budget}
+    else:
+        from cmtwin.planner.plan import fabric_for
+
+        step = fabric_for(spec).devices_per_node
+        disagg = set(range(step, budget - smallest + 1, step))
+        agg = {d for d in range(step, budget + 1, step) if budget % d == 0}
+    sizes: dict[int, tuple[str, ...]] = {}
+    for d in sorted(disagg | agg):
+        modes = tuple(m for m in s.modes if d in (disagg if m == "disagg" else agg))
+        if modes:
+            sizes[d] = modes
+    return sizes
 
 
 def search(spec, *, workers: int | None = None, progress: Callable[[str, int, int], None] | None = None,
@@ -357,81 +576,100 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
     if budget > total:
         raise ConfigError(f"search.devices ({budget}) exceeds the {total} devices of topology {spec.topology.name}.",
                           key="search.devices", fix=f"set search.devices <= {total} or a larger topology")
-    sizes = decode_sizes(spec, budget)
+    dies = spec.hardware.dies
+    if not [b for b in spec.search.decode_batches if b % dies == 0]:
+        raise ConfigError(f"search.decode_batches {spec.search.decode_batches}: no batch splits evenly over the "
+                          f"{dies} dies of a {spec.hardware.name}.", key="search.decode_batches",
+                          fix=f"list multiples of {dies}")
+    sizes = pool_sizes(spec, budget)
     psizes = sorted({p for p in spec.search.prefill_devices_per_instance if p < budget})
-    if not sizes or not psizes:
-        raise ConfigError(f"search.devices ({budget}) leaves no room for a decode pool and a prefill instance "
-                          f"(prefill sizes {spec.search.prefill_devices_per_instance}).", key="search.devices")
+    if not any("disagg" in m for m in sizes.values()):
+        psizes = []
+    if not sizes:
+        raise ConfigError(f"search.devices ({budget}) leaves no room for a pool in search.modes {spec.search.modes}: "
+                          f"disagg needs a decode instance and a prefill instance (prefill sizes "
+                          f"{spec.search.prefill_devices_per_instance}), agg an instance size dividing the budget.",
+                          key="search.devices", fix="raise search.devices, list search.decode_devices, or add agg to "
+                          "search.modes")
     n = workers if workers is not None else (spec.search.workers or os.cpu_count() or 1)
-    tasks = [("d", (d,)) for d in sorted(sizes, reverse=True)] + [("p", (p,)) for p in psizes]
+    tasks = [("d", (d, m)) for d, m in sorted(sizes.items(), reverse=True)] + [("p", (p,)) for p in psizes]
     decode: list[DecodeEval] = []
     prefill: list[PrefillEval] = []
-    compiled = pruned = calls = 0
-    done = 0
-
-    def absorb(kind, res):
-        nonlocal compiled, pruned, calls, done
-        evals, c, p, k = res
+    tally = _Tally()
+    for done, ((kind, _), (evals, t)) in enumerate(zip(tasks, _map(_group, tasks, n, _init, spec)), 1):
         (decode if kind == "d" else prefill).extend(evals)
-        compiled += c
-        pruned += p
-        calls += k
-        done += 1
+        tally.add(t)
         if progress:
             progress("twin", done, len(tasks))
-
-    if n <= 1:
-        _init(spec)
-        for kind, a in tasks:
-            absorb(kind, (_decode_group if kind == "d" else _prefill_group)(a))
-    else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init, initargs=(spec,)) as ex:
-            futs = [(kind, ex.submit(_decode_group if kind == "d" else _prefill_group, a)) for kind, a in tasks]
-            for kind, f in futs:
-                absorb(kind, f.result())
-    decode.sort(key=lambda e: (e.devices, e.ep, e.precision, e.mtp, e.batch_per_device, e.microbatches))
-    prefill.sort(key=lambda e: (e.devices_per_instance, e.precision, e.mtp, e.tokens_per_device))
+    decode.sort(key=lambda e: (MODE_CODES.index(e.mode), e.devices, e.tp, e.moe_tp, e.pp, e.precision, e.mtp,
+                               e.batch_per_device, e.microbatches))
+    prefill.sort(key=lambda e: (e.devices_per_instance, e.tp, e.moe_tp, e.pp, e.precision, e.mtp, e.tokens_per_device))
     t1 = time.perf_counter()
-    cands = _combine(spec, budget, decode, prefill)
+    useful_p = undominated_prefill(prefill)
+    useful_d = undominated_decode(decode)
+    cands = _combine(spec, budget, useful_d, useful_p)
     front = _frontier(cands)
     front.sort(key=lambda i: -cands[i].tokens_per_s_per_device)
     t2 = time.perf_counter()
-    res = SearchResult(budget, cands, front, len(decode), len(prefill), compiled, pruned, calls,
-                       wall_s={"twin": t1 - t0, "frontier": t2 - t1})
+    res = SearchResult(budget, spec.hardware.dies, cands, front, len(decode), len(prefill), tally.compiled,
+                       tally.pruned, tally.calls, decode_dominated=len(decode) - len(useful_d),
+                       prefill_dominated=len(prefill) - len(useful_p),
+                       prune_example=tally.example, wall_s={"twin": t1 - t0, "frontier": t2 - t1})
     if simulate and spec.search.simulate_top and cands:
-        res.simulated = simulate_best(spec, cands, front[: spec.search.simulate_top], progress=progress)
+        res.simulated = simulate_best(spec, cands, front[: spec.search.simulate_top], progress=progress, workers=n)
     res.wall_s["simulate"] = time.perf_counter() - t2
     return res
 
 
-def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None) -> list[dict]:
-    """Compile the picked candidates exactly (the planner's full checks) and simulate each at 90% load."""
+def _simulate_one(v) -> dict:
+    """Compile one candidate's spec with the planner's full checks and simulate it (runs in a worker)."""
     from cmtwin.planner.plan import compile_plan
     from cmtwin.sim.serving import Simulator
 
-    out = []
-    for k, i in enumerate(picks):
+    try:
+        plan = compile_plan(v)
+        return {"plan_hash": plan.plan_hash, "simulation": Simulator(v, plan).run().to_dict()}
+    except CmtwinError as exc:
+        return {"error": str(exc)}
+
+
+def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None, workers: int = 1) -> list[dict]:
+    """Compile the picked candidates exactly and simulate each at 90% load, `workers` at a time."""
+    entries, specs = [], []
+    for i in picks:
         c = cands[i]
-        entry = {"index": i, "overrides": c.overrides()}
+        entries.append({"index": i, "overrides": c.overrides()})
         try:
             # long enough for requests to finish: warm-up 1.5 and horizon 3 request lifetimes (twin estimate)
             life = c.ttft_ms / 1e3 + spec.workload.output_len * c.tpot_ms / 1e3
             dur = max(spec.search.sim_duration_s, 3.0 * life)
-            v = _variant(spec, **c.sections(), workload={"load": 0.9, "rate_per_s": None, "arrival": "poisson"},
-                         sim={"duration_s": dur, "warmup_s": 1.5 * life if dur > 1.5 * life else None, "drain": True})
+            specs.append(_variant(spec, **c.sections(),
+                                  workload={"load": 0.9, "rate_per_s": None, "arrival": "poisson"},
+                                  sim={"duration_s": dur, "warmup_s": 1.5 * life if dur > 1.5 * life else None,
+                                       "drain": True}))
         except CmtwinError as exc:
-            out.append({**entry, "error": str(exc)})
-            continue
-        try:
-            plan = compile_plan(v)
-            r = Simulator(v, plan).run()
-            entry.update(plan_hash=plan.plan_hash, simulation=r.to_dict())
-        except CmtwinError as exc:
-            entry.update(error=str(exc))
-        out.append(entry)
+            entries[-1]["error"] = str(exc)
+            specs.append(None)
+    todo = [k for k, v in enumerate(specs) if v is not None]
+    for n, (k, res) in enumerate(zip(todo, _map(_simulate_one, [specs[k] for k in todo], workers)), 1):
+        entries[k].update(res)
         if progress:
-            progress("simulate", k + 1, len(picks))
-    return out
+            progress("simulate", n, len(todo))
+    return entries
+
+
+def _map(fn, items: list, workers: int, init: Callable | None = None, initarg=None):
+    """fn over items, in order: in this process, or in a pool of `workers` processes (forked where possible, so
+    the workers start warm); yields each result as soon as it and those before it are done."""
+    if workers <= 1 or len(items) <= 1:
+        if init:
+            init(initarg)
+        yield from map(fn, items)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    kw = {"initializer": init, "initargs": (initarg,)} if init else {}
+    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx, **kw) as ex:
+        for f in [ex.submit(fn, x) for x in items]:
+            yield f.result()

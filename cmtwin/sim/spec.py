@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -34,8 +34,12 @@ class SimSpec(Frozen):
     """Global scheduler: send each request to the prefill instance with the fewest queued tokens, or round robin."""
 
 
+_Count = Annotated[int, Field(ge=1)]
+"""A positive count (devices, batch, degree) in a search list."""
+
+
 class SearchSpec(Frozen):
-    """Plan-search settings."""
+    """Plan-search settings: the budget, the space (one list per dimension) and how much to simulate."""
 
     devices: int | None = Field(default=None, ge=1)
     """Device budget to split among prefill and decode (default: the topology's devices)."""
@@ -45,17 +49,35 @@ class SearchSpec(Frozen):
     """Simulate the best few candidates of the frontier (0 = analytic only)."""
     sim_duration_s: float = Field(default=20.0, gt=0)
     """Simulated seconds for each simulated candidate."""
-    decode_batches: list[int] = Field(default_factory=lambda: [16, 32, 48, 64, 96, 128, 192, 256])
+    modes: list[Literal["disagg", "agg"]] = Field(default_factory=lambda: ["disagg", "agg"], min_length=1)
+    """Serving modes to try: disagg (a decode pool plus prefill instances) and agg (replicas of one pool serving
+    both phases, as many as the budget holds)."""
+    decode_batches: list[_Count] = Field(
+        default_factory=lambda: [16, 32, 48, 64, 96, 128, 192, 256], min_length=1)
     """Decode batch per device to try."""
-    decode_devices: list[int] | None = None
-    """Decode pool sizes to try, devices (default: every size the budget and the EP degrees allow, in steps)."""
-    prefill_devices_per_instance: list[int] = Field(default_factory=lambda: [8, 16, 32])
+    decode_devices: list[_Count] | None = Field(default=None, min_length=1)
+    """Devices per decode (or agg) instance to try (default: whole nodes; disagg up to the budget less the smallest
+    prefill instance, agg the node multiples that divide the budget)."""
+    decode_instances: list[_Count] = Field(default_factory=lambda: [1, 2], min_length=1)
+    """Decode instances (replicas of the decode layout) to try in disagg mode; agg replicas fill the budget."""
+    decode_tp: list[_Count] | None = Field(default=None, min_length=1)
+    """Attention TP degrees of a decode (agg) instance to try (default: every power of two dividing the dies of a
+    node, so TP groups stay in the fastest domain, plus the deployment's decode.tp)."""
+    prefill_tp: list[_Count] | None = Field(default=None, min_length=1)
+    """Attention TP degrees of a prefill instance to try (default as decode_tp, plus the deployment's prefill.tp);
+    prefill.tp_mode stays the deployment's."""
+    moe_tp: list[_Count] = Field(default_factory=lambda: [1, 2], min_length=1)
+    """Expert TP degrees to try in both phases; ep = ranks / (moe_tp x pp)."""
+    pp: list[_Count] | None = Field(default=None, min_length=1)
+    """Pipeline stages to try in both phases (default: 1, the deployment's, and 2 for an instance whose stages are
+    whole scale-up domains: NVLink nodes on GPU clusters; not on CM384, whose UB joins every die)."""
+    prefill_devices_per_instance: list[_Count] = Field(default_factory=lambda: [8, 16, 32], min_length=1)
     """Prefill instance sizes to try, devices."""
-    prefill_tokens_per_device: list[int] = Field(default_factory=lambda: [8192, 16384])
+    prefill_tokens_per_device: list[_Count] = Field(default_factory=lambda: [8192, 16384], min_length=1)
     """Prefill tokens per device per forward to try."""
-    microbatches: list[int] = Field(default_factory=lambda: [1, 2])
+    microbatches: list[Annotated[int, Field(ge=1, le=2)]] = Field(default_factory=lambda: [1, 2], min_length=1)
     """Decode microbatching to try."""
-    mtp_draft_tokens: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    mtp_draft_tokens: list[Annotated[int, Field(ge=0, le=4)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     """MTP drafts per step to try (only on models with MTP layers)."""
-    precisions: list[str] = Field(default_factory=lambda: ["int8", "bf16"])
+    precisions: list[str] = Field(default_factory=lambda: ["int8", "bf16"], min_length=1)
     """Precisions to try (those the hardware supports)."""
