@@ -93,9 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from cmtwin.store.engine import open_store
     from cmtwin.store.repo import add_artifact, add_samples, run_lifecycle, set_metrics, set_output_dir, start_run
 
-    dies = result.dies_per_device
-    front = [result.candidates[i].to_dict(dies) for i in result.frontier]
-    layouts = [{"index": i, **result.candidates[i].to_dict(dies)} for i in result.best_per_layout()]
+    front = [result.candidates[i].to_dict() for i in result.frontier]
+    layouts = [{"index": i, **result.candidates[i].to_dict()} for i in result.best_per_layout()]
     summary = {"frontier": front, "best_per_layout": layouts, "simulated": result.simulated}
     store = open_store(args.db or spec.store.url)
     run_id = start_run(store, verb="search", deployment=spec.deployment.name, plan_hash=None,

@@ -100,6 +100,7 @@ class Candidate:
     tpot_ms: float
     ttft_ms: float
     bottleneck: str
+    dies_per_device: int
 
     @property
     def mode(self) -> str:
@@ -110,9 +111,9 @@ class Candidate:
         """Concurrent requests over all decode (agg) instances."""
         return self.decode.batch_per_device * self.decode.devices * self.decode_instances
 
-    def layout(self, dies: int) -> str:
-        """e.g. 'agg 1x8 [TP8 EP8]' or 'disagg decode 1x8 [DP8 EP8] + prefill 1x8 [TP8 EP8]' (dies per device)."""
-        d, p = self.decode, self.prefill
+    def layout(self) -> str:
+        """e.g. 'agg 1x8 [TP8 EP8]' or 'disagg decode 1x8 [DP8 EP8] + prefill 1x8 [TP8 EP8]'."""
+        d, p, dies = self.decode, self.prefill, self.dies_per_device
         out = f"{d.mode} {'' if p is None else 'decode '}{self.decode_instances}x{d.devices} " \
               f"[{layout_label(d.devices * dies, d.tp, d.moe_tp, d.ep, d.pp)}]"
         if p is not None:
@@ -146,8 +147,8 @@ class Candidate:
                 out.append(f"{k}.{kk}={_hydra(vv)}" if kk else f"{k}={_hydra(vv)}")
         return out
 
-    def to_dict(self, dies: int = 1) -> dict:
-        return {"mode": self.mode, "layout": self.layout(dies), "decode": asdict(self.decode),
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "layout": self.layout(), "decode": asdict(self.decode),
                 "prefill": asdict(self.prefill) if self.prefill else None,
                 "decode_instances": self.decode_instances, "prefill_instances": self.prefill_instances,
                 "devices": self.devices, "concurrency": self.concurrency,
@@ -164,7 +165,6 @@ def _hydra(v) -> str:
 @dataclass
 class SearchResult:
     budget: int
-    dies_per_device: int
     candidates: list[Candidate]
     frontier: list[int]  # indexes into candidates
     decode_evals: int
@@ -505,6 +505,7 @@ def undominated_decode(decode: list[DecodeEval]) -> list[DecodeEval]:
 
 def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillEval]) -> list[Candidate]:
     w = spec.workload
+    dies = spec.hardware.dies
     by_key: dict[tuple[str, int], list[PrefillEval]] = {}
     for p in prefill:
         by_key.setdefault((p.precision, p.mtp), []).append(p)
@@ -515,7 +516,7 @@ def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillE
         if d.mode == "agg":
             k = budget // d.devices
             out.append(Candidate(d, None, k, 0, k * d.devices, k * dec, d.tokens_per_s_per_device, d.tpot_ms,
-                                 d.ttft_ms, "agg"))
+                                 d.ttft_ms, "agg", dies))
             continue
         for k, p in product(instances, by_key.get((d.precision, d.mtp), ())):
             inst = (budget - k * d.devices) // p.devices_per_instance
@@ -525,7 +526,7 @@ def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillE
             pre = inst * p.devices_per_instance * p.tokens_per_s_per_device / w.prompt_len
             rate = min(pre, k * dec)
             out.append(Candidate(d, p, k, inst, devices, rate, rate * w.output_len / devices, d.tpot_ms, p.ttft_ms,
-                                 "prefill" if pre < k * dec else "decode"))
+                                 "prefill" if pre < k * dec else "decode", dies))
     slo = spec.slo
     if slo.tpot_ms is not None:
         out = [c for c in out if c.tpot_ms <= slo.tpot_ms]
@@ -542,8 +543,9 @@ def _frontier(cands: list[Candidate]) -> list[int]:
 # ------------------------------------------------------------------ driver
 def pool_sizes(spec, budget: int) -> dict[int, tuple[str, ...]]:
     """Devices per decode (agg) instance to evaluate, each with the serving modes it is tried in. Default: whole
-    nodes; disagg up to the budget less the smallest prefill instance, agg the sizes whose replicas tile the
-    budget (an aggregated deployment has no second pool to give the rest to)."""
+    nodes; disagg up to the budget less the smallest prefill instance; agg, for every replica count, the largest
+    instance that many replicas fit in the budget (an aggregated deployment has no second pool to give the rest
+    to, so a smaller instance for the same replica count would leave devices idle)."""
     s = spec.search
     smallest = min(s.prefill_devices_per_instance)
     if s.decode_devices:
@@ -554,7 +556,7 @@ def pool_sizes(spec, budget: int) -> dict[int, tuple[str, ...]]:
 
         step = fabric_for(spec).devices_per_node
         disagg = set(range(step, budget - smallest + 1, step))
-        agg = {d for d in range(step, budget + 1, step) if budget % d == 0}
+        agg = {budget // k // step * step for k in range(1, budget // step + 1)}
     sizes: dict[int, tuple[str, ...]] = {}
     for d in sorted(disagg | agg):
         modes = tuple(m for m in s.modes if d in (disagg if m == "disagg" else agg))
@@ -611,7 +613,7 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
     front = _frontier(cands)
     front.sort(key=lambda i: -cands[i].tokens_per_s_per_device)
     t2 = time.perf_counter()
-    res = SearchResult(budget, spec.hardware.dies, cands, front, len(decode), len(prefill), tally.compiled,
+    res = SearchResult(budget, cands, front, len(decode), len(prefill), tally.compiled,
                        tally.pruned, tally.calls, decode_dominated=len(decode) - len(useful_d),
                        prefill_dominated=len(prefill) - len(useful_p),
                        prune_example=tally.example, wall_s={"twin": t1 - t0, "frontier": t2 - t1})

@@ -57,7 +57,7 @@ class SearchSpec(Frozen):
     """Decode batch per device to try."""
     decode_devices: list[_Count] | None = Field(default=None, min_length=1)
     """Devices per decode (or agg) instance to try (default: whole nodes; disagg up to the budget less the smallest
-    prefill instance, agg the node multiples that divide the budget)."""
+    prefill instance, agg for every replica count the largest instance that many fit in the budget)."""
     decode_instances: list[_Count] = Field(default_factory=lambda: [1, 2], min_length=1)
     """Decode instances (replicas of the decode layout) to try in disagg mode; agg replicas fill the budget."""
     decode_tp: list[_Count] | None = Field(default=None, min_length=1)
