@@ -11,9 +11,10 @@ from cmtwin.config.compose import load_spec
 from cmtwin.planner.plan import compile_plan
 from cmtwin.sim.serving import Simulator
 
-# r1_ep320 with 4 prefill instances and 2 decode instances fills the 384 NPUs; half of it is 2 + 1
-TWO = ["+deployment=r1_ep320", "prefill.instances=4", "decode.instances=2"]
-HALF = ["+deployment=r1_ep320", "prefill.instances=2"]
+# r1_ep320 with 4 prefill instances and 2 decode instances fills the 384 NPUs; half of it is 2 + 1. Prompts of
+# 512 tokens keep decode the bottleneck (prefill capacity is then ample)
+TWO = ["+deployment=r1_ep320", "prefill.instances=4", "decode.instances=2", "workload.prompt_len=512"]
+HALF = ["+deployment=r1_ep320", "prefill.instances=2", "workload.prompt_len=512"]
 
 
 def _sim(*overrides, **kw):

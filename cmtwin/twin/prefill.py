@@ -5,8 +5,10 @@ parallel), the latents are all-gathered across the TP group, each die expands th
 MHA-form attention for all of the group's tokens (tensor parallel over heads), an all-to-all returns the
 head outputs to their tokens' dies, and o_proj runs sequence parallel. The MoE uses EP over the instance.
 With two microbatches, the cube cores compute one microbatch while the vector cores and DMA engines move
-the other's data (all-gather, all-to-all, dispatch, combine): a layer takes max(compute, comm), plus one
-pipeline fill per forward; with one, compute and comm add up.
+the other's data (all-gather, all-to-all, dispatch, combine): each layer is a chain of compute and comm
+phases per microbatch, scheduled on the two streams by cmtwin.twin.overlap (a comm phase hides only behind
+what the other microbatch can compute meanwhile; the exposed rest is the breakdown's `exposed_comm`); with
+one microbatch, compute and comm add up.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cmtwin.model.arch import MLA
 from cmtwin.model.operators import Op, attention_ops, dense_mlp_ops, lm_head_ops, mtp_extra_ops, router_ops
 from cmtwin.model.precision import BYTES
 from cmtwin.twin import comm
+from cmtwin.twin import overlap as overlap_mod
 from cmtwin.twin.breakdown import Ledger
 from cmtwin.twin.cost import op_time
 from cmtwin.twin.decode import moe_compute_ops, moe_load
@@ -76,8 +79,10 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     cname = "compute" if overlap else "serial"
     kname = "comm" if overlap else "serial"
 
-    def attention(calls: int, tag: str | None) -> tuple[float, float]:
-        """(compute, comm) of one attention block per microbatch."""
+    C, K = overlap_mod.COMPUTE, overlap_mod.COMM
+
+    def attention(calls: int, tag: str | None) -> list[tuple[str, float]]:
+        """The phases (stream, us) of one attention block of one microbatch, in order."""
         cs, ks = (tag, tag) if tag else (cname, kname)
         if tp > 1 and lay.tp_mode == "allreduce":
             # Megatron TP: every rank runs the group's tokens on heads/tp, then an all-reduce.
@@ -86,27 +91,27 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
             compute = _time(ops, hw, ledger, cs, calls)
             c = comm.all_reduce(hw, fabric, tp_group, nbytes=t_mb * tp * model.hidden * 2.0, name="tp_all_reduce")
             ledger.add(ks, c.name, c.us * calls, "comm", calls)
-            return compute, c.us
+            return [(C, compute), (K, c.us)]
         ops_sp = attention_ops(model, prec, tokens=t_mb, requests=prompts_mb, kv_len=prompt, form="mha")
         ops_tp = attention_ops(model, prec, tokens=t_mb * tp, requests=prompts_mb * tp, kv_len=prompt, form="mha",
                                head_share=1 / tp)
-        compute = _time([o for o in ops_sp if o.name in _SP_OPS or o.name == "o_proj"], hw, ledger, cs, calls)
-        compute += _time([o for o in ops_tp if o.name in _TP_OPS], hw, ledger, cs, calls)
-        comm_us = 0.0
-        if tp > 1:
-            att = model.attention
-            lat = (att.q_lora_rank + att.kv_values_per_token) if isinstance(att, MLA) else model.hidden
-            ag = comm.all_gather(hw, fabric, tp_group, bytes_per_rank=t_mb * lat * 2.0, name="sp_all_gather")
-            heads_v = att.heads * (att.v_head_dim if isinstance(att, MLA) else att.head_dim)
-            a2a = comm.all_to_all(hw, fabric, tp_group, bytes_per_rank=t_mb * heads_v * 2.0, name="tp_all_to_all")
-            for c in (ag, a2a):
-                comm_us += c.us
-                ledger.add(ks, c.name, c.us * calls, "comm", calls)
-        return compute, comm_us
+        down = _time([o for o in ops_sp if o.name in _SP_OPS], hw, ledger, cs, calls)
+        heads = _time([o for o in ops_tp if o.name in _TP_OPS], hw, ledger, cs, calls)
+        out = _time([o for o in ops_sp if o.name == "o_proj"], hw, ledger, cs, calls)
+        if tp == 1:
+            return [(C, down + heads + out)]
+        att = model.attention
+        lat = (att.q_lora_rank + att.kv_values_per_token) if isinstance(att, MLA) else model.hidden
+        ag = comm.all_gather(hw, fabric, tp_group, bytes_per_rank=t_mb * lat * 2.0, name="sp_all_gather")
+        heads_v = att.heads * (att.v_head_dim if isinstance(att, MLA) else att.head_dim)
+        a2a = comm.all_to_all(hw, fabric, tp_group, bytes_per_rank=t_mb * heads_v * 2.0, name="tp_all_to_all")
+        for c in (ag, a2a):
+            ledger.add(ks, c.name, c.us * calls, "comm", calls)
+        return [(C, down), (K, ag.us), (C, heads), (K, a2a.us), (C, out)]
 
-    def moe_block(calls: int, tag: str | None) -> tuple[float, float]:
+    def moe_block(calls: int, tag: str | None) -> list[tuple[str, float]]:
         cs, ks = (tag, tag) if tag else (cname, kname)
-        compute = _time(router_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls)
+        gate = _time(router_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls)
         load = moe_load(spec, pool.placement, tokens_per_rank=t_mb, noise=spec.placement.balance == "default")
         routed, shared = moe_compute_ops(spec, load, pool.placement, share=1 / lay.moe_tp)
         crit = routed
@@ -114,59 +119,53 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
             tr = sum(op_time(o, hw).us for o in routed)
             ts = sum(op_time(o, hw).us for o in shared)
             crit = routed if tr >= ts else shared
-        compute += _time(crit, hw, ledger, cs, calls)
+        experts = _time(crit, hw, ledger, cs, calls)
         die_ids = tuple(inst_dies[:lay.stage_ranks])
-        comm_us = 0.0
+        moved = {}
         for kind in ("dispatch", "combine") if lay.ep > 1 else ():
             c = comm.dispatch_combine(hw, fabric, die_ids, kind=kind, send_copies=load.send_copies * lay.moe_tp,
                                       recv_copies=load.recv_busiest, msg_bytes=prec.message_bytes(kind, model.hidden))
-            comm_us += c.us
+            moved[kind] = c.us
             ledger.add(ks, kind, c.us * calls, "comm", calls)
+        phases = [(C, gate), (K, moved.get("dispatch", 0.0)), (C, experts), (K, moved.get("combine", 0.0))]
         if lay.moe_tp > 1 and lay.ep == 1:
             c = comm.all_reduce(hw, fabric, tuple(inst_dies[:lay.moe_tp]), nbytes=t_mb * model.hidden * 2.0,
                                 name="moe_tp_all_reduce")
-            comm_us += c.us
+            phases.append((K, c.us))
             ledger.add(ks, c.name, c.us * calls, "comm", calls)
-        return compute, comm_us
+        return phases
 
-    def dense_block(calls: int, tag: str | None) -> tuple[float, float]:
+    def dense_block(calls: int, tag: str | None) -> list[tuple[str, float]]:
         """A dense MLP: split over the TP group with an all-reduce under allreduce TP, replicated otherwise."""
         cs, ks = (tag, tag) if tag else (cname, kname)
         if tp > 1 and lay.tp_mode == "allreduce":
             compute = _time(dense_mlp_ops(model, prec, tokens=t_mb * tp, share=1 / tp), hw, ledger, cs, calls)
             c = comm.all_reduce(hw, fabric, tp_group, nbytes=t_mb * tp * model.hidden * 2.0, name="tp_all_reduce")
             ledger.add(ks, c.name, c.us * calls, "comm", calls)
-            return compute, c.us
-        return _time(dense_mlp_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls), 0.0
+            return [(C, compute), (K, c.us)]
+        return [(C, _time(dense_mlp_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls))]
 
-    def combine(c: float, k: float) -> float:
-        return m * max(c, k) if overlap else m * (c + k)
+    def serial(phases: list[tuple[str, float]]) -> float:
+        return sum(us for _, us in phases)
 
-    step = 0.0
-    fill = 0.0
+    groups = []
     if model.dense.layers:
         n = model.dense.layers
-        ca, ka = attention(n * m, None)
-        cm, km = dense_block(n * m, None)
-        step += n * combine(ca + cm, ka + km)
-        fill = ca
+        groups.append((n, attention(n * m, None) + dense_block(n * m, None)))
     if model.moe_layers:
         n = model.moe_layers
-        ca, ka = attention(n * m, None)
-        cm, km = moe_block(n * m, None)
-        step += n * combine(ca + cm, ka + km)
-        fill = fill or ca
+        groups.append((n, attention(n * m, None) + moe_block(n * m, None)))
     if overlap:
-        step += fill
-        ledger.add(cname, "pipeline_fill", fill, "compute", 1)
+        # The two streams' schedule; what the compute stream waits for is the communication left exposed.
+        step = overlap_mod.layers_time(groups, m)
+        busy = sum(n * m * sum(us for st, us in ph if st == C) for n, ph in groups)
+        ledger.add("overlap", "exposed_comm", step - busy, "comm", 1)
+    else:
+        step = sum(n * m * serial(ph) for n, ph in groups)
     if spec.mtp.draft_tokens and model.mtp_layers:
         step += m * _time(mtp_extra_ops(model, prec, tokens=t_mb), hw, ledger, "mtp", m)
-        ca, ka = attention(m, "mtp")
-        if model.is_moe:
-            cm, km = moe_block(m, "mtp")
-        else:
-            cm, km = dense_block(m, "mtp")
-        step += m * (ca + cm + ka + km)
+        ph = attention(m, "mtp") + (moe_block(m, "mtp") if model.is_moe else dense_block(m, "mtp"))
+        step += m * serial(ph)
     prompts = max(1, round(tpd / prompt))
     step += _time(lm_head_ops(model, prec, tokens=prompts), hw, ledger, "head", 1)
     latency = step
