@@ -194,6 +194,7 @@ def test_r1_ep320_search_keeps_the_known_best_region():
     ("search.pp=[0]", ["search.pp", "greater than or equal to 1"]),
     ("search.decode_tp=[]", ["search.decode_tp", "at least 1 item"]),
     ("search.decode_batches=[3]", ["search.decode_batches", "multiples of"]),
+    ("search.modes=[disagg]", ["search.devices (8)", "add agg to search.modes"]),  # one node: no room for both pools
 ])
 def test_search_layout_keys_reject_bad_values(override, needles, workdir):
     base = H200_NODE if "batches" not in override else ["+deployment=r1_ep320"]

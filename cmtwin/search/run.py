@@ -590,7 +590,7 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
     if not sizes:
         raise ConfigError(f"search.devices ({budget}) leaves no room for a pool in search.modes {spec.search.modes}: "
                           f"disagg needs a decode instance and a prefill instance (prefill sizes "
-                          f"{spec.search.prefill_devices_per_instance}), agg an instance size dividing the budget.",
+                          f"{spec.search.prefill_devices_per_instance}), agg an instance within the budget.",
                           key="search.devices", fix="raise search.devices, list search.decode_devices, or add agg to "
                           "search.modes")
     n = workers if workers is not None else (spec.search.workers or os.cpu_count() or 1)
