@@ -66,7 +66,7 @@ def measure_peaks(device: str, *, quick: bool = False) -> dict:
     return {"peak_tflops": peaks, "bandwidth_GB_per_s": bw, "launch_us": launch, "n": n}
 
 
-def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 9) -> list[tuple[Op, float]]:
+def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 25) -> list[tuple[Op, float]]:
     """(catalogue op, measured us) for the executor's kernels at the scaled shapes over the token grid."""
     from cmtwin.executor import layers as L
     from cmtwin.executor.modules import Kernels, make_weights, scaled_model
