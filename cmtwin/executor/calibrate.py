@@ -66,8 +66,13 @@ def measure_peaks(device: str, *, quick: bool = False) -> dict:
     return {"peak_tflops": peaks, "bandwidth_GB_per_s": bw, "launch_us": launch, "n": n}
 
 
-def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 25) -> list[tuple[Op, float]]:
-    """(catalogue op, measured us) for the executor's kernels at the scaled shapes over the token grid."""
+def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 9, ranks: int = 4) -> list[tuple[Op, float]]:
+    """(catalogue op, measured us) for the executor's kernels at the scaled shapes over the token grid.
+
+    Measured the way `cmtwin execute` runs them: `ranks` ranks, each with its own inputs, KV cache, expert
+    weights and expert rows, every operator run for all ranks before the next (attention of every rank, then
+    routing, experts, shared expert, LM head), so an operator meets the caches it meets in an execute, not a
+    single rank's layer repeated hot; the median over reps x ranks."""
     from cmtwin.executor import layers as L
     from cmtwin.executor.modules import Kernels, make_weights, scaled_model
     from cmtwin.executor.predict import catalogue_ops
@@ -79,47 +84,60 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 25) -
     att, moe = model.attention, model.moe
     K = Kernels(ex.dtype, spec.model.norm_eps)
     prec = precision_of(ex.dtype)
-    W = make_weights(model, layers=2, dense_layers=1, seed=ex.seed, device=device, experts=range(9))
+    per_rank = 9  # experts on a rank (EP32: 8 routed + 1 redundant)
+    W = make_weights(model, layers=2, dense_layers=1, seed=ex.seed, device=device, experts=range(per_rank * ranks))
     dense, lw = W.layers
     g = t.Generator().manual_seed(ex.seed)
     cuda = device == "cuda"
     out: list[tuple[Op, float]] = []
-    local = [0, 1, 2, 3, 4, 5, 6, 7, 8]  # a rank of nine experts (EP32: 8 routed + 1 redundant)
     grids = {"decode": DECODE_GRID[::3] if quick else DECODE_GRID, "prefill": PREFILL_GRID[::3] if quick else PREFILL_GRID}
+
+    def rand(*shape):
+        return t.randn(*shape, generator=g).to(device, K.dt)
+
+    cases = []  # (phase, T, per, inputs): every grid point's inputs, made once
     for phase, grid in grids.items():
         for T in grid:
-            x = t.randn(T, model.hidden, generator=g).to(device, K.dt)
-            if phase == "decode":
-                pos = t.full((T,), ex.kv_len, dtype=t.long, device=device)
-                c = t.randn(T, ex.kv_len, att.kv_lora_rank, generator=g).to(device, K.dt)
-                pe = t.randn(T, ex.kv_len, att.qk_rope_head_dim, generator=g).to(device, K.dt)
-            else:
-                pos = t.arange(T, device=device)
             per = max(1, T * moe.experts_per_token // 2)  # rows per local expert
-            for n_local in (1, len(local)):
-                rows = t.randn(per, model.hidden, generator=g).to(device, K.dt)
-                samples: dict[str, list[float]] = {}
-                for _ in range(reps + 1):
-                    tm = L.Timer(True, cuda)
-                    if phase == "decode":
-                        y = L.attention_decode(K, lw, x, pos, c, pe, att, tm)
-                    else:
-                        y = L.attention_prefill(K, lw, x, pos, att, tm)
-                    L.dense_mlp(K, dense, y, tm)
-                    L.route(K, lw, y, moe, tm)
-                    L.experts(K, lw, [(e, rows) for e in local[:n_local]], tm)
-                    L.shared_expert(K, lw, y, tm)
-                    L.lm_head(K, W, y, tm)
-                    for op, sec in tm.events[:]:
+            xs = [rand(T, model.hidden) for _ in range(ranks)]
+            rows = [[rand(per, model.hidden) for _ in range(per_rank)] for _ in range(ranks)]
+            kv = ([(rand(T, ex.kv_len, att.kv_lora_rank), rand(T, ex.kv_len, att.qk_rope_head_dim))
+                   for _ in range(ranks)] if phase == "decode" else None)
+            pos = (t.full((T,), ex.kv_len, dtype=t.long, device=device) if phase == "decode"
+                   else t.arange(T, device=device))
+            cases.append((phase, T, per, xs, rows, kv, pos, {}))
+    # Round-robin over the grid, a pass per rep: a burst of load on the machine slows every grid point a
+    # little instead of a few a lot (which would bend the curves).
+    for rep in range(reps + 1):
+        for phase, T, per, xs, rows, kv, pos, samples in cases:
+            tms = [L.Timer(True, cuda) for _ in range(ranks)]
+            if phase == "decode":
+                ys = [L.attention_decode(K, lw, xs[r], pos, *kv[r], att, tms[r]) for r in range(ranks)]
+            else:
+                ys = [L.attention_prefill(K, lw, xs[r], pos, att, tms[r]) for r in range(ranks)]
+            for r in range(ranks):
+                L.dense_mlp(K, dense, ys[r], tms[r])
+            for r in range(ranks):
+                L.route(K, lw, ys[r], moe, tms[r])
+            for r in range(ranks):
+                L.experts(K, lw, [(r * per_rank + e, rows[r][e]) for e in range(per_rank)], tms[r])
+            for r in range(ranks):
+                L.shared_expert(K, lw, ys[r], tms[r])
+            for r in range(ranks):
+                L.lm_head(K, W, ys[r], tms[r])
+            if rep:  # the first pass warms up
+                for tm in tms:
+                    for op, sec in tm.events:
                         samples.setdefault(op, []).append(sec * 1e6)
-                ops = catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False,
-                                    loads=[per] * n_local, shared_tokens=T)
-                ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=True)[-4:]
-                ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False, head=True)
-                by = {o.name: o for o in ops}
-                for op, vals in samples.items():
-                    if op in by and (n_local == len(local) or "routed" not in op):
-                        out.append((by[op], statistics.median(vals[1:])))  # median of reps: robust to bursts of load
+    for phase, T, per, *_, samples in cases:
+        ops = catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False,
+                            loads=[per] * per_rank, shared_tokens=T)
+        ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=True)[-4:]
+        ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False, head=True)
+        by = {o.name: o for o in ops}
+        for op, vals in samples.items():
+            if op in by:
+                out.append((by[op], statistics.median(vals)))  # median: robust to bursts of load
     return out
 
 
