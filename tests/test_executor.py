@@ -168,3 +168,12 @@ def test_running_out_of_device_memory_is_a_clear_error_not_a_bug(monkeypatch):
     with pytest.raises(CmtwinError) as e:
         execute(_spec("+deployment=r1_ep320", "executor.phase=decode"))
     assert e.value.key == "executor.ranks" and "ran out of memory in the decode phase" in str(e.value)
+
+
+def test_timeline_takes_each_operators_median_over_the_timed_passes():
+    from cmtwin.executor.api import median_events
+
+    a = [(0, "q_a_proj", "compute", 10.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
+    b = [(0, "q_a_proj", "compute", 30.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
+    c = [(0, "q_a_proj", "compute", 12.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
+    assert median_events([a, b, c]) == [(0, "q_a_proj", "compute", 12.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
