@@ -30,40 +30,38 @@ def run(args: argparse.Namespace) -> int:
     plan = compile_plan(spec)
     from cmtwin.executor.api import execute
 
+    import contextlib
+
     store = run_id = None
+    lifecycle = contextlib.nullcontext()
     if not args.no_record:
         from cmtwin.store.engine import open_store
-        from cmtwin.store.repo import start_run
+        from cmtwin.store.repo import run_lifecycle, start_run
 
         store = open_store(args.db or spec.store.url)
         run_id = start_run(store, verb="execute", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
                            overrides=list(composed.overrides), config=composed.config)
-    try:
-        res = execute(spec, plan=plan)
-    except BaseException as exc:
-        if store is not None:
-            from cmtwin.store.repo import finish_run
-
-            finish_run(store, run_id, "failed" if isinstance(exc, Exception) else "cancelled", str(exc)[:500])
-        raise
-    err = res.max_rel_err
+        lifecycle = run_lifecycle(store, run_id)
     from cmtwin.executor.run import TOL
 
     tol = TOL[spec.executor.dtype]
-    ok = err is None or err <= tol
-    metrics = {"wall_s": res.wall_s}
-    if err is not None:
-        metrics["max_rel_err"] = err
-    for ph, d in res.per_layer().items():
-        metrics[f"{ph}_layer_measured_us"] = d["measured_us"]
-        metrics[f"{ph}_layer_predicted_us"] = d["predicted_us"]
-    if store is not None:
-        from cmtwin.store.repo import add_timeline, finish_run, set_metrics
+    with lifecycle:
+        res = execute(spec, plan=plan)
+        err = res.max_rel_err
+        ok = err is None or err <= tol
+        metrics = {"wall_s": res.wall_s}
+        if err is not None:
+            metrics["max_rel_err"] = err
+        for ph, d in res.per_layer().items():
+            metrics[f"{ph}_layer_measured_us"] = d["measured_us"]
+            metrics[f"{ph}_layer_predicted_us"] = d["predicted_us"]
+        if store is not None:
+            from cmtwin.store.repo import add_timeline, finish_run, set_metrics
 
-        add_timeline(store, run_id, res.timeline)
-        set_metrics(store, run_id, metrics)
-        finish_run(store, run_id, "ok" if ok else "failed",
-                   None if ok else f"numerics: max rel err {err:.3g} > {tol:g}")
+            add_timeline(store, run_id, res.timeline)
+            set_metrics(store, run_id, metrics)
+            if not ok:
+                finish_run(store, run_id, "failed", f"numerics: max rel err {err:.3g} > {tol:g}")
     verdict = "skipped" if err is None else (f"{'ok' if ok else 'FAILED'}, max rel err {err:.2g}")
     out = {"run_id": run_id, "device": res.device, "profile": res.profile, "wall_s": round(res.wall_s, 3),
            "numerics": verdict, "max_rel_err": err, "per_layer": res.per_layer(), "ops": res.per_op(),
