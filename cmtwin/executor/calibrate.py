@@ -134,10 +134,12 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 9, ra
                             loads=[per] * per_rank, shared_tokens=T)
         ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=True)[-4:]
         ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False, head=True)
-        by = {o.name: o for o in ops}
+        by: dict[str, list] = {}
+        for o in ops:
+            by.setdefault(o.name, []).append(o)
         for op, vals in samples.items():
-            if op in by:
-                out.append((by[op], statistics.median(vals)))  # median: robust to bursts of load
+            if op in by:  # median: robust to bursts of load; a routed expert operator per expert, each its share
+                out += [(o, statistics.median(vals) / len(by[op])) for o in by[op]]
     return out
 
 

@@ -20,8 +20,11 @@ def catalogue_ops(model, prec, *, phase: str, tokens: int, kv_len: int, dense: b
     if dense:
         return ops + O.dense_mlp_ops(model, prec, tokens=tokens)
     ops += O.router_ops(model, prec, tokens=tokens)
-    if loads and sum(loads):
-        ops += O.expert_ops(model, prec, tokens_per_expert=[x for x in loads], name="routed_experts")
+    # The executor runs a rank's routed experts as one GEMM per expert (layers.experts), so its operators are
+    # the experts' own: a rank of nine experts pays nine launches, a rank of one (EP320 decode) one.
+    for x in loads or ():
+        if x:
+            ops += O.expert_ops(model, prec, tokens_per_expert=[x], name="routed_experts")
     if shared_tokens:
         ops += O.expert_ops(model, prec, tokens_per_expert=[shared_tokens] * max(1, model.moe.shared_experts),
                             name="shared_expert")
@@ -35,4 +38,7 @@ def predicted_ops(run, *, tokens: int, layer: int, loads=None, shared_tokens: in
     mtp = (not head) and run.W.layers[layer].mtp
     ops = catalogue_ops(run.model, run.prec, phase=run.phase, tokens=tokens, kv_len=run.ex.kv_len, dense=dense,
                         loads=loads, shared_tokens=shared_tokens, head=head, mtp=mtp)
-    return {op.name: op_time(op, run.hw_pred).us for op in ops}
+    out: dict[str, float] = {}
+    for op in ops:  # an operator per expert: the rank's total under the executor's name
+        out[op.name] = out.get(op.name, 0.0) + op_time(op, run.hw_pred).us
+    return out
