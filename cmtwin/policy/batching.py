@@ -44,7 +44,7 @@ from pydantic import Field
 
 from cmtwin.config.base import Frozen
 from cmtwin.errors import ConfigError
-from cmtwin.policy.registry import registry
+from cmtwin.policy.registry import Policy, registry
 
 REG = registry("batching")
 
@@ -405,13 +405,12 @@ class _NoParams(Frozen):
 
 
 @REG.register("fcfs_lru")
-class FcfsLru:
+class FcfsLru(Policy):
     """First come, first served with the EMS LRU prefix cache (the simulator's default)."""
 
     Params = _NoParams
 
-    def __init__(self, params: _NoParams):
-        self.params = params
+    params: _NoParams
 
     def scheduler(self, sim) -> FcfsLruScheduler:
         return FcfsLruScheduler(sim)
@@ -422,13 +421,12 @@ class FcfsLru:
 
 
 @REG.register("batchllm")
-class BatchLLM:
+class BatchLLM(Policy):
     """Global prefix sharing, group scheduling, decode/prompt-ratio order, memory-centric token batching."""
 
     Params = BatchLLMParams
 
-    def __init__(self, params: BatchLLMParams):
-        self.params = params
+    params: BatchLLMParams
 
     def scheduler(self, sim) -> BatchLLMScheduler:
         spec = sim.spec

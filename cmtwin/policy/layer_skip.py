@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from cmtwin.config.base import Frozen
 from cmtwin.policy.effects import StepEffect
-from cmtwin.policy.registry import registry
+from cmtwin.policy.registry import Policy, registry
 
 REG = registry("layer_skip")
 
@@ -43,13 +43,12 @@ class SkipDecodeParams(Frozen):
 
 
 @REG.register("skipdecode")
-class SkipDecode:
+class SkipDecode(Policy):
     """Per-position non-increasing budget; lowest layers skipped."""
 
     Params = SkipDecodeParams
 
-    def __init__(self, params: SkipDecodeParams):
-        self.params = params
+    params: SkipDecodeParams
 
     def fraction(self, position: float) -> float:
         pp = self.params

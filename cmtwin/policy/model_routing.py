@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from cmtwin.config.base import Frozen
 from cmtwin.policy.effects import StepEffect
-from cmtwin.policy.registry import registry
+from cmtwin.policy.registry import Policy, registry
 
 REG = registry("model_routing")
 
@@ -39,13 +39,12 @@ class DuoParams(Frozen):
 
 
 @REG.register("duo")
-class DuoLLM:
+class DuoLLM(Policy):
     """Duo-LLM route mix as an FFN work multiplier plus a router per layer."""
 
     Params = DuoParams
 
-    def __init__(self, params: DuoParams):
-        self.params = params
+    params: DuoParams
 
     @property
     def ffn_scale(self) -> float:
@@ -76,7 +75,7 @@ class R2RParams(Frozen):
 
 
 @REG.register("r2r")
-class R2R:
+class R2R(Policy):
     """R2R (roads to rome): the small model decodes every token; for a `large_fraction` of them the large model
     runs and first prefills every token since its last call (1 / large_fraction tokens per call on average).
     Per step of b requests: a small-model decode step over b, plus a large-model pass over b x f requests with
@@ -86,8 +85,7 @@ class R2R:
 
     Params = R2RParams
 
-    def __init__(self, params: R2RParams):
-        self.params = params
+    params: R2RParams
 
     def step_effect(self, spec, *, plan=None, hw=None, fabric=None) -> StepEffect:
         return StepEffect()

@@ -16,6 +16,18 @@ FAMILIES = ("sp_attention", "speculation", "layer_skip", "model_routing", "token
             "expert_placement")
 
 
+class Policy:
+    """Base of the built-in policies: an instance holds its validated `Params` (the class attribute names the
+    model; the registry's `build` validates a preset against it)."""
+
+    Params: type
+    name: str
+    family: str
+
+    def __init__(self, params):
+        self.params = params
+
+
 class Registry:
     """Name -> policy class for one family."""
 

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from cmtwin.config.base import Frozen
 from cmtwin.model.arch import MLA
-from cmtwin.policy.registry import registry
+from cmtwin.policy.registry import Policy, registry
 
 REG = registry("sp_attention")
 
@@ -65,13 +65,12 @@ def _widths(model) -> tuple[int, int, int, int]:
 
 
 @REG.register("ring")
-class RingAttention:
+class RingAttention(Policy):
     """Ring-Attention (Liu et al., 2023): K/V blocks circulate; one link direction carries them."""
 
     Params = SPParams
 
-    def __init__(self, params: SPParams):
-        self.params = params
+    params: SPParams
 
     def step_bytes(self, model, tokens_per_rank: float) -> float:
         heads, kvh, dqk, dv = _widths(model)
@@ -79,13 +78,12 @@ class RingAttention:
 
 
 @REG.register("tokenring")
-class TokenRing:
+class TokenRing(Policy):
     """TokenRing (2024): Q blocks one way, block outputs and LSEs back the other way, concurrently."""
 
     Params = SPParams
 
-    def __init__(self, params: SPParams):
-        self.params = params
+    params: SPParams
 
     def step_bytes(self, model, tokens_per_rank: float) -> float:
         heads, kvh, dqk, dv = _widths(model)

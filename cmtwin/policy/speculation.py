@@ -21,7 +21,7 @@ from pydantic import Field
 
 from cmtwin.config.base import Frozen
 from cmtwin.policy.effects import StepEffect
-from cmtwin.policy.registry import registry
+from cmtwin.policy.registry import Policy, registry
 
 REG = registry("speculation")
 
@@ -50,13 +50,12 @@ class MTPParams(Frozen):
 
 
 @REG.register("mtp")
-class MTP:
+class MTP(Policy):
     """MTP drafts verified by the main model; the MTP module's passes are charged on stream 'mtp'."""
 
     Params = MTPParams
 
-    def __init__(self, params: MTPParams):
-        self.params = params
+    params: MTPParams
 
     def step_effect(self, spec, *, plan=None, hw=None, fabric=None) -> StepEffect:
         k, a = self.params.draft_tokens, self.params.acceptance
@@ -98,13 +97,12 @@ def sparse_tree(n: int, acceptance: tuple[float, ...], depth: int, decay: float)
 
 
 @REG.register("ppd")
-class PPD:
+class PPD(Policy):
     """Parallel prompt decoding: drafts from prompt tokens in the verify pass, a dynamic sparse tree."""
 
     Params = PPDParams
 
-    def __init__(self, params: PPDParams):
-        self.params = params
+    params: PPDParams
 
     def expected_tokens(self, n: int) -> float:
         pp = self.params

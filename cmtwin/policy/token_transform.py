@@ -16,7 +16,7 @@ from pydantic import Field
 
 from cmtwin.config.base import Frozen
 from cmtwin.policy.effects import StepEffect
-from cmtwin.policy.registry import registry
+from cmtwin.policy.registry import Policy, registry
 
 REG = registry("token_transform")
 
@@ -29,13 +29,12 @@ class TokenAdaptParams(Frozen):
 
 
 @REG.register("tokenadapt")
-class TokenAdapt:
+class TokenAdapt(Policy):
     """Fewer tokens per text: shorter context, more text per decoded token."""
 
     Params = TokenAdaptParams
 
-    def __init__(self, params: TokenAdaptParams):
-        self.params = params
+    params: TokenAdaptParams
 
     def step_effect(self, spec, *, plan=None, hw=None, fabric=None) -> StepEffect:
         r = self.params.compression
@@ -56,13 +55,12 @@ class FlexTokParams(Frozen):
 
 
 @REG.register("flextok")
-class FlexTok:
+class FlexTok(Policy):
     """Image tokens lengthen the context; generated images add the decoder's work per step."""
 
     Params = FlexTokParams
 
-    def __init__(self, params: FlexTokParams):
-        self.params = params
+    params: FlexTokParams
 
     def step_effect(self, spec, *, plan=None, hw=None, fabric=None) -> StepEffect:
         from cmtwin.model.operators import Op
