@@ -170,10 +170,25 @@ def test_running_out_of_device_memory_is_a_clear_error_not_a_bug(monkeypatch):
     assert e.value.key == "executor.ranks" and "ran out of memory in the decode phase" in str(e.value)
 
 
-def test_timeline_takes_each_operators_median_over_the_timed_passes():
-    from cmtwin.executor.api import median_events
+def test_timeline_takes_each_operators_fastest_time_over_the_timed_passes():
+    from cmtwin.executor.api import fastest_events
 
     a = [(0, "q_a_proj", "compute", 10.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
     b = [(0, "q_a_proj", "compute", 30.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
     c = [(0, "q_a_proj", "compute", 12.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
-    assert median_events([a, b, c]) == [(0, "q_a_proj", "compute", 12.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
+    assert fastest_events([a, b, c]) == [(0, "q_a_proj", "compute", 10.0, 9.0, 0), (0, "dispatch", "comm", 5.0, 5.0, 0)]
+
+
+def test_calibrate_takes_each_ranks_fastest_repetition_then_the_mean_over_ranks():
+    from cmtwin.executor.calibrate import undisturbed
+
+    assert undisturbed([[30.0, 10.0, 12.0], [20.0, 50.0]]) == 15.0
+
+
+def test_calibrate_uses_enough_ranks_to_overflow_the_last_level_cache():
+    from cmtwin.executor.calibrate import cold_ranks
+
+    mib = 1 << 20
+    assert cold_ranks(14 * mib, 32 * mib, 32) == 5  # 5 x 14 MiB >= 2 x 32 MiB
+    assert cold_ranks(1 * mib, 32 * mib, 32) == 32  # capped
+    assert cold_ranks(200 * mib, 32 * mib, 32) == 4  # at least four ranks

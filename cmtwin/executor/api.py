@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,11 @@ def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
                 run.reference(res)
                 if res.max_rel_err > TOL[ex.dtype]:
                     res.verdict = "FAILED"
+        # Free this phase's weights and caches before the next phase builds its own: the decode pool's few
+        # GB left alive slow the prefill's weight GEMMs by up to 2x on a CPU (measured, docs/executor.md),
+        # which calibrate (a fresh, small process) never sees.
+        del run
+        gc.collect()
         timeline += schedule(offset, ph, res.events, res.ranks)
         offset += res.ranks
         results.append(res)
@@ -163,16 +169,15 @@ def _run_phase(spec, plan, ph, device, hw_pred, fabric):
         run.run(timed=False)  # warm-up: first-call costs out of the timeline, as calibrate leaves them out
         passes = [run.run() for _ in range(ex.passes)]
         res = passes[-1]
-        res.events = median_events([p.events for p in passes])
+        res.events = fastest_events([p.events for p in passes])
     return res, run
 
 
-def median_events(passes: list[list]) -> list:
+def fastest_events(passes: list[list]) -> list:
     """Events (rank, op, kind, measured us, predicted us, layer) of identical passes, each measured time the
-    median over the passes."""
-    import statistics
-
-    return [(*ev[:3], statistics.median(p[i][3] for p in passes), *ev[4:]) for i, ev in enumerate(passes[0])]
+    fastest over the passes: the operator's own time, without the load that other work on the machine adds
+    (the same reduction as calibrate's, cmtwin.executor.calibrate.undisturbed)."""
+    return [(*ev[:3], min(p[i][3] for p in passes), *ev[4:]) for i, ev in enumerate(passes[0])]
 
 
 @contextlib.contextmanager
