@@ -421,3 +421,15 @@ def test_topology_file_from_the_working_directory(workdir, capsys):
     assert load_topology("./my_cm.yaml").nodes == load_topology("cloudmatrix384").nodes
     obj = _plan_json(capsys, "--no-record", "topology.file=./my_cm.yaml")
     assert obj["plan"]["devices_used"] == 256
+
+
+def test_validate_writes_the_report_and_speaks_json_even_for_an_infeasible_slo(workdir, capsys):
+    assert main(["validate", "--format", "json", "--out", str(workdir / "validation.md")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    for r in rows:  # strict JSON: an infeasible point is null with a flag, never NaN
+        assert (r["twin"] is None) == r["infeasible"] and (r["error"] is None) == r["infeasible"]
+        if r["infeasible"]:
+            assert r["within_bound"] is False
+    report = (workdir / "validation.md").read_text()
+    assert report.count("## ascend_910c dispatch and combine") == 1  # one table per operator table
+    assert "| EP256 combine, 128 tokens/rank |" in report and (workdir / "calibration.md").exists()

@@ -26,7 +26,8 @@ def run(args) -> int:
     if args.format == "json":
         from cmtwin.cli.common import print_json
 
-        print_json([{"group": c.group, "case": c.name, "published": c.published, "twin": c.predicted,
+        print_json([{"group": c.group, "case": c.name, "published": c.published,
+                     "twin": c.predicted if c.feasible else None, "infeasible": not c.feasible,
                      "error": c.error, "unit": c.unit, "within_bound": c.ok} for c in checks])
         return 0
     from rich.table import Table
@@ -39,9 +40,8 @@ def run(args) -> int:
         t.add_column(col, justify="right" if col in ("published", "twin", "error") else "left")
     for c in checks:
         bad = c.ok is False
-        err = "-" if c.predicted != c.predicted else f"{c.error:+.1%}"
-        t.add_row(c.group, c.name, f"{c.published:,.4g}", "infeasible" if c.predicted != c.predicted else f"{c.predicted:,.4g}",
-                  f"[red]{err}[/]" if bad else err, "" if c.ok is None else ("yes" if c.ok else "[red]no[/]"))
+        pred, err = c.cells()
+        t.add_row(c.group, c.name, f"{c.published:,.4g}", pred, f"[red]{err}[/]" if bad else err, "" if c.ok is None else ("yes" if c.ok else "[red]no[/]"))
     con.print(t)
     if out:
         con.print(f"[dim]wrote {out} and {Path(out).with_name('calibration.md')}[/]")

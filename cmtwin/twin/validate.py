@@ -22,12 +22,25 @@ class Check:
     tolerance: float | None = None  # the acceptance bound, where one exists
 
     @property
-    def error(self) -> float:
-        return (self.predicted - self.published) / self.published
+    def feasible(self) -> bool:
+        """False where the twin finds no operating point (an SLO no batch meets): predicted is NaN."""
+        return self.predicted == self.predicted
+
+    @property
+    def error(self) -> float | None:
+        return (self.predicted - self.published) / self.published if self.feasible else None
 
     @property
     def ok(self) -> bool | None:
-        return None if self.tolerance is None else abs(self.error) <= self.tolerance
+        if self.tolerance is None:
+            return None
+        return self.feasible and abs(self.error) <= self.tolerance
+
+    def cells(self) -> tuple[str, str]:
+        """The twin's value and its error as printed."""
+        if not self.feasible:
+            return "infeasible", "-"
+        return f"{self.predicted:,.4g}", f"{self.error:+.1%}"
 
 
 def _load(name: str, overrides=()):
@@ -58,7 +71,7 @@ def collective_checks() -> list[Check]:
             for kind, meas in (("dispatch", d_us), ("combine", c_us)):
                 t = comm.dispatch_combine(hw, fab, ids, kind=kind, send_copies=copies, recv_copies=copies,
                                           msg_bytes=spec.prec.message_bytes(kind, spec.model.hidden))
-                out.append(Check(f"{hw.name} {kind}", f"EP{ep} {kind}, {table['tokens']} tokens/rank", meas, t.us,
+                out.append(Check(f"{hw.name} dispatch and combine", f"EP{ep} {kind}, {table['tokens']} tokens/rank", meas, t.us,
                                  "us", table["source"], tol))
     return out
 
@@ -140,8 +153,7 @@ def markdown(checks: list[Check]) -> str:
             lines += ["", f"## {group}", "", f"Source: {c.source}", "",
                       "| case | published | twin | error | within bound |", "|---|---|---|---|---|"]
         ok = "" if c.ok is None else ("yes" if c.ok else f"**no** (bound {c.tolerance:.0%})")
-        pred = "infeasible" if c.predicted != c.predicted else f"{c.predicted:,.4g}"
-        err = "-" if c.predicted != c.predicted else f"{c.error:+.1%}"
+        pred, err = c.cells()
         lines.append(f"| {c.name} | {c.published:,.4g} {c.unit} | {pred} | {err} | {ok} |")
     return "\n".join(lines) + "\n"
 
