@@ -121,32 +121,36 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 6, ma
     K = Kernels(ex.dtype, spec.model.norm_eps)
     prec = precision_of(ex.dtype)
     per_rank = 9  # experts on a rank (EP32: 8 routed + 1 redundant)
+    if quick:  # a coarse, fast pass (tests): fewer ranks and repetitions
+        reps, max_ranks = min(reps, 2), min(max_ranks, 8)
+    grids = {"decode": DECODE_GRID[::3] if quick else DECODE_GRID, "prefill": PREFILL_GRID[::3] if quick else PREFILL_GRID}
+    llc = last_level_cache_bytes(device)
+    points = []  # (phase, tokens, rows per local expert, ranks)
+    for phase, grid in grids.items():
+        for T in grid:
+            per = max(1, T * moe.experts_per_token // 2)
+            elems = (T * model.hidden + per_rank * per * model.hidden + per_rank * 3 * model.hidden * moe.intermediate
+                     + (T * ex.kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0))
+            points.append((phase, T, per, cold_ranks(elems * K.dt.itemsize, llc, max_ranks)))
     W = make_weights(model, layers=2, dense_layers=1, seed=ex.seed, device=device,
-                     experts=range(per_rank * max_ranks))
+                     experts=range(per_rank * max(p[3] for p in points)))
     dense, lw = W.layers
     g = t.Generator().manual_seed(ex.seed)
     cuda = device == "cuda"
     out: list[tuple[Op, float]] = []
-    grids = {"decode": DECODE_GRID[::3] if quick else DECODE_GRID, "prefill": PREFILL_GRID[::3] if quick else PREFILL_GRID}
 
     def rand(*shape):
         return t.randn(*shape, generator=g).to(device, K.dt)
 
-    llc = last_level_cache_bytes(device)
     cases = []  # (phase, T, per, inputs): every grid point's inputs, made once
-    for phase, grid in grids.items():
-        for T in grid:
-            per = max(1, T * moe.experts_per_token // 2)  # rows per local expert
-            elems = (T * model.hidden + per_rank * per * model.hidden + per_rank * 3 * model.hidden * moe.intermediate
-                     + (T * ex.kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0))
-            ranks = cold_ranks(elems * K.dt.itemsize, llc, max_ranks)
-            xs = [rand(T, model.hidden) for _ in range(ranks)]
-            rows = [[rand(per, model.hidden) for _ in range(per_rank)] for _ in range(ranks)]
-            kv = ([(rand(T, ex.kv_len, att.kv_lora_rank), rand(T, ex.kv_len, att.qk_rope_head_dim))
-                   for _ in range(ranks)] if phase == "decode" else None)
-            pos = (t.full((T,), ex.kv_len, dtype=t.long, device=device) if phase == "decode"
-                   else t.arange(T, device=device))
-            cases.append((phase, T, per, xs, rows, kv, pos, {}))
+    for phase, T, per, ranks in points:
+        xs = [rand(T, model.hidden) for _ in range(ranks)]
+        rows = [[rand(per, model.hidden) for _ in range(per_rank)] for _ in range(ranks)]
+        kv = ([(rand(T, ex.kv_len, att.kv_lora_rank), rand(T, ex.kv_len, att.qk_rope_head_dim))
+               for _ in range(ranks)] if phase == "decode" else None)
+        pos = (t.full((T,), ex.kv_len, dtype=t.long, device=device) if phase == "decode"
+               else t.arange(T, device=device))
+        cases.append((phase, T, per, xs, rows, kv, pos, {}))
     # Round-robin over the grid, a pass per rep: a burst of load on the machine slows every grid point a
     # little instead of a few a lot (which would bend the curves).
     for rep in range(reps + 1):
