@@ -41,7 +41,8 @@ def run(args) -> int:
     for c in checks:
         bad = c.ok is False
         pred, err = c.cells()
-        t.add_row(c.group, c.name, f"{c.published:,.4g}", pred, f"[red]{err}[/]" if bad else err, "" if c.ok is None else ("yes" if c.ok else "[red]no[/]"))
+        t.add_row(c.group, c.name, f"{c.published:,.4g}", pred, f"[red]{err}[/]" if bad else err,
+                  "" if c.ok is None else ("yes" if c.ok else "[red]no[/]"))
     con.print(t)
     if out:
         con.print(f"[dim]wrote {out} and {Path(out).with_name('calibration.md')}[/]")
