@@ -164,7 +164,7 @@ def test_running_out_of_device_memory_is_a_clear_error_not_a_bug(monkeypatch):
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 448.00 MiB.")
 
-    monkeypatch.setattr(api, "_run_phase", oom)
+    monkeypatch.setattr(api, "_run_phases", oom)
     with pytest.raises(CmtwinError) as e:
         execute(_spec("+deployment=r1_ep320", "executor.phase=decode"))
     assert e.value.key == "executor.ranks" and "ran out of memory in the decode phase" in str(e.value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +120,7 @@ def schedule(phase_offset_rank: int, phase: str, events: list, nranks: int) -> l
 
 def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
     """Run the configured phases of the plan; numerics checked against the reference when enabled."""
-    from cmtwin.executor.run import TOL, pick_device
+    from cmtwin.executor.run import TOL, PoolRun, pick_device
     from cmtwin.planner.plan import compile_plan, fabric_for
 
     ex = spec.executor
@@ -130,22 +129,22 @@ def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
     hw_pred = prediction_profile(spec, device)
     fabric = fabric_for(spec)
     t0 = time.perf_counter()
-    phases = ["decode", "prefill"] if ex.phase == "both" else [ex.phase]
-    results, timeline, offset = [], [], 0
+    phases = [ph for ph in (["decode", "prefill"] if ex.phase == "both" else [ex.phase])
+              if not (ph == "prefill" and ex.phase == "both" and not plan.pools_of("prefill"))]
+    runs = {}
     for ph in phases:
-        if ph == "prefill" and not plan.pools_of("prefill") and ex.phase == "both":
-            continue
         with _memory_is_a_limit(ex, ph, device):
-            res, run = _run_phase(spec, plan, ph, device, hw_pred, fabric)
-            if ex.reference:
+            runs[ph] = PoolRun(spec, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
+    with _memory_is_a_limit(ex, " and ".join(phases), device):
+        measured = _run_phases(spec, plan, runs)
+    results, timeline, offset = [], [], 0
+    for ph, run in runs.items():
+        res = measured[ph]
+        if ex.reference:
+            with _memory_is_a_limit(ex, ph, device):
                 run.reference(res)
-                if res.max_rel_err > TOL[ex.dtype]:
-                    res.verdict = "FAILED"
-        # Free this phase's weights and caches before the next phase builds its own: the decode pool's few
-        # GB left alive slow the prefill's weight GEMMs by up to 2x on a CPU (measured, docs/executor.md),
-        # which calibrate (a fresh, small process) never sees.
-        del run
-        gc.collect()
+            if res.max_rel_err > TOL[ex.dtype]:
+                res.verdict = "FAILED"
         timeline += schedule(offset, ph, res.events, res.ranks)
         offset += res.ranks
         results.append(res)
@@ -154,23 +153,34 @@ def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
     return ExecuteResult(device, hw_pred.name, results, timeline, time.perf_counter() - t0)
 
 
-def _run_phase(spec, plan, ph, device, hw_pred, fabric):
-    from cmtwin.executor.run import PoolRun
-
+def _run_phases(spec, plan, runs: dict) -> dict:
+    """Each phase's result. In one process: a warm-up of every phase (first-call costs out of the timeline,
+    as calibrate leaves them out), then `executor.passes` rounds of one timed pass per phase, so the phases'
+    passes interleave and spread over the same seconds, as calibrate's round-robin over its grid does: a slow
+    spell of a shared machine then lands on one pass of each phase, not on every pass of one. Each operator
+    keeps its fastest time over the passes."""
     ex = spec.executor
-    run = PoolRun(spec, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
     if ex.processes > 1:
         from cmtwin.executor.dist import run_processes
 
-        res, run.routing = run_processes(spec, plan, ph, ex.processes)
-        res.ranks, res.tokens = run.nranks, run.nranks * run.T
-        res.out, res.logits = res.out.to(device), res.logits.to(device)
-    else:
-        run.run(timed=False)  # warm-up: first-call costs out of the timeline, as calibrate leaves them out
-        passes = [run.run() for _ in range(ex.passes)]
-        res = passes[-1]
-        res.events = fastest_events([p.events for p in passes])
-    return res, run
+        out = {}
+        for ph, run in runs.items():
+            res, run.routing = run_processes(spec, plan, ph, ex.processes)
+            res.ranks, res.tokens = run.nranks, run.nranks * run.T
+            res.out, res.logits = res.out.to(run.device), res.logits.to(run.device)
+            out[ph] = res
+        return out
+    for run in runs.values():
+        run.run(timed=False)
+    passes: dict = {ph: [] for ph in runs}
+    for _ in range(ex.passes):
+        for ph, run in runs.items():
+            passes[ph].append(run.run())
+    out = {}
+    for ph, ps in passes.items():
+        out[ph] = ps[-1]
+        out[ph].events = fastest_events([p.events for p in ps])
+    return out
 
 
 def fastest_events(passes: list[list]) -> list:
