@@ -45,9 +45,9 @@ class ExecutorSpec(Frozen):
     """Router bias = skew x log(the plan's expert load), so routing follows the plan's (skewed) load;
     0 gives balanced random routing."""
     passes: int = Field(default=5, ge=1, le=50)
-    """Timed passes (after one warm-up); each operator's measured time is its fastest over the passes, so
-    load from elsewhere on the machine (which only adds time) stays out of the timeline, as in calibrate.
-    The numerics are those of the last pass."""
+    """Timed passes (after one warm-up), the phases' passes interleaved; each operator's measured time is its
+    fastest over the passes, so load from elsewhere on the machine (which only adds time) stays out of the
+    timeline, as in calibrate. The numerics are those of the last pass."""
     processes: int = Field(default=1, ge=1)
     """Worker processes (torch.distributed, gloo on CPU / NCCL on GPU); ranks are dealt round-robin."""
     profile: str | None = None
