@@ -35,3 +35,15 @@ def policies_dir() -> Path:
 
 def migrations_dir() -> Path:
     return data_root() / "migrations"
+
+
+def cache_dir() -> Path | None:
+    """Where cmtwin keeps rebuildable caches: $CMTWIN_CACHE_DIR, else $XDG_CACHE_HOME/cmtwin, else
+    ~/.cache/cmtwin. CMTWIN_CACHE_DIR set to an empty string turns caching off (None)."""
+    import os
+
+    explicit = os.environ.get("CMTWIN_CACHE_DIR")
+    if explicit is not None:
+        return Path(explicit) if explicit else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cmtwin"

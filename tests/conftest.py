@@ -11,6 +11,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
+def pytest_configure(config):
+    """Rebuildable caches (the topology graphs) go to a folder of this test process, not the user's."""
+    import tempfile
+
+    os.environ["CMTWIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmtwin-cache-")
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Run in a fresh folder with its own SQLite store (sqlite:///cmtwin.db there)."""

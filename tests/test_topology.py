@@ -75,6 +75,40 @@ def test_params_override_counts():
     assert len(Fabric(load_topology("single_host", {"devices": 4})).dies()) == 4
 
 
+def test_fabric_disk_cache_round_trip(tmp_path, monkeypatch):
+    """A second process loads the built Fabric from the cache folder; it answers like a fresh build, a torn
+    entry is rebuilt, and an empty CMTWIN_CACHE_DIR turns the cache off."""
+    from cmtwin.topology import fabric as fabric_mod
+
+    monkeypatch.setenv("CMTWIN_CACHE_DIR", str(tmp_path))
+    overrides = freeze_overrides({"nodes": 3})
+
+    def fresh() -> Fabric:
+        fabric_mod._cached_fabric.cache_clear()  # what a new process starts with
+        return get_fabric("gpu_cluster", overrides)
+
+    built = fresh()
+    (entry,) = (tmp_path / "fabric").glob("*.pickle")
+    loaded = fresh()
+    assert loaded is not built
+    dies = loaded.dies()
+    assert [d.id for d in dies] == [d.id for d in built.dies()]
+    assert loaded.all_to_all_time_us(dies, 7680, "ib") == built.all_to_all_time_us(built.dies(), 7680, "ib")
+    assert loaded.route(dies[0], dies[-1], "ib") == built.route(built.dies()[0], built.dies()[-1], "ib")
+    entry.write_bytes(b"torn")
+    assert len(fresh().dies()) == len(dies)
+    assert entry.read_bytes() != b"torn", "a torn entry is replaced by a good one"
+    other = freeze_overrides({"nodes": 4})
+    fabric_mod._cached_fabric.cache_clear()
+    get_fabric("gpu_cluster", other)
+    assert len(list((tmp_path / "fabric").glob("*.pickle"))) == 2, "a changed topology gets its own entry"
+    monkeypatch.setenv("CMTWIN_CACHE_DIR", "")
+    fabric_mod._cached_fabric.cache_clear()
+    get_fabric("gpu_cluster", freeze_overrides({"nodes": 5}))
+    assert len(list((tmp_path / "fabric").glob("*.pickle"))) == 2
+    fabric_mod._cached_fabric.cache_clear()
+
+
 # ------------------------------------------------------------------------------------------ CloudMatrix384
 
 
