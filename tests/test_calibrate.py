@@ -53,6 +53,9 @@ def test_cli_import_writes_selectable_profile(tmp_path):
 def test_cli_local_calibration_profile_validates_and_predicts(tmp_path):
     r = _cli("calibrate", "--quick", "executor.scale=0.01", "executor.kv_len=8", "--format", "json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    # each operator has its own curve fitted at the measured shapes, so only a capped efficiency (a kernel
+    # faster than its roofline, e.g. a dtype the catalogue gets wrong) can miss its own measurement by much
+    assert json.loads(r.stdout)["in_sample_max_abs_err"] < 0.5
     import yaml
 
     f = tmp_path / "cmtwin_conf" / "hardware" / "local_cpu.yaml"
@@ -66,6 +69,28 @@ def test_cli_local_calibration_profile_validates_and_predicts(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["profile"] == "local_cpu" and out["numerics"].startswith("ok")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+def test_catalogue_dtypes_are_the_executed_dtypes(dtype):
+    """The operators the executor times are costed in the dtypes it runs them in: its router is FP32 in every
+    mode, and under fp32 every matmul-class operator is FP32 (a BF16 roofline on a CPU without fast BF16 made
+    the router's prediction 60x too slow)."""
+    from cmtwin.config.compose import load_spec
+    from cmtwin.executor.modules import scaled_model
+    from cmtwin.executor.predict import catalogue_ops
+    from cmtwin.executor.run import precision_of
+
+    spec, _ = load_spec(["+deployment=r1_ep320"])
+    model = scaled_model(spec.model, 0.02)
+    prec = precision_of(dtype)
+    for phase in ("decode", "prefill"):
+        ops = catalogue_ops(model, prec, phase=phase, tokens=16, kv_len=8, dense=False, loads=[4] * 9,
+                            shared_tokens=16)
+        assert next(o for o in ops if o.name == "router").dtype == "fp32"
+        if dtype == "fp32":
+            heavy = [o for o in ops if o.cls in ("gemm", "grouped_gemm") or o.cls.startswith("attention")]
+            assert heavy and {o.dtype for o in heavy} == {"fp32"}, [(o.name, o.dtype) for o in heavy]
 
 
 def test_bad_import_exits_2(tmp_path):

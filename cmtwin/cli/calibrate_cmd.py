@@ -55,12 +55,17 @@ def run(args: argparse.Namespace) -> int:
         device = pick_device(spec.executor.device)
         name = args.name or f"local_{device}"
         hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick)
-        fit = [(op.name, op.tokens, us, __import__("cmtwin.twin.cost", fromlist=["op_time"]).op_time(op, hw).us)
-               for op, us in pairs]
+        from cmtwin.twin.cost import op_time
+
+        fit = [(op.name, op.tokens, us, op_time(op, hw).us) for op, us in pairs]
         errs = [abs(p - m) / m for *_, m, p in fit]
+        worst = max(range(len(fit)), key=errs.__getitem__)
+        wname, wtokens, *_ = fit[worst]
         header = (f"Measured by `cmtwin calibrate {' '.join(args.overrides)}` on {device}: {len(pairs)} operator "
-                  f"timings; in-sample median |error| {statistics.median(errs):.1%}.")
-        out.update(measurements=len(pairs), in_sample_median_abs_err=statistics.median(errs))
+                  f"timings; in-sample median |error| {statistics.median(errs):.1%}, max {errs[worst]:.1%} "
+                  f"({wname} at {wtokens} tokens).")
+        out.update(measurements=len(pairs), in_sample_median_abs_err=statistics.median(errs),
+                   in_sample_max_abs_err=errs[worst])
     path = Path(args.out) if args.out else Path("cmtwin_conf") / "hardware" / f"{name}.yaml"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ between the ranks' buffers. A decode step runs on the decode pool, a prefill chu
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -21,10 +22,12 @@ TIE_TOL = {"fp32": 1e-4, "bf16": 2e-2, "int8": 2e-2}
 
 
 def precision_of(dtype: str) -> Precision:
+    """The dtypes the executor runs under executor.dtype. Its router is FP32 in every mode (FP32 weights,
+    logits of the normed hidden state cast up) so the routing matches the reference exactly."""
     if dtype == "fp32":
         return Precision("fp32", gemm="fp32", attention="fp32", kv_cache="fp32", dispatch="fp32", combine="fp32",
-                         embedding="fp32")
-    return PRECISIONS[dtype]
+                         embedding="fp32", router="fp32")
+    return dataclasses.replace(PRECISIONS[dtype], router="fp32")
 
 
 def pick_device(want: str) -> str:

@@ -135,13 +135,13 @@ def attention_ops(model: ModelSpec, p: Precision, *, tokens: int, requests: int,
         ]
         if form == "absorbed":
             # q_nope -> latent through W_UK per head; attention over the latent; latent -> v through W_UV.
-            ops.append(gemm("q_absorb", tokens, att.qk_nope_head_dim, att.kv_lora_rank, "bf16", groups=heads,
+            ops.append(gemm("q_absorb", tokens, att.qk_nope_head_dim, att.kv_lora_rank, p.attention, groups=heads,
                             cls="grouped_gemm"))
             flops = 2.0 * tokens * heads * kv_len * (lat + att.kv_lora_rank)
             kv_read = requests * kv_len * lat * kvb
             act = tokens * heads * (lat + att.kv_lora_rank) * 2.0
             ops.append(Op("mla_attention", "attention_decode", flops, 0.0, act, kv_read, p.attention, tokens))
-            ops.append(gemm("v_absorb", tokens, att.kv_lora_rank, att.v_head_dim, "bf16", groups=heads,
+            ops.append(gemm("v_absorb", tokens, att.kv_lora_rank, att.v_head_dim, p.attention, groups=heads,
                             cls="grouped_gemm"))
         else:
             # kv_b_proj expands the latent of every context token into per-head K (nope) and V.
@@ -186,7 +186,7 @@ def router_ops(model: ModelSpec, p: Precision, *, tokens: int) -> list[Op]:
     e = model.moe.routed_experts if model.moe else 0
     return [
         Op("moe_norm", "norm", 4.0 * tokens * h, 2.0 * h, 4.0 * tokens * h, tokens=tokens),
-        gemm("router", tokens, h, e, "bf16", out_dtype="fp32", cls="gemm"),
+        gemm("router", tokens, h, e, p.router, out_dtype="fp32", cls="gemm"),
         Op("topk", "elementwise", 10.0 * tokens * e, 4.0 * e, 4.0 * tokens * e, tokens=tokens),
     ]
 

@@ -25,6 +25,7 @@ class Precision:
     dispatch: str  # tokens sent to experts
     combine: str  # expert outputs sent back
     embedding: str  # embedding table and LM head weights
+    router: str = "bf16"  # the router's logits GEMM (BF16 in serving; the executor routes in FP32)
 
     def message_bytes(self, kind: Literal["dispatch", "combine"], hidden: int) -> int:
         """Bytes per token of one dispatch or combine message, scales included.
