@@ -60,7 +60,7 @@ def main() -> None:
         for i in range(pairs):
             probes.append(probe())
             subprocess.run(["cmtwin", "calibrate", f"executor.scale={scale}"], cwd=tmp, check=True,
-                           stdout=subprocess.DEVNULL)
+                           capture_output=True)
             out = subprocess.run(["cmtwin", "execute", "+deployment=r1_ep320", "executor.layers=2",
                                   f"executor.scale={scale}", "--no-record", "--format", "json"],
                                  cwd=tmp, check=True, capture_output=True, text=True).stdout
@@ -70,7 +70,7 @@ def main() -> None:
                 errs[ph].append(d["rel_err"])
                 line.append(f"{ph} measured {d['measured_us']:7.1f} us predicted {d['predicted_us']:7.1f} us "
                             f"({d['rel_err']:+.1%})")
-            bar.console.print(f"pair {i + 1}: " + " · ".join(line))
+            bar.console.print(f"pair {i + 1}: " + " · ".join(line), soft_wrap=True)
             bar.advance(task)
         probes.append(probe())
     for ph, xs in errs.items():
