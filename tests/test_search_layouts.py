@@ -184,8 +184,9 @@ def test_r1_ep320_search_keeps_the_known_best_region():
     assert best.mode == "disagg" and best.decode.tp == 1 and best.decode.pp == 1
     assert 160 <= best.decode.devices * best.decode_instances <= 256
     assert best.decode.batch_per_device == 256 and best.decode.precision == "int8"
-    assert best.tokens_per_s_per_device > 1.2 * max(c.tokens_per_s_per_device for c in res.candidates
-                                                    if c.mode == "agg")
+    # ahead of every aggregated candidate (by 1.3% since prefill's vector operators wait for its
+    # communication on the 910C; aggregated serving runs chunked prefill inside the decode step)
+    assert best.tokens_per_s_per_device > max(c.tokens_per_s_per_device for c in res.candidates if c.mode == "agg")
 
 
 @pytest.mark.parametrize("override,needles", [

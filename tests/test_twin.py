@@ -118,6 +118,20 @@ def test_microbatching_off_goes_through_the_mechanism(base):
     assert off.prefill["step_ms"] > base.prefill["step_ms"]
 
 
+def test_prefill_vector_operators_wait_for_comm_on_the_910c(base):
+    """On the 910C prefill communication runs on the vector cores: the norms, activations and top-k of one
+    microbatch wait for the other's all-gather/dispatch/combine, so less communication hides; off, they
+    overlap it. The operators' own times are the same either way; the difference is exposed communication."""
+    free = _predict("hardware.microbatching.prefill_comm_on_vector_cores=false")
+    assert base.prefill["step_ms"] > free.prefill["step_ms"]
+    rows = lambda p: {(r.stream, r.operator): r.time_us for r in p.breakdown if r.phase == "prefill"}
+    b, f = rows(base), rows(free)
+    assert b[("compute", "attn_norm")] == f[("compute", "attn_norm")]
+    assert b[("overlap", "exposed_comm")] > f[("overlap", "exposed_comm")]
+    serial = _predict("prefill.microbatches=1")
+    assert base.prefill["step_ms"] < serial.prefill["step_ms"]
+
+
 def test_perfect_balance_is_never_slower(base):
     perfect = _predict("placement.balance=perfect")
     assert perfect.prefill["step_ms"] <= base.prefill["step_ms"]

@@ -108,8 +108,12 @@ class Microbatching(Frozen):
     """split_cores: the attention stream's cores."""
     moe: StreamCores | None = None
     """split_cores: the MoE stream's cores."""
+    prefill_comm_on_vector_cores: bool = False
+    """Prefill: a microbatch's communication (all-gather, all-to-all, dispatch, combine) runs on the vector
+    cores and DMA engines while the cube cores compute the other microbatch, so that microbatch's vector
+    operators (norms, activations, top-k) wait for the communication instead of overlapping it."""
     source: str = Field(min_length=3)
-    """Where the split comes from."""
+    """Where the split (and the prefill placement of the communication) comes from."""
 
 
 class HardwareProfile(Frozen):

@@ -8,11 +8,15 @@ stream is free; each stream takes its phases in order (layer, phase, microbatch)
 "ping-pong" of DeepSeek's and CloudMatrix-Infer's prefill. A communication phase therefore hides only behind
 the compute phases of the *other* microbatches that can run at that moment, not behind the whole layer's
 computation, and a layer takes at least max(compute, comm) and at most their sum.
+
+A VECTOR phase is computation that needs the cores the communication runs on (on the 910C the vector cores:
+norms, activations, top-k, while dispatch and combine run on the vector cores and DMA engines): it waits for
+both streams and holds both, so it neither overlaps the other microbatch's communication nor its cube work.
 """
 
 from __future__ import annotations
 
-COMPUTE, COMM = "compute", "comm"
+COMPUTE, COMM, VECTOR = "compute", "comm", "vector"
 
 
 def merged(phases: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -35,9 +39,12 @@ def makespan(chain: list[list[tuple[str, float]]], microbatches: int) -> float:
     ready = [0.0] * microbatches  # when each microbatch's previous phase finished
     for layer in chain:
         for stream, us in layer:
+            held = (COMPUTE, COMM) if stream == VECTOR else (stream,)
             for mb in range(microbatches):
-                start = max(free[stream], ready[mb])
-                free[stream] = ready[mb] = start + us
+                start = max(ready[mb], *(free[s] for s in held))
+                ready[mb] = start + us
+                for s in held:
+                    free[s] = ready[mb]
     return max(ready)
 
 

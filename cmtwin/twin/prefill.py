@@ -8,7 +8,9 @@ With two microbatches, the cube cores compute one microbatch while the vector co
 the other's data (all-gather, all-to-all, dispatch, combine): each layer is a chain of compute and comm
 phases per microbatch, scheduled on the two streams by cmtwin.twin.overlap (a comm phase hides only behind
 what the other microbatch can compute meanwhile; the exposed rest is the breakdown's `exposed_comm`); with
-one microbatch, compute and comm add up.
+one microbatch, compute and comm add up. Where the profile says prefill communication runs on the vector cores
+(`microbatching.prefill_comm_on_vector_cores`, the 910C), the vector operators (norms, activations, top-k) are
+VECTOR phases: they wait for the other microbatch's communication rather than overlap it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from cmtwin.model.precision import BYTES
 from cmtwin.twin import comm
 from cmtwin.twin import overlap as overlap_mod
 from cmtwin.twin.breakdown import Ledger
-from cmtwin.twin.cost import op_time
+from cmtwin.twin.cost import VECTOR_CLASSES, op_time
 from cmtwin.twin.decode import moe_compute_ops, moe_load
 
 
@@ -41,12 +43,18 @@ _TP_OPS = {"q_b_proj", "kv_b_proj", "mha_attention", "gqa_attention", "qkv_proj"
 
 
 def _time(ops: list[Op], hw, ledger: Ledger, stream: str, calls: int) -> float:
-    total = 0.0
+    return sum(us for _, us in _phases(ops, hw, ledger, stream, calls, vector=False))
+
+
+def _phases(ops: list[Op], hw, ledger: Ledger, stream: str, calls: int, *, vector: bool) -> list[tuple[str, float]]:
+    """The operators as schedule phases, in order: COMPUTE, or VECTOR for a vector operator when `vector`
+    (it then contends with the communication for the vector cores); each recorded in the ledger."""
+    out = []
     for op in ops:
         t = op_time(op, hw)
-        total += t.us
         ledger.add(stream, op.name, t.us * calls, t.bound, calls)
-    return total
+        out.append((overlap_mod.VECTOR if vector and op.cls in VECTOR_CLASSES else overlap_mod.COMPUTE, t.us))
+    return out
 
 
 def kv_transfer(spec, hw, fabric, src: str, dst: str, prompt_len: int):
@@ -80,6 +88,11 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     kname = "comm" if overlap else "serial"
 
     C, K = overlap_mod.COMPUTE, overlap_mod.COMM
+    mbs = hw.microbatching
+    contend = overlap and mbs is not None and mbs.prefill_comm_on_vector_cores
+
+    def timed(ops: list[Op], stream: str, calls: int) -> list[tuple[str, float]]:
+        return _phases(ops, hw, ledger, stream, calls, vector=contend)
 
     def attention(calls: int, tag: str | None) -> list[tuple[str, float]]:
         """The phases (stream, us) of one attention block of one microbatch, in order."""
@@ -88,18 +101,18 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
             # Megatron TP: every rank runs the group's tokens on heads/tp, then an all-reduce.
             ops = attention_ops(model, prec, tokens=t_mb * tp, requests=prompts_mb * tp, kv_len=prompt, form="mha",
                                 head_share=1 / tp)
-            compute = _time(ops, hw, ledger, cs, calls)
+            compute = timed(ops, cs, calls)
             c = comm.all_reduce(hw, fabric, tp_group, nbytes=t_mb * tp * model.hidden * 2.0, name="tp_all_reduce")
             ledger.add(ks, c.name, c.us * calls, "comm", calls)
-            return [(C, compute), (K, c.us)]
+            return [*compute, (K, c.us)]
         ops_sp = attention_ops(model, prec, tokens=t_mb, requests=prompts_mb, kv_len=prompt, form="mha")
         ops_tp = attention_ops(model, prec, tokens=t_mb * tp, requests=prompts_mb * tp, kv_len=prompt, form="mha",
                                head_share=1 / tp)
-        down = _time([o for o in ops_sp if o.name in _SP_OPS], hw, ledger, cs, calls)
-        heads = _time([o for o in ops_tp if o.name in _TP_OPS], hw, ledger, cs, calls)
-        out = _time([o for o in ops_sp if o.name == "o_proj"], hw, ledger, cs, calls)
+        down = timed([o for o in ops_sp if o.name in _SP_OPS], cs, calls)
+        heads = timed([o for o in ops_tp if o.name in _TP_OPS], cs, calls)
+        out = timed([o for o in ops_sp if o.name == "o_proj"], cs, calls)
         if tp == 1:
-            return [(C, down + heads + out)]
+            return down + heads + out
         att = model.attention
         lat = (att.q_lora_rank + att.kv_values_per_token) if isinstance(att, MLA) else model.hidden
         ag = comm.all_gather(hw, fabric, tp_group, bytes_per_rank=t_mb * lat * 2.0, name="sp_all_gather")
@@ -107,11 +120,11 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
         a2a = comm.all_to_all(hw, fabric, tp_group, bytes_per_rank=t_mb * heads_v * 2.0, name="tp_all_to_all")
         for c in (ag, a2a):
             ledger.add(ks, c.name, c.us * calls, "comm", calls)
-        return [(C, down), (K, ag.us), (C, heads), (K, a2a.us), (C, out)]
+        return [*down, (K, ag.us), *heads, (K, a2a.us), *out]
 
     def moe_block(calls: int, tag: str | None) -> list[tuple[str, float]]:
         cs, ks = (tag, tag) if tag else (cname, kname)
-        gate = _time(router_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls)
+        gate = timed(router_ops(model, prec, tokens=t_mb), cs, calls)
         load = moe_load(spec, pool.placement, tokens_per_rank=t_mb, noise=spec.placement.balance == "default")
         routed, shared = moe_compute_ops(spec, load, pool.placement, share=1 / lay.moe_tp)
         crit = routed
@@ -119,7 +132,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
             tr = sum(op_time(o, hw).us for o in routed)
             ts = sum(op_time(o, hw).us for o in shared)
             crit = routed if tr >= ts else shared
-        experts = _time(crit, hw, ledger, cs, calls)
+        experts = timed(crit, cs, calls)
         die_ids = tuple(inst_dies[:lay.stage_ranks])
         moved = {}
         for kind in ("dispatch", "combine") if lay.ep > 1 else ():
@@ -127,7 +140,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
                                       recv_copies=load.recv_busiest, msg_bytes=prec.message_bytes(kind, model.hidden))
             moved[kind] = c.us
             ledger.add(ks, kind, c.us * calls, "comm", calls)
-        phases = [(C, gate), (K, moved.get("dispatch", 0.0)), (C, experts), (K, moved.get("combine", 0.0))]
+        phases = [*gate, (K, moved.get("dispatch", 0.0)), *experts, (K, moved.get("combine", 0.0))]
         if lay.moe_tp > 1 and lay.ep == 1:
             c = comm.all_reduce(hw, fabric, tuple(inst_dies[:lay.moe_tp]), nbytes=t_mb * model.hidden * 2.0,
                                 name="moe_tp_all_reduce")
@@ -139,11 +152,11 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
         """A dense MLP: split over the TP group with an all-reduce under allreduce TP, replicated otherwise."""
         cs, ks = (tag, tag) if tag else (cname, kname)
         if tp > 1 and lay.tp_mode == "allreduce":
-            compute = _time(dense_mlp_ops(model, prec, tokens=t_mb * tp, share=1 / tp), hw, ledger, cs, calls)
+            compute = timed(dense_mlp_ops(model, prec, tokens=t_mb * tp, share=1 / tp), cs, calls)
             c = comm.all_reduce(hw, fabric, tp_group, nbytes=t_mb * tp * model.hidden * 2.0, name="tp_all_reduce")
             ledger.add(ks, c.name, c.us * calls, "comm", calls)
-            return [(C, compute), (K, c.us)]
-        return [(C, _time(dense_mlp_ops(model, prec, tokens=t_mb), hw, ledger, cs, calls))]
+            return [*compute, (K, c.us)]
+        return timed(dense_mlp_ops(model, prec, tokens=t_mb), cs, calls)
 
     def serial(phases: list[tuple[str, float]]) -> float:
         return sum(us for _, us in phases)
@@ -158,7 +171,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     if overlap:
         # The two streams' schedule; what the compute stream waits for is the communication left exposed.
         step = overlap_mod.layers_time(groups, m)
-        busy = sum(n * m * sum(us for st, us in ph if st == C) for n, ph in groups)
+        busy = sum(n * m * sum(us for st, us in ph if st != K) for n, ph in groups)
         ledger.add("overlap", "exposed_comm", step - busy, "comm", 1)
     else:
         step = sum(n * m * serial(ph) for n, ph in groups)

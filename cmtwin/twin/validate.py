@@ -189,6 +189,7 @@ def constants_markdown() -> str:
             lines.append(f"| `{key}` | {value} | {source} |")
         mb = data.get("microbatching")
         if mb:
-            lines.append(f"| `microbatching` | {mb.get('mode')} | {mb.get('source')} |")
+            mode = mb.get("mode") + ("; prefill comm on the vector cores" if mb.get("prefill_comm_on_vector_cores") else "")
+            lines.append(f"| `microbatching` | {mode} | {mb.get('source')} |")
         lines.append("")
     return "\n".join(lines)
