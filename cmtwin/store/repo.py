@@ -293,12 +293,33 @@ def set_metrics(store: Store, run_id: int, metrics: Mapping[str, float]) -> None
         _put_metrics(session, run_id, metrics)
 
 
+def _bulk_insert(store: Store, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Insert plain tuples in one transaction: COPY on PostgreSQL (psycopg), else the driver's executemany. A
+    search writes ~750,000 sample rows; SQLAlchemy Core building a parameter dict per row took half of SQLite's
+    6.8 s for them, and psycopg's executemany 27.7 s on a local server."""
+    if not rows:
+        return
+    with store.write() as session:
+        conn = session.connection()
+        if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+            # COPY streams the rows in one command (executemany: one round trip per row)
+            with conn.connection.driver_connection.cursor() as cur:
+                with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for r in rows:
+                        copy.write_row(r)
+            return
+        marks = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": None, "named": None}[conn.dialect.paramstyle]
+        if marks is None:  # a driver without positional parameters: let Core build the statement
+            conn.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
+            return
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marks] * len(columns))})"
+        conn.exec_driver_sql(sql, rows)
+
+
 def add_samples(store: Store, run_id: int, rows: Iterable[tuple[float, str, float]]) -> int:
     """Append time-series points (t, name, value) to a run in one bulk transaction; return how many."""
-    batch = [{"run_id": run_id, "t": float(t), "name": name, "value": float(v)} for t, name, v in rows]
-    if batch:
-        with store.write() as session:
-            session.connection().execute(insert(Sample.__table__), batch)
+    batch = [(run_id, float(t), str(name), float(v)) for t, name, v in rows]
+    _bulk_insert(store, Sample.__table__, ("run_id", "t", "name", "value"), batch)
     return len(batch)
 
 
@@ -309,10 +330,8 @@ def add_timeline(store: Store, run_id: int, events: Iterable[TimelineEvent | tup
         ev = TimelineEvent(*raw)
         if ev.kind not in TIMELINE_KINDS:
             raise StoreError(f"timeline event {ev.op!r} has kind {ev.kind!r}; use one of {', '.join(TIMELINE_KINDS)}")
-        batch.append({"run_id": run_id, **ev._asdict()})
-    if batch:
-        with store.write() as session:
-            session.connection().execute(insert(TimelineEntry.__table__), batch)
+        batch.append((run_id, *ev))
+    _bulk_insert(store, TimelineEntry.__table__, ("run_id", *TimelineEvent._fields), batch)
     return len(batch)
 
 
