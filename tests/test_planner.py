@@ -4,6 +4,8 @@ invalid combinations raise ConfigError/PlanError (never another exception)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from collections import Counter, defaultdict
 from functools import cache
@@ -124,13 +126,12 @@ def check_plan(spec: Spec, plan: Plan) -> None:
 def test_check_plan_can_fail():
     spec, plan = _spec("+deployment=r1_h100_ep72"), _plan("+deployment=r1_h100_ep72")
     check_plan(spec, plan)
-    twice = Plan(**{**plan.__dict__, "dies": plan.dies + plan.dies[:1]})
+    twice = dataclasses.replace(plan, dies=plan.dies + plan.dies[:1])
     with pytest.raises(AssertionError, match="used twice"):
         check_plan(spec, twice)
-    dropped = tuple(r.__class__(**{**r.__dict__, "experts": ()}) if r.role == "decode" and r.ep_rank == 0 else r
-                    for r in plan.dies)
+    dropped = tuple(r._replace(experts=()) if r.role == "decode" and r.ep_rank == 0 else r for r in plan.dies)
     with pytest.raises(AssertionError):
-        check_plan(spec, Plan(**{**plan.__dict__, "dies": dropped}))
+        check_plan(spec, dataclasses.replace(plan, dies=dropped))
 
 
 # ------------------------------------------------------------------------------------------ r1_ep320

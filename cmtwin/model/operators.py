@@ -7,6 +7,7 @@ two never disagree. Shapes follow the reference implementations: MLA in absorbed
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cmtwin.model.arch import GQA, MLA, ModelSpec
@@ -119,6 +120,13 @@ def attention_ops(model: ModelSpec, p: Precision, *, tokens: int, requests: int,
     form: "absorbed" (MLA decode: weight absorption, queries over the latent) or "mha" (prefill: per-head K/V).
     head_share: fraction of the heads on this rank (tensor-parallel attention), for the per-head operators.
     """
+    return list(_attention_ops(model, p, tokens, requests, kv_len, form, head_share, causal_prefill))
+
+
+@functools.lru_cache(maxsize=4096)
+def _attention_ops(model: ModelSpec, p: Precision, tokens: int, requests: int, kv_len: float, form: str,
+                   head_share: float, causal_prefill: bool) -> tuple[Op, ...]:
+    # memoised: a search builds the same attention blocks ~120,000 times (45 us each)
     att = model.attention
     h = model.hidden
     g = p.gemm
@@ -166,7 +174,7 @@ def attention_ops(model: ModelSpec, p: Precision, *, tokens: int, requests: int,
             ops.append(Op("gqa_attention", "attention_prefill", 2.0 * heads * pairs * 2 * d, 0.0,
                           2.0 * tokens * (heads + 2 * kvh) * d * 2, 0.0, p.attention, tokens))
         ops.append(gemm("o_proj", tokens, heads * d, h, g))
-    return ops
+    return tuple(ops)
 
 
 def dense_mlp_ops(model: ModelSpec, p: Precision, *, tokens: int, share: float = 1.0) -> list[Op]:

@@ -6,8 +6,10 @@ plain, JSON-ready structure; `Plan.to_dict()` is what `--format json` prints and
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmtwin.config.identity import spec_hash
 from cmtwin.config.schema import Spec
@@ -17,9 +19,9 @@ from cmtwin.planner.memory import GIB, MemoryBreakdown, die_memory
 from cmtwin.planner.placement import ExpertPlacement, place_experts
 
 
-@dataclass(frozen=True)
-class DieRole:
-    """What one die does."""
+class DieRole(NamedTuple):
+    """What one die does. A named tuple: a search compiles ~5,000 plans of 768 dies, and a frozen dataclass's
+    field-by-field __init__ made building them a third of the search's twin stage."""
 
     die: str  # topology node id
     node: int
@@ -107,6 +109,19 @@ class Plan:
 
     def pools_of(self, role: str) -> list[Pool]:
         return [p for p in self.pools if p.role == role]
+
+    def die_ids(self, role: str, instance: int | None = None) -> tuple[str, ...]:
+        """Ids of the dies with `role` (of one instance of it), in rank order."""
+        return self._die_ids.get((role, instance), ())
+
+    @functools.cached_property
+    def _die_ids(self) -> dict[tuple[str, int | None], tuple[str, ...]]:
+        # the twin asks for these on every evaluation (a search makes ~27,000 of them over 768 dies)
+        out: dict[tuple[str, int | None], list[str]] = {}
+        for r in self.dies:
+            out.setdefault((r.role, None), []).append(r.die)
+            out.setdefault((r.role, r.instance), []).append(r.die)
+        return {k: tuple(v) for k, v in out.items()}
 
     @property
     def devices_used(self) -> int:

@@ -302,7 +302,7 @@ class Simulator:
                           PrefillTable(spec, plan, hw, fabric, max_tokens_per_die=tpd, max_prompt=max_prompt))
             self.dtable, self.ptable = tables
             for pool in prefill_pools:
-                dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == pool.instance]
+                dies = plan.die_ids("prefill", pool.instance)
                 fetch = None
                 if caching is not None:
                     fetch = FetchCost(hw, fabric, dies=dies, plane=sim.ems_plane, ssd_gbps=sim.ssd_read_gbps,

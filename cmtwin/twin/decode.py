@@ -170,7 +170,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     overlap = m >= 2 and hw.microbatching is not None
     noise = spec.placement.balance == "default"
     ledger = Ledger("decode")
-    die_ids = tuple(r.die for r in plan.dies if r.role == "decode")
+    die_ids = plan.die_ids("decode")
     stage_ids = die_ids[:lay.stage_ranks]
     tp_ids = die_ids[:tp]
     moe_tp_ids = die_ids[:moe_tp]

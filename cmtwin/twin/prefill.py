@@ -77,7 +77,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     m = max(1, microbatches or spec.prefill.microbatches)
     overlap = m >= 2
     ledger = Ledger("prefill")
-    inst_dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == pool.instance]
+    inst_dies = plan.die_ids("prefill", pool.instance)
     lay = pool.layout
     tp = pool.tp
     tp_group = tuple(inst_dies[:tp])
@@ -194,7 +194,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
         step += bubble
     # KV of one prompt to its decode rank over the scale-out plane (RDMA on CM384, IB on GPUs).
     kv_us = 0.0
-    decode_dies = [r.die for r in plan.dies if r.role == "decode"]
+    decode_dies = plan.die_ids("decode")
     if decode_dies:
         kv_us = kv_transfer(spec, hw, fabric, inst_dies[0], decode_dies[-1], prompt).us
         ledger.add("kv_transfer", "kv_transfer", kv_us, "comm", 1)
