@@ -231,8 +231,6 @@ def lift_peaks(pairs, base: HardwareProfile) -> HardwareProfile:
     and one copy are not always the fastest kernels of a device (a 256^3 matmul under --quick, cache-resident
     operands on a CPU); an efficiency capped at 1 instead would leave such an operator's prediction too slow
     by the ratio. A raised figure says so in its source."""
-    from cmtwin.twin.hardware import Sourced
-
     hw = base.model_copy(update={"efficiency": {},
                                  "launch_overhead_us": base.launch_overhead_us.model_copy(update={"value": 0.0})})
     launch = base.launch_overhead_us.value

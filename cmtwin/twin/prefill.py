@@ -87,7 +87,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     cname = "compute" if overlap else "serial"
     kname = "comm" if overlap else "serial"
 
-    C, K = overlap_mod.COMPUTE, overlap_mod.COMM
+    K = overlap_mod.COMM
     mbs = hw.microbatching
     contend = overlap and mbs is not None and mbs.prefill_comm_on_vector_cores
 
