@@ -7,7 +7,6 @@ plain, JSON-ready structure; `Plan.to_dict()` is what `--format json` prints and
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 

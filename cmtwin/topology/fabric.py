@@ -512,14 +512,14 @@ def _cached_fabric(identity: tuple[str, int | None], name: str, overrides: tuple
 def _disk_path(spec: TopologySpec) -> Path | None:
     """The on-disk cache entry of a validated topology's Fabric. Building the CloudMatrix384 graph (26,592
     directed links) and checking its invariants takes ~0.5 s, a sixth of `cmtwin plan`; loading it takes
-    ~0.09 s. The key covers the validated spec and the code that builds the graph, so an edited topology
-    or a changed cmtwin never reads a stale entry."""
+    ~0.09 s. The key covers the validated spec, the code that builds the graph, Python's and networkx's
+    versions, so an edited topology or a changed cmtwin never reads a stale entry."""
     root = cache_dir()
     if root is None:
         return None
     from cmtwin.topology import graph, schema
 
-    h = hashlib.sha256(spec.model_dump_json().encode())
+    h = hashlib.sha256(f"{sys.version} networkx {nx.__version__}\n{spec.model_dump_json()}".encode())
     for module in (graph, schema, sys.modules[__name__]):
         h.update(Path(module.__file__).read_bytes())
     return root / "fabric" / f"{h.hexdigest()[:40]}.pickle"
