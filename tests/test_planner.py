@@ -123,6 +123,16 @@ def check_plan(spec: Spec, plan: Plan) -> None:
         assert fed == Counter(range(dc.devices * dpd))
 
 
+@pytest.mark.parametrize("deployment", ["r1_ep320", "r1_h800_ep144", "r1_h200_tp8_agg"])
+def test_die_ids_are_the_roles_dies_in_rank_order(deployment):
+    plan = _plan(f"+deployment={deployment}")
+    for role in {r.role for r in plan.dies}:
+        assert plan.die_ids(role) == tuple(r.die for r in plan.dies if r.role == role)
+        for inst in {r.instance for r in plan.dies if r.role == role}:
+            assert plan.die_ids(role, inst) == tuple(r.die for r in plan.dies if r.role == role and r.instance == inst)
+    assert plan.die_ids("nobody") == ()
+
+
 def test_check_plan_can_fail():
     spec, plan = _spec("+deployment=r1_h100_ep72"), _plan("+deployment=r1_h100_ep72")
     check_plan(spec, plan)

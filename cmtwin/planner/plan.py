@@ -118,8 +118,9 @@ class Plan:
         # the twin asks for these on every evaluation (a search makes ~27,000 of them over 768 dies)
         out: dict[tuple[str, int | None], list[str]] = {}
         for r in self.dies:
-            out.setdefault((r.role, None), []).append(r.die)
             out.setdefault((r.role, r.instance), []).append(r.die)
+        for (role, _), ids in list(out.items()):  # instances in order: a role's dies in rank order
+            out.setdefault((role, None), []).extend(ids)
         return {k: tuple(v) for k, v in out.items()}
 
     @property
@@ -191,12 +192,13 @@ def _pool(spec: Spec, *, role: str, instance: int, dies: list, layout: Layout, r
     for kind, mem in kinds.items():
         _check_memory(spec, role, kind, mem)
     roles = []
-    for r, d in enumerate(dies):
-        ep_rank = (r % layout.stage_ranks) // layout.moe_tp
-        experts = placement.ranks[ep_rank] if spec.model.is_moe else ()
-        roles.append(DieRole(die=d.id, node=d.node, device=d.device, role=role, instance=instance, rank=r,
-                             ep_rank=ep_rank, tp_group=r // tp, experts=experts,
-                             shared=spec.model.is_moe and shared_count > 0 and (placement.shared_on_every_rank or not experts)))
+    moe, stage, moe_tp, held = spec.model.is_moe, layout.stage_ranks, layout.moe_tp, placement.ranks
+    has_shared, everywhere = moe and shared_count > 0, placement.shared_on_every_rank
+    for r, d in enumerate(dies):  # positional and hoisted: ~5,000 plans of 768 dies in a search
+        ep_rank = (r % stage) // moe_tp
+        experts = held[ep_rank] if moe else ()
+        roles.append(DieRole(d.id, d.node, d.device, role, instance, r, ep_rank, r // tp, experts,
+                             has_shared and (everywhere or not experts)))
     worst = max(kinds.values(), key=lambda m: m.used)
     devices = len(dies) // spec.hardware.dies
     pool = Pool(role=role, instance=instance, devices=devices, dies=len(dies),
