@@ -40,6 +40,13 @@ class Ledger:
         else:
             self._rows[key] = [us, bound, calls]
 
+    def streams(self) -> dict[str, float]:
+        """Busy time per stream, in the order the streams first appear."""
+        out: dict[str, float] = {}
+        for (s, _), v in self._rows.items():
+            out[s] = out.get(s, 0.0) + v[0]
+        return out
+
     def stream_total(self, stream: str) -> float:
         return sum(v[0] for (s, _), v in self._rows.items() if s == stream)
 

@@ -293,9 +293,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         tps = eff.tokens_per_step
     tps *= eff.text_per_token
     dpd = spec.hardware.dies
-    streams = {}
-    for r in ledger.rows():
-        streams[r.stream] = streams.get(r.stream, 0.0) + r.time_us
+    streams = ledger.streams()
     return DecodeResult(
         step_us=step,
         chunk_tokens=int(chunk_tokens or 0),

@@ -198,9 +198,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     if decode_dies:
         kv_us = kv_transfer(spec, hw, fabric, inst_dies[0], decode_dies[-1], prompt).us
         ledger.add("kv_transfer", "kv_transfer", kv_us, "comm", 1)
-    streams: dict[str, float] = {}
-    for r in ledger.rows():
-        streams[r.stream] = streams.get(r.stream, 0.0) + r.time_us
+    streams = ledger.streams()
     dpd = spec.hardware.dies
     return PrefillResult(
         step_us=step,
