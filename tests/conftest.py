@@ -11,6 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject addopts): one worker per core, at most 4; each worker holds torch and a few
+    compiled plans, and a large machine gains nothing from dozens of them on a ~5-minute suite."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def pytest_configure(config):
     """Rebuildable caches (the topology graphs) go to a folder of this test process, not the user's."""
     import tempfile
