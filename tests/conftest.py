@@ -21,7 +21,13 @@ def pytest_configure(config):
     """Rebuildable caches (the topology graphs) go to a folder of this test process, not the user's."""
     import tempfile
 
-    os.environ["CMTWIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmtwin-cache-")
+    config._cmtwin_cache = os.environ["CMTWIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmtwin-cache-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    shutil.rmtree(getattr(config, "_cmtwin_cache", ""), ignore_errors=True)
 
 
 @pytest.fixture

@@ -225,14 +225,20 @@ def calibrate_local(spec, *, device: str, name: str, quick: bool = False) -> tup
     return hw, pairs
 
 
+def _roofline_only(hw: HardwareProfile) -> HardwareProfile:
+    """The profile's peaks and bandwidth with no efficiencies and no launch overhead: op_time is then the bare
+    roofline, the denominator of every fitted efficiency."""
+    return hw.model_copy(update={"efficiency": {},
+                                 "launch_overhead_us": hw.launch_overhead_us.model_copy(update={"value": 0.0})})
+
+
 def lift_peaks(pairs, base: HardwareProfile) -> HardwareProfile:
     """The base profile with each dtype's peak and the memory bandwidth raised to the fastest rate any measured
     operator reached (net of its launch overhead), so that no fitted efficiency exceeds 1. One large matmul
     and one copy are not always the fastest kernels of a device (a 256^3 matmul under --quick, cache-resident
     operands on a CPU); an efficiency capped at 1 instead would leave such an operator's prediction too slow
     by the ratio. A raised figure says so in its source."""
-    hw = base.model_copy(update={"efficiency": {},
-                                 "launch_overhead_us": base.launch_overhead_us.model_copy(update={"value": 0.0})})
+    hw = _roofline_only(base)
     launch = base.launch_overhead_us.value
     for _ in range(8):  # a raised compute peak can leave an operator memory-bound: settle both
         compute: dict[str, float] = {}
@@ -275,7 +281,7 @@ def fit_local(pairs, base: HardwareProfile, source: str, name: str) -> HardwareP
     from cmtwin.twin.hardware import Curve, Efficiency, Sourced
 
     base = lift_peaks(pairs, base)
-    zero = base.model_copy(update={"efficiency": {}, "launch_overhead_us": base.launch_overhead_us.model_copy(update={"value": 0.0})})
+    zero = _roofline_only(base)
     cells: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for op, us in pairs:
         ot = op_time(op, zero)
@@ -350,7 +356,7 @@ def fit_imported(pairs, base: HardwareProfile, source: str, name: str) -> Hardwa
 
     from cmtwin.twin.hardware import Curve, Efficiency, Sourced
 
-    zero = base.model_copy(update={"efficiency": {}, "launch_overhead_us": base.launch_overhead_us.model_copy(update={"value": 0.0})})
+    zero = _roofline_only(base)
     cells: dict = {}
     for op, us in pairs:
         ot = op_time(op, zero)

@@ -308,8 +308,8 @@ def _bulk_insert(store: Store, table, columns: tuple[str, ...], rows: list[tuple
                     for r in rows:
                         copy.write_row(r)
             return
-        marks = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": None, "named": None}[conn.dialect.paramstyle]
-        if marks is None:  # a driver without positional parameters: let Core build the statement
+        marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
+        if marks is None:  # a driver without positional parameters (numeric, named): let Core build it
             conn.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
             return
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marks] * len(columns))})"

@@ -47,8 +47,5 @@ class Ledger:
             out[s] = out.get(s, 0.0) + v[0]
         return out
 
-    def stream_total(self, stream: str) -> float:
-        return sum(v[0] for (s, _), v in self._rows.items() if s == stream)
-
     def rows(self) -> list[Row]:
         return [Row(self.phase, s, o, v[0], v[1], v[2]) for (s, o), v in self._rows.items()]

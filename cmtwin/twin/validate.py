@@ -71,8 +71,8 @@ def collective_checks() -> list[Check]:
             for kind, meas in (("dispatch", d_us), ("combine", c_us)):
                 t = comm.dispatch_combine(hw, fab, ids, kind=kind, send_copies=copies, recv_copies=copies,
                                           msg_bytes=spec.prec.message_bytes(kind, spec.model.hidden))
-                out.append(Check(f"{hw.name} dispatch and combine", f"EP{ep} {kind}, {table['tokens']} tokens/rank", meas, t.us,
-                                 "us", table["source"], tol))
+                out.append(Check(f"{hw.name} dispatch and combine", f"EP{ep} {kind}, {table['tokens']} tokens/rank",
+                                 meas, t.us, "us", table["source"], tol))
     return out
 
 
@@ -189,7 +189,9 @@ def constants_markdown() -> str:
             lines.append(f"| `{key}` | {value} | {source} |")
         mb = data.get("microbatching")
         if mb:
-            mode = mb.get("mode") + ("; prefill comm on the vector cores" if mb.get("prefill_comm_on_vector_cores") else "")
+            mode = mb.get("mode")
+            if mb.get("prefill_comm_on_vector_cores"):
+                mode += "; prefill comm on the vector cores"
             lines.append(f"| `microbatching` | {mode} | {mb.get('source')} |")
         lines.append("")
     return "\n".join(lines)
