@@ -71,8 +71,8 @@ def test_dispatch_combine_match_the_published_tables():
         assert c.ok, f"{c.group} {c.name}: {c.predicted:.1f} vs {c.published} ({c.error:+.1%})"
 
 
-def _predict(*overrides):
-    spec, _ = load_spec(["+deployment=r1_ep320", *overrides])
+def _predict(*overrides, deployment="r1_ep320"):
+    spec, _ = load_spec([f"+deployment={deployment}", *overrides])
     return predict(spec, compile_plan(spec))
 
 
@@ -116,6 +116,23 @@ def test_microbatching_off_goes_through_the_mechanism(base):
     assert {"compute", "comm"} <= streams(base, "prefill") and "serial" in streams(off, "prefill")
     # overlapping comm with compute makes prefill faster
     assert off.prefill["step_ms"] > base.prefill["step_ms"]
+
+
+def test_decode_microbatches_run_on_the_two_stream_schedule():
+    """Decode's two microbatches go through the same schedule as prefill's: on the 910C the attention stream
+    waits where the MoE stream is longer (the MLP-bound dense layers, the drain of the last microbatch), and
+    the step is the attention stream's work plus that wait plus the serial head and MTP."""
+    one = _predict("mtp.draft_tokens=0")  # the MTP module's own two streams would be counted twice below
+    rows = {(r.stream, r.operator): r.time_us for r in one.breakdown if r.phase == "decode"}
+    busy = lambda s: sum(t for (st, _), t in rows.items() if st == s)
+    wait = rows[("overlap", "exposed_moe")]
+    assert wait > 0
+    assert one.decode["step_ms"] * 1e3 == pytest.approx(busy("attention") + wait + busy("head"), abs=1.0)
+    # on GPUs the collectives are the second stream: what cannot hide is at least comm minus compute
+    gpu = _predict(deployment="r1_h800_ep144")
+    g = {(r.stream, r.operator): r.time_us for r in gpu.breakdown if r.phase == "decode"}
+    gbusy = lambda s: sum(t for (st, _), t in g.items() if st == s)
+    assert g[("overlap", "exposed_comm")] >= gbusy("comm") - gbusy("attention") - gbusy("moe") > 0
 
 
 def test_prefill_vector_operators_wait_for_comm_on_the_910c(base):

@@ -3,11 +3,13 @@
 Per step every die runs `batch x (1 + drafts)` tokens through the main model (the last accepted token and
 the MTP drafts, verified together), then the MTP module drafts the next tokens. A MoE layer is the
 attention path (MLA absorbed: the KV read once per request, queries per verified token) and the MoE path
-(gate, dispatch, experts on the busiest rank, combine). With two microbatches:
-- split_cores (Ascend): the two paths run concurrently on disjoint cores; a layer takes 2 x max(path A,
-  path B) per microbatch pair, plus one pipeline fill per step;
-- overlap_comm (GPU): computation on all cores, dispatch/combine of one microbatch behind the other's
-  computation: 2 x max(compute, comm).
+(gate, dispatch, experts on the busiest rank, combine). With two microbatches a layer of one microbatch is a
+chain of phases on two streams, scheduled by cmtwin.twin.overlap (the same schedule as prefill's):
+- split_cores (Ascend): the attention path on one core set, the whole MoE path (dispatch and combine
+  included) on the other: per layer about 2 x max(path A, path B), plus the pipeline's fill and drain and
+  the bubbles where the dense layers (MLP-bound) hand over to the MoE layers (attention-bound);
+- overlap_comm (GPU): computation on all cores, the collectives on the other stream: attention, dispatch,
+  experts, combine alternate, so a collective hides only behind what the other microbatch can compute then.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cmtwin.model.operators import (
     router_ops,
 )
 from cmtwin.twin import comm
+from cmtwin.twin import overlap as sched
 from cmtwin.twin.breakdown import Ledger
 from cmtwin.twin.cost import op_time
 from cmtwin.twin.routing import busiest_rank_tokens, distinct_ranks_per_token
@@ -198,60 +201,59 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         return ([o for o in both if o.name not in core] + [o for o in ops if o.name in core]
                 + [o for o in prefill if o.name in ("kv_b_proj", "mha_attention", "gqa_attention")])
 
+    A, B = sched.COMPUTE, sched.COMM  # the two streams: attention | MoE cores, or compute | collectives
+
     def layer(tokens: float, requests: float, moe: bool, calls: int, tag: str | None = None,
-              chunk: float = 0.0) -> float:
-        """One layer's time per microbatch-pair (or per step without microbatching); records `calls` layers
+              chunk: float = 0.0) -> list[tuple[str, float]]:
+        """One layer of one microbatch as schedule phases; records `calls` layers (each run by every microbatch)
         under the attention/MoE streams, or all under `tag` (the MTP module)."""
         a_name_, b_name_ = (tag, tag) if tag else (a_name, b_name)
-        reps = m  # microbatches per layer
-        n = calls * reps
+        n = calls * m
         tokens = tokens + chunk  # every rank's share of the MoE/MLP work includes its prefill chunk
         group_tokens = tokens * tp
         ffn_tokens = tokens * eff.ffn_scale if not tag else tokens  # policy route mix (main model only)
         t = max(1, round(ffn_tokens * tp))
         a_ops = attention_block((tokens - chunk) * tp, requests * tp, chunk * tp)
-        a = _ops_time(a_ops, hw, sh.attn_cube, sh.attn_vec, ledger, a_name_, n)
-        a_comm = 0.0
+        phases = [(A, _ops_time(a_ops, hw, sh.attn_cube, sh.attn_vec, ledger, a_name_, n))]
+
+        def collective(c, default: str) -> None:
+            ledger.add(comm_stream(tag, default), c.name, c.us * n, "comm", n)
+            phases.append((A if default == a_name and sh.split else B, c.us))
+
         if tp > 1:
-            c = comm.all_reduce(hw, fabric, tp_ids, nbytes=group_tokens * act_bytes, name="tp_all_reduce")
-            a_comm += c.us
-            ledger.add(comm_stream(tag, a_name), c.name, c.us * n, "comm", n)
-        comm_us = 0.0
+            collective(comm.all_reduce(hw, fabric, tp_ids, nbytes=group_tokens * act_bytes, name="tp_all_reduce"),
+                       a_name)
         if moe and model.moe:
             load = moe_load(spec, pool.placement, tokens_per_rank=ffn_tokens, noise=noise)
             r_ops = router_ops(model, prec, tokens=max(1, round(tokens)))
-            bb = _ops_time(r_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
+            phases.append((B if sh.split else A, _ops_time(r_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)))
             routed, shared = moe_compute_ops(spec, load, pool.placement, share=1 / moe_tp)
             tr = _ops_time(routed, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0)
             ts = _ops_time(shared, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0) if shared else 0.0
-            crit = routed if tr >= ts else shared
-            bb += _ops_time(crit, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
-            if lay.ep > 1:
-                for kind in ("dispatch", "combine"):
-                    c = comm.dispatch_combine(hw, fabric, stage_ids, kind=kind,
-                                              send_copies=load.send_copies * moe_tp,
-                                              recv_copies=load.recv_busiest,
-                                              msg_bytes=prec.message_bytes(kind, model.hidden))
-                    comm_us += c.us
-                    ledger.add(comm_stream(tag, b_name), kind, c.us * n, "comm", n)
+            experts = _ops_time(routed if tr >= ts else shared, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
+            kinds = ("dispatch", "combine") if lay.ep > 1 else ()
+            for kind in kinds:
+                collective(comm.dispatch_combine(hw, fabric, stage_ids, kind=kind,
+                                                 send_copies=load.send_copies * moe_tp,
+                                                 recv_copies=load.recv_busiest,
+                                                 msg_bytes=prec.message_bytes(kind, model.hidden)), b_name)
+                if kind == "dispatch":
+                    phases.append((B if sh.split else A, experts))
+            if not kinds:
+                phases.append((B if sh.split else A, experts))
             if moe_tp > 1 and lay.ep == 1:
-                c = comm.all_reduce(hw, fabric, moe_tp_ids, nbytes=ffn_tokens * act_bytes, name="moe_tp_all_reduce")
-                comm_us += c.us
-                ledger.add(comm_stream(tag, b_name), c.name, c.us * n, "comm", n)
+                collective(comm.all_reduce(hw, fabric, moe_tp_ids, nbytes=ffn_tokens * act_bytes,
+                                           name="moe_tp_all_reduce"), b_name)
         else:
             b_ops = dense_mlp_ops(model, prec, tokens=t, share=1 / tp)
-            bb = _ops_time(b_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
+            phases.append((B if sh.split else A, _ops_time(b_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)))
             if tp > 1:
-                c = comm.all_reduce(hw, fabric, tp_ids, nbytes=group_tokens * act_bytes, name="tp_all_reduce")
-                comm_us += c.us
-                ledger.add(comm_stream(tag, b_name), c.name, c.us * n, "comm", n)
+                collective(comm.all_reduce(hw, fabric, tp_ids, nbytes=group_tokens * act_bytes, name="tp_all_reduce"),
+                           b_name)
         if not overlap:
-            return reps * (a + a_comm + bb + comm_us)
-        if sh.split:
-            return reps * max(a + a_comm, bb + comm_us)
-        return reps * max(a + bb, a_comm + comm_us)
+            return [(A, sum(us for _, us in phases))]
+        return phases
 
-    step = 0.0
     dense_layers = model.dense.layers
     moe_layers = model.moe_layers
     if eff.layer_fraction != 1.0:  # layer skipping: the lowest layers (dense first) are not run
@@ -259,17 +261,17 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         moe_layers -= max(0, skipped - dense_layers)
         dense_layers = max(0, dense_layers - skipped)
     requests_mb = b / m
+    groups = []
     if dense_layers:
-        step += dense_layers * layer(tokens_mb, requests_mb, False, dense_layers, chunk=chunk_mb)
+        groups.append((dense_layers, layer(tokens_mb, requests_mb, False, dense_layers, chunk=chunk_mb)))
     if moe_layers:
-        step += moe_layers * layer(tokens_mb, requests_mb, True, moe_layers, chunk=chunk_mb)
-    # Pipeline fill: the first microbatch's attention runs alone once per step.
-    if overlap and m >= 2:
-        fill_ops = attention_ops(model, prec, tokens=max(1, round(tokens_mb * tp)), requests=requests_mb * tp,
-                                 kv_len=kv_len, head_share=1 / tp)
-        fill = _ops_time(fill_ops, hw, sh.attn_cube, sh.attn_vec, None, a_name, 0)
-        step += fill
-        ledger.add(a_name, "pipeline_fill", fill, "compute", 1)
+        groups.append((moe_layers, layer(tokens_mb, requests_mb, True, moe_layers, chunk=chunk_mb)))
+    # The microbatches' layers on the two streams, fill and drain included; what the first stream (attention,
+    # or computation) waits for is the other stream's work left exposed.
+    step = sched.layers_time(groups, m)
+    if overlap:
+        busy = sum(n * m * sum(us for st, us in ph if st == A) for n, ph in groups)
+        ledger.add("overlap", "exposed_moe" if sh.split else "exposed_comm", step - busy, "comm", 1)
     # Pipeline stages: the hidden states of the step's tokens cross pp - 1 stage boundaries.
     if lay.pp > 1:
         c = comm.p2p(hw, fabric, die_ids[0], die_ids[lay.stage_ranks], nbytes=b * verify * tp * act_bytes,
@@ -283,7 +285,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     # MTP drafting: k sequential passes of the MTP module (its own MoE layer) over the batch, each with a head.
     for _ in range(k if model.mtp_layers else 0):
         step += _ops_time(mtp_extra_ops(model, prec, tokens=b * tp), hw, 1.0, 1.0, ledger, "mtp", 1)
-        step += layer(b / m, requests_mb, model.is_moe, 1, tag="mtp")
+        step += sched.layers_time([(1, layer(b / m, requests_mb, model.is_moe, 1, tag="mtp"))], m)
         step += _ops_time(lm_head_ops(model, prec, tokens=b * tp, vocab_share=1 / tp), hw, 1.0, 1.0, ledger, "mtp", 1)
     for stream, op, calls in eff.extra_ops:  # policy operators (draft heads, routers, decoders)
         step += calls * _ops_time([op], hw, 1.0, 1.0, None, stream, 0)
