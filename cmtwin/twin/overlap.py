@@ -53,6 +53,8 @@ def layers_time(groups: list[tuple[int, list[tuple[str, float]]]], microbatches:
     layers. The schedule settles into a period after a layer or two, so each group is scheduled for at most
     `warm` + 1 layers and the rest are charged that group's steady period (exact for identical layers once the
     period repeats; keeps the twin fast inside a search)."""
+    if microbatches == 1:  # one chain: everything in sequence
+        return sum(count * sum(us for _, us in phases) for count, phases in groups)
     chain: list[list[tuple[str, float]]] = []
     extra = 0.0
     for count, phases in groups:
