@@ -231,16 +231,16 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
             tr = _ops_time(routed, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0)
             ts = _ops_time(shared, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0) if shared else 0.0
             experts = _ops_time(routed if tr >= ts else shared, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)
-            kinds = ("dispatch", "combine") if lay.ep > 1 else ()
-            for kind in kinds:
-                collective(comm.dispatch_combine(hw, fabric, stage_ids, kind=kind,
-                                                 send_copies=load.send_copies * moe_tp,
-                                                 recv_copies=load.recv_busiest,
-                                                 msg_bytes=prec.message_bytes(kind, model.hidden)), b_name)
-                if kind == "dispatch":
-                    phases.append((B if sh.split else A, experts))
-            if not kinds:
-                phases.append((B if sh.split else A, experts))
+            dispatch, combine = (comm.dispatch_combine(hw, fabric, stage_ids, kind=kind,
+                                                       send_copies=load.send_copies * moe_tp,
+                                                       recv_copies=load.recv_busiest,
+                                                       msg_bytes=prec.message_bytes(kind, model.hidden))
+                                 if lay.ep > 1 else None for kind in ("dispatch", "combine"))
+            if dispatch:
+                collective(dispatch, b_name)
+            phases.append((B if sh.split else A, experts))
+            if combine:
+                collective(combine, b_name)
             if moe_tp > 1 and lay.ep == 1:
                 collective(comm.all_reduce(hw, fabric, moe_tp_ids, nbytes=ffn_tokens * act_bytes,
                                            name="moe_tp_all_reduce"), b_name)
