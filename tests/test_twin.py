@@ -62,6 +62,17 @@ def test_collective_constants_are_the_fit_of_the_operator_tables():
                 assert prof[fit.kind][f"efficiency_{plane}"]["value"] == pytest.approx(eff, abs=0.0005)
 
 
+def test_collective_fits_never_beat_the_measured_link_ceiling():
+    """A dispatch/combine kernel cannot move bytes faster than the best transfer measured on the same links
+    (CM384 Table 1; ISCA'25 for NVLink and IB): the fit explains the rest with the kernel's fixed cost."""
+    from cmtwin.twin.calibration import LINK_CEILINGS, cm384_fits, h800_fits
+
+    assert LINK_CEILINGS["ub"][0] == pytest.approx(167 / 196)
+    for fit in cm384_fits() + h800_fits():
+        for plane, eff in fit.efficiency.items():
+            assert eff <= LINK_CEILINGS[plane][0] + 1e-9, (fit.kind, plane, eff)
+
+
 def test_dispatch_combine_match_the_published_tables():
     from cmtwin.twin.validate import collective_checks
 

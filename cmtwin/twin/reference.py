@@ -49,6 +49,7 @@ CM384_UB = {
     "npu_write_inter_GB_per_s": 135.0,
     "npu_write_intra_GB_per_s": 137.0,
     "npu_read_inter_GB_per_s": 164.0,
+    "npu_read_intra_GB_per_s": 167.0,
     "link_GB_per_s": 196.0,  # 7 x 224 Gbps
 }
 
