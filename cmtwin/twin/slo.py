@@ -31,7 +31,8 @@ def search_decode_batch(spec, plan, hw, fabric, tpot_ms: float) -> tuple[int, st
     if best is None:
         t1 = decode_step(spec, plan, hw, fabric, batch_per_die=1).tpot_ms
         raise PlanError(f"slo.tpot_ms={tpot_ms:g} cannot be met: even one request per die gives TPOT {t1:.2f} ms.",
-                        key="slo.tpot_ms", fix=f"relax slo.tpot_ms above {t1:.2f}, or use more experts ranks/fewer layers per die")
+                        key="slo.tpot_ms", fix=f"set slo.tpot_ms to {t1:.2f} or more (the floor is one request per die; "
+                            f"`cmtwin plan ... decode.batch_per_device={spec.hardware.dies}` shows what it is made of)")
     return best, f"slo.tpot_ms={tpot_ms:g}: batch {best * spec.hardware.dies} per device (searched 1..{hi * spec.hardware.dies})"
 
 
