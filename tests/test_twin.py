@@ -64,7 +64,7 @@ def test_collective_constants_are_the_fit_of_the_operator_tables():
 
 def test_collective_fits_never_beat_the_measured_link_ceiling():
     """A dispatch/combine kernel cannot move bytes faster than the best transfer measured on the same links
-    (CM384 Table 1; ISCA'25 for NVLink and IB): the fit explains the rest with the kernel's fixed cost."""
+    (CM384 Table 1; ISCA'25 for NVLink; IB's line rate): the fit explains the rest with the kernel's fixed cost."""
     from cmtwin.twin.calibration import LINK_CEILINGS, cm384_fits, h800_fits
 
     assert LINK_CEILINGS["ub"][0] == pytest.approx(167 / 196)
