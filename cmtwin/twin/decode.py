@@ -202,6 +202,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
                 + [o for o in prefill if o.name in ("kv_b_proj", "mha_attention", "gqa_attention")])
 
     A, B = sched.COMPUTE, sched.COMM  # the two streams: attention | MoE cores, or compute | collectives
+    M = B if sh.split else A  # where the MoE/MLP computation runs
 
     def layer(tokens: float, requests: float, moe: bool, calls: int, tag: str | None = None,
               chunk: float = 0.0) -> list[tuple[str, float]]:
@@ -226,7 +227,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
         if moe and model.moe:
             load = moe_load(spec, pool.placement, tokens_per_rank=ffn_tokens, noise=noise)
             r_ops = router_ops(model, prec, tokens=max(1, round(tokens)))
-            phases.append((B if sh.split else A, _ops_time(r_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)))
+            phases.append((M, _ops_time(r_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)))
             routed, shared = moe_compute_ops(spec, load, pool.placement, share=1 / moe_tp)
             tr = _ops_time(routed, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0)
             ts = _ops_time(shared, hw, sh.moe_cube, sh.moe_vec, None, b_name, 0) if shared else 0.0
@@ -238,7 +239,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
                                  if lay.ep > 1 else None for kind in ("dispatch", "combine"))
             if dispatch:
                 collective(dispatch, b_name)
-            phases.append((B if sh.split else A, experts))
+            phases.append((M, experts))
             if combine:
                 collective(combine, b_name)
             if moe_tp > 1 and lay.ep == 1:
@@ -246,7 +247,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
                                            name="moe_tp_all_reduce"), b_name)
         else:
             b_ops = dense_mlp_ops(model, prec, tokens=t, share=1 / tp)
-            phases.append((B if sh.split else A, _ops_time(b_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)))
+            phases.append((M, _ops_time(b_ops, hw, sh.moe_cube, sh.moe_vec, ledger, b_name_, n)))
             if tp > 1:
                 collective(comm.all_reduce(hw, fabric, tp_ids, nbytes=group_tokens * act_bytes, name="tp_all_reduce"),
                            b_name)
