@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import networkx as nx
 import pytest
@@ -211,16 +210,6 @@ def test_cm384_collectives(cm):
     assert ar.time_us == pytest.approx(2 * cm.all_gather_time_us(dies, 1 << 20, "ub").time_us)
     with pytest.raises(TopologyError, match="listed twice"):
         cm.all_to_all_time_us([dies[0], dies[0]], 1, "ub")
-
-
-def test_cm384_build_and_query_speed():
-    start = time.perf_counter()
-    fab = Fabric(load_topology("cloudmatrix384"))
-    built = time.perf_counter() - start
-    start = time.perf_counter()
-    fab.all_to_all_time_us(fab.dies()[:320], 7680, "ub")
-    query = time.perf_counter() - start
-    assert built < 2.0 and query < 0.5  # generous ceilings; benchmarks/ hold the real figures
 
 
 # ------------------------------------------------------------------------------------------ GPU cluster
