@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     t.set_defaults(func=_topology)
     tr = what.add_parser("trace", help="write an execute run's timeline as Chrome/Perfetto trace JSON")
-    tr.add_argument("run_id", type=int, metavar="RUN", help="run id of a `cmtwin execute` run")
-    tr.add_argument("--out", metavar="FILE", help="default: run<RUN>.trace.json")
+    tr.add_argument("run_id", metavar="RUN", help="run id of a `cmtwin execute` run, or 'last' for the newest one")
+    tr.add_argument("--out", metavar="FILE", help="default: run<ID>.trace.json")
     add_db(tr)
     tr.set_defaults(func=_trace)
 
@@ -54,7 +54,28 @@ def _trace(args) -> int:
     from cmtwin.store.engine import open_store
 
     url = args.db or load_spec([], require_deployment=False)[0].store.url
-    path = args.out or f"run{args.run_id}.trace.json"
-    n = write_trace(open_store(url), args.run_id, path)
+    store = open_store(url)
+    run_id = _execute_run_id(store, args.run_id)
+    path = args.out or f"run{run_id}.trace.json"
+    n = write_trace(store, run_id, path)
     print(f"wrote {path} ({n} events; open in ui.perfetto.dev or chrome://tracing)", file=sys.stderr)
     return 0
+
+
+def _execute_run_id(store, text: str) -> int:
+    """RUN as typed: an id, or 'last' for the newest `cmtwin execute` run (the only verb with a timeline)."""
+    from cmtwin.errors import CmtwinError
+    from cmtwin.store.repo import list_runs
+
+    if text == "last":
+        runs = list_runs(store, limit=1, verb="execute")
+        if not runs:
+            raise CmtwinError("there is no `cmtwin execute` run in this store yet, so there is no timeline to "
+                              "export.", key="RUN",
+                              fix="run one first, e.g. `cmtwin execute +deployment=r1_ep320 executor.scale=0.02`")
+        return runs[0].id
+    try:
+        return int(text)
+    except ValueError:
+        raise CmtwinError(f"RUN must be a run id or 'last', not {text!r}.", key="RUN",
+                          fix="`cmtwin runs ls` lists the runs; pick an execute run's id") from None
