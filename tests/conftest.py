@@ -17,6 +17,13 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def pytest_addoption(parser):
+    """`--update-snapshots`: rewrite the pinned predictions (tests/snapshots/*.json) from today's twin. A
+    deliberate change to the twin's numbers only; the tests then show what moved instead of failing."""
+    parser.addoption("--update-snapshots", action="store_true", default=False,
+                     help="rewrite tests/snapshots/*.json (pinned predictions) from today's twin, showing the diff")
+
+
 def pytest_configure(config):
     """Rebuildable caches (the topology graphs) go to a folder of this test process, not the user's."""
     import tempfile
