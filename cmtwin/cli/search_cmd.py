@@ -65,12 +65,14 @@ def _progress():
 
 
 def run(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
     from pathlib import Path
 
     from cmtwin.config.compose import load_spec
     from cmtwin.search.run import search
 
     t0 = time.perf_counter()
+    started = datetime.now(timezone.utc)  # the run row is created after the search; its duration covers the search
     spec, composed = load_spec(args.overrides)
     with _progress() as bar:
         tasks: dict[str, int] = {}
@@ -93,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
     from cmtwin.store.engine import open_store
     from cmtwin.store.repo import add_artifact, add_samples, run_lifecycle, set_metrics, set_output_dir, start_run
 
-    front = [result.candidates[i].to_dict() for i in result.frontier]
+    front = [{"index": i, **result.candidates[i].to_dict()} for i in result.frontier]
     layouts = [{"index": i, **result.candidates[i].to_dict()} for i in result.best_per_layout()]
     summary = {"frontier": front, "best_per_layout": layouts, "simulated": result.simulated}
     store = open_store(args.db or spec.store.url)
     run_id = start_run(store, verb="search", deployment=spec.deployment.name, plan_hash=None,
-                       overrides=list(composed.overrides), config=composed.config, prediction=summary)
+                       overrides=list(composed.overrides), config=composed.config, prediction=summary,
+                       started_at=started)
     out_dir = Path(args.out_dir) / str(run_id)
     with run_lifecycle(store, run_id):  # ok, cancelled on SIGINT, failed on an error
         rows = candidate_rows(result)

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     plan_dict = plan.to_dict(with_dies=False)
     run_id = start_run(store, verb="simulate", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
                        overrides=list(composed.overrides), config=composed.config, plan=plan_dict,
-                       prediction=prediction.to_dict())
+                       prediction=prediction.to_dict(), started_at=started)
     writer = SampleWriter(store, run_id)
     sim.sink = writer
     out_dir = Path(args.out_dir) / str(run_id)

@@ -221,9 +221,12 @@ def start_run(
     plan: Mapping[str, Any] | None = None,
     prediction: Mapping[str, Any] | None = None,
     output_dir: str | None = None,
+    started_at: datetime | None = None,
 ) -> int:
     """Record a run in status 'running' (committed at once, so monitors see it); return its id.
 
+    started_at: when the command's work began (default: now). A command that does work before it creates the row
+    (composing, compiling, a search's candidates) passes its own start, so the run's duration covers all of it.
     Close it with `finish_run`; if this process dies first, the next `open_store` marks it 'interrupted'.
     """
     with store.write() as session:
@@ -235,7 +238,7 @@ def start_run(
             overrides=overrides,
             config=config,
             status="running",
-            started_at=_now(),
+            started_at=started_at or _now(),
             finished_at=None,
             plan=plan,
             prediction=prediction,
