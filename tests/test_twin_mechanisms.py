@@ -1,0 +1,238 @@
+"""One test per mechanism of the twin, each written so that it fails when the mechanism is taken out.
+
+Each test is a behavioural statement about `predict` (what `cmtwin plan` prints: the phase figures and the
+per-stream breakdown), comparing layouts that differ in one setting, so it holds whatever the twin's inside
+looks like. The mechanisms and the breakage each test was checked against (issue 18, part 5):
+  prefill pipeline bubble, decode pipeline sends, LM head split under TP, finite-batch routing noise, the
+  slower of the routed and shared expert ranks, de-duplicated dispatch copies, the attention of the agg-mode
+  prefill chunk, the two-stream overlap schedule, MTP tokens per step, the SLO searches.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from statistics import NormalDist
+
+import pytest
+
+from cmtwin.config.compose import load_spec
+from cmtwin.planner.plan import compile_plan
+from cmtwin.twin.predict import predict
+
+
+@cache
+def _predict(deployment: str, *overrides: str):
+    spec, _ = load_spec([f"+deployment={deployment}", *overrides])
+    return predict(spec, compile_plan(spec))
+
+
+def _spec(deployment: str, *overrides: str):
+    return load_spec([f"+deployment={deployment}", *overrides])[0]
+
+
+def _rows(pred, phase: str) -> dict[tuple[str, str], float]:
+    return {(r.stream, r.operator): r.time_us for r in pred.breakdown if r.phase == phase}
+
+
+def _busy(pred, phase: str, *streams: str) -> float:
+    return sum(r.time_us for r in pred.breakdown if r.phase == phase and r.stream in streams)
+
+
+def _step_us(pred, phase: str) -> float:
+    return getattr(pred, phase)["step_ms"] * 1e3
+
+
+# --- pipeline parallelism -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_prefill_pipeline_bubble_costs_throughput_not_latency(microbatches):
+    """Two stages with m microbatches idle (pp - 1) / m of a forward filling and draining the pipeline: the
+    prefill step (what throughput is computed from) is the one-stage step times 1 + (pp - 1) / m. The stages
+    here are the one-stage instance itself (same dies, same EP32/TP16 group), so nothing else changes; TTFT
+    (one prompt's latency) pays only the stage-boundary send, not the bubble."""
+    one = ("prefill.instances=1", f"prefill.microbatches={microbatches}")
+    pp1 = _predict("r1_ep320", *one)
+    pp2 = _predict("r1_ep320", *one, "prefill.devices_per_instance=32", "prefill.pp=2")
+    bubble = 1 / microbatches
+    assert _step_us(pp2, "prefill") == pytest.approx(_step_us(pp1, "prefill") * (1 + bubble), rel=1e-5)
+    assert pp2.prefill["tokens_per_s_per_device"] == pytest.approx(
+        pp1.prefill["tokens_per_s_per_device"] / (1 + bubble), rel=1e-4)
+    send_ms = pp2.prefill["ttft_ms"] - pp1.prefill["ttft_ms"]
+    assert 0 < send_ms < 0.01 * pp1.prefill["ttft_ms"]
+
+
+def test_decode_pipeline_stages_add_a_send_per_boundary():
+    """A decode step whose layers are split over pp stages (each stage the same EP8 node) pays one transfer of
+    the step's hidden states per stage boundary, over the inter-node plane: pp=3 adds twice what pp=2 adds."""
+    base = ("topology.params.nodes=4",)
+    pp1 = _predict("r1_h200_disagg", *base)
+    pp2 = _predict("r1_h200_disagg", *base, "decode.devices=16", "decode.pp=2")
+    pp3 = _predict("r1_h200_disagg", *base, "decode.devices=24", "decode.pp=3")
+    one = _step_us(pp2, "decode") - _step_us(pp1, "decode")
+    # 64 requests x 2 verified tokens x 7168 x 2 bytes = 1.8 MB over a 400 Gb/s NIC: at least ~37 us
+    assert one > 30.0
+    assert _step_us(pp3, "decode") - _step_us(pp1, "decode") == pytest.approx(2 * one, abs=3.0)
+    assert pp2.decode["tpot_ms"] > pp1.decode["tpot_ms"]
+
+
+# --- tensor parallelism ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tp", [2, 16])
+def test_lm_head_vocab_is_split_over_the_tp_group(tp):
+    """Under attention TP each die computes the logits of its 1/tp of the vocabulary (for the TP group's
+    tokens): at a small batch the head streams 1/tp of its weights, so its time is about 1/tp of TP1's. The
+    MTP module's head is split the same way."""
+    small = ("decode.batch_per_device=8",)
+    tp1 = _rows(_predict("r1_ep320", *small), "decode")
+    tpn = _rows(_predict("r1_ep320", *small, f"decode.tp={tp}"), "decode")
+    for stream in ("head", "mtp"):
+        assert tpn[(stream, "lm_head")] * tp == pytest.approx(tp1[(stream, "lm_head")], rel=0.1), stream
+
+
+# --- expert load ----------------------------------------------------------------------------------------------
+
+def _blom_max(n: int) -> float:
+    return NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
+
+
+def test_routing_noise_loads_the_busiest_rank_above_the_mean():
+    """With equal expert popularity and no replicas (r1_h200_disagg: EP8, 32 experts per rank), a finite batch
+    still lands unevenly: `placement.balance=default` puts about E[max of ep normals] standard deviations of the
+    multinomial draw above the mean on the busiest rank, `perfect` puts exactly the mean. Prefill's routed
+    experts are compute-bound, so their time grows by that excess; decode's dispatch grows too."""
+    spec = _spec("r1_h200_disagg")
+    noisy = _predict("r1_h200_disagg")
+    even = _predict("r1_h200_disagg", "placement.balance=perfect")
+    ep, k = spec.prefill.ep, spec.model.moe.experts_per_token
+    tokens_per_rank = spec.prefill.tokens_per_device / spec.hardware.dies / spec.prefill.microbatches
+    mean = tokens_per_rank * k  # copies per rank: every rank's tokens x k spread over ep ranks
+    expected = _blom_max(ep) * math.sqrt(mean * (1 - 1 / ep)) / mean
+    n, e = _rows(noisy, "prefill"), _rows(even, "prefill")
+    gate_up = next(key for key in n if key[1] == "routed_experts_gate_up")
+    assert n[gate_up] / e[gate_up] - 1 == pytest.approx(expected, rel=0.5)
+    dn, de = _rows(noisy, "decode"), _rows(even, "decode")
+    assert dn[("comm", "dispatch")] > de[("comm", "dispatch")] * 1.002
+    assert noisy.decode["step_ms"] > even.decode["step_ms"]
+
+
+def _expert_kind(pred, phase: str) -> set[str]:
+    ops = {op for (_, op) in _rows(pred, phase) if "expert" in op}
+    return {kind for kind in ("routed", "shared") if any(op.startswith(kind) for op in ops)}
+
+
+@pytest.mark.parametrize("phase, layouts, stream", [
+    # (dedicated shared ranks, redundant experts) keeping ep - dedicated ranks evenly filled
+    ("prefill", ((1, 23), (2, 14), (4, 24)), "compute"),
+    ("decode", ((8, 56), (16, 48), (32, 32)), "moe"),
+])
+def test_dedicated_shared_ranks_make_the_moe_wait_for_the_slower_rank(phase, layouts, stream):
+    """With dedicated shared-expert ranks an EP group has two kinds of rank, and a MoE layer waits for the
+    slower. Few shared ranks carry every rank's tokens through the shared expert: they are the slower kind,
+    and halving them doubles the expert time of the step; with enough of them the routed ranks are slower."""
+    preds = [_predict("r1_ep320", f"{phase}.dedicated_shared_ranks={d}", f"{phase}.redundant_experts={r}")
+             for d, r in layouts]
+    assert [_expert_kind(p, phase) for p in preds] == [{"shared"}, {"shared"}, {"routed"}]
+    experts = [sum(t for (s, op), t in _rows(p, phase).items() if s == stream and "expert" in op) for p in preds]
+    assert experts[0] == pytest.approx(2 * experts[1], rel=0.05)
+    assert _busy(preds[0], phase, stream) > _busy(preds[1], phase, stream) > _busy(preds[2], phase, stream)
+
+
+def test_dispatch_sends_a_token_once_per_distinct_rank():
+    """Dispatch sends one copy of a token to each distinct rank (and, with MoE-TP, each shard) holding any of its
+    k experts, not k copies. With experts split moe_tp=2 ways over EP4 a token reaches ~3.9 ranks x 2 shards,
+    about the k=8 copies the busiest rank receives at EP8, so dispatch costs the same as EP8's; sending k copies
+    per shard (16) would double it."""
+    ep8 = _predict("r1_h200_disagg")
+    ep4 = _predict("r1_h200_disagg", "prefill.ep=4", "prefill.moe_tp=2", "decode.ep=4", "decode.moe_tp=2")
+    for phase, stream in (("prefill", "serial"), ("decode", "comm")):
+        assert _rows(ep4, phase)[(stream, "dispatch")] == pytest.approx(_rows(ep8, phase)[(stream, "dispatch")],
+                                                                        rel=0.05), phase
+
+
+# --- aggregated serving ---------------------------------------------------------------------------------------
+
+def test_agg_prefill_chunk_attends_over_its_prompt():
+    """In aggregated serving each step carries a prefill chunk whose tokens attend over their prompt (MHA
+    form): at a fixed chunk and a fixed decode context the step grows with the prompt length, linearly; a
+    disaggregated decode step does not depend on the prompt length at all."""
+    fixed = ("serving.chunk_tokens=64", "workload.kv_len=1536")
+    steps = {n: _step_us(_predict("r1_h200_tp8_agg", *fixed, f"workload.prompt_len={n}"), "decode")
+             for n in (1024, 4096, 16384)}
+    assert steps[4096] - steps[1024] > 300.0
+    assert (steps[16384] - steps[4096]) / (steps[4096] - steps[1024]) == pytest.approx(4.0, rel=0.25)
+    disagg = [_step_us(_predict("r1_h200_disagg", "workload.kv_len=1536", f"workload.prompt_len={n}"), "decode")
+              for n in (1024, 16384)]
+    assert disagg[0] == disagg[1]
+
+
+# --- the two-stream schedule ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("deployment, phase, first, second", [
+    ("r1_ep320", "prefill", ("compute",), ("comm",)),  # 910C: cube work | comm on vector cores + DMA
+    ("r1_ep320", "decode", ("attention",), ("moe",)),  # 910C split_cores: attention cores | MoE cores
+    ("r1_h800_ep144", "prefill", ("compute",), ("comm",)),
+    ("r1_h800_ep144", "decode", ("attention", "moe"), ("comm",)),  # GPU: all SMs | collectives
+])
+def test_two_microbatches_overlap_the_two_streams_only_partly(deployment, phase, first, second):
+    """Two microbatches run a layer's phases on two streams: the layers take at least the longer stream's busy
+    time plus the waits where a phase of one microbatch has nothing of the other's to hide behind (fill,
+    drain, and phases longer than what the other can run meanwhile), and less than the two streams in series
+    (at least a quarter of the shorter stream hides behind the other)."""
+    pred = _predict(deployment, "mtp.draft_tokens=0")  # the MTP module is scheduled separately
+    assert getattr(pred, phase)["microbatches"] == 2
+    layers = _step_us(pred, phase) - _busy(pred, phase, "head", "pipeline")
+    a, b = _busy(pred, phase, *first), _busy(pred, phase, *second)
+    assert max(a, b) * 1.02 < layers < a + b - 0.25 * min(a, b)
+
+
+# --- MTP ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, a", [(2, 0.6), (3, 0.85), (3, 1.0)])
+def test_mtp_tokens_per_step_follow_the_acceptance_series(k, a):
+    """k drafts at per-draft acceptance a yield (1 - a^(k+1)) / (1 - a) tokens per step (k + 1 at a = 1), for
+    the mtp.* keys and for the speculation policy; TPOT is the step over them, throughput the batch times them."""
+    expected = k + 1.0 if a == 1.0 else (1 - a ** (k + 1)) / (1 - a)
+    by_keys = _predict("r1_h800_ep144", f"mtp.draft_tokens={k}", f"mtp.acceptance={a}")
+    by_policy = _predict("r1_h800_ep144", "mtp.draft_tokens=0", "+policies/speculation=mtp",
+                         f"policies.speculation.draft_tokens={k}", f"policies.speculation.acceptance={a}")
+    for pred in (by_keys, by_policy):
+        d = pred.decode
+        assert d["mtp_draft_tokens"] == k
+        assert d["tokens_per_step"] == pytest.approx(expected, abs=1e-4)
+        assert d["tpot_ms"] == pytest.approx(d["step_ms"] / expected, rel=1e-4)
+        assert d["tokens_per_s_per_device"] == pytest.approx(d["batch_per_device"] * expected / d["step_ms"] * 1e3,
+                                                             rel=1e-4)
+    assert by_policy.decode["step_ms"] == by_keys.decode["step_ms"]
+
+
+# --- SLO searches ---------------------------------------------------------------------------------------------
+
+def _ceil_ms(x: float) -> float:
+    """A target just above a printed (3-decimal) time: met by it, not by the next larger batch's."""
+    return math.ceil(x * 1e3 + 1e-6) / 1e3 + 5e-4
+
+
+@pytest.mark.parametrize("deployment, batches", [("r1_ep320", (8, 40, 96)), ("r1_h800_ep144", (16, 128))])
+def test_tpot_search_finds_the_largest_batch_meeting_the_target(deployment, batches):
+    """slo.tpot_ms picks the largest decode batch whose TPOT meets it: set just above the TPOT of a batch, it
+    returns that batch, whose TPOT meets the target while one more request per die misses it."""
+    dies = _spec(deployment).hardware.dies
+    for per_device in batches:
+        tpot = _predict(deployment, f"decode.batch_per_device={per_device}").decode["tpot_ms"]
+        above = _predict(deployment, f"decode.batch_per_device={per_device + dies}").decode["tpot_ms"]
+        assert above > _ceil_ms(tpot), "the TPOT must grow by more than the rounding between neighbours"
+        found = _predict(deployment, f"slo.tpot_ms={_ceil_ms(tpot)}")
+        assert found.decode["batch_per_device"] == per_device
+        assert found.decode["tpot_ms"] <= _ceil_ms(tpot)
+
+
+def test_ttft_search_finds_the_most_prompts_meeting_the_target():
+    """slo.ttft_ms picks the most whole prompts per die per prefill forward whose TTFT meets it."""
+    spec = _spec("r1_h800_ep144")
+    prompt, dies = spec.workload.prompt_len, spec.hardware.dies
+    for prompts in (1, 3):
+        ttft = _predict("r1_h800_ep144", f"prefill.tokens_per_device={prompts * prompt * dies}").prefill["ttft_ms"]
+        found = _predict("r1_h800_ep144", f"slo.ttft_ms={_ceil_ms(ttft)}")
+        assert found.prefill["tokens_per_device"] == prompts * prompt * dies
+        assert found.prefill["ttft_ms"] <= _ceil_ms(ttft)
