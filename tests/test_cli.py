@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cmtwin.cli.main import main
-from cmtwin.config.compose import groups, options
+from cmtwin.config.compose import groups, options, policy_families
 from cmtwin.topology import get_fabric
 from cmtwin.topology.schema import load_topology
 from cmtwin.paths import topologies_dir
@@ -381,12 +381,14 @@ def test_config_schema(capsys):
 
 def test_config_groups(capsys):
     assert main(["config", "groups"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    listed = dict(line.split(": ", 1) for line in lines)
-    assert sorted(listed) == groups()
+    table, _, footer = capsys.readouterr().out.strip().partition("\n\n")
+    listed = dict(line.split(": ", 1) for line in table.splitlines())
+    assert sorted(listed) == sorted(groups() + policy_families())  # the policy families too
+    assert "policies/batching" in listed
     for g, opts in listed.items():
         assert opts.split(", ") == options(g)
     assert "r1_ep320" in listed["deployment"]
+    assert "+policies/batching=batchllm" in footer and "+deployment=" in footer  # not in the defaults: a plus
 
 
 # ------------------------------------------------------------------------------------------ export

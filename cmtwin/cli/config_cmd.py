@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     val.set_defaults(func=_validate)
     sch = verbs.add_parser("schema", help="print the JSON schema of the validated spec")
     sch.set_defaults(func=_schema)
-    grp = verbs.add_parser("groups", help="list config groups and their options")
+    grp = verbs.add_parser("groups", help="list config groups, policy families and their options")
     grp.set_defaults(func=_groups)
 
 
@@ -36,7 +36,7 @@ def _show(args) -> int:
 
     composed = compose(args.overrides)
     print(f"# choices: {', '.join(f'{k}={v}' for k, v in composed.choices.items())}")
-    print(yaml.safe_dump(composed.config, sort_keys=False), end="")
+    print(yaml.safe_dump(composed.config, sort_keys=False, allow_unicode=True), end="")
     return 0
 
 
@@ -63,8 +63,14 @@ def _schema(args) -> int:
 
 
 def _groups(args) -> int:
-    from cmtwin.config.compose import groups, options
+    from cmtwin.config.compose import default_groups, groups, options, policy_families
 
-    for g in groups():
+    listed = groups() + policy_families()
+    for g in listed:
         print(f"{g}: {', '.join(options(g))}")
+    picked = set(default_groups())
+    plus = [f"+{g}={options(g)[0]}" for g in listed if g not in picked and options(g)]
+    print()
+    print("Change a group the defaults select with group=NAME (e.g. hardware=h800_sxm). The others are not in the "
+          "defaults (conf/config.yaml), so they are added with a plus: " + ", ".join(plus) + ".")
     return 0

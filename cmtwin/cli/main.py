@@ -55,7 +55,23 @@ def report_error(exc: BaseException) -> None:
     Console(stderr=True, soft_wrap=True, highlight=False).print(Text.assemble(("error: ", "bold red"), str(exc)))
 
 
+def utf8_output() -> None:
+    """Make stdout and stderr UTF-8 where the console says otherwise (a C/POSIX locale, PYTHONIOENCODING=ascii,
+    a Windows code page): sources cite e.g. 'paper §3', and a table has ± and box characters. Streams that are
+    already UTF-8, or cannot be reconfigured (a test's capture), are left as they are."""
+    import codecs
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        try:
+            if encoding and codecs.lookup(encoding).name != "utf-8" and hasattr(stream, "reconfigure"):
+                stream.reconfigure(encoding="utf-8")
+        except (LookupError, ValueError, OSError, AttributeError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    utf8_output()
     parser = build_parser()
     # Overrides may come before or after options (`plan --format json decode.ep=32`): argparse stops a
     # positional list at the first option, so the rest arrive as extras and join the overrides here.

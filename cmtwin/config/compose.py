@@ -27,18 +27,58 @@ USER_CONF = "cmtwin_conf"  # extra options in the working directory (e.g. profil
 
 
 def options(group: str) -> list[str]:
-    """The options of a config group: the YAML files under conf/<group>/ and ./cmtwin_conf/<group>/."""
+    """The options of a config group: the YAML files under conf/<group>/ and ./cmtwin_conf/<group>/ (for a
+    policy family `policies/<family>`: the presets under policies/<family>/ and ./cmtwin_conf/policies/<family>/)."""
     from pathlib import Path
 
+    from cmtwin.paths import policies_dir
+
+    homes = [conf_dir() / group, Path(USER_CONF) / group]
+    if group.startswith("policies/"):
+        homes.append(policies_dir() / group.removeprefix("policies/"))
     found = set()
-    for folder in (conf_dir() / group, Path(USER_CONF) / group):
+    for folder in homes:
         if folder.is_dir():
             found |= {p.stem for p in folder.glob("*.yaml")}
     return sorted(found)
 
 
 def groups() -> list[str]:
+    """The config groups: the folders under conf/."""
     return sorted(p.name for p in conf_dir().iterdir() if p.is_dir())
+
+
+def policy_families() -> list[str]:
+    """The policy families as groups on Hydra's search path: `policies/<family>` for each folder of presets
+    under policies/ (and ./cmtwin_conf/policies/). None is selected by default: add one with
+    +policies/<family>=<preset>."""
+    from pathlib import Path
+
+    from cmtwin.paths import policies_dir
+
+    found = set()
+    for root in (policies_dir(), Path(USER_CONF) / "policies"):
+        if root.is_dir():
+            found |= {d.name for d in root.iterdir() if d.is_dir() and any(d.glob("*.yaml"))}
+    return [f"policies/{f}" for f in sorted(found)]
+
+
+def default_groups() -> list[str]:
+    """The groups the primary config (conf/config.yaml) selects in its defaults list; any other group (the
+    deployment, the policy families) is not there and is added with a plus: +group=option."""
+    import yaml
+
+    picked = []
+    for item in (yaml.safe_load((conf_dir() / "config.yaml").read_text()) or {}).get("defaults", []):
+        if isinstance(item, dict):
+            picked += [str(k).split("@")[0].lstrip("/") for k in item]
+    return sorted(set(picked))
+
+
+def selector(group: str, option: str) -> str:
+    """How to select an option on the command line: group=option, or +group=option where the primary
+    config does not select the group by default."""
+    return f"{'' if group in default_groups() else '+'}{group}={option}"
 
 
 def _did_you_mean(value: str, candidates: list[str]) -> str:
@@ -57,15 +97,174 @@ def _missing_option_error(message: str) -> ConfigError | None:
     valid = options(group)
     if not valid:
         return ConfigError(
-            f"unknown config group '{group}' (in '{group}/{value}'). Groups: {', '.join(groups())}.",
+            f"unknown config group '{group}' (in '{group}/{value}'). Groups: {', '.join(groups())}; policy "
+            f"families (added with +policies/<family>=<preset>): {', '.join(policy_families())}.",
             key=group,
         )
+    close = difflib.get_close_matches(value, valid, n=1)
     return ConfigError(
         f"{group}={value}: no such {group}.{_did_you_mean(value, valid)} Available {group} options: "
         f"{', '.join(valid)}.",
         key=group,
-        fix=f"pick one of them, e.g. +{group}={valid[0]}" if group == "deployment" else f"pick one, e.g. {group}={valid[0]}",
+        fix=f"pick one of them, e.g. {selector(group, close[0] if close else valid[0])}",
     )
+
+
+# ------------------------------------------------------------------------------ unknown keys: close matches
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a nested dict, sections included."""
+    out: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            out.append(key)
+            out += _flat_keys(v, key)
+    return out
+
+
+def _known_keys(overrides: tuple[str, ...]) -> list[str]:
+    """The keys of the config as composed with the overrides' group selections (best effort: the primary
+    config alone when those do not compose either)."""
+    def is_selection(o: str) -> bool:
+        key = o.lstrip("+~").split("=", 1)[0]
+        return "." not in key and (o[:1] in ("+", "~") or key in groups())
+
+    selections = tuple(o for o in overrides if is_selection(o))
+    for attempt in (selections, ()):
+        try:
+            cfg = _hydra_compose(attempt)
+        except Exception:  # noqa: BLE001 - a hint is best effort; the error being reported is the user's
+            continue
+        from omegaconf import OmegaConf
+
+        return [k for k in _flat_keys(OmegaConf.to_container(cfg, resolve=False))
+                if k != "hydra" and not k.startswith("hydra.")]
+    return []
+
+
+_OPEN = object()  # a schema node that takes any key (a dict field such as topology.params)
+
+
+def _schema_node(path: str) -> Any:
+    """Where a dotted key lands in the Spec: a pydantic model class, _OPEN (anything is accepted below it),
+    a leaf type, or None when the schema has no such key."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    from cmtwin.config.schema import Spec
+
+    def resolve(ann: Any) -> Any:
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return ann
+        origin = typing.get_origin(ann)
+        if ann is Any or ann is dict or origin is dict:
+            return _OPEN
+        if origin in (typing.Union, types.UnionType):
+            found = [resolve(a) for a in typing.get_args(ann) if a is not type(None)]
+            return next((f for f in found if f is _OPEN or isinstance(f, type) and issubclass(f, BaseModel)),
+                        found[0] if found else None)
+        return ann
+
+    node: Any = Spec
+    for part in path.split("."):
+        if node is _OPEN:
+            return _OPEN
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return None
+        field = node.model_fields.get(part)
+        if field is None:
+            return None
+        node = resolve(field.annotation)
+    return node
+
+
+def _schema_keys(parent: str) -> list[str]:
+    """The keys the schema allows directly under a section ('' = the top level)."""
+    from pydantic import BaseModel
+
+    from cmtwin.config.schema import Spec
+
+    node = _schema_node(parent) if parent else Spec
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return [f"{parent}.{k}" if parent else k for k in node.model_fields]
+    return []
+
+
+def close_keys(key: str, candidates: list[str], n: int = 3) -> list[str]:
+    """Close matches for a misspelled dotted key among its siblings: difflib on the last part, with a bonus
+    for whole words shared (so batch_size finds batch_per_device before microbatches). A misspelled section
+    is matched first (prefil.ep -> prefill.ep)."""
+    keys = list(dict.fromkeys(candidates))
+    parent, _, leaf = key.rpartition(".")
+    if parent and parent not in keys:
+        sections = {k.rpartition(".")[0] for k in keys} - {""}
+        fixed = difflib.get_close_matches(parent, sorted(sections), n=1, cutoff=0.6)
+        if not fixed:
+            return []
+        parent = fixed[0]
+    words = [w for w in leaf.split("_") if w]
+    scored = []
+    for c in keys:
+        if c.rpartition(".")[0] != parent or c == key:
+            continue
+        other = c.rpartition(".")[2]
+        shared = len(set(words) & set(other.split("_"))) / max(1, len(words))
+        scored.append((difflib.SequenceMatcher(None, leaf, other).ratio() + 0.2 * shared, c))
+    scored.sort(key=lambda x: (-x[0], x[1]))
+    if not scored or scored[0][0] < 0.6:
+        return []
+    return [c for r, c in scored if r >= max(0.6, scored[0][0] - 0.15)][:n]
+
+
+def _group_needs_plus_error(group: str, override: str) -> ConfigError:
+    """`deployment=r1_ep320`: the group is not in the primary defaults, so Hydra can only add it (+)."""
+    value = override.split("=", 1)[1] if "=" in override else ""
+    valid = options(group)
+    pick = value if value in valid else (difflib.get_close_matches(value, valid, n=1) or valid[:1] or ["NAME"])[0]
+    if group.startswith("policies/"):
+        why = (f"'{group}' is a policy family, and the primary config (conf/config.yaml) selects no policy by "
+               "default")
+    else:
+        why = (f"'{group}' is a config group that the primary config (conf/config.yaml) leaves out of its "
+               "defaults on purpose, so that you pick one")
+    other = "" if value in valid else (f" There is no {group} '{value}' either; available: {', '.join(valid)}."
+                                        if valid else "")
+    return ConfigError(
+        f"'{override}': {why}; Hydra can only add such a group, not override it, so it needs a plus: "
+        f"write +{group}={pick}.{other}",
+        key=group, fix=f"+{group}={pick}")
+
+
+def _unknown_key_error(key: str, override: str, overrides: tuple[str, ...]) -> ConfigError:
+    """An override of a key the composed config does not have: close matches first, then how to add a key
+    the schema has but the selected options do not set."""
+    value = override.split("=", 1)[1] if "=" in override else ""
+    known = _known_keys(overrides)
+    parent = key.rpartition(".")[0]
+    close = close_keys(key, known) if known else []
+    node = _schema_node(key)
+    text = f"unknown config key '{key}' in override '{override}'."
+    fix = None
+    if close:
+        also = f" (or {', '.join(close[1:])})" if len(close) > 1 else ""
+        text += f" Did you mean {close[0]}{also}? Write {close[0]}={value}."
+        fix = f"{close[0]}={value}"
+    if node is not None:
+        text += (f" '{key}' is a key the schema accepts but the selected options do not set; to add it, write it "
+                 f"with a plus: +{key}={value}.")
+        fix = fix or f"+{key}={value}"
+    elif not close:
+        under = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent] if parent in known else []
+        if under:
+            text += f" Keys under '{parent}': {', '.join(under)}."
+        elif not parent:
+            text += f" Top-level keys: {', '.join(k for k in known if '.' not in k)}."
+    text += " See every key with `cmtwin config show +deployment=...` or `cmtwin config schema`."
+    return ConfigError(text, key=key, fix=fix or "check the spelling against `cmtwin config show +deployment=...`")
 
 
 def _hydra_error(exc: Exception, overrides: tuple[str, ...]) -> ConfigError:
@@ -78,19 +277,11 @@ def _hydra_error(exc: Exception, overrides: tuple[str, ...]) -> ConfigError:
     m = re.search(r"Could not override '([^']+)'", text)
     if m:
         key = m.group(1)
-        top = key.split(".")[0]
-        hint = ""
-        if top in groups() and "." not in key:
-            hint = f" '{top}' is a config group: select an option with {top}=NAME ({', '.join(options(top))})."
-        elif "." in key:
-            hint = (f" The selected options do not set '{key}'; add it with +{key}=VALUE if the schema has it "
-                    "(e.g. a topology parameter).")
-        return ConfigError(
-            f"unknown config key '{key}' in override '{next((o for o in overrides if o.lstrip('+~').startswith(key)), key)}'."
-            f"{hint} See the valid keys with `cmtwin config show` or `cmtwin config schema`.",
-            key=key,
-            fix="check the spelling against `cmtwin config show +deployment=...`",
-        )
+        override = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key),
+                        next((o for o in overrides if o.lstrip("+~").startswith(key)), key))
+        if "." not in key and (key in groups() or key in policy_families()):
+            return _group_needs_plus_error(key, override)
+        return _unknown_key_error(key, override, overrides)
     if "Config group override must be a string or a list" in text:
         bad = next((o for o in overrides if o.endswith("=null")), "the override")
         group = bad.split("=")[0].lstrip("+")
@@ -106,11 +297,29 @@ def _hydra_error(exc: Exception, overrides: tuple[str, ...]) -> ConfigError:
     return ConfigError(f"config composition failed: {text}", key="overrides")
 
 
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
-    """Compose conf/config.yaml with Hydra overrides into a plain dict (no validation)."""
+def _hydra_compose(overrides: tuple[str, ...]):
+    """Hydra's composition of conf/config.yaml with the overrides (the hydra node kept); raises Hydra's own
+    errors."""
+    import warnings
+
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        warnings.filterwarnings("ignore", message=".*is not available", category=UserWarning)
+        # Search path: ./cmtwin_conf (the user's options) and the data root, whose policies/<family>/ folders
+        # make `+policies/<family>=<preset>` work from the checkout and from an installed wheel alike.
+        search = f"hydra.searchpath=[file://{USER_CONF},file://{data_root()}]"
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            return hydra_compose(config_name="config", overrides=[search, *overrides], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
+    """Compose conf/config.yaml with Hydra overrides into a plain dict (no validation)."""
     from omegaconf import OmegaConf, open_dict
 
     overrides = tuple(overrides)
@@ -120,20 +329,10 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
         if "${" in o and ("oc.env" in o or "eval" in o):
             raise ConfigError(f"override '{o}': interpolations that read the environment or evaluate code are "
                               "not allowed in overrides.", key=o.split("=")[0])
-    GlobalHydra.instance().clear()
-    import warnings
-
     try:
-        warnings.filterwarnings("ignore", message=".*is not available", category=UserWarning)
-        # Search path: ./cmtwin_conf (the user's options) and the data root, whose policies/<family>/ folders
-        # make `+policies/<family>=<preset>` work from the checkout and from an installed wheel alike.
-        search = f"hydra.searchpath=[file://{USER_CONF},file://{data_root()}]"
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=[search, *overrides], return_hydra_config=True)
+        cfg = _hydra_compose(overrides)
     except Exception as exc:  # Hydra raises several unrelated types; all are bad input here
         raise _hydra_error(exc, overrides) from None
-    finally:
-        GlobalHydra.instance().clear()
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra/")}
     with open_dict(cfg):
         del cfg["hydra"]
@@ -171,7 +370,9 @@ def validation_error(exc: Any, what: str = "config") -> ConfigError:
         if not key:
             parts.append(msg)
         elif err.get("type") == "extra_forbidden":
-            parts.append(f"unknown key '{key}' (not part of the schema; see `cmtwin config schema`)")
+            close = close_keys(key, _schema_keys(key.rpartition(".")[0]))
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            parts.append(f"unknown key '{key}' (not part of the schema; {hint}see `cmtwin config schema`)")
         elif err.get("type") == "missing":
             parts.append(f"'{key}' is missing")
         else:
