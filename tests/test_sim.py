@@ -141,7 +141,7 @@ def test_same_seed_same_result_and_engine_tie_break():
 def test_tables_reproduce_the_twin_on_grid_points():
     from cmtwin.planner.plan import fabric_for
     from cmtwin.sim.tables import DecodeTable
-    from cmtwin.twin.decode import decode_step
+    from cmtwin.twin.step import decode_step
 
     spec, plan = _setup()
     fab = fabric_for(spec)

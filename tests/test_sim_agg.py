@@ -16,7 +16,7 @@ def _setup(*overrides):
 
 
 def test_agg_table_grid_point_is_the_twin():
-    from cmtwin.twin.decode import decode_step
+    from cmtwin.twin.step import decode_step
 
     spec, plan = _setup("sim.duration_s=5")
     sim = Simulator(spec, plan)

@@ -1,11 +1,11 @@
-"""The two-stream microbatch schedule behind prefill overlap (cmtwin/twin/overlap.py)."""
+"""The two-stream microbatch schedule behind prefill overlap (cmtwin/twin/schedule.py)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmtwin.twin.overlap import COMM, COMPUTE, VECTOR, layers_time, makespan, merged
+from cmtwin.twin.schedule import COMM, COMPUTE, VECTOR, layers_time, makespan, merged
 
 phase = st.tuples(st.sampled_from([COMPUTE, COMM, VECTOR]), st.floats(0.0, 10.0))
 

@@ -26,6 +26,15 @@ class Precision:
     combine: str  # expert outputs sent back
     embedding: str  # embedding table and LM head weights
     router: str = "bf16"  # the router's logits GEMM (BF16 in serving; the executor routes in FP32)
+    # The residual stream between layers and ranks (TP all-reduce, MoE-TP all-reduce, SP all-gather/all-to-all,
+    # pipeline sends): BF16 in every preset (paper v2 §4.5 keeps combine and MLA in BF16; DeepSeek's FP8
+    # serving quantises only GEMM inputs and dispatch, gpu_oplevel.md).
+    hidden_state: str = "bf16"
+
+    @property
+    def hidden_state_bytes(self) -> int:
+        """Bytes of one value of the residual stream."""
+        return BYTES[self.hidden_state]
 
     def message_bytes(self, kind: Literal["dispatch", "combine"], hidden: int) -> int:
         """Bytes per token of one dispatch or combine message, scales included.

@@ -64,7 +64,7 @@ class ExpertPlacement:
 
 def expert_load(model: ModelSpec, balance: str, cv: float = 0.0) -> tuple[float, ...]:
     """Relative load per routed expert (mean 1). 'perfect': uniform; 'default': the popularity profile."""
-    from cmtwin.twin.routing import expert_load_profile
+    from cmtwin.twin.load import expert_load_profile
 
     n = model.moe.routed_experts if model.moe else 0
     return expert_load_profile(n, 0.0 if balance == "perfect" else cv)

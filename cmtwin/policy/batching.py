@@ -472,7 +472,7 @@ def _figures(spec, plan, hw, fabric, *, policy: str, groups: list[tuple[int, flo
     mean shape): prefill tokens computed and the saving ratio, prompt tokens served per prefill device and second
     (the forward's rate over the share computed), KV tokens per decode die at the batch's load (a group's
     prefix once per die under group-affine placement)."""
-    from cmtwin.twin.prefill import prefill_forward
+    from cmtwin.twin.step import prefill_forward
 
     w = spec.workload
     n = w.requests

@@ -2,7 +2,7 @@
 
 Every policy of the speculation, layer_skip, model_routing and token_transform families has
 `step_effect(spec) -> StepEffect`. `combined_effect(spec)` folds the selected ones (families in a fixed
-order) into one StepEffect; `cmtwin/twin/decode.py` applies it in one place. The identity effect leaves the
+order) into one StepEffect; `cmtwin/twin/step.py` applies it in one place. The identity effect leaves the
 step exactly as without policies.
 """
 

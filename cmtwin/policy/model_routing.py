@@ -91,7 +91,7 @@ class R2R(Policy):
         return StepEffect()
 
     def table(self, spec, plan, hw, fabric) -> list[dict]:
-        from cmtwin.twin.decode import decode_step
+        from cmtwin.twin.step import decode_step
 
         pp = self.params
         pool = plan.pools_of("decode")[0]

@@ -115,7 +115,7 @@ def sp_step(policy, spec, hw, fabric, die_ids, *, prompt_len: int, degree: int) 
 def sp_prefill_table(spec, plan, hw, fabric, preset) -> list[dict]:
     """Prefill of one prompt of workload.prompt_len tokens with SP attention over each degree, for every
     registered SP policy: attention time (all layers), the rest of the forward on S/N tokens, and the total."""
-    from cmtwin.twin.prefill import prefill_forward
+    from cmtwin.twin.step import prefill_forward
 
     model = spec.model
     prompt = spec.workload.prompt_len

@@ -115,7 +115,7 @@ class PPD(Policy):
     def table(self, spec, plan, hw, fabric) -> list[dict]:
         """Per candidate tree size: verify width, tokens/step, step time, tokens/s/device, memory overhead."""
         from cmtwin.model.operators import kv_bytes_per_token
-        from cmtwin.twin.decode import decode_step
+        from cmtwin.twin.step import decode_step
 
         kvb = kv_bytes_per_token(spec.model, spec.prec)
         pool = plan.pools_of("decode")[0]

@@ -323,7 +323,7 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
     """All decode evaluations of one instance size, in the given serving modes."""
     devices, modes = args
     from cmtwin.planner.plan import compile_plan, fabric_for
-    from cmtwin.twin.decode import decode_step
+    from cmtwin.twin.step import decode_step
     from cmtwin.twin.predict import agg_ttft
 
     spec = _SPEC
@@ -381,7 +381,8 @@ def _prefill_group(args) -> tuple[list[PrefillEval], _Tally]:
     """All prefill evaluations of one instance size."""
     size, = args
     from cmtwin.planner.plan import fabric_for
-    from cmtwin.twin.prefill import kv_transfer, prefill_forward
+    from cmtwin.twin.blocks import kv_transfer
+    from cmtwin.twin.step import prefill_forward
 
     spec = _SPEC
     hw = spec.hardware

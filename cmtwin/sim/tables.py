@@ -60,7 +60,7 @@ class DecodeTable:
 
     def __init__(self, spec, plan, hw, fabric, *, max_batch: int, max_kv: int, microbatches: int | None = None,
                  kv_points: int = 10):
-        from cmtwin.twin.decode import decode_step
+        from cmtwin.twin.step import decode_step
 
         self.batches = list(range(1, max_batch + 1)) if max_batch <= 64 else _grid(1, max_batch, 48)
         self.kvs = _grid(64, max(128, max_kv), kv_points)
@@ -86,7 +86,7 @@ class AggDecodeTable:
 
     def __init__(self, spec, plan, hw, fabric, *, max_batch: int, max_kv: int, max_chunk: int,
                  microbatches: int | None = None, kv_points: int = 8, chunk_points: int = 6):
-        from cmtwin.twin.decode import decode_step
+        from cmtwin.twin.step import decode_step
 
         self.batches = list(range(1, max_batch + 1)) if max_batch <= 64 else _grid(1, max_batch, 48)
         self.kvs = _grid(64, max(128, max_kv), kv_points)
@@ -119,7 +119,7 @@ class PrefillTable:
 
     def __init__(self, spec, plan, hw, fabric, *, max_tokens_per_die: int, max_prompt: int,
                  microbatches: int | None = None, points: int = 12):
-        from cmtwin.twin.prefill import prefill_forward
+        from cmtwin.twin.step import prefill_forward
 
         self.tokens = _grid(1, max(2, max_tokens_per_die), points)
         self.prompts = _grid(16, max(32, max_prompt), 8)

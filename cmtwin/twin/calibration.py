@@ -19,7 +19,7 @@ import numpy as np
 
 from cmtwin.twin import comm
 from cmtwin.twin.reference import CM384_DISPATCH_COMBINE, CM384_UB, DEEPEP_LL_H800, ISCA_LINKS
-from cmtwin.twin.routing import distinct_ranks_per_token
+from cmtwin.twin.load import distinct_ranks_per_token
 
 HIDDEN, EXPERTS, TOPK = 7168, 256, 8  # DeepSeek-V3 shapes the tables were measured with
 

@@ -71,8 +71,8 @@ def agg_ttft(spec, r) -> tuple[int, float]:
 
 def predict(spec, plan) -> Prediction:
     from cmtwin.planner.plan import fabric_for
-    from cmtwin.twin.decode import decode_step
-    from cmtwin.twin.prefill import prefill_forward
+    from cmtwin.twin.step import decode_step
+    from cmtwin.twin.step import prefill_forward
     from cmtwin.twin.slo import search_decode_batch, search_prefill_tokens
 
     hw = spec.hardware

@@ -21,7 +21,7 @@ def _bisect(ok, lo: int, hi: int) -> int | None:
 
 def search_decode_batch(spec, plan, hw, fabric, tpot_ms: float) -> tuple[int, str]:
     """Requests per die: the largest batch meeting the TPOT target within the die's KV capacity."""
-    from cmtwin.twin.decode import decode_step
+    from cmtwin.twin.step import decode_step
 
     pool = plan.pools_of("decode")[0]
     per_req = spec.workload.decode_kv_len + spec.mtp.draft_tokens
@@ -38,7 +38,7 @@ def search_decode_batch(spec, plan, hw, fabric, tpot_ms: float) -> tuple[int, st
 
 def search_prefill_tokens(spec, plan, hw, fabric, ttft_ms: float) -> tuple[int, str]:
     """Tokens per die per forward (whole prompts): the largest meeting the TTFT target."""
-    from cmtwin.twin.prefill import prefill_forward
+    from cmtwin.twin.step import prefill_forward
 
     prompt = spec.workload.prompt_len
     pool = plan.pools_of("prefill")[0]

@@ -1,4 +1,4 @@
-"""How routed tokens fall on experts and ranks.
+"""Expert load: how routed tokens fall on experts and ranks, and the critical rank of a MoE layer.
 
 Two mechanisms make a real MoE layer slower than a perfectly balanced one:
 1. popularity skew: some experts are chosen more often than others (a per-expert relative load);
@@ -13,8 +13,11 @@ shared/reference publishes no per-expert load statistics to default it from.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import cache
 from statistics import NormalDist
+
+from cmtwin.model.operators import expert_ops
 
 
 @cache
@@ -72,3 +75,57 @@ def distinct_ranks_per_token(k: int, experts: int, ranks: int) -> float:
     for i in range(k):
         miss *= max(experts - per - i, 0.0) / (experts - i)
     return ranks * (1.0 - miss)
+
+
+@dataclass(frozen=True)
+class MoELoad:
+    """Token copies per microbatch on the critical ranks of an EP group."""
+
+    send_copies: float  # copies one rank sends (tokens x distinct destination ranks)
+    routed_tokens_busiest: float  # copies landing on the busiest routed rank
+    routed_slots: int
+    shared_tokens: float  # tokens through the shared expert on its busiest holder
+    recv_busiest: float  # copies the busiest rank receives (dispatch) / sends back (combine)
+
+
+def moe_load(spec, placement, *, tokens_per_rank: float, noise: bool) -> MoELoad:
+    """Where the routed and shared load of one microbatch lands, for an EP group of `placement.ep` ranks."""
+    moe = spec.model.moe
+    ep = placement.ep
+    routed_ranks = placement.routed_ranks
+    total = tokens_per_rank * ep  # tokens in the EP group (every rank is also a DP/SP rank)
+    copies = total * moe.experts_per_token
+    if spec.placement.balance == "perfect":  # the ideal EPLB: every routed rank gets the same share
+        shares = [1.0 / routed_ranks] * routed_ranks
+    else:
+        loads = placement.rank_loads()[:routed_ranks]
+        total_load = sum(loads) or 1.0
+        shares = [x / total_load for x in loads]
+    busiest = busiest_rank_tokens(shares, copies, noise=noise)
+    redundant = sum(placement.replicas) - len(placement.replicas)
+    distinct = distinct_ranks_per_token(moe.experts_per_token, moe.routed_experts + redundant,
+                                        routed_ranks) if routed_ranks > 1 else 1.0
+    if placement.dedicated_shared_ranks:
+        shared_tokens = busiest_rank_tokens([1 / placement.dedicated_shared_ranks] * placement.dedicated_shared_ranks,
+                                            total * moe.shared_experts, noise=noise)
+        send = tokens_per_rank * (distinct + moe.shared_experts)
+        recv = max(busiest, shared_tokens)
+    else:
+        shared_tokens = tokens_per_rank * moe.shared_experts  # colocated: own tokens, no dispatch
+        send = tokens_per_rank * distinct
+        recv = busiest
+    return MoELoad(send, busiest, placement.routed_slots_per_rank, shared_tokens, recv)
+
+
+def critical_expert_ops(spec, load: MoELoad, placement, moe_tp: int, time_of) -> list:
+    """Expert operators of the critical rank of a MoE layer: a routed rank's experts (with the colocated shared
+    expert), or, with dedicated shared-expert ranks, whichever of the two rank kinds `time_of(ops)` finds slower.
+    Each rank holds 1/moe_tp of every expert's intermediate (MoE-TP)."""
+    p, share = spec.prec, 1 / moe_tp
+    per_slot = load.routed_tokens_busiest / max(1, load.routed_slots)
+    routed = expert_ops(spec.model, p, tokens_per_expert=[per_slot] * max(1, load.routed_slots), share=share)
+    shared = (expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert", share=share)
+              if spec.model.moe.shared_experts else [])
+    if not placement.dedicated_shared_ranks:
+        return routed + shared
+    return routed if time_of(routed) >= time_of(shared) else shared

@@ -1,0 +1,95 @@
+"""The decode step and the prefill forward: short compositions of the same block builders
+(cmtwin.twin.blocks) over one StepContext, scheduled by the same two-stream schedule (cmtwin.twin.schedule).
+
+Decode (rule 5): every die runs `batch x (1 + drafts)` tokens through the main model (the last accepted token
+and the MTP drafts, verified together) in the absorbed MLA form, then the LM head, then the MTP module drafts
+the next tokens. Aggregated serving mixes a prefill chunk into every step. Policies (speculation, layer_skip,
+model_routing, token_transform) act through one StepEffect (`effect` overrides the spec's): drafts and verify
+width, tokens per step, layers run, FFN token share, context length, extra operators.
+
+Prefill: one forward of tokens_per_die tokens made of prompts of prompt_len, in the MHA form (staged
+SP-TP-SP where the layout says), the MTP module's pass, the head on each prompt's last position, the pipeline
+bubble, and the prompt's KV transfer to its decode rank.
+"""
+
+from __future__ import annotations
+
+from cmtwin.twin.blocks import (
+    head,
+    kv_transfer,
+    layer,
+    layers,
+    layers_run,
+    mtp_pass,
+    pipeline,
+    policy_operators,
+    step_context,
+)
+from cmtwin.twin.results import DecodeResult, PrefillResult
+
+
+def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_len: int | None = None,
+                microbatches: int | None = None, chunk_tokens: int | None = None, effect=None) -> DecodeResult:
+    """One decode step of the plan's decode ranks. batch_per_die, kv_len (mean context of the batch) and
+    microbatches default to the spec's; the simulator and the SLO search pass their own."""
+    from cmtwin.planner.layout import agg_chunk_per_die
+    from cmtwin.policy.effects import combined_effect
+
+    eff = effect if effect is not None else combined_effect(spec, plan, hw, fabric)
+    model = spec.model
+    b = batch_per_die if batch_per_die is not None else plan.pools_of("decode")[0].batch_per_die
+    k = spec.mtp.draft_tokens if eff.draft_tokens is None else eff.draft_tokens
+    m = max(1, min(microbatches or spec.decode.microbatches, b))
+    verify = 1 + k if eff.verify_tokens is None else eff.verify_tokens
+    if chunk_tokens is None and spec.serving.mode == "agg":
+        chunk_tokens = agg_chunk_per_die(spec, b)
+    kv = kv_len if kv_len is not None else spec.workload.decode_kv_len
+    kv = max(1, round(kv * eff.kv_len_scale)) if eff.kv_len_scale != 1.0 else kv
+    ctx = step_context(spec, plan, hw, fabric, phase="decode", microbatches=m, die_ids=plan.die_ids("decode"))
+    tp = ctx.tp
+    mb = dict(tokens=b * verify / m, requests=b / m, kv_len=kv, form="absorbed", chunk=(chunk_tokens or 0) / m,
+              ffn_scale=eff.ffn_scale)
+    dense, moe_layers = layers_run(model, eff.layer_fraction)
+    step = layers(ctx, [(n, layer(ctx, moe_layer=is_moe, calls=n, **mb))
+                        for n, is_moe in ((dense, False), (moe_layers, True)) if n])
+    step += pipeline(ctx, nbytes=b * verify * tp * model.hidden * ctx.act_bytes)[0]
+    step += head(ctx, tokens=b * verify * tp, vocab_share=1 / tp)  # every verified position; vocab split over TP
+    for _ in range(k if model.mtp_layers else 0):  # k sequential drafting passes, each with its head
+        step += mtp_pass(ctx, tokens=b / m, requests=b / m, kv_len=kv, form="absorbed", input_tokens=b * tp,
+                         head_tokens=b * tp, vocab_share=1 / tp)
+    step += policy_operators(ctx, eff.extra_ops)
+    tps = (eff.tokens_per_step if eff.tokens_per_step is not None
+           else spec.mtp.tokens_per_step if k else 1.0) * eff.text_per_token
+    dpd = spec.hardware.dies
+    return DecodeResult(step_us=step, chunk_tokens=int(chunk_tokens or 0), tpot_ms=step / tps / 1e3,
+                        tokens_per_step=tps, tokens_per_s_per_device=dpd * b * tps / (step / 1e6),
+                        batch_per_device=b * dpd, kv_len=kv, ledger=ctx.ledger, streams=ctx.ledger.streams(),
+                        draft_tokens=k, verify_tokens=verify)
+
+
+def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None,
+                    prompt_len: int | None = None, microbatches: int | None = None) -> PrefillResult:
+    """One prefill forward of tokens_per_die tokens made of prompts of prompt_len (defaults: the spec's)."""
+    pool = plan.pools_of("prefill")[0]
+    model = spec.model
+    tpd = tokens_per_die if tokens_per_die is not None else pool.tokens_per_die
+    m = max(1, microbatches or spec.prefill.microbatches)
+    prompt = prompt_len or spec.workload.prompt_len
+    dies = plan.die_ids("prefill", pool.instance)
+    ctx = step_context(spec, plan, hw, fabric, phase="prefill", microbatches=m, die_ids=dies)
+    t_mb = max(1, round(tpd / m))
+    mb = dict(tokens=t_mb, requests=max(1.0, t_mb / prompt), kv_len=prompt, form="mha")
+    step = layers(ctx, [(n, layer(ctx, moe_layer=is_moe, calls=n, **mb))
+                        for n, is_moe in ((model.dense.layers, False), (model.moe_layers, True)) if n])
+    if spec.mtp.draft_tokens and model.mtp_layers:  # the MTP module's KV and first draft
+        step += mtp_pass(ctx, **mb, input_tokens=t_mb * m, head_tokens=0, vocab_share=1.0)
+    step += head(ctx, tokens=max(1, round(tpd / prompt)), vocab_share=1.0)  # each prompt's last position
+    sends, bubble = pipeline(ctx, nbytes=tpd * model.hidden * ctx.act_bytes, forward_us=step)
+    latency, step = step + sends, step + bubble
+    decode_dies = plan.die_ids("decode")
+    kv_us = kv_transfer(spec, hw, fabric, dies[0], decode_dies[-1], prompt).us if decode_dies else 0.0
+    if decode_dies:
+        ctx.ledger.add("kv_transfer", "kv_transfer", kv_us, "comm", 1)
+    return PrefillResult(step_us=step, tokens_per_die=tpd, tokens_per_s_per_device=spec.hardware.dies * tpd / (step / 1e6),
+                         kv_transfer_us=kv_us, ttft_ms=(latency + kv_us) / 1e3, ledger=ctx.ledger,
+                         streams=ctx.ledger.streams())
