@@ -64,7 +64,7 @@ def collective_checks() -> list[Check]:
     from cmtwin.planner.plan import fabric_for
     from cmtwin.topology.fabric import freeze_overrides, get_fabric
     from cmtwin.twin import comm
-    from cmtwin.twin.routing import distinct_ranks_per_token
+    from cmtwin.twin.load import distinct_ranks_per_token
 
     out: list[Check] = []
     cases = [
