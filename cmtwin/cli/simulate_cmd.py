@@ -12,10 +12,12 @@ from cmtwin.cli.common import add_db, add_format, add_overrides, print_json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="discrete-event serving simulation of a deployment under a workload",
-                       description="Simulate a deployment serving a request stream (Poisson, bursty or a trace), "
-                                   "timed by the twin; report TTFT/TPOT/end-to-end percentiles, throughput per "
-                                   "device, goodput under slo.*, utilisation, queues and cache hits; record the "
-                                   "time series, metrics and plots in the run store.")
+                       description="Simulate a deployment serving a request stream (Poisson, bursty or a trace; by "
+                                   "default at 0.8 x the twin's sustainable rate), timed by the twin; report "
+                                   "TTFT/TPOT/end-to-end percentiles, throughput per device, goodput under the "
+                                   "deployment's slo.* targets (none set: no goodput), utilisation, queues, cache hits "
+                                   "and whether the run reached steady state; record the time series, metrics and "
+                                   "plots in the run store.")
     add_overrides(p)
     add_format(p)
     add_db(p)
@@ -103,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 set_output_dir(store, run_id, out_dir)
                 title = f"{spec.deployment.name} / {spec.workload.name}: run {run_id}"
-                for kind, path in (("plot", throughput_plot(writer.all, out_dir / "throughput.png", title)),
+                refs = _references(spec, result, prediction)
+                for kind, path in (("plot", throughput_plot(writer.all, out_dir / "throughput.png", title, refs=refs,
+                                                            window=(result.warmup_s, result.duration_s),
+                                                            verdict=result.steady_state.get("verdict"))),
                                    ("plot", latency_cdf_plot(result.latencies, out_dir / "latency_cdf.png", title, spec.slo))):
                     add_artifact(store, run_id, kind, str(path))
                     plots.append(str(path))
@@ -122,6 +127,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _references(spec, res, prediction) -> dict:
+    """Horizontal reference lines for the throughput plot: the twin's steady-state figures (the plan's tokens/s per
+    device at its full batch / full forward) and what the offered rate gives in steady state (rate x tokens per
+    request over the pool's devices)."""
+    w = spec.workload
+    pd, dd = prediction.prefill or {}, prediction.decode or {}
+    ddev = res.decode["devices"]
+    pdev = res.prefill["devices"] or ddev  # agg: prefill runs on the decode pool
+    load = f" = {res.load:.2f} x sustainable" if res.load is not None else ""
+    refs = {"decode.tokens_per_s_per_device": [], "prefill.tokens_per_s_per_device": []}
+    if dd.get("tokens_per_s_per_device"):
+        refs["decode.tokens_per_s_per_device"].append(
+            (dd["tokens_per_s_per_device"], f"decode, twin (plan, full batch): {dd['tokens_per_s_per_device']:,.0f}"))
+    if pd.get("tokens_per_s_per_device") and res.prefill["devices"]:
+        refs["prefill.tokens_per_s_per_device"].append(
+            (pd["tokens_per_s_per_device"],
+             f"prefill, twin (plan, full forward): {pd['tokens_per_s_per_device']:,.0f}"))
+    if w.arrival not in ("offline", "trace"):
+        refs["decode.tokens_per_s_per_device"].append(
+            (res.rate_per_s * w.output_len / ddev,
+             f"decode at the offered {res.rate_per_s:,.1f} req/s{load}: {res.rate_per_s * w.output_len / ddev:,.0f}"))
+        refs["prefill.tokens_per_s_per_device"].append(
+            (res.rate_per_s * w.prompt_len / pdev,
+             f"prefill at the offered rate: {res.rate_per_s * w.prompt_len / pdev:,.0f}"))
+    return refs
+
+
 def _fmt(x, nd=1) -> str:
     if x is None:
         return "-"
@@ -129,6 +161,7 @@ def _fmt(x, nd=1) -> str:
 
 
 def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from cmtwin.cli.common import console
@@ -136,10 +169,15 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
     c = console()
     w = spec.workload
     batching = (spec.policies.batching or {}).get("name", "fcfs_lru")
-    arrivals = f"a batch of {w.requests:,} at t = 0" if w.arrival == "offline" else f"{res.rate_per_s:,.1f} req/s"
+    if w.arrival == "offline":
+        arrivals = f"a batch of {w.requests:,} at t = 0"
+    elif res.load is not None:
+        arrivals = f"{res.rate_per_s:,.1f} req/s = {res.load:.2f} x sustainable"
+    else:
+        arrivals = f"{res.rate_per_s:,.1f} req/s"
     c.print(f"[bold]simulate[/] {spec.deployment.name}  workload {w.name} ({w.arrival}, {arrivals}; twin capacity "
             f"prefill {res.capacity_per_s['prefill']:,.1f}, decode {res.capacity_per_s['decode']:,.1f} req/s)  "
-            f"{res.duration_s:g} s simulated  batching {batching}")
+            f"{res.duration_s:g} s simulated ({res.warmup_s:.4g} s warm-up)  batching {batching}")
     t = Table(title="summary (measurement window after warm-up)")
     t.add_column("metric")
     t.add_column("p50 / value", justify="right")
@@ -170,7 +208,11 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
     if d["instances"] > 1:
         t.add_row(f"decode tokens/s per device, {d['instances']} instances",
                   " / ".join(_fmt(x["tokens_per_s_per_device"]) for x in d["per_instance"].values()), "", "", "")
-    t.add_row("goodput (req/s meeting slo.*)", f"{res.goodput:,.2f} ({res.goodput_fraction:.1%})", "", "", "")
+    if res.goodput is None:
+        t.add_row("goodput", "no SLO set", "", "", "")
+    else:
+        targets = ", ".join(f"{k} <= {v:g}" for k, v in res.slo.items() if v is not None)
+        t.add_row(f"goodput (req/s meeting {targets})", f"{res.goodput:,.2f} ({res.goodput_fraction:.1%})", "", "", "")
     t.add_row("utilisation prefill / decode", f"{res.prefill['utilisation']:.1%} / {res.decode['utilisation']:.1%}",
               "", "", "")
     t.add_row("decode batch occupancy", f"{res.decode['batch_occupancy']:.1%}", "", "", "")
@@ -179,6 +221,13 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
     t.add_row("requests arrived / completed / in flight",
               f"{rq['arrived']:,} / {rq['completed']:,} / {rq['arrived'] - rq['completed']:,}", "", "", "")
     c.print(t)
+    if res.goodput is None:
+        c.print("goodput: no SLO set (the deployment's slo.ttft_ms and slo.tpot_ms are null); give targets to measure "
+                "it, e.g. slo.ttft_ms=2000 slo.tpot_ms=50")
+    st = res.steady_state
+    if st.get("verdict"):
+        mark = {True: "[green]", False: "[bold red]"}.get(st.get("reached"), "")
+        c.print(f"steady state {mark}{escape(st['verdict'])}{'[/]' if mark else ''}")
     for p in plots:
         c.print(f"plot: {p}")
     c.print(f"run {run_id} recorded ({res.events:,} events, {elapsed:.1f} s wall)")

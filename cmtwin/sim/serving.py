@@ -42,6 +42,7 @@ from cmtwin.sim.engine import (
     SampleTick,
     Stop,
 )
+from cmtwin.sim.steady import steady_state
 from cmtwin.sim.tables import AggDecodeTable, DecodeTable, FetchCost, PrefillTable
 from cmtwin.sim.traffic import Chunk, Stream, load_trace
 
@@ -355,6 +356,8 @@ class Simulator:
         self._stalled = False  # a prefill instance waits for decode room (decode-aware admission)
         self._pending_arrival: Request | None = None
         self._mark_start: dict | None = None
+        self._firsts: list[tuple[float, float]] = []  # (arrival, TTFT) of window arrivals once the first token is known
+        self._series: list[tuple[float, int, int, float]] = []  # per sample: (t, waiting, decoding, output tokens)
 
     # ------------------------------------------------------------------ arrivals
     def _next_request(self) -> Request | None:
@@ -461,6 +464,7 @@ class Simulator:
             self.sched.prefilled(r, inst)
             if r.output <= 1:  # the prefill's token is the whole answer
                 r.t_first = r.t_done = now
+                self._first(r)
                 self._complete(r, now)
                 continue
             lane = k % nl
@@ -468,6 +472,7 @@ class Simulator:
             t = start + self.ptable.kv_transfer_us(r.prompt) / 1e6
             lanes[lane] = t
             r.t_first = t
+            self._first(r)
             d = ds[0] if len(ds) == 1 else min(ds, key=lambda x: x.load)  # global scheduler: least loaded
             d.wait(r)
             heapq.heappush(d.ready, (t, r.id, r))
@@ -576,6 +581,7 @@ class Simulator:
         for r in done:
             self.totals.prompt_tokens += r.prompt
             r.t_first = now
+            self._first(r)
             if r.output <= 1:
                 self._release(d, r)
                 r.t_done = now
@@ -650,6 +656,11 @@ class Simulator:
             self._retry_stalled()
 
     # ------------------------------------------------------------------ completion and metrics
+    def _first(self, r: Request) -> None:
+        """r's first token time is known: keep its TTFT for the steady-state check if it arrived in the window."""
+        if self.warmup <= r.t_arrival <= self.duration:
+            self._firsts.append((r.t_arrival, r.t_first - r.t_arrival))
+
     def _complete(self, r: Request, now: float, area: bool = True) -> None:
         if area:
             self._area(now)
@@ -676,6 +687,9 @@ class Simulator:
 
     def _on_sample(self, ev) -> None:
         now = self.env.now
+        ds = self.decoders
+        waiting = (sum(len(i.queue) for i in self.instances) + sum(len(d.queue) + len(d.ready) for d in ds))
+        self._series.append((now, waiting, sum(d.n_active for d in ds), self.totals.output_tokens))
         rows = self._sample_rows(now)
         self.samples_taken += 1
         if self.sink is not None and rows:
@@ -771,8 +785,9 @@ class Simulator:
                     "mean": round(float(arr.mean()), 3)}
 
         n = len(rec.e2e)
-        good = n
-        if n and (slo.ttft_ms is not None or slo.tpot_ms is not None):
+        has_slo = slo.ttft_ms is not None or slo.tpot_ms is not None
+        good = n if has_slo else None  # no target set: no goodput (not a misleading 100%)
+        if n and has_slo:
             ttft = np.asarray(rec.ttft) * 1e3
             ok = np.ones(n, dtype=bool)
             if slo.ttft_ms is not None:
@@ -782,6 +797,7 @@ class Simulator:
             good = int(ok.sum())
         window = span if self.offline and self.drain else self.duration - self.warmup  # a batch job: its makespan
         census = self.census()
+        load = self.rate / self.capacity if 0 < self.capacity < math.inf else None
         out_rate = (b["out"] - a["out"]) / span
         die_peak = max(d.kv_die_peak for d in ds)
         per_instance = {}
@@ -828,14 +844,19 @@ class Simulator:
             ttft_ms=pct(rec.ttft),
             tpot_ms=pct(rec.tpot),
             e2e_ms=pct(rec.e2e),
-            goodput=good / window if window > 0 else 0.0,
-            goodput_fraction=good / n if n else 0.0,
+            goodput=None if good is None else (good / window if window > 0 else 0.0),
+            goodput_fraction=None if good is None else (good / n if n else 0.0),
             cache_hit_ratio=hit / prompt if prompt else 0.0,
             requests={**census, "measured": n, "good": good, "kv_blocked": T.kv_blocked,
                       "prefill_stalls": T.prefill_stalls},
             little={"mean_in_system": T.in_system_area / end if end else 0.0, "area": T.in_system_area},
             events=self.env.events,
             latencies=rec,
+            slo={"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
+            warmup_s=self.warmup,
+            load=load,
+            steady_state=steady_state(self._firsts, self._series, (self.warmup, self.duration), rate=self.rate,
+                                      load=load, decode_devices=ddev, offline=self.offline),
         )
 
 
@@ -854,13 +875,17 @@ class SimResult:
     ttft_ms: dict
     tpot_ms: dict
     e2e_ms: dict
-    goodput: float
-    goodput_fraction: float
+    goodput: float | None  # None when no slo.* target is set
+    goodput_fraction: float | None
     cache_hit_ratio: float
     requests: dict
     little: dict
     events: int
     latencies: Recorded
+    slo: dict = field(default_factory=dict)  # the targets goodput is measured against (None: not set)
+    warmup_s: float = 0.0
+    load: float | None = None  # offered rate / the twin's capacity estimate
+    steady_state: dict = field(default_factory=dict)  # cmtwin/sim/steady.py
 
     def to_dict(self) -> dict:
         def r(x):
@@ -871,12 +896,14 @@ class SimResult:
             return x
 
         return {
-            "duration_s": self.duration_s, "rate_per_s": r(self.rate_per_s), "capacity_per_s": r(self.capacity_per_s),
+            "duration_s": self.duration_s, "warmup_s": r(self.warmup_s), "rate_per_s": r(self.rate_per_s),
+            "load": r(self.load), "capacity_per_s": r(self.capacity_per_s),
             "prefill": r(self.prefill), "decode": r(self.decode),
             "tokens_per_s_per_device": r(self.tokens_per_s_per_device), "makespan_s": r(self.makespan_s),
             "ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms,
-            "goodput": r(self.goodput), "goodput_fraction": r(self.goodput_fraction),
+            "slo": self.slo, "goodput": r(self.goodput), "goodput_fraction": r(self.goodput_fraction),
             "cache_hit_ratio": r(self.cache_hit_ratio), "requests": self.requests, "events": self.events,
+            "steady_state": self.steady_state,
         }
 
     def metrics(self) -> dict[str, float]:
@@ -891,4 +918,7 @@ class SimResult:
                 out[prefix] = float(v)
 
         walk("", self.to_dict())
+        reached = self.steady_state.get("reached")
+        if reached is not None:  # 1 = steady, 0 = not (bools are not walked); absent when not applicable
+            out["steady_state.reached"] = 1.0 if reached else 0.0
         return out
