@@ -90,6 +90,14 @@ class R2R(Policy):
     def step_effect(self, spec, *, plan=None, hw=None, fabric=None) -> StepEffect:
         return StepEffect()
 
+    def breakdown_rows(self, table: list[dict]) -> list:
+        """The two models' passes per step, in the decode breakdown."""
+        from cmtwin.twin.breakdown import Row
+
+        return [row for t in table for row in (
+            Row("decode", "r2r_small", "small_model_step", t["small_step_ms"] * 1e3, "compute", 1),
+            Row("decode", "r2r_large", "large_model_pass", t["large_step_ms"] * 1e3, "compute", 1))]
+
     def table(self, spec, plan, hw, fabric) -> list[dict]:
         from cmtwin.twin.step import decode_step
 

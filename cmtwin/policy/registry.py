@@ -27,6 +27,11 @@ class Policy:
     def __init__(self, params):
         self.params = params
 
+    def breakdown_rows(self, table: list[dict]) -> list:
+        """Rows (cmtwin.twin.breakdown.Row) this policy adds to a prediction's breakdown from its what-if table
+        (a typed side report, so the twin names no policy); none by default."""
+        return []
+
 
 class Registry:
     """Name -> policy class for one family."""

@@ -70,66 +70,87 @@ def agg_ttft(spec, r) -> tuple[int, float]:
 
 
 def predict(spec, plan) -> Prediction:
+    """The plan's prefill and decode figures (an SLO, when set, picks the batch), their breakdown and bottleneck,
+    and each selected policy's what-if table."""
     from cmtwin.planner.plan import fabric_for
-    from cmtwin.twin.step import decode_step
-    from cmtwin.twin.step import prefill_forward
-    from cmtwin.twin.slo import search_decode_batch, search_prefill_tokens
 
-    hw = spec.hardware
-    fabric = fabric_for(spec)
+    hw, fabric = spec.hardware, fabric_for(spec)
     rows: list[Row] = []
     notes: list[str] = []
-    bottlenecks = []
+    bottlenecks: list[str] = []
     prefill = decode = None
     if plan.pools_of("prefill"):
-        tokens = None
-        if spec.slo.ttft_ms is not None:
-            tokens, note = search_prefill_tokens(spec, plan, hw, fabric, spec.slo.ttft_ms)
-            notes.append(note)
-        r = prefill_forward(spec, plan, hw, fabric, tokens_per_die=tokens)
-        prefill = {
-            "tokens_per_s_per_device": _round(r.tokens_per_s_per_device, 1),
-            "step_ms": _round(r.step_us / 1e3),
-            "ttft_ms": _round(r.ttft_ms),
-            "tokens_per_device": r.tokens_per_die * spec.hardware.dies,
-            "kv_transfer_ms": _round(r.kv_transfer_us / 1e3),
-            "microbatches": spec.prefill.microbatches,
-        }
-        rows += r.ledger.rows()
-        bottlenecks.append(_bottleneck("prefill", r.ledger, r.streams))
+        prefill = _prefill_figures(spec, plan, hw, fabric, rows, notes, bottlenecks)
     if plan.pools_of("decode"):
-        batch = None
-        if spec.slo.tpot_ms is not None:
-            batch, note = search_decode_batch(spec, plan, hw, fabric, spec.slo.tpot_ms)
-            notes.append(note)
-        r = decode_step(spec, plan, hw, fabric, batch_per_die=batch)
-        decode = {
-            "tokens_per_s_per_device": _round(r.tokens_per_s_per_device, 1),
-            "tpot_ms": _round(r.tpot_ms),
-            "batch_per_device": r.batch_per_device,
-            "step_ms": _round(r.step_us / 1e3),
-            "tokens_per_step": _round(r.tokens_per_step, 4),
-            "kv_len": r.kv_len,
-            "microbatches": spec.decode.microbatches,
-            "mtp_draft_tokens": r.draft_tokens,
-        }
-        if r.verify_tokens != 1 + r.draft_tokens:  # a speculation policy's tree (PPD)
-            decode["verify_tokens_per_request"] = r.verify_tokens
-        rows += r.ledger.rows()
-        bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
-        if spec.serving.mode == "agg" and r.chunk_tokens:
-            steps, ttft_ms = agg_ttft(spec, r)
-            prefill = {
-                "tokens_per_s_per_device": _round(r.chunk_tokens * spec.hardware.dies / (r.step_us / 1e6), 1),
-                "step_ms": _round(r.step_us / 1e3),
-                "ttft_ms": _round(ttft_ms),
-                "tokens_per_device": r.chunk_tokens * spec.hardware.dies,
-                "kv_transfer_ms": 0.0,
-                "microbatches": spec.decode.microbatches,
-                "chunk_tokens_per_die": r.chunk_tokens,
-                "chunks_per_prompt": steps,
-            }
-            decode["serving_mode"] = "agg"
+        decode, agg_prefill = _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks)
+        prefill = agg_prefill or prefill
+    policies = _policy_tables(spec, plan, hw, fabric, rows, with_decode=decode is not None)
+    return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes), policies)
+
+
+def _prefill_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> dict[str, Any]:
+    from cmtwin.twin.slo import search_prefill_tokens
+    from cmtwin.twin.step import prefill_forward
+
+    tokens = None
+    if spec.slo.ttft_ms is not None:
+        tokens, note = search_prefill_tokens(spec, plan, hw, fabric, spec.slo.ttft_ms)
+        notes.append(note)
+    r = prefill_forward(spec, plan, hw, fabric, tokens_per_die=tokens)
+    rows += r.ledger.rows()
+    bottlenecks.append(_bottleneck("prefill", r.ledger, r.streams))
+    return {
+        "tokens_per_s_per_device": _round(r.tokens_per_s_per_device, 1),
+        "step_ms": _round(r.step_us / 1e3),
+        "ttft_ms": _round(r.ttft_ms),
+        "tokens_per_device": r.tokens_per_die * spec.hardware.dies,
+        "kv_transfer_ms": _round(r.kv_transfer_us / 1e3),
+        "microbatches": spec.prefill.microbatches,
+    }
+
+
+def _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> tuple[dict[str, Any], dict | None]:
+    """The decode figures, and (aggregated serving) the prefill figures of the chunks its steps carry."""
+    from cmtwin.twin.slo import search_decode_batch
+    from cmtwin.twin.step import decode_step
+
+    batch = None
+    if spec.slo.tpot_ms is not None:
+        batch, note = search_decode_batch(spec, plan, hw, fabric, spec.slo.tpot_ms)
+        notes.append(note)
+    r = decode_step(spec, plan, hw, fabric, batch_per_die=batch)
+    decode = {
+        "tokens_per_s_per_device": _round(r.tokens_per_s_per_device, 1),
+        "tpot_ms": _round(r.tpot_ms),
+        "batch_per_device": r.batch_per_device,
+        "step_ms": _round(r.step_us / 1e3),
+        "tokens_per_step": _round(r.tokens_per_step, 4),
+        "kv_len": r.kv_len,
+        "microbatches": spec.decode.microbatches,
+        "mtp_draft_tokens": r.draft_tokens,
+    }
+    if r.verify_tokens != 1 + r.draft_tokens:  # a speculation policy's tree (PPD)
+        decode["verify_tokens_per_request"] = r.verify_tokens
+    rows += r.ledger.rows()
+    bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
+    if not (spec.serving.mode == "agg" and r.chunk_tokens):
+        return decode, None
+    steps, ttft_ms = agg_ttft(spec, r)
+    decode["serving_mode"] = "agg"
+    return decode, {
+        "tokens_per_s_per_device": _round(r.chunk_tokens * spec.hardware.dies / (r.step_us / 1e6), 1),
+        "step_ms": _round(r.step_us / 1e3),
+        "ttft_ms": _round(ttft_ms),
+        "tokens_per_device": r.chunk_tokens * spec.hardware.dies,
+        "kv_transfer_ms": 0.0,
+        "microbatches": spec.decode.microbatches,
+        "chunk_tokens_per_die": r.chunk_tokens,
+        "chunks_per_prompt": steps,
+    }
+
+
+def _policy_tables(spec, plan, hw, fabric, rows, *, with_decode: bool) -> dict[str, Any]:
+    """Each selected policy family's what-if table; the rows a policy reports join the breakdown."""
     policies: dict[str, Any] = {}
     sp = spec.policies.build("sp_attention")
     if sp is not None:
@@ -137,33 +158,31 @@ def predict(spec, plan) -> Prediction:
 
         table = sp_prefill_table(spec, plan, hw, fabric, sp)
         policies["sp_attention"] = table
-        for r in table:
-            if r["selected"]:
-                rows.append(Row("sp_prefill", f"{r['policy']} SP{r['degree']}", "attention_blocks",
-                                r["attention_ms"] * 1e3, r["bound"], r["degree"]))
-    if decode is not None:
+        rows += [Row("sp_prefill", f"{r['policy']} SP{r['degree']}", "attention_blocks", r["attention_ms"] * 1e3,
+                     r["bound"], r["degree"]) for r in table if r["selected"]]
+    if with_decode:
         from cmtwin.policy.effects import STEP_FAMILIES
 
         for family in STEP_FAMILIES:
             pol = spec.policies.build(family)
-            if pol is None:
-                continue
-            eff = pol.step_effect(spec, plan=plan, hw=hw, fabric=fabric)
-            entry: dict[str, Any] = {
-                "policy": pol.name, "layer_fraction": round(eff.layer_fraction, 4), "ffn_scale": round(eff.ffn_scale, 4),
-                "verify_tokens": eff.verify_tokens, "tokens_per_step": None if eff.tokens_per_step is None
-                else round(eff.tokens_per_step, 4), "kv_len_scale": round(eff.kv_len_scale, 4),
-                "text_per_token": eff.text_per_token, "kv_bytes_scale": round(eff.kv_bytes_scale, 4),
-                "extra_operators": [op.name for _, op, _ in eff.extra_ops],
-            }
-            if hasattr(pol, "table"):
-                entry["table"] = pol.table(spec, plan, hw, fabric)
-                if pol.name == "r2r":  # two models' passes per step, in the breakdown
-                    for t in entry["table"]:
-                        rows.append(Row("decode", "r2r_small", "small_model_step", t["small_step_ms"] * 1e3, "compute", 1))
-                        rows.append(Row("decode", "r2r_large", "large_model_pass", t["large_step_ms"] * 1e3, "compute", 1))
-            policies[family] = entry
+            if pol is not None:
+                policies[family] = _step_policy_entry(spec, plan, hw, fabric, pol, rows)
     batching = spec.policies.build("batching")
     if batching is not None:  # the offline batch's prefill saving and decode KV (the simulator measures them)
         policies["batching"] = {"policy": batching.name, "table": batching.table(spec, plan, hw, fabric)}
-    return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes), policies)
+    return policies
+
+
+def _step_policy_entry(spec, plan, hw, fabric, pol, rows) -> dict[str, Any]:
+    eff = pol.step_effect(spec, plan=plan, hw=hw, fabric=fabric)
+    entry: dict[str, Any] = {
+        "policy": pol.name, "layer_fraction": round(eff.layer_fraction, 4), "ffn_scale": round(eff.ffn_scale, 4),
+        "verify_tokens": eff.verify_tokens, "tokens_per_step": None if eff.tokens_per_step is None
+        else round(eff.tokens_per_step, 4), "kv_len_scale": round(eff.kv_len_scale, 4),
+        "text_per_token": eff.text_per_token, "kv_bytes_scale": round(eff.kv_bytes_scale, 4),
+        "extra_operators": [op.name for _, op, _ in eff.extra_ops],
+    }
+    if hasattr(pol, "table"):
+        entry["table"] = pol.table(spec, plan, hw, fabric)
+        rows += pol.breakdown_rows(entry["table"])
+    return entry
