@@ -5,6 +5,14 @@ from __future__ import annotations
 
 from cmtwin.errors import PlanError
 
+MAX_DECODE_BATCH_PER_DIE = 4096
+"""Upper end of the TPOT search when the KV cache would hold more (short contexts on a large HBM): a bound on
+the bisection's work, far above the 16-256 requests per die that serving systems run at (the KV of 4,096
+requests alone is HBM-bandwidth bound far beyond any TPOT target)."""
+PREFILL_SEARCH_HEADROOM = 4
+"""The TTFT search tries up to this many times the configured prompts per forward (a larger forward only
+lengthens TTFT, so the bound is never the answer unless the target is very loose)."""
+
 
 def _bisect(ok, lo: int, hi: int) -> int | None:
     """Largest x in [lo, hi] with ok(x), assuming ok is monotone (True then False); None if ok(lo) fails."""
@@ -26,7 +34,7 @@ def search_decode_batch(spec, plan, hw, fabric, tpot_ms: float) -> tuple[int, st
     pool = plan.pools_of("decode")[0]
     per_req = spec.workload.decode_kv_len + spec.mtp.draft_tokens
     cap = pool.memory.kv_token_capacity + int(pool.memory.kv_cache // pool.memory.kv_bytes_per_token)
-    hi = max(1, min(4096, cap // max(1, per_req)))
+    hi = max(1, min(MAX_DECODE_BATCH_PER_DIE, cap // max(1, per_req)))
     best = _bisect(lambda b: decode_step(spec, plan, hw, fabric, batch_per_die=b).tpot_ms <= tpot_ms, 1, hi)
     if best is None:
         t1 = decode_step(spec, plan, hw, fabric, batch_per_die=1).tpot_ms
@@ -42,7 +50,7 @@ def search_prefill_tokens(spec, plan, hw, fabric, ttft_ms: float) -> tuple[int, 
 
     prompt = spec.workload.prompt_len
     pool = plan.pools_of("prefill")[0]
-    hi = max(1, pool.tokens_per_die // prompt) * 4
+    hi = max(1, pool.tokens_per_die // prompt) * PREFILL_SEARCH_HEADROOM
     best = _bisect(lambda n: prefill_forward(spec, plan, hw, fabric, tokens_per_die=n * prompt).ttft_ms <= ttft_ms, 1, hi)
     if best is None:
         t1 = prefill_forward(spec, plan, hw, fabric, tokens_per_die=prompt).ttft_ms
