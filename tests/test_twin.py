@@ -101,10 +101,9 @@ def test_prediction_contract(base):
     assert {r["bound"] for r in d["breakdown"]} <= {"compute", "memory", "comm"}
     assert {r["phase"] for r in d["breakdown"]} == {"prefill", "decode"}
     assert "decode" in d["bottleneck"] and "prefill" in d["bottleneck"]
-    # throughput x TPOT = batch per device (the paper's identity)
-    dec = d["decode"]
-    assert dec["tokens_per_s_per_device"] * dec["tpot_ms"] / 1e3 == pytest.approx(dec["batch_per_device"], rel=1e-3)
-    assert dec["batch_per_device"] == 96 and dec["tokens_per_step"] == pytest.approx(1.7)
+    # MTP with one draft at acceptance 0.7 gives 1.7 tokens per step (the series itself is pinned for k > 1 in
+    # test_twin_mechanisms); throughput x TPOT = batch holds by construction and is not tested.
+    assert d["decode"]["tokens_per_step"] == pytest.approx(1.7)
 
 
 def test_mtp_off_goes_through_the_mechanism(base):
