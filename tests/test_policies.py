@@ -80,3 +80,11 @@ def test_blockwise_lse_merge_matches_full_attention(schedule, causal, ranks):
     got = sp_attention(q, k, v, ranks=ranks, causal=causal, schedule=schedule)
     want = full_attention(q, k, v, causal=causal)
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_sp_attention_on_an_aggregated_deployment_is_bad_input_not_a_crash():
+    from cmtwin.twin.predict import predict
+
+    spec, _ = load_spec(["+deployment=r1_h100_tp16", "+policies/sp_attention=tokenring"])
+    with pytest.raises(ConfigError, match="no prefill pool"):
+        predict(spec, compile_plan(spec))

@@ -115,8 +115,15 @@ def sp_step(policy, spec, hw, fabric, die_ids, *, prompt_len: int, degree: int) 
 def sp_prefill_table(spec, plan, hw, fabric, preset) -> list[dict]:
     """Prefill of one prompt of workload.prompt_len tokens with SP attention over each degree, for every
     registered SP policy: attention time (all layers), the rest of the forward on S/N tokens, and the total."""
+    from cmtwin.errors import ConfigError
     from cmtwin.twin.step import prefill_forward
 
+    if not plan.pools_of("prefill"):
+        raise ConfigError(f"+policies/sp_attention={preset.name} models the prefill pool's attention, but "
+                          f"serving.mode={spec.serving.mode} with prefill.instances={spec.prefill.instances} has no "
+                          "prefill pool.", key="policies.sp_attention",
+                          fix="use a disaggregated deployment (serving.mode=disagg with prefill.instances >= 1), "
+                              "or drop +policies/sp_attention")
     model = spec.model
     prompt = spec.workload.prompt_len
     dies = [r.die for r in plan.dies if r.role == "prefill"] or [r.die for r in plan.dies]
