@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         from cmtwin.search.plots import frontier_plot
 
         plot = frontier_plot(result, out_dir / "frontier.png",
-                             f"{spec.deployment.name}: {len(result.candidates):,} plans for {result.budget} devices")
+                             f"{spec.deployment.name}: {len(result.candidates):,} plans for {result.budget} devices",
+                             labelled=result.frontier[: args.top])  # the frontier table's rows, by their # column
         add_artifact(store, run_id, "plot", str(plot))
         best = result.candidates[result.frontier[0]]
         metrics = {"search.candidates": len(result.candidates), "search.frontier": len(result.frontier),
@@ -137,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     c.print(f"[bold]search[/] {spec.deployment.name}: {len(result.candidates):,} candidate plans for "
             f"{result.budget} devices ({result.compiled} compiled, {result.twin_calls:,} twin calls, "
             f"{result.pruned:,} pruned), frontier {len(result.frontier)}")
-    c.print(_table(f"Pareto frontier (best {min(args.top, len(front))} by tokens/s per device)", front[: args.top]))
+    c.print(_table(f"Pareto frontier (best {min(args.top, len(front))} by tokens/s per device; # labels them in the "
+                   "plot)", front[: args.top]))
     c.print(_table("Best candidate per serving mode and decode attention TP", layouts[: args.top]))
     for s in result.simulated:
         sim = s.get("simulation")
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             c.print(f"simulated #{s['index']}: {s.get('error')}")
     c.print(f"plot: {plot}")
-    c.print(f"run {run_id} recorded; every candidate is in samples (name LIKE 'search.%', t = index); "
+    c.print(f"run {run_id} recorded; every candidate is in samples (name LIKE 'search.%', t = #); "
             f"{wall:.1f} s wall")
     return 0
 
@@ -156,11 +158,11 @@ def _table(title: str, rows: list[dict]):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("tok/s/dev", "TPOT ms", "TTFT ms", "layout", "batch/dev", "conc", "mb", "MTP", "prec", "bound"):
-        t.add_column(col, justify="left" if col == "layout" else "right")
+    for col in ("#", "tok/s/dev", "TPOT ms", "TTFT ms", "layout", "batch/dev", "conc", "mb", "MTP", "prec", "bound"):
+        t.add_column(col, justify="left" if col == "layout" else "right", no_wrap=col == "#")
     for d in rows:
         dd = d["decode"]
-        t.add_row(f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}", f"{d['ttft_ms']:.0f}", d["layout"],
+        t.add_row(str(d["index"]), f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}", f"{d['ttft_ms']:.0f}", d["layout"],
                   str(dd["batch_per_device"]), f"{d['concurrency']:,}", str(dd["microbatches"]), str(dd["mtp"]),
                   dd["precision"], d["bottleneck"])
     return t
