@@ -162,7 +162,7 @@ def _table(title: str, rows: list[dict]):
         t.add_column(col, justify="left" if col == "layout" else "right", no_wrap=col == "#")
     for d in rows:
         dd = d["decode"]
-        t.add_row(str(d["index"]), f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}", f"{d['ttft_ms']:.0f}", d["layout"],
-                  str(dd["batch_per_device"]), f"{d['concurrency']:,}", str(dd["microbatches"]), str(dd["mtp"]),
+        t.add_row(str(d["index"]), f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}",
+                  f"{d['ttft_ms']:.0f}", d["layout"], str(dd["batch_per_device"]), f"{d['concurrency']:,}", str(dd["microbatches"]), str(dd["mtp"]),
                   dd["precision"], d["bottleneck"])
     return t
