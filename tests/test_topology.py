@@ -247,6 +247,65 @@ def test_single_host_ring():
     assert fab.uplink_gbps(0, "host") == 0
 
 
+def test_declared_roles_and_die_ids(cm, gpu):
+    """Each shipped file declares its plane roles and die-id scheme; the Fabric exposes them as declared."""
+    r = cm.roles
+    assert (r.scale_up, r.inter_node, r.scale_out, r.frontend) == ("ub", "ub", "rdma", "vpc")
+    assert cm.roles_of("ub") == ("scale_up", "inter_node") and cm.roles_of("rdma") == ("scale_out",)
+    assert cm.roles_of("d2d") == ()
+    r = gpu.roles
+    assert (r.scale_up, r.inter_node, r.scale_out, r.frontend) == ("nvlink", "ib", "ib", None)
+    assert gpu.roles_of("ib") == ("inter_node", "scale_out")
+    host = Fabric(load_topology("single_host"))
+    assert host.roles_of("host") == ("scale_up", "inter_node", "scale_out")
+    with pytest.raises(TopologyError, match="plane 'nvlink' is not wired here"):
+        cm.roles_of("nvlink")
+    assert cm.device_id_prefix == "npu" and gpu.device_id_prefix == "gpu"
+    assert cm.die_id(3, 5, 1) == "n03.npu5.d1" and gpu.die_id(1, 7) == "n01.gpu7"
+    for fab in (cm, gpu):
+        assert all(fab.die_id(d.node, d.device, d.die) == d.id for d in fab.dies())
+        assert all(fab.domain_of(d) == d.node for d in fab.dies()[::7])
+    wide = Fabric(load_topology("gpu_cluster", {"nodes": 2}))
+    assert wide.die_id(0, 0) == "n00.gpu0"
+
+
+def test_roles_may_be_overridden_like_any_key():
+    """A what-if: the KV transfer over UB instead of RDMA is a key-path override of `roles.scale_out`."""
+    spec = load_topology("cloudmatrix384", {"nodes": 2, "roles.scale_out": "ub"})
+    assert spec.roles.scale_out == "ub" and spec.roles.scale_up == "ub"
+    with pytest.raises(TopologyError, match=r"`roles.scale_out` = 'nvlink' names no plane this file wires"):
+        load_topology("cloudmatrix384", {"nodes": 2, "roles.scale_out": "nvlink"})
+
+
+def test_disk_cache_key_follows_the_file(tmp_path, monkeypatch):
+    """The on-disk Fabric cache is keyed on the validated spec: editing a user's topology file (its roles
+    included) gives a new entry, and the in-process cache sees the file's new version."""
+    from cmtwin.topology import fabric as fabric_mod
+
+    monkeypatch.setenv("CMTWIN_CACHE_DIR", str(tmp_path / "cache"))
+    data = raw("single_host")
+    name = write(tmp_path, monkeypatch, data, "mine.yaml")
+    key = fabric_mod._disk_path(load_topology(name))
+    assert key == fabric_mod._disk_path(load_topology(name)), "the same file gives the same key"
+    first = get_fabric(name)
+    assert first.roles.scale_out == "host"
+    data["connections"].append({"plane": "lan", "from": "cpu", "to": "bus", "bandwidth_gbps": 100,
+                                "latency_us": 5.0, "source": "assumption: a test plane"})
+    data["roles"]["frontend"] = "lan"
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    stat = path.stat()
+    import os
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a distinct mtime on coarse clocks
+    edited = load_topology(name)
+    assert fabric_mod._disk_path(edited) != key, "an edited file gets its own cache entry"
+    second = get_fabric(name)
+    assert second is not first and second.roles.frontend == "lan" and "lan" in second.planes
+    assert len(list((tmp_path / "cache" / "fabric").glob("*.pickle"))) == 2
+    fabric_mod._cached_fabric.cache_clear()
+
+
 def test_gpu_cluster_port_limit():
     spec = load_topology("gpu_cluster", {"nodes": 40})
     with pytest.raises(TopologyError, match=r"leaf0 uses 72 ports, more than its 64"):
@@ -301,8 +360,26 @@ BAD_DICTS = [
      ["connections[2].pattern", "same_group", "groups == 7"]),
     ("params disagree", mutated("gpu_cluster", ["fabric", 0, "count"], 4),
      ["params.gpus_per_node", "fabric[0].count=4", "make them equal"]),
-    ("bad plane", mutated("gpu_cluster", ["connections", 0, "plane"], "nvlinc"),
-     ["connections[0].plane", "'nvlinc'", "use one of"]),
+    ("renamed plane, roles not", mutated("gpu_cluster", ["connections", 0, "plane"], "nvlinc"),
+     ["roles.scale_up", "'nvlink'", "names no plane this file wires", "nvlinc, ib"]),
+    ("missing roles", {k: v for k, v in raw("gpu_cluster").items() if k != "roles"},
+     ["`roles`", "(missing)", "nvlink, ib", "roles: {scale_up: nvlink"]),
+    ("missing role", mutated("cloudmatrix384", ["roles"], {"scale_up": "ub", "inter_node": "ub"}),
+     ["roles.scale_out", "(missing)", "KV transfer", "ub, rdma, vpc"]),
+    ("unknown role", mutated("gpu_cluster", ["roles", "scaleout"], "ib"),
+     ["roles.scaleout", "is no role", "did you mean `scale_out`", "scale_up, inter_node, scale_out, frontend"]),
+    ("role not a name", mutated("gpu_cluster", ["roles", "scale_out"], 3),
+     ["roles.scale_out", "= 3", "nvlink, ib"]),
+    ("role plane without dies", mutated("cloudmatrix384", ["roles", "scale_out"], "vpc"),
+     ["roles.scale_out", "'vpc'", "wires no die", "rdma, ub"]),
+    ("frontend without cpus", mutated("cloudmatrix384", ["roles", "frontend"], "rdma"),
+     ["roles.frontend", "'rdma'", "wires no cpu", "ub, vpc"]),
+    ("inter-node role on a node-local plane", mutated("gpu_cluster", ["roles", "inter_node"], "nvlink"),
+     ["roles.inter_node", "node_local", "2 nodes", "spans the nodes: ib"]),
+    ("d2d is reserved", mutated("single_host", ["connections", 0, "plane"], "d2d"),
+     ["connections[0].plane", "reserved", "die_to_die"]),
+    ("id prefix ending in a digit", mutated("gpu_cluster", ["node", "devices", "id_prefix"], "h100"),
+     ["node.devices.id_prefix", "'h100'"]),
     ("missing key", {k: v for k, v in raw("cloudmatrix384").items() if k != "node"}, ["`node`", "missing"]),
     ("nan latency", mutated("gpu_cluster", ["connections", 0, "latency_us"], float("nan")),
      ["connections[0].latency_us", "nan"]),

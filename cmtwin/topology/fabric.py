@@ -33,7 +33,7 @@ import networkx as nx
 from cmtwin.errors import TopologyError
 from cmtwin.paths import cache_dir
 from cmtwin.topology.graph import ENDPOINT_KINDS, build_graph, check_invariants, node_label
-from cmtwin.topology.schema import TopologySpec, load_topology
+from cmtwin.topology.schema import ROLES, PlaneRoles, TopologySpec, load_topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +171,29 @@ class Fabric:
     def dies_per_device(self) -> int:
         """Dies (ranks) per package."""
         return self.spec.node.devices.dies_per_device
+
+    @property
+    def roles(self) -> PlaneRoles:
+        """The plane of each role, as the topology file declares it: `.scale_up` (between the dies of a node),
+        `.inter_node` (between nodes), `.scale_out` (prefill -> decode KV transfer), `.frontend` (the CPUs'
+        front-end network, or None)."""
+        return self.spec.roles
+
+    def roles_of(self, plane: str) -> tuple[str, ...]:
+        """The roles `plane` plays, in the order scale_up, inter_node, scale_out, frontend (empty if none)."""
+        self._plane(plane)
+        return tuple(r for r in (*ROLES, "frontend") if getattr(self.spec.roles, r) == plane)
+
+    @property
+    def device_id_prefix(self) -> str:
+        """The stem of device ids: a die's id is n<node>.<prefix><device>[.d<die>] (see die_id)."""
+        return self.spec.node.devices.id_prefix
+
+    def die_id(self, node: int, device: int, die: int = 0) -> str:
+        """The id of die `die` of device `device` of node `node`: the topology's die-id scheme (n03.npu5.d1,
+        n03.gpu5), the node zero-padded to the width of the largest node number (at least two digits)."""
+        stem = f"{node_label(node, self.nodes)}.{self.device_id_prefix}{device}"
+        return stem + (f".d{die}" if self.dies_per_device > 1 else "")
 
     def dies(self) -> tuple[DieRef, ...]:
         """All dies, sorted by (node, device, die)."""

@@ -18,7 +18,7 @@ from collections import defaultdict
 import networkx as nx
 
 from cmtwin.errors import TopologyError
-from cmtwin.topology.schema import TopologySpec
+from cmtwin.topology.schema import D2D_PLANE, TopologySpec
 
 ENDPOINT_KINDS = ("die", "cpu")
 """Node kinds that send and receive traffic; switches only forward."""
@@ -107,7 +107,7 @@ def build_graph(spec: TopologySpec) -> nx.MultiDiGraph:
             for ids in groups["die"]:
                 for i, a in enumerate(ids):
                     for b in ids[i + 1 :]:
-                        link(a, b, "d2d", d2d.bandwidth_gbps, d2d.latency_us)
+                        link(a, b, D2D_PLANE, d2d.bandwidth_gbps, d2d.latency_us)
 
     for conn in spec.connections:
         if conn.from_ in fabric:
@@ -281,7 +281,7 @@ def check_invariants(graph: nx.MultiDiGraph, spec: TopologySpec) -> None:
                 fix="reduce the counts that link to this switch (nodes, links_per_pair), or add switches",
             )
     for plane, members in injection.items():
-        if plane == "d2d":  # joins the dies of one package only, by construction
+        if plane == D2D_PLANE:  # joins the dies of one package only, by construction
             continue
         local = plane in spec.node_local
         roots: dict[tuple, str] = {}

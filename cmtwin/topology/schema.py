@@ -37,17 +37,30 @@ MAX_DIRECTED_LINKS = 400_000
 MAX_ELEMENTS = 100_000
 """Largest graph built (dies, CPUs and switches); CloudMatrix384 has 1,410."""
 
-Plane = Literal["ub", "rdma", "vpc", "d2d", "nvlink", "ib", "host"]
-"""Link planes: Unified Bus, RoCE scale-out, VPC Ethernet, die-to-die, NVLink, InfiniBand, host bus."""
-
-ConnectionPlane = Literal["ub", "rdma", "vpc", "nvlink", "ib", "host"]
-"""Planes a connection rule may wire (d2d links come from `node.devices.die_to_die`)."""
-
 Count = Annotated[int, Strict()]
 Gbps = Annotated[float, Strict(), Field(gt=0, le=1e7)]
 Micros = Annotated[float, Strict(), Field(ge=0, le=1e6)]
 Ident = Annotated[str, Strict(), Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=32)]
 Text = Annotated[str, Strict(), Field(min_length=1, max_length=2000)]
+
+D2D_PLANE = "d2d"
+"""The plane of the on-package links between the dies of one device (built from `node.devices.die_to_die`);
+no connection rule may use the name."""
+
+Plane = Ident
+"""A link plane: any name the file chooses ("ub", "nvlink", "fabric_a"); what the twin does with a plane comes
+from `roles:`, never from its name."""
+
+ConnectionPlane = Ident
+"""Planes a connection rule may wire: any plane name except "d2d" (those links come from
+`node.devices.die_to_die`; _check_references refuses it)."""
+
+IdPrefix = Annotated[str, Strict(), Field(pattern=r"^[a-z](?:[a-z0-9_]*[a-z_])?$", max_length=32)]
+"""A device id stem: lowercase letters, digits and _, starting with a letter and not ending in a digit, so that
+the device number after it reads back unambiguously (n03.gpu5, never n03.a1005)."""
+
+ROLES = ("scale_up", "inter_node", "scale_out")
+"""The plane roles every topology file declares under `roles:` (PlaneRoles)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _PATH_PART_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
@@ -81,8 +94,10 @@ class DeviceSpec(_Sourced):
 
     name: Text
     """Product name, e.g. "Ascend 910C" or "H100 SXM"."""
-    id_prefix: Ident
-    """Stem of the device's node ids: "npu" gives n03.npu5.d1, "gpu" gives n03.gpu5."""
+    id_prefix: IdPrefix
+    """Stem of the device's node ids: "npu" gives n03.npu5.d1, "gpu" gives n03.gpu5 (the die-id scheme:
+    n<node>.<id_prefix><device>[.d<die>], the node zero-padded to at least two digits). It must not end in a
+    digit, so an id reads back as (node, device, die)."""
     count: Count = Field(ge=1, le=256)
     """Devices (packages) per node."""
     dies_per_device: Count = Field(default=1, ge=1, le=8)
@@ -181,6 +196,23 @@ class LinkSpec(_Sourced):
     """One-way latency, in microseconds."""
 
 
+class PlaneRoles(_Model):
+    """What each plane is for: the twin, the simulator and the TUI read these, never the plane names.
+
+    One plane may play several roles (CloudMatrix384's UB is scale-up and inter-node; a GPU cluster's
+    InfiniBand is inter-node and scale-out; a single host's bus is all three)."""
+
+    scale_up: Ident
+    """The plane between the dies of one node (the scale-up domain's fabric: UB, NVLink, a host bus)."""
+    inter_node: Ident
+    """The plane between dies of different nodes (UB across a supernode, InfiniBand between GPU servers)."""
+    scale_out: Ident
+    """The plane that carries the prefill -> decode KV transfer (RoCE RDMA on CloudMatrix384, InfiniBand)."""
+    frontend: Ident | None = None
+    """The host CPUs' front-end network (CloudMatrix384's VPC plane), used by `sim.ems_plane=vpc`; leave it out
+    where the CPUs have none."""
+
+
 class TopologySpec(_Sourced):
     """A validated topology file."""
 
@@ -198,6 +230,8 @@ class TopologySpec(_Sourced):
     """Switch groups above the nodes."""
     connections: tuple[ConnectionSpec, ...] = Field(min_length=1)
     """The wiring rules."""
+    roles: PlaneRoles
+    """Which plane is the scale-up, inter-node and scale-out plane (and the CPUs' front-end network)."""
     links: tuple[LinkSpec, ...] = ()
     """Explicit extra links between named elements."""
     non_blocking: tuple[ConnectionPlane, ...] = ()
@@ -257,6 +291,7 @@ def parse_topology(
     params = _check_params(data, origin)
     _apply_overrides(data, params, overrides or {}, origin)
     _check_params_agree(data, params, origin, overridden=bool(overrides))
+    _check_roles_given(data, origin)
     try:
         spec = TopologySpec.model_validate(data)
     except ValidationError as exc:
@@ -264,6 +299,7 @@ def parse_topology(
     spec._origin = origin
     _check_sources(spec, origin)
     _check_references(spec, origin)
+    _check_roles(spec, origin)
     _check_size(spec, origin)
     return spec
 
@@ -601,6 +637,8 @@ def _validation_error(exc: ValidationError, origin: str) -> TopologyError:
             fix = _FIXES.get(kind, "correct the value").format(**ctx)
         except (KeyError, IndexError):
             fix = _FIXES.get(kind, "correct the value")
+        if kind == "string_pattern_mismatch" and loc and loc[-1] == "id_prefix":
+            fix += ", not ending in a digit (the device number follows it: n03.gpu5)"
         problem = f"is invalid: {first['msg']}"
     value = "(missing)" if kind == "missing" else _short(first.get("input"))
     more = ""
@@ -736,6 +774,14 @@ def _check_references(spec: TopologySpec, origin: str) -> None:
                 key=f"{at}.pattern",
                 fix=f"set `groups: {n_from}` on `{conn.to}`, or use pattern `all`",
             )
+    for i, conn in enumerate(spec.connections):
+        if conn.plane == D2D_PLANE:
+            raise TopologyError(
+                f"Topology {origin}: key `connections[{i}].plane` = {D2D_PLANE!r} is reserved for the links "
+                "between the dies of one device.",
+                key=f"connections[{i}].plane",
+                fix="declare those links under `node.devices.die_to_die`, or give this plane another name",
+            )
     used = {c.plane for c in spec.connections}
     for field in ("non_blocking", "node_local"):
         for i, plane in enumerate(getattr(spec, field)):
@@ -745,6 +791,115 @@ def _check_references(spec: TopologySpec, origin: str) -> None:
                     key=f"{field}[{i}]",
                     fix=f"use one of the wired planes: {', '.join(sorted(used))}",
                 )
+
+
+_ROLE_MEANING = {
+    "scale_up": "the plane between the dies of one node",
+    "inter_node": "the plane between dies of different nodes",
+    "scale_out": "the plane carrying the prefill -> decode KV transfer",
+    "frontend": "the host CPUs' front-end network (optional)",
+}
+
+
+def _raw_planes(data: dict, from_: str | None = None) -> list[str]:
+    """Plane names the (not yet validated) file wires (only by connections `from` that element when given), in
+    order of first use, d2d excluded."""
+    out: list[str] = []
+    for key in ("connections",) if from_ else ("connections", "links"):
+        items = data.get(key)
+        for item in items if isinstance(items, list) else ():
+            if not isinstance(item, dict) or (from_ and item.get("from") != from_):
+                continue
+            plane = item.get("plane")
+            if isinstance(plane, str) and plane != D2D_PLANE and plane not in out:
+                out.append(plane)
+    return out
+
+
+def _roles_example(data: dict) -> str:
+    """A `roles:` line for this file: its first die plane for scale_up, its first and last die planes that span
+    the nodes for inter_node and scale_out."""
+    dies = _raw_planes(data, "die") or _raw_planes(data) or ["PLANE"]
+    local = data.get("node_local") if isinstance(data.get("node_local"), list) else []
+    spanning = [p for p in dies if p not in local] or dies
+    return f"roles: {{scale_up: {dies[0]}, inter_node: {spanning[0]}, scale_out: {spanning[-1]}}}"
+
+
+def _check_roles_given(data: dict, origin: str) -> None:
+    """`roles:` is present, a mapping of the known role keys, each naming a plane the file wires (plane names
+    carry no meaning of their own, so a missing or misspelt role is an error, never a guess)."""
+    planes = _raw_planes(data)
+    listing = ", ".join(planes) or "(none)"
+    roles = data.get("roles")
+    if roles is None:
+        raise TopologyError(
+            f"Topology {origin}: key `roles` = (missing): the file must declare which of its planes is the "
+            f"scale-up, inter-node and scale-out plane (the twin never guesses a role from a plane's name). "
+            f"Planes wired here: {listing}.",
+            key="roles",
+            fix=f"add `{_roles_example(data)}` (scale_up: {_ROLE_MEANING['scale_up']}; inter_node: "
+            f"{_ROLE_MEANING['inter_node']}; scale_out: {_ROLE_MEANING['scale_out']}), naming planes of this file",
+        )
+    if not isinstance(roles, dict):
+        raise TopologyError(
+            f"Topology {origin}: key `roles` = {_short(roles)} is not a mapping of role -> plane. "
+            f"Planes wired here: {listing}.",
+            key="roles",
+            fix=f"write `{_roles_example(data)}`",
+        )
+    for key, value in roles.items():
+        if key not in _ROLE_MEANING:
+            close = difflib.get_close_matches(str(key), list(_ROLE_MEANING), n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise TopologyError(
+                f"Topology {origin}: key `roles.{key}` = {_short(value)} is no role{hint}. Roles: "
+                f"{', '.join(_ROLE_MEANING)}; planes wired here: {listing}.",
+                key=f"roles.{key}",
+                fix=f"use one of the role keys: {', '.join(_ROLE_MEANING)}",
+            )
+    for key in (*ROLES, "frontend"):
+        value = roles.get(key)
+        if value is None and key == "frontend":
+            continue
+        what = "(missing)" if key not in roles else _short(value)
+        if value is None or not isinstance(value, str) or value not in planes:
+            problem = "is missing" if key not in roles else "names no plane this file wires"
+            raise TopologyError(
+                f"Topology {origin}: key `roles.{key}` = {what} {problem} ({_ROLE_MEANING[key]}). "
+                f"Planes wired here: {listing}.",
+                key=f"roles.{key}",
+                fix=f"set `roles.{key}` to one of: {listing}",
+            )
+
+
+def _check_roles(spec: TopologySpec, origin: str) -> None:
+    """Each role's plane reaches the endpoints the role needs: dies for scale_up, inter_node and scale_out
+    (and two nodes for the last two), CPUs for frontend."""
+    from_die = {c.plane for c in spec.connections if c.from_ == "die"}
+    from_cpu = {c.plane for c in spec.connections if c.from_ == "cpu"}
+    linked = {link.plane for link in spec.links}
+    roles = spec.roles
+    for key in (*ROLES, "frontend"):
+        plane = getattr(roles, key)
+        if plane is None:
+            continue
+        ends, kind = (from_cpu, "cpu") if key == "frontend" else (from_die, "die")
+        if plane not in ends and plane not in linked:
+            valid = ", ".join(sorted(ends)) or "(none)"
+            raise TopologyError(
+                f"Topology {origin}: key `roles.{key}` = {plane!r} names a plane that wires no {kind} "
+                f"({_ROLE_MEANING[key]} must reach the {kind}s). Planes with a `from: {kind}` connection: {valid}.",
+                key=f"roles.{key}",
+                fix=f"set `roles.{key}` to one of: {valid}, or wire the {kind}s to plane {plane}",
+            )
+        if key in ("inter_node", "scale_out") and spec.nodes > 1 and plane in spec.node_local:
+            valid = ", ".join(sorted(p for p in from_die if p not in spec.node_local)) or "(none)"
+            raise TopologyError(
+                f"Topology {origin}: key `roles.{key}` = {plane!r} names a `node_local` plane, which joins no "
+                f"two of the {spec.nodes} nodes ({_ROLE_MEANING[key]}).",
+                key=f"roles.{key}",
+                fix=f"set `roles.{key}` to a plane that spans the nodes: {valid}",
+            )
 
 
 def expected_directed_links(spec: TopologySpec) -> int:
