@@ -14,12 +14,12 @@ class SimSpec(Frozen):
 
     duration_s: float = Field(default=300.0, gt=0)
     """Simulated seconds of traffic (the default leaves a steady window after the warm-up on the shipped deployments,
-    whose requests live 30-55 s)."""
+    whose requests live about 20-50 s)."""
     seed: int = Field(default=0, ge=0)
     """Random seed of arrivals and lengths."""
     warmup_s: float | None = Field(default=None, ge=0)
     """Requests arriving before this simulated time are left out of the metrics (default: 10% of duration_s; 0 for an
-    offline batch). It should cover the decode pool's filling, about one request's life (30-55 s on the shipped
+    offline batch). It should cover the decode pool's filling, about one request's life (about 20-50 s on the shipped
     deployments); the steady-state verdict says when it did not."""
     drain: bool = False
     """After duration_s, stop arrivals and run until every request has completed."""
