@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from cmtwin.errors import ConfigError
+
 
 def _grid(lo: int, hi: int, n: int) -> list[int]:
     """About n integers from lo to hi (both included), geometrically spaced, unique, sorted."""
@@ -144,14 +146,17 @@ class PrefillTable:
 class FetchCost:
     """Time (µs) to bring `nbytes` of cached KV from the EMS pool into one prefill instance's dies.
 
-    ub: every die reads its share from a remote CPU's DRAM over the Unified Bus (comm.p2p, plane ub);
-    vpc: the owning node's CPU sends over the VPC plane to the instance's node CPU (one card per node), which
-    hands it to the dies over UB. SSD-tier blocks are first read at the nodes' SSD bandwidth.
+    `plane` is `sim.ems_plane`. "ub": every die reads its share from a remote CPU's DRAM over the fabric's
+    inter-node plane (comm.p2p; UB on CloudMatrix384); "vpc": the owning node's CPU sends over the front-end
+    plane (`roles.frontend`, the VPC network) to the instance's node CPU (one card per node), which hands it to
+    the dies over the scale-up plane. The planes are the topology's declared roles, never names. SSD-tier
+    blocks are first read at the nodes' SSD bandwidth.
     """
 
     def __init__(self, hw, fabric, *, dies: list[str], plane: str, ssd_gbps: float, nodes_total: int):
         from cmtwin.twin import comm
 
+        roles = fabric.roles
         cpus = list(fabric.cpus())
         die0 = dies[0]
         node0 = fabric.domain_of(die0)
@@ -167,14 +172,23 @@ class FetchCost:
 
         self.dies = len(dies)
         self.nodes = max(1, len({fabric.domain_of(d) for d in dies}))
-        self.ub_lat, self.ub_slope = line(remote.id, die0, "ub")
+        # the near leg (CPU DRAM -> the dies): a remote CPU's pool across nodes, or the local CPU within the node
+        self.ub_lat, self.ub_slope = line(remote.id, die0, roles.inter_node)
         self.plane = plane
         if plane == "vpc":
-            # the VPC card hangs off one CPU per node (the topology says which): find the ones with a vpc route
-            remote0 = next(c for c in cpus if c.node == remote.node and _has_vpc(fabric, c.id))
-            local0 = next(c for c in cpus if c.node == node0 and _has_vpc(fabric, c.id))
-            self.vpc_lat, self.vpc_slope = line(remote0.id, local0.id, "vpc")
-            self.ub_lat, self.ub_slope = line(local0.id, die0, "ub")
+            front = roles.frontend
+            if front is None:
+                raise ConfigError(
+                    f"sim.ems_plane = 'vpc' but topology {fabric.name} declares no front-end plane "
+                    "(`roles.frontend`) for its CPUs.",
+                    key="sim.ems_plane",
+                    fix="use sim.ems_plane=ub, or declare `roles.frontend: <plane>` in the topology file",
+                )
+            # the front-end card hangs off one CPU per node (the topology says which): the ones wired to it
+            remote0 = next(c for c in cpus if c.node == remote.node and _on_plane(fabric, c.id, front))
+            local0 = next(c for c in cpus if c.node == node0 and _on_plane(fabric, c.id, front))
+            self.vpc_lat, self.vpc_slope = line(remote0.id, local0.id, front)
+            self.ub_lat, self.ub_slope = line(local0.id, die0, roles.scale_up)
         self.ssd_bytes_per_us = ssd_gbps / 8 * 1e9 / 1e6 * max(1, nodes_total)
 
     def us(self, nbytes: float, ssd_bytes: float = 0.0) -> float:
@@ -188,9 +202,9 @@ class FetchCost:
         return t
 
 
-def _has_vpc(fabric, cpu_id: str) -> bool:
+def _on_plane(fabric, cpu_id: str, plane: str) -> bool:
     try:
-        return fabric.injection_gbps(cpu_id, "vpc") > 0
+        return fabric.injection_gbps(cpu_id, plane) > 0
     except Exception:  # noqa: BLE001 - the fabric raises its own error type for an endpoint off the plane
         return False
 

@@ -1,19 +1,24 @@
 """Communication time on the topology graph (rule 4 of the twin).
 
 A collective is a set of flows. For one representative rank of a symmetric group, the bytes it sends to
-peers on its own node travel on the intra-node plane, the rest on the inter-node plane; each plane's share
+peers on its own node travel on the scale-up plane, the rest on the inter-node plane (the planes the topology
+file declares under `roles:`; a plane's name means nothing here); each plane's share
 of the time is bytes / (achievable fraction x the rank's injection bandwidth on that plane), the planes run
 in parallel, and the path latency of the farthest peer is added. Link sharing beyond the rank's own links
 (node uplinks) comes from the fabric's cut figures. The achievable fractions and fixed costs of real
 kernels are calibrated on operator tables (cmtwin/twin/calibration.py) and live in the hardware profile's
-`collectives:` section, each with its source.
+`collectives:` section, each with its source. A plane's efficiency for a kind is looked up under the roles the
+plane plays (`efficiency_scale_up`, `efficiency_inter_node`, `efficiency_scale_out`, in that order), then under
+the plane's own name (`efficiency_ub`); a profile naming only planes this fabric lacks is refused (ConfigError)
+rather than silently run at the full link rate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
+from cmtwin.errors import ConfigError
 from cmtwin.twin.hardware import HardwareProfile
 
 
@@ -29,20 +34,16 @@ class CommTime:
 
 @dataclass(frozen=True)
 class Planes:
-    intra: str  # plane between dies of one node
-    inter: str  # plane between nodes (scale-up domain, or scale-out)
-    scale_out: str  # plane for prefill->decode KV transfer
+    intra: str  # the scale-up plane: between dies of one node
+    inter: str  # the inter-node plane: between nodes (the scale-up plane again on a supernode, or scale-out)
+    scale_out: str  # the plane for the prefill->decode KV transfer
 
 
+@cache
 def planes(fabric) -> Planes:
-    """Which planes a fabric offers: UB everywhere on CM384; NVLink inside a node and IB across on GPUs."""
-    ps = fabric.planes
-    if "ub" in ps:
-        return Planes("ub", "ub", "rdma" if "rdma" in ps else "ub")
-    if "nvlink" in ps:
-        return Planes("nvlink", "ib" if "ib" in ps else "nvlink", "ib" if "ib" in ps else "nvlink")
-    p = sorted(ps)[0]
-    return Planes(p, p, p)
+    """The planes the fabric's topology file declares for each role (`roles:`); no name is interpreted."""
+    roles = fabric.roles
+    return Planes(roles.scale_up, roles.inter_node, roles.scale_out)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class GroupShape:
     intra_latency_us: float
     inter_latency_us: float
     planes: Planes
+    fabric: object = field(default=None, compare=False, repr=False)  # whose roles name the planes
 
 
 @cache
@@ -79,6 +81,7 @@ def _group_shape_cached(fabric, die_ids: tuple[str, ...]) -> GroupShape:
         intra_latency_us=intra_lat,
         inter_latency_us=inter_lat,
         planes=pl,
+        fabric=fabric,
     )
 
 
@@ -86,10 +89,51 @@ def group_shape(fabric, die_ids) -> GroupShape:
     return _group_shape_cached(fabric, tuple(die_ids))
 
 
+def _entry(hw: HardwareProfile, kind: str) -> dict:
+    return hw.collectives.get(kind) or hw.collectives.get("p2p") or {}
+
+
 def _cal(hw: HardwareProfile, kind: str, key: str, default: float) -> float:
-    entry = hw.collectives.get(kind) or hw.collectives.get("p2p") or {}
-    v = entry.get(key)
+    v = _entry(hw, kind).get(key)
     return v.value if v is not None else default
+
+
+@cache
+def _efficiency_keys(fabric, plane: str) -> tuple[str, ...]:
+    """Profile keys that may hold `plane`'s efficiency, in order: by each role it plays, then by its name."""
+    return (*(f"efficiency_{r}" for r in fabric.roles_of(plane)), f"efficiency_{plane}")
+
+
+def _eff(hw: HardwareProfile, fabric, kind: str, plane: str) -> float:
+    """The achievable fraction of `plane`'s link bandwidth for collective `kind` (1.0 when the profile gives
+    none for it, which is legal: an optimistic bound)."""
+    entry = _entry(hw, kind)
+    for key in _efficiency_keys(fabric, plane):
+        v = entry.get(key)
+        if v is not None:
+            return v.value
+    _refuse_foreign_keys(hw, fabric, kind, entry, plane)
+    return 1.0
+
+
+def _refuse_foreign_keys(hw: HardwareProfile, fabric, kind: str, entry: dict, plane: str) -> None:
+    """An efficiency keyed by a plane this fabric does not have (a profile written for other plane names) would
+    otherwise be dropped silently and the plane run at its full link rate."""
+    known = {f"efficiency_{r}" for r in type(fabric.roles).model_fields} | {f"efficiency_{p}" for p in fabric.planes}
+    foreign = sorted(k for k in entry if k.startswith("efficiency_") and k not in known)
+    if not foreign:
+        return
+    which = kind if kind in hw.collectives else "p2p"
+    roles = fabric.roles_of(plane)
+    want = f"efficiency_{roles[0]}" if roles else f"efficiency_{plane}"
+    raise ConfigError(
+        f"hardware profile {hw.name}: `collectives.{which}` gives {', '.join(foreign)}, but topology "
+        f"{fabric.name} has no such plane or role (its planes: {', '.join(fabric.planes)}; plane {plane} is "
+        f"{' and '.join(roles) or 'in no role'}), so its efficiency on {plane} would silently be 1.0.",
+        key=f"hardware.collectives.{which}",
+        fix=f"key the efficiencies by role (`{want}`, efficiency_scale_up, efficiency_inter_node, "
+        "efficiency_scale_out), which holds on any plane names, or by this topology's plane names",
+    )
 
 
 def _spread_time(hw: HardwareProfile, g: GroupShape, kind: str, send_bytes: float) -> tuple[float, str]:
@@ -100,10 +144,10 @@ def _spread_time(hw: HardwareProfile, g: GroupShape, kind: str, send_bytes: floa
     inter_b = send_bytes * (g.size - 1 - g.same_node) / g.size
     pi, po = g.planes.intra, g.planes.inter
     if pi == po:
-        bw = g.intra_gbps / 8 * 1e9 * _cal(hw, kind, f"efficiency_{pi}", 1.0)
+        bw = g.intra_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, pi)
         return (intra_b + inter_b) / bw * 1e6, pi
-    t_in = intra_b / (g.intra_gbps / 8 * 1e9 * _cal(hw, kind, f"efficiency_{pi}", 1.0)) * 1e6 if intra_b else 0.0
-    t_out = inter_b / (g.inter_gbps / 8 * 1e9 * _cal(hw, kind, f"efficiency_{po}", 1.0)) * 1e6 if inter_b else 0.0
+    t_in = intra_b / (g.intra_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, pi)) * 1e6 if intra_b else 0.0
+    t_out = inter_b / (g.inter_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, po)) * 1e6 if inter_b else 0.0
     return (t_in, pi) if t_in >= t_out else (t_out, po)
 
 
@@ -154,5 +198,5 @@ def all_reduce(hw: HardwareProfile, fabric, die_ids, *, nbytes: float, name: str
 def p2p(hw: HardwareProfile, fabric, src: str, dst: str, *, nbytes: float, plane: str, name: str = "p2p") -> CommTime:
     """One transfer of nbytes between two endpoints on a plane."""
     r = fabric.route(src, dst, plane)
-    bw = fabric.injection_gbps(src, plane) / 8 * 1e9 * _cal(hw, "p2p", f"efficiency_{plane}", 1.0)
+    bw = fabric.injection_gbps(src, plane) / 8 * 1e9 * _eff(hw, fabric, "p2p", plane)
     return CommTime(name, nbytes / bw * 1e6 + r.latency_us, nbytes, f"comm:{plane}")

@@ -1,0 +1,187 @@
+"""Fabric roles are declared, not guessed (issue 18, item 3): a user's own topology whose planes carry other
+names than the shipped ones (ub -> fabric_a, rdma -> fabric_b, vpc -> fabric_c; nvlink -> scaleup,
+ib -> scaleout), with its `roles:` declared accordingly and selected the way a user selects one
+(./cmtwin_conf/topology/<name>.yaml pointing at a file in the working directory), predicts exactly what the
+shipped topology predicts, plane names in the bound labels aside; a missing role is a clear exit-2 error.
+
+Collective efficiencies in a hardware profile are found under the role a plane plays (efficiency_scale_up,
+...) before the plane's own name (efficiency_ub, which the shipped profiles use). The tests derive a
+role-keyed copy of each shipped profile, check it predicts exactly what the shipped profile predicts on the
+shipped topology, and then use it on the renamed one; a plane-keyed profile on the renamed fabric is refused
+(it would otherwise run every plane at its full link rate)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cmtwin.cli.main import main
+from cmtwin.paths import conf_dir, topologies_dir
+
+CM384 = {"ub": "fabric_a", "rdma": "fabric_b", "vpc": "fabric_c"}
+GPU = {"nvlink": "scaleup", "ib": "scaleout"}
+
+# deployment -> (shipped topology option, its renamed copy, plane renames, hardware profile)
+CASES = {
+    "r1_ep320": ("cloudmatrix384", "cm384_renamed", CM384, "ascend_910c"),
+    "r1_h800_ep144": ("h800_cluster", "h800_renamed", GPU, "h800_sxm"),
+}
+
+
+def _rename_planes(data: dict, names: dict[str, str]) -> dict:
+    """A topology file with its planes renamed everywhere a plane is named (roles included)."""
+    out = yaml.safe_load(yaml.safe_dump(data))
+    for conn in out["connections"]:
+        conn["plane"] = names.get(conn["plane"], conn["plane"])
+    for link in out.get("links") or ():
+        link["plane"] = names.get(link["plane"], link["plane"])
+    for key in ("non_blocking", "node_local"):
+        if key in out:
+            out[key] = [names.get(p, p) for p in out[key]]
+    out["roles"] = {role: names.get(p, p) for role, p in out["roles"].items()}
+    out["name"] = out["name"] + "_renamed"
+    return out
+
+
+def _role_keyed_profile(hardware: str, topology_option: str) -> dict:
+    """The shipped profile with each `efficiency_<plane>` renamed `efficiency_<first role of the plane>` on the
+    shipped topology (a no-op once the shipped profiles are keyed by role)."""
+    from cmtwin.topology.fabric import freeze_overrides, get_fabric
+
+    option = yaml.safe_load((conf_dir() / "topology" / f"{topology_option}.yaml").read_text())
+    fabric = get_fabric(option["file"], freeze_overrides(option.get("params") or {}))
+    prof = yaml.safe_load((conf_dir() / "hardware" / f"{hardware}.yaml").read_text())
+    for kind, entries in (prof.get("collectives") or {}).items():
+        renamed = {}
+        for key, value in entries.items():
+            plane = key.removeprefix("efficiency_")
+            if key.startswith("efficiency_") and plane in fabric.planes and fabric.roles_of(plane):
+                key = f"efficiency_{fabric.roles_of(plane)[0]}"
+            assert key not in renamed, f"{hardware}: two planes give {key}"
+            renamed[key] = value
+        prof["collectives"][kind] = renamed
+    prof["name"] = f"{hardware}_roles"
+    return prof
+
+
+def _user_conf(workdir: Path, deployment: str, *, roles: bool = True) -> tuple[str, str]:
+    """Write the renamed topology (file + option) and the role-keyed profile under ./cmtwin_conf; return the
+    topology option's and the profile's names."""
+    shipped, renamed, names, hardware = CASES[deployment]
+    option = yaml.safe_load((conf_dir() / "topology" / f"{shipped}.yaml").read_text())
+    data = _rename_planes(yaml.safe_load((topologies_dir() / f"{option['file']}.yaml").read_text()), names)
+    if not roles:
+        del data["roles"]
+    for folder in ("topologies", "topology", "hardware"):
+        (workdir / "cmtwin_conf" / folder).mkdir(parents=True, exist_ok=True)
+    (workdir / "cmtwin_conf" / "topologies" / f"{renamed}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (workdir / "cmtwin_conf" / "topology" / f"{renamed}.yaml").write_text(yaml.safe_dump({
+        "name": renamed, "file": f"cmtwin_conf/topologies/{renamed}.yaml", "params": option.get("params") or {},
+    }, sort_keys=False))
+    prof = _role_keyed_profile(hardware, shipped)
+    (workdir / "cmtwin_conf" / "hardware" / f"{prof['name']}.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    return renamed, prof["name"]
+
+
+def _prediction(overrides: list[str]):
+    from cmtwin.config.compose import load_spec
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.twin.predict import predict
+
+    spec, _ = load_spec(overrides)
+    plan = compile_plan(spec)
+    return spec, plan, predict(spec, plan)
+
+
+def _figures(pred, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """What is compared: the printed prefill/decode figures, bottleneck and notes, and every breakdown row with
+    its unrounded time; plane names mapped back to the shipped ones (`comm:fabric_a` -> `comm:ub`)."""
+    back = {new: old for old, new in (names or {}).items()}
+
+    def unname(value: Any) -> Any:
+        if isinstance(value, str) and back:
+            return re.sub(r"\b(" + "|".join(map(re.escape, back)) + r")\b", lambda m: back[m.group(1)], value)
+        if isinstance(value, dict):
+            return {k: unname(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [unname(v) for v in value]
+        return value
+
+    doc = pred.to_dict()
+    rows = [(r.phase, r.stream, r.operator, r.time_us, r.bound, r.calls) for r in pred.breakdown]
+    return unname({"prefill": doc["prefill"], "decode": doc["decode"], "bottleneck": doc["bottleneck"],
+                   "notes": doc["notes"], "breakdown": doc["breakdown"], "rows": rows})
+
+
+@pytest.mark.parametrize("deployment", sorted(CASES))
+def test_renamed_planes_predict_exactly_as_the_shipped_fabric(deployment, workdir):
+    shipped, _, names, hardware = CASES[deployment]
+    topology, profile = _user_conf(workdir, deployment)
+    _, _, reference = _prediction([f"+deployment={deployment}"])
+    base = _figures(reference)
+    assert base["rows"], "a prediction has a breakdown"
+
+    # the role-keyed profile is the shipped one, re-keyed: same figures on the shipped fabric
+    _, _, same = _prediction([f"+deployment={deployment}", f"hardware={profile}"])
+    assert _figures(same) == base
+
+    spec, plan, renamed = _prediction([f"+deployment={deployment}", f"topology={topology}", f"hardware={profile}"])
+    from cmtwin.planner.plan import fabric_for
+    from cmtwin.twin import comm
+
+    assert _figures(renamed, names) == base
+    assert [d.die for d in plan.dies] == [d.die for d in compile_plan_of(deployment).dies]
+    fabric = fabric_for(spec)
+    assert set(names.values()) <= set(fabric.planes) and not set(names) & set(fabric.planes)
+    pl = comm.planes(fabric)
+    shipped_pl = comm.planes(fabric_for(_prediction([f"+deployment={deployment}"])[0]))
+    assert (pl.intra, pl.inter, pl.scale_out) == tuple(names[p] for p in
+                                                       (shipped_pl.intra, shipped_pl.inter, shipped_pl.scale_out))
+
+
+def compile_plan_of(deployment: str):
+    from cmtwin.config.compose import load_spec
+    from cmtwin.planner.plan import compile_plan
+
+    return compile_plan(load_spec([f"+deployment={deployment}"])[0])
+
+
+def test_ems_fetch_reads_the_declared_planes(workdir):
+    """The simulator's EMS fetch over the inter-node plane and over the front-end plane costs the same on the
+    renamed CloudMatrix384 as on the shipped one."""
+    from cmtwin.planner.plan import fabric_for
+    from cmtwin.sim.tables import FetchCost
+
+    topology, profile = _user_conf(workdir, "r1_ep320")
+    costs = []
+    for overrides in ([], [f"topology={topology}"]):
+        spec, plan, _ = _prediction(["+deployment=r1_ep320", f"hardware={profile}", *overrides])
+        fab = fabric_for(spec)
+        dies = list(plan.die_ids("prefill", 0))
+        nbytes = 64 * plan.caching.block_bytes
+        costs.append([FetchCost(spec.hardware, fab, dies=dies, plane=p, ssd_gbps=50, nodes_total=48).us(nbytes)
+                      for p in ("ub", "vpc")])
+    assert costs[0] == costs[1] and costs[0][0] < costs[0][1]
+
+
+def test_a_plane_keyed_profile_on_renamed_planes_is_refused_not_run_at_line_rate(workdir, capsys):
+    topology, _ = _user_conf(workdir, "r1_h800_ep144")
+    assert main(["plan", "+deployment=r1_h800_ep144", f"topology={topology}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "hardware profile h800_sxm" in err and "efficiency_ib, efficiency_nvlink" in err
+    assert "scaleout, scaleup" in err and "efficiency_scale_up" in err and "Traceback" not in err
+
+
+def test_a_missing_role_is_a_clear_exit_2_error(workdir, capsys):
+    topology, profile = _user_conf(workdir, "r1_ep320", roles=False)
+    assert main(["plan", "+deployment=r1_ep320", f"topology={topology}", f"hardware={profile}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error:") and "Traceback" not in err
+    assert "cmtwin_conf/topologies/cm384_renamed.yaml" in err
+    assert "key `roles` = (missing)" in err
+    assert "Planes wired here: fabric_a, fabric_b, fabric_c" in err
+    assert "Fix: add `roles: {scale_up: fabric_a, inter_node: fabric_a, scale_out: fabric_b}`" in err
