@@ -185,3 +185,28 @@ def test_a_missing_role_is_a_clear_exit_2_error(workdir, capsys):
     assert "key `roles` = (missing)" in err
     assert "Planes wired here: fabric_a, fabric_b, fabric_c" in err
     assert "Fix: add `roles: {scale_up: fabric_a, inter_node: fabric_a, scale_out: fabric_b}`" in err
+
+
+def test_the_tui_lays_out_the_declared_nodes_and_ids(workdir):
+    """The plan carries what the topology declares (devices per node, the die-id stem) and the TUI's map reads
+    it: no 8-per-node and no hardware-name assumption. A fabric of 4-device nodes with id stem `acc_`, whose plan
+    uses 2 devices of each node, shows 4 rows; a pools-only record rebuilds ids in the same scheme."""
+    from cmtwin.tui.data import describe_device, supernode_map
+
+    topology, profile = _user_conf(workdir, "r1_h800_ep144")
+    spec, plan, _ = _prediction(["+deployment=r1_h800_ep144", f"topology={topology}", f"hardware={profile}"])
+    doc = plan.to_dict()
+    assert (doc["devices_per_node"], doc["device_id_prefix"]) == (8, "gpu")
+
+    fake = {"devices_total": 12, "dies_per_device": 1, "devices_per_node": 4, "device_id_prefix": "acc_",
+            "pools": [{"role": "decode", "instance": 0, "devices": 4, "nodes": [0, 1]}],
+            "dies": [{"die": f"n0{n}.acc_{d}", "role": "decode", "instance": 0, "rank": 2 * n + d}
+                     for n in (0, 1) for d in (0, 1)]}
+    grid = supernode_map(fake)
+    assert (grid.kind, grid.nodes, grid.per_node) == ("acc_", 3, 4)
+    assert grid.role_counts() == {"decode": 4, "idle": 8}
+    assert describe_device(grid.cell(2, 3), grid.kind) == ["node 02 acc_3: idle (no role in this plan)"]
+    pools_only = supernode_map({k: v for k, v in fake.items() if k != "dies"})
+    assert (pools_only.kind, pools_only.nodes, pools_only.per_node) == ("acc_", 3, 4)
+    assert [d.die for d in pools_only.cell(0, 3).dies] == ["n00.acc_3"]  # a pool fills its nodes in order
+    assert pools_only.cell(1, 0).role == "idle"

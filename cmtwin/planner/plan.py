@@ -105,6 +105,8 @@ class Plan:
     dies: tuple[DieRole, ...]
     caching: CachingPool | None
     kv_routes: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # prefill inst -> (first, step, count) of decode ranks
+    devices_per_node: int = 0  # as the topology declares (node.devices.count); the TUI's grid width
+    device_id_prefix: str = ""  # the topology's die-id stem (n03.npu5.d1: "npu")
 
     def pools_of(self, role: str) -> list[Pool]:
         return [p for p in self.pools if p.role == role]
@@ -138,6 +140,8 @@ class Plan:
             "devices_total": self.devices_total,
             "devices_used": self.devices_used,
             "dies_per_device": self.dies_per_device,
+            "devices_per_node": self.devices_per_node,
+            "device_id_prefix": self.device_id_prefix,
             "pools": [p.to_dict() for p in self.pools],
             "caching": self.caching.to_dict() if self.caching else None,
             "kv_routes": {str(k): {"decode_rank_first": a, "step": b, "count": c}
@@ -294,4 +298,6 @@ def compile_plan(spec: Spec) -> Plan:
         dies=tuple(roles),
         caching=caching,
         kv_routes=kv_routes,
+        devices_per_node=fabric.devices_per_node,
+        device_id_prefix=fabric.device_id_prefix,
     )

@@ -206,7 +206,9 @@ def run_matches(run: RunSummary, needle: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------ plans
 
-_DIE_ID = re.compile(r"^n(?P<node>\d+)\.(?P<kind>[a-z]+)(?P<device>\d+)(?:\.d(?P<die>\d+))?$")
+# The topology's die-id scheme (cmtwin/topology/graph.py): n<node>.<id_prefix><device>[.d<die>]; an id_prefix is
+# lowercase letters, digits and _, never ending in a digit, so the device number reads back unambiguously.
+_DIE_ID = re.compile(r"^n(?P<node>\d+)\.(?P<kind>[a-z][a-z0-9_]*?)(?P<device>\d+)(?:\.d(?P<die>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ class DeviceCell:
 class SupernodeMap:
     """The plan's devices on a nodes x devices-per-node grid."""
 
-    kind: str  # 'npu' or 'gpu'
+    kind: str  # the device id stem the topology declares (its id_prefix: 'npu', 'gpu', ...)
     nodes: int
     per_node: int
     cells: tuple[tuple[DeviceCell, ...], ...]  # cells[node][device]
@@ -277,18 +279,41 @@ def _die_memory(plan: Mapping[str, Any], die: Mapping[str, Any]) -> Mapping[str,
     return None
 
 
-def supernode_map(plan: Mapping[str, Any]) -> SupernodeMap:
-    """Place every die of `plan` (ids like n03.npu5.d1 or n03.gpu5) on the nodes x devices grid.
+def _declared_layout(plan: Mapping[str, Any]) -> tuple[int, str | None]:
+    """(devices per node, device id prefix) as the plan's topology declares them (`node.devices.count` and
+    `.id_prefix`, carried by the plan); (0, None) for a run recorded before plans carried them."""
+    per_node = plan.get("devices_per_node")
+    prefix = plan.get("device_id_prefix")
+    return (int(per_node) if isinstance(per_node, int) and per_node > 0 else 0,
+            prefix if isinstance(prefix, str) and prefix else None)
 
-    The grid spans all `devices_total` devices of the topology (48 x 8 on CloudMatrix384), so unused
-    devices show as idle.
+
+def _pool_devices_per_node(plan: Mapping[str, Any]) -> int:
+    """The most devices any pool holds per node it spans: a lower bound on a node's devices, for runs recorded
+    before plans declared `devices_per_node`."""
+    best = 0
+    for pool in plan.get("pools") or []:
+        nodes = len(pool.get("nodes") or ())
+        if nodes:
+            best = max(best, -(-int(pool.get("devices") or 0) // nodes))
+    return best
+
+
+def supernode_map(plan: Mapping[str, Any]) -> SupernodeMap:
+    """Place every die of `plan` (ids in the topology's scheme, like n03.npu5.d1 or n03.gpu5) on the nodes x
+    devices grid.
+
+    The grid spans all `devices_total` devices of the topology (48 x 8 on CloudMatrix384), so unused devices
+    show as idle. Its width is the devices per node the plan's topology declares; a run recorded before plans
+    carried that shows the widest node its dies (or pools) occupy.
     """
     placed: dict[tuple[int, int], list[DieCell]] = {}
-    kind, per_node, max_node = "npu", 0, -1
+    declared, prefix = _declared_layout(plan)
+    kind, per_node, max_node = prefix or _fallback_prefix(plan), 0, -1
     dies = plan.get("dies") or []
     note = ""
     if not dies and plan.get("pools"):
-        dies = _dies_from_pools(plan)
+        dies = _dies_from_pools(plan, declared or _pool_devices_per_node(plan), kind)
         note = "roles from the pools (this run stored no per-die placement)"
     for die in dies:
         m = _DIE_ID.match(str(die.get("die", "")))
@@ -309,7 +334,8 @@ def supernode_map(plan: Mapping[str, Any]) -> SupernodeMap:
                 memory=_die_memory(plan, die),
             )
         )
-    per_node = max(per_node, 8) if placed else 0  # a node holds 8 NPUs/GPUs unless the ids say more
+    if placed:
+        per_node = max(per_node, declared or _pool_devices_per_node(plan))
     total = int(plan.get("devices_total") or 0)
     nodes = max(max_node + 1, -(-total // per_node) if per_node else 0)
     cells = tuple(
@@ -318,19 +344,27 @@ def supernode_map(plan: Mapping[str, Any]) -> SupernodeMap:
     return SupernodeMap(kind=kind, nodes=nodes, per_node=per_node, cells=cells, note=note)
 
 
-def _dies_from_pools(plan: Mapping[str, Any], per_node: int = 8) -> list[dict[str, Any]]:
+def _fallback_prefix(plan: Mapping[str, Any]) -> str:
+    """The device id stem for a run recorded before plans carried `device_id_prefix`: the shipped topologies'
+    (npu for packages of several dies, gpu for one)."""
+    return "npu" if int(plan.get("dies_per_device") or 1) > 1 else "gpu"
+
+
+def _dies_from_pools(plan: Mapping[str, Any], per_node: int, prefix: str) -> list[dict[str, Any]]:
     """Dies of a plan that kept only its pools (role, node list, device count): each pool's devices fill its
-    nodes in order. Ranks and experts are unknown (None / empty)."""
+    nodes in order, `per_node` to a node, with ids in the topology's scheme (n<node>.<prefix><device>[.d<die>]).
+    Ranks and experts are unknown (None / empty)."""
     per_device = int(plan.get("dies_per_device") or 1)
-    kind = "npu" if per_device > 1 or "ascend" in str(plan.get("hardware", "")) else "gpu"
+    total = int(plan.get("devices_total") or 0)
+    width = max(2, len(str(max(0, -(-total // per_node) - 1)))) if per_node else 2  # graph.node_label's padding
     dies: list[dict[str, Any]] = []
     for pool in plan.get("pools") or []:
         left = int(pool.get("devices") or 0)
         for node in pool.get("nodes") or []:
             for device in range(min(per_node, left)):
                 for k in range(per_device):
-                    suffix = f".d{k}" if kind == "npu" else ""
-                    dies.append({"die": f"n{int(node):02d}.{kind}{device}{suffix}", "role": pool.get("role"),
+                    suffix = f".d{k}" if per_device > 1 else ""
+                    dies.append({"die": f"n{int(node):0{width}d}.{prefix}{device}{suffix}", "role": pool.get("role"),
                                  "instance": pool.get("instance"), "rank": None, "ep_rank": None, "experts": [],
                                  "shared": False})
             left -= min(per_node, left)
