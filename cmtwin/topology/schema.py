@@ -6,6 +6,10 @@ to which on which plane. Explicit `links:` between named elements are allowed fo
 the key names (`bandwidth_gbps`: gigabits per second, one way, per link; `latency_us`: microseconds per
 link), and every number carries a `source:` (one string for its block) or a `sources:` map per key.
 
+Plane names are the file's own; `roles:` declares which plane is the scale-up, inter-node and scale-out plane
+(and, optionally, the CPUs' front-end network), and nothing downstream interprets a plane's name. Die ids
+follow one scheme, n<node>.<id_prefix><device>[.d<die>] (cmtwin/topology/graph.py).
+
 `params:` names overridable knobs: each maps to the key path(s) in the file that hold its value (the
 default). `load_topology(name, {"nodes": 22})` merges the overrides onto the parsed YAML before validation;
 an override key is either a param name or a key path (`node.devices.count`, `connections[0].latency_us`).
