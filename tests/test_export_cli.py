@@ -36,3 +36,19 @@ def test_trace_last_without_an_execute_run_and_a_bad_id_exit_2(workdir, capsys):
     assert "no `cmtwin execute` run" in capsys.readouterr().err
     assert main(["export", "trace", "three"]) == 2
     assert "run id or 'last'" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_is_not_an_internal_error(workdir):
+    """`cmtwin query ... --format json | head`: a closed pipe ends the command quietly (exit 141, no message)."""
+    import subprocess
+    import sys
+
+    assert main(["plan", "+deployment=r1_ep320", "--format", "json"]) == 0
+    code = ("import sys; from cmtwin.cli.main import main; "
+            "sys.exit(main(['query', 'with recursive c(x) as (select 1 union all select x + 1 from c where x < 100000) "
+            "select x from c', '--max-rows', '100000', '--format', 'json']))")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()  # the reader leaves
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "internal error" not in err and "Traceback" not in err
