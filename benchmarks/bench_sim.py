@@ -27,7 +27,8 @@ def main() -> None:
     workload = _arg("--workload", "chat_4k")
     print(f"machine: {platform.machine()} {platform.processor() or ''} · {os.cpu_count()} cores · "
           f"Python {platform.python_version()}")
-    overrides = ["+deployment=r1_ep320", f"workload={workload}", f"sim.duration_s={duration:g}"]
+    overrides = ["+deployment=r1_ep320", f"workload={workload}", f"sim.duration_s={duration:g}",
+                 "workload.load=1.0"]
     if "--cli" in sys.argv:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
