@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import product
 
 from cmtwin.errors import CmtwinError, ConfigError
+from cmtwin.twin.capacity import decode_requests_per_s, prefill_requests_per_s
 
 PRECISION_CODES = ("int8", "fp8", "bf16")
 """`precision` of a stored search point is an index into this tuple."""
@@ -55,6 +56,7 @@ class DecodeEval:
     precision: str
     tpot_ms: float
     tokens_per_s_per_device: float
+    tokens_per_step: float  # accepted tokens per request and step (MTP)
     ttft_ms: float | None = None  # agg: chunked prefill of a prompt between decode steps
     chunk_tokens: int = 0  # agg: prefill tokens per die per step
 
@@ -367,7 +369,7 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
                                       dedicated=lay["dedicated_shared_ranks"], batch_per_device=b, microbatches=m,
                                       mtp=k, precision=prec, tpot_ms=r.tpot_ms,
                                       tokens_per_s_per_device=r.tokens_per_s_per_device,
-                                      ttft_ms=agg_ttft(v, r)[1] if mode == "agg" else None,
+                                      tokens_per_step=r.tokens_per_step, ttft_ms=agg_ttft(v, r)[1] if mode == "agg" else None,
                                       chunk_tokens=r.chunk_tokens))
     return out, tally
 
@@ -513,7 +515,8 @@ def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillE
     instances = sorted(set(spec.search.decode_instances))
     out = []
     for d in decode:
-        dec = d.devices * d.tokens_per_s_per_device / w.output_len  # requests/s of one instance
+        dec = decode_requests_per_s(slots=d.devices * d.batch_per_device, step_s=d.tpot_ms * d.tokens_per_step / 1e3,
+                                    tokens_per_step=d.tokens_per_step, output_len=w.output_len)  # one instance
         if d.mode == "agg":
             k = budget // d.devices
             out.append(Candidate(d, None, k, 0, k * d.devices, k * dec, d.tokens_per_s_per_device, d.tpot_ms,
@@ -524,7 +527,8 @@ def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillE
             if inst < 1:
                 continue
             devices = k * d.devices + inst * p.devices_per_instance
-            pre = inst * p.devices_per_instance * p.tokens_per_s_per_device / w.prompt_len
+            pre = prefill_requests_per_s(tokens_per_s=inst * p.devices_per_instance * p.tokens_per_s_per_device,
+                                         prompt_len=w.prompt_len)
             rate = min(pre, k * dec)
             out.append(Candidate(d, p, k, inst, devices, rate, rate * w.output_len / devices, d.tpot_ms, p.ttft_ms,
                                  "prefill" if pre < k * dec else "decode", dies))

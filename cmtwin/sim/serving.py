@@ -45,6 +45,7 @@ from cmtwin.sim.engine import (
 from cmtwin.sim.steady import steady_state
 from cmtwin.sim.tables import AggDecodeTable, DecodeTable, FetchCost, PrefillTable
 from cmtwin.sim.traffic import Chunk, Stream, load_trace
+from cmtwin.twin.capacity import decode_requests_per_s, prefill_requests_per_s
 
 _ARRIVAL = Arrival()
 _SAMPLE = SampleTick()
@@ -293,9 +294,10 @@ class Simulator:
                                          max_chunk=self.chunk), None)
             self.dtable, self.ptable = tables
             self.inst_budget = self.chunk * self.ranks
-            dstep = self.dtable.step_us(self.batch_cap, w.prompt_len + w.output_len / 2, self.chunk) / 1e6
+            dstep = self.dtable.step_us(self.batch_cap, w.decode_kv_len, self.chunk) / 1e6
             self.full_forward_s = dstep
-            self.prefill_capacity = len(self.decoders) * self.inst_budget / dstep / w.prompt_len
+            self.prefill_capacity = prefill_requests_per_s(tokens_per_s=len(self.decoders) * self.inst_budget / dstep,
+                                                           prompt_len=w.prompt_len)
         else:
             tpd = prefill_pools[0].tokens_per_die
             if tables is None:
@@ -311,12 +313,12 @@ class Simulator:
                 self.instances.append(PrefillInstance(pool.instance, pool.dies, pool.devices, fetch))
             self.inst_budget = tpd * prefill_pools[0].dies  # tokens per forward per instance
             self.full_forward_s = self.ptable.step_us(tpd, w.prompt_len) / 1e6
-            dstep = self.dtable.step_us(self.batch_cap, w.prompt_len + w.output_len / 2) / 1e6
-            self.prefill_capacity = len(self.instances) * self.inst_budget / self.full_forward_s / w.prompt_len
+            dstep = self.dtable.step_us(self.batch_cap, w.decode_kv_len) / 1e6
+            self.prefill_capacity = prefill_requests_per_s(
+                tokens_per_s=len(self.instances) * self.inst_budget / self.full_forward_s, prompt_len=w.prompt_len)
         self.tps = self.dtable.tokens_per_step
-        steps_per_req = math.ceil(max(0, w.output_len - 1) / self.tps) if w.output_len > 1 else 0
-        slots = len(self.decoders) * self.ranks * self.batch_cap
-        self.decode_capacity = slots / (steps_per_req * dstep) if steps_per_req else float("inf")
+        self.decode_capacity = decode_requests_per_s(slots=len(self.decoders) * self.ranks * self.batch_cap,
+                                                     step_s=dstep, tokens_per_step=self.tps, output_len=w.output_len)
         self.capacity = min(self.decode_capacity, self.prefill_capacity)
         if trace is not None:
             self.rate = len(trace) / max(1e-9, float(trace.t[-1])) if len(trace) > 1 else 1.0
