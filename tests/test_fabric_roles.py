@@ -4,11 +4,10 @@ ib -> scaleout), with its `roles:` declared accordingly and selected the way a u
 (./cmtwin_conf/topology/<name>.yaml pointing at a file in the working directory), predicts exactly what the
 shipped topology predicts, plane names in the bound labels aside; a missing role is a clear exit-2 error.
 
-Collective efficiencies in a hardware profile are found under the role a plane plays (efficiency_scale_up,
-...) before the plane's own name (efficiency_ub, which the shipped profiles use). The tests derive a
-role-keyed copy of each shipped profile, check it predicts exactly what the shipped profile predicts on the
-shipped topology, and then use it on the renamed one; a plane-keyed profile on the renamed fabric is refused
-(it would otherwise run every plane at its full link rate)."""
+Collective efficiencies in a hardware profile are keyed by the role a plane plays (efficiency_scale_up,
+efficiency_inter_node, efficiency_scale_out), never by a plane's name, so the shipped profiles are used
+unchanged on the renamed fabric; a profile keyed by plane names (efficiency_nvlink) is refused (it would
+otherwise run every plane at its full link rate)."""
 
 from __future__ import annotations
 
@@ -47,44 +46,20 @@ def _rename_planes(data: dict, names: dict[str, str]) -> dict:
     return out
 
 
-def _role_keyed_profile(hardware: str, topology_option: str) -> dict:
-    """The shipped profile with each `efficiency_<plane>` renamed `efficiency_<first role of the plane>` on the
-    shipped topology (a no-op once the shipped profiles are keyed by role)."""
-    from cmtwin.topology.fabric import freeze_overrides, get_fabric
-
-    option = yaml.safe_load((conf_dir() / "topology" / f"{topology_option}.yaml").read_text())
-    fabric = get_fabric(option["file"], freeze_overrides(option.get("params") or {}))
-    prof = yaml.safe_load((conf_dir() / "hardware" / f"{hardware}.yaml").read_text())
-    for kind, entries in (prof.get("collectives") or {}).items():
-        renamed = {}
-        for key, value in entries.items():
-            plane = key.removeprefix("efficiency_")
-            if key.startswith("efficiency_") and plane in fabric.planes and fabric.roles_of(plane):
-                key = f"efficiency_{fabric.roles_of(plane)[0]}"
-            assert key not in renamed, f"{hardware}: two planes give {key}"
-            renamed[key] = value
-        prof["collectives"][kind] = renamed
-    prof["name"] = f"{hardware}_roles"
-    return prof
-
-
-def _user_conf(workdir: Path, deployment: str, *, roles: bool = True) -> tuple[str, str]:
-    """Write the renamed topology (file + option) and the role-keyed profile under ./cmtwin_conf; return the
-    topology option's and the profile's names."""
-    shipped, renamed, names, hardware = CASES[deployment]
+def _user_conf(workdir: Path, deployment: str, *, roles: bool = True) -> str:
+    """Write the renamed topology (file + option) under ./cmtwin_conf; return the topology option's name."""
+    shipped, renamed, names, _ = CASES[deployment]
     option = yaml.safe_load((conf_dir() / "topology" / f"{shipped}.yaml").read_text())
     data = _rename_planes(yaml.safe_load((topologies_dir() / f"{option['file']}.yaml").read_text()), names)
     if not roles:
         del data["roles"]
-    for folder in ("topologies", "topology", "hardware"):
+    for folder in ("topologies", "topology"):
         (workdir / "cmtwin_conf" / folder).mkdir(parents=True, exist_ok=True)
     (workdir / "cmtwin_conf" / "topologies" / f"{renamed}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     (workdir / "cmtwin_conf" / "topology" / f"{renamed}.yaml").write_text(yaml.safe_dump({
         "name": renamed, "file": f"cmtwin_conf/topologies/{renamed}.yaml", "params": option.get("params") or {},
     }, sort_keys=False))
-    prof = _role_keyed_profile(hardware, shipped)
-    (workdir / "cmtwin_conf" / "hardware" / f"{prof['name']}.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
-    return renamed, prof["name"]
+    return renamed
 
 
 def _prediction(overrides: list[str]):
@@ -119,17 +94,14 @@ def _figures(pred, names: dict[str, str] | None = None) -> dict[str, Any]:
 
 @pytest.mark.parametrize("deployment", sorted(CASES))
 def test_renamed_planes_predict_exactly_as_the_shipped_fabric(deployment, workdir):
-    shipped, _, names, hardware = CASES[deployment]
-    topology, profile = _user_conf(workdir, deployment)
+    _, _, names, _ = CASES[deployment]
+    topology = _user_conf(workdir, deployment)
     _, _, reference = _prediction([f"+deployment={deployment}"])
     base = _figures(reference)
     assert base["rows"], "a prediction has a breakdown"
 
-    # the role-keyed profile is the shipped one, re-keyed: same figures on the shipped fabric
-    _, _, same = _prediction([f"+deployment={deployment}", f"hardware={profile}"])
-    assert _figures(same) == base
-
-    spec, plan, renamed = _prediction([f"+deployment={deployment}", f"topology={topology}", f"hardware={profile}"])
+    # the shipped hardware profile, unchanged, on the renamed fabric
+    spec, plan, renamed = _prediction([f"+deployment={deployment}", f"topology={topology}"])
     from cmtwin.planner.plan import fabric_for
     from cmtwin.twin import comm
 
@@ -156,10 +128,10 @@ def test_ems_fetch_reads_the_declared_planes(workdir):
     from cmtwin.planner.plan import fabric_for
     from cmtwin.sim.tables import FetchCost
 
-    topology, profile = _user_conf(workdir, "r1_ep320")
+    topology = _user_conf(workdir, "r1_ep320")
     costs = []
     for overrides in ([], [f"topology={topology}"]):
-        spec, plan, _ = _prediction(["+deployment=r1_ep320", f"hardware={profile}", *overrides])
+        spec, plan, _ = _prediction(["+deployment=r1_ep320", *overrides])
         fab = fabric_for(spec)
         dies = list(plan.die_ids("prefill", 0))
         nbytes = 64 * plan.caching.block_bytes
@@ -168,17 +140,28 @@ def test_ems_fetch_reads_the_declared_planes(workdir):
     assert costs[0] == costs[1] and costs[0][0] < costs[0][1]
 
 
-def test_a_plane_keyed_profile_on_renamed_planes_is_refused_not_run_at_line_rate(workdir, capsys):
-    topology, _ = _user_conf(workdir, "r1_h800_ep144")
-    assert main(["plan", "+deployment=r1_h800_ep144", f"topology={topology}"]) == 2
+@pytest.mark.parametrize("renamed", [False, True])
+def test_a_plane_keyed_profile_is_refused_not_run_at_line_rate(workdir, capsys, renamed):
+    """The shipped h800_sxm profile keyed by plane names (`efficiency_nvlink`, `efficiency_ib`) instead of roles
+    is refused, on the shipped planes as on renamed ones."""
+    prof = yaml.safe_load((conf_dir() / "hardware" / "h800_sxm.yaml").read_text())
+    plane_of = {"efficiency_scale_up": "efficiency_nvlink", "efficiency_inter_node": "efficiency_ib"}
+    prof["collectives"] = {kind: {plane_of.get(k, k): v for k, v in entries.items()}
+                           for kind, entries in prof["collectives"].items()}
+    prof["name"] = "h800_planes"
+    (workdir / "cmtwin_conf" / "hardware").mkdir(parents=True, exist_ok=True)
+    (workdir / "cmtwin_conf" / "hardware" / "h800_planes.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    overrides = [f"topology={_user_conf(workdir, 'r1_h800_ep144')}"] if renamed else []
+    assert main(["plan", "+deployment=r1_h800_ep144", "hardware=h800_planes", *overrides]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "hardware profile h800_sxm" in err and "efficiency_ib, efficiency_nvlink" in err
-    assert "scaleout, scaleup" in err and "efficiency_scale_up" in err and "Traceback" not in err
+    assert "hardware profile h800_planes" in err and "efficiency_ib, efficiency_nvlink" in err
+    assert ("scaleout, scaleup" if renamed else "ib, nvlink") in err
+    assert "efficiency_scale_up" in err and "Traceback" not in err
 
 
 def test_a_missing_role_is_a_clear_exit_2_error(workdir, capsys):
-    topology, profile = _user_conf(workdir, "r1_ep320", roles=False)
-    assert main(["plan", "+deployment=r1_ep320", f"topology={topology}", f"hardware={profile}"]) == 2
+    topology = _user_conf(workdir, "r1_ep320", roles=False)
+    assert main(["plan", "+deployment=r1_ep320", f"topology={topology}"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error:") and "Traceback" not in err
     assert "cmtwin_conf/topologies/cm384_renamed.yaml" in err
@@ -193,8 +176,8 @@ def test_the_tui_lays_out_the_declared_nodes_and_ids(workdir):
     uses 2 devices of each node, shows 4 rows; a pools-only record rebuilds ids in the same scheme."""
     from cmtwin.tui.data import describe_device, supernode_map
 
-    topology, profile = _user_conf(workdir, "r1_h800_ep144")
-    spec, plan, _ = _prediction(["+deployment=r1_h800_ep144", f"topology={topology}", f"hardware={profile}"])
+    topology = _user_conf(workdir, "r1_h800_ep144")
+    spec, plan, _ = _prediction(["+deployment=r1_h800_ep144", f"topology={topology}"])
     doc = plan.to_dict()
     assert (doc["devices_per_node"], doc["device_id_prefix"]) == (8, "gpu")
 

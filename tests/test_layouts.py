@@ -68,7 +68,7 @@ def test_tp_all_reduce_volume_and_time():
     nbytes = 100 * 7168 * 2
     c = comm.all_reduce(spec.hardware, fab, ids, nbytes=nbytes)
     assert c.bytes == 2 * nbytes
-    eff = spec.hardware.collectives["p2p"]["efficiency_nvlink"].value
+    eff = spec.hardware.collectives["p2p"]["efficiency_scale_up"].value  # NVLink plays scale_up
     expected = 2 * nbytes * 7 / 8 / (eff * 3600 / 8 * 1e9) * 1e6  # 7 of 8 shares leave the GPU over NVLink
     lat = fab.route(ids[0], ids[-1], "nvlink").latency_us
     assert c.us == pytest.approx(expected + 2 * lat)

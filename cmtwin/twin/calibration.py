@@ -6,9 +6,13 @@ two cannot drift. The model being fitted is the twin's own (cmtwin/twin/comm.py)
 the volume over the achievable fraction of the rank's link bandwidth on each plane, plus path latency.
 Only operator tables are used (cmtwin/twin/reference.py), never a deployment's headline result.
 
-A fitted efficiency is bounded by what the plane was measured to carry at best (LINK_CEILINGS): a collective
-kernel cannot move data faster than the best measured transfer on the same links, so a table that a
-higher efficiency would fit better is explained by the kernel's fixed cost instead.
+Efficiencies are keyed by the role of the plane they were fitted on (`efficiency_scale_up`,
+`efficiency_inter_node`; one `efficiency_scale_up` where a single plane plays both, as UB does on CM384), the
+keys the twin looks up, so a profile fits any fabric whose roles match, whatever its planes are called.
+
+A fitted efficiency is bounded by what the plane was measured to carry at best (LINK_CEILINGS, by fitted
+topology and role): a collective kernel cannot move data faster than the best measured transfer on the same
+links, so a table that a higher efficiency would fit better is explained by the kernel's fixed cost instead.
 """
 
 from __future__ import annotations
@@ -23,26 +27,34 @@ from cmtwin.twin.load import distinct_ranks_per_token
 
 HIDDEN, EXPERTS, TOPK = 7168, 256, 8  # DeepSeek-V3 shapes the tables were measured with
 
-# The largest fraction of a plane's link bandwidth any measured transfer reached (per plane; 1.0 if unmeasured).
+# The largest fraction of a plane's link bandwidth any measured transfer reached, by the topology a fit runs
+# on and the role the plane plays there (1.0 if unmeasured).
 LINK_CEILINGS = {
-    "ub": (max(v for k, v in CM384_UB.items() if k.startswith("npu_")) / CM384_UB["link_GB_per_s"],
-           f"{CM384_UB['source']}: best one-way NPU-NPU transfer, 167 of 196 GB/s"),
-    "nvlink": (ISCA_LINKS["nvlink_achievable"], ISCA_LINKS["source"]),
-    # IB: the line rate. ISCA'25's "about 40 of 50 GB/s effective" is no ceiling: DeepEP's low-latency combine
-    # averages 40.8 GB/s at EP128-256 (128 x 8 x 14 KB in 360-369 us) with its fixed cost included.
-    "ib": (1.0, "InfiniBand line rate (50 GB/s per CX7 NIC); DeepEP low-latency combine exceeds ISCA'25's ~40 GB/s"),
+    "cloudmatrix384": {
+        # UB, which plays scale_up and inter_node on CM384
+        "scale_up": (max(v for k, v in CM384_UB.items() if k.startswith("npu_")) / CM384_UB["link_GB_per_s"],
+                     f"{CM384_UB['source']}: best one-way NPU-NPU transfer, 167 of 196 GB/s"),
+    },
+    "gpu_cluster": {
+        "scale_up": (ISCA_LINKS["nvlink_achievable"], ISCA_LINKS["source"]),  # NVLink
+        # IB: the line rate. ISCA'25's "about 40 of 50 GB/s effective" is no ceiling: DeepEP's low-latency combine
+        # averages 40.8 GB/s at EP128-256 (128 x 8 x 14 KB in 360-369 us) with its fixed cost included.
+        "inter_node": (1.0, "InfiniBand line rate (50 GB/s per CX7 NIC); DeepEP low-latency combine exceeds "
+                            "ISCA'25's ~40 GB/s"),
+    },
 }
 
 
-def ceiling(plane: str) -> float:
-    return LINK_CEILINGS.get(plane, (1.0, ""))[0]
+def ceiling(topology: str, role: str) -> float:
+    return LINK_CEILINGS.get(topology, {}).get(role, (1.0, ""))[0]
 
 
 @dataclass(frozen=True)
 class CollectiveFit:
     kind: str
+    topology: str  # the fabric it was fitted on
     fixed_us: float
-    efficiency: dict[str, float]  # by plane
+    efficiency: dict[str, float]  # by the role of the plane it was fitted on (scale_up, inter_node)
     rows: list[tuple[int, float, float]]  # ep, measured_us, fitted_us
 
     @property
@@ -61,7 +73,9 @@ def _volumes(fabric, ep: int, tokens: int, msg: float) -> tuple[float, float, fl
 
 
 def fit_collective(fabric, table: dict, kind: str, msg_bytes: float) -> CollectiveFit:
-    """Least-squares (relative error) fit of fixed_us and per-plane efficiency to a dispatch/combine table."""
+    """Least-squares (relative error) fit of fixed_us and per-plane efficiency to a dispatch/combine table,
+    the efficiencies keyed by role: scale_up for the intra-node plane, inter_node for the inter-node one (or
+    scale_up alone where one plane plays both)."""
     col = 1 if kind == "dispatch" else 2
     eps = [r[0] for r in table["rows"]]
     meas = np.array([r[col] for r in table["rows"]], dtype=float)
@@ -74,7 +88,8 @@ def fit_collective(fabric, table: dict, kind: str, msg_bytes: float) -> Collecti
     vo = np.array([p[1] for p in parts])
     lat = np.array([p[2] for p in parts])
     fixed_grid = np.linspace(0.0, float(meas.min()), 241)
-    grid_i, grid_o = (np.linspace(0.02, ceiling(p), 197) for p in (pi, po))
+    grid_i, grid_o = (np.linspace(0.02, ceiling(fabric.name, r), 197)
+                      for r in (("scale_up", "scale_up") if pi == po else ("scale_up", "inter_node")))
     best = (np.inf, 0.0, 1.0, 1.0)
     if pi == po:
         for f in fixed_grid:
@@ -94,18 +109,19 @@ def fit_collective(fabric, table: dict, kind: str, msg_bytes: float) -> Collecti
             if err[i, j] < best[0]:
                 best = (float(err[i, j]), f, float(grid_i[i]), float(grid_o[j]))
     _, f, ei, eo = best
-    effs = {pi: round(ei, 3)} if pi == po else {pi: round(ei, 3), po: round(eo, 3)}
+    ei, eo = round(ei, 3), round(eo, 3)
+    effs = {"scale_up": ei} if pi == po else {"scale_up": ei, "inter_node": eo}
     f = round(f, 1)
     rows = []
     for ep, m, (a, b, la, g) in zip(eps, meas, parts):
         if pi == po:
-            pred = f + la + (a + b) / (effs[pi] * g.intra_gbps / 8 * 1e3)
+            pred = f + la + (a + b) / (ei * g.intra_gbps / 8 * 1e3)
         else:
-            t_in = a / (effs[pi] * g.intra_gbps / 8 * 1e3) if a else 0.0
-            t_out = b / (effs[po] * g.inter_gbps / 8 * 1e3) if b else 0.0
+            t_in = a / (ei * g.intra_gbps / 8 * 1e3) if a else 0.0
+            t_out = b / (eo * g.inter_gbps / 8 * 1e3) if b else 0.0
             pred = f + la + max(t_in, t_out)
         rows.append((ep, float(m), float(pred)))
-    return CollectiveFit(kind, f, effs, rows)
+    return CollectiveFit(kind, fabric.name, f, effs, rows)
 
 
 def _fabric(name: str, **params):

@@ -8,9 +8,9 @@ in parallel, and the path latency of the farthest peer is added. Link sharing be
 (node uplinks) comes from the fabric's cut figures. The achievable fractions and fixed costs of real
 kernels are calibrated on operator tables (cmtwin/twin/calibration.py) and live in the hardware profile's
 `collectives:` section, each with its source. A plane's efficiency for a kind is looked up under the roles the
-plane plays (`efficiency_scale_up`, `efficiency_inter_node`, `efficiency_scale_out`, in that order), then under
-the plane's own name (`efficiency_ub`); a profile naming only planes this fabric lacks is refused (ConfigError)
-rather than silently run at the full link rate.
+plane plays (`efficiency_scale_up`, `efficiency_inter_node`, `efficiency_scale_out`, in that order), never under
+a plane's name, so one profile fits any plane names; a profile whose efficiencies are keyed otherwise (by plane
+name, `efficiency_ub`) is refused (ConfigError) rather than silently run at the full link rate.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def _cal(hw: HardwareProfile, kind: str, key: str, default: float) -> float:
 
 @cache
 def _efficiency_keys(fabric, plane: str) -> tuple[str, ...]:
-    """Profile keys that may hold `plane`'s efficiency, in order: by each role it plays, then by its name."""
-    return (*(f"efficiency_{r}" for r in fabric.roles_of(plane)), f"efficiency_{plane}")
+    """Profile keys that may hold `plane`'s efficiency, in order: by each role it plays."""
+    return tuple(f"efficiency_{r}" for r in fabric.roles_of(plane))
 
 
 def _eff(hw: HardwareProfile, fabric, kind: str, plane: str) -> float:
@@ -117,22 +117,22 @@ def _eff(hw: HardwareProfile, fabric, kind: str, plane: str) -> float:
 
 
 def _refuse_foreign_keys(hw: HardwareProfile, fabric, kind: str, entry: dict, plane: str) -> None:
-    """An efficiency keyed by a plane this fabric does not have (a profile written for other plane names) would
-    otherwise be dropped silently and the plane run at its full link rate."""
-    known = {f"efficiency_{r}" for r in type(fabric.roles).model_fields} | {f"efficiency_{p}" for p in fabric.planes}
+    """An efficiency keyed by anything but a role (a plane's name, `efficiency_nvlink`) would otherwise be
+    dropped silently and the plane run at its full link rate."""
+    known = {f"efficiency_{r}" for r in type(fabric.roles).model_fields}
     foreign = sorted(k for k in entry if k.startswith("efficiency_") and k not in known)
     if not foreign:
         return
     which = kind if kind in hw.collectives else "p2p"
     roles = fabric.roles_of(plane)
-    want = f"efficiency_{roles[0]}" if roles else f"efficiency_{plane}"
+    want = f"efficiency_{roles[0]}" if roles else "efficiency_<role>"
     raise ConfigError(
-        f"hardware profile {hw.name}: `collectives.{which}` gives {', '.join(foreign)}, but topology "
-        f"{fabric.name} has no such plane or role (its planes: {', '.join(fabric.planes)}; plane {plane} is "
+        f"hardware profile {hw.name}: `collectives.{which}` gives {', '.join(foreign)}, which name no role "
+        f"(topology {fabric.name}'s planes: {', '.join(fabric.planes)}; plane {plane} is "
         f"{' and '.join(roles) or 'in no role'}), so its efficiency on {plane} would silently be 1.0.",
         key=f"hardware.collectives.{which}",
-        fix=f"key the efficiencies by role (`{want}`, efficiency_scale_up, efficiency_inter_node, "
-        "efficiency_scale_out), which holds on any plane names, or by this topology's plane names",
+        fix=f"key the efficiencies by the role of the plane they were measured on (`{want}`; efficiency_scale_up, "
+        "efficiency_inter_node, efficiency_scale_out), which holds on any plane names",
     )
 
 
