@@ -1,7 +1,7 @@
 """Precision presets: one `precision` key expands to a dtype per operator class.
 
 CloudMatrix-Infer (paper v2 §4.5) runs W8A8 INT8 GEMMs with INT8 token dispatch and BF16 combine, MLA and
-KV cache; DeepSeek's H800 serving (gpu_oplevel.md) runs FP8 GEMMs and dispatch with BF16 MLA and combine.
+KV cache; DeepSeek's H800 serving (ISCA'25, arXiv 2505.09343) runs FP8 GEMMs and dispatch with BF16 MLA and combine.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Precision:
     router: str = "bf16"  # the router's logits GEMM (BF16 in serving; the executor routes in FP32)
     # The residual stream between layers and ranks (TP all-reduce, MoE-TP all-reduce, SP all-gather/all-to-all,
     # pipeline sends): BF16 in every preset (paper v2 §4.5 keeps combine and MLA in BF16; DeepSeek's FP8
-    # serving quantises only GEMM inputs and dispatch, gpu_oplevel.md).
+    # serving quantises only GEMM inputs and dispatch, DeepEP README).
     hidden_state: str = "bf16"
 
     @property

@@ -79,7 +79,7 @@ class _Model(BaseModel):
 class _Sourced(_Model):
     source: Text | None = None
     """Where every number of this block comes from: the paper (arXiv 2506.12708 v2) and its section or
-    table, a shared/reference file, a datasheet, or "assumption: ..." with the reasoning."""
+    table, another paper or a README, a datasheet, or "assumption: ..." with the reasoning."""
     sources: dict[Annotated[str, Strict()], Text] | None = None
     """Per-key sources ({bandwidth_gbps: "...", latency_us: "..."}); a key here wins over `source`."""
 

@@ -16,7 +16,7 @@ Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
 
 
 class Sourced(Frozen):
-    """A constant and where it comes from (a datasheet, an operator table in shared/reference, or calibrate)."""
+    """A constant and where it comes from (a datasheet, a published operator table, or calibrate)."""
 
     value: float
     """The number, in the unit its key names."""

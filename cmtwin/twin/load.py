@@ -7,7 +7,8 @@ Two mechanisms make a real MoE layer slower than a perfectly balanced one:
 The layer waits for its busiest rank. `placement.balance=perfect` removes both (every rank gets the mean);
 `default` keeps both. The popularity skew is a user input (`placement.expert_load_cv`, the coefficient of
 variation of per-expert load measured on the user's traffic; 0 = equal popularity), because
-shared/reference publishes no per-expert load statistics to default it from.
+no published source (the CloudMatrix384 paper, DeepSeek's reports) gives per-expert load statistics to
+default it from.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Published figures, transcribed from shared/reference with their sources.
+"""Published figures, transcribed from the papers and READMEs each `source` names.
 
 Two kinds, kept apart on purpose:
 - OPERATOR tables: what the twin is calibrated on (rule 2: calibrate on operators);
@@ -11,7 +11,7 @@ from __future__ import annotations
 PAPER = "arXiv 2506.12708 (CloudMatrix384 paper)"
 
 # MoE dispatch / combine on CM384 UB, 128 tokens per rank, INT8 dispatch (7.5 KB/token), BF16 combine
-# (14 KB/token), top-8 of 256 experts. Paper Table 6 (v3), shared/reference/cloudmatrix384.md §2.
+# (14 KB/token), top-8 of 256 experts. Paper Table 6 (v3).
 CM384_DISPATCH_COMBINE = {
     "source": f"{PAPER} Table 6 (v3): dispatch/combine at 128 tokens per rank",
     "tokens": 128,
@@ -25,9 +25,9 @@ CM384_DISPATCH_COMBINE = {
     ],
 }
 
-# INT8 grouped GEMM on one 910C die (INT8 in, BF16 out). Paper §5 table; cloudmatrix384.md §2.
+# INT8 grouped GEMM on one 910C die (INT8 in, BF16 out). Paper §5 table.
 CM384_INT8_GROUPED_GEMM = {
-    "source": f"{PAPER} INT8 grouped GEMM table (cloudmatrix384.md §2)",
+    "source": f"{PAPER} INT8 grouped GEMM table",
     "rows": [  # groups, m, n, k, compute utilisation
         (4, 7168, 4096, 4096, 0.794),
         (4, 2048, 7168, 4096, 0.774),
@@ -54,9 +54,9 @@ CM384_UB = {
 }
 
 # DeepEP V1 low-latency kernels on H800 + CX7 400 Gb/s, 128 tokens, top-8, FP8 dispatch, BF16 combine:
-# the 2025-06-05 values (NVLink used where possible). gpu_oplevel.md §4.2.
+# the 2025-06-05 values (NVLink used where possible; DeepEP commit d8dd185, PR #173).
 DEEPEP_LL_H800 = {
-    "source": "DeepEP README / docs/legacy.md, low-latency kernels, 2025-06-05 values (gpu_oplevel.md §4.2)",
+    "source": "DeepEP README / docs/legacy.md, low-latency kernels, 2025-06-05 values (github.com/deepseek-ai/DeepEP)",
     "tokens": 128,
     "rows": [  # ep, dispatch_us, combine_us
         (8, 77.0, 114.0),
@@ -68,9 +68,9 @@ DEEPEP_LL_H800 = {
     ],
 }
 
-# DeepGEMM FP8 on H800 SXM5 (gpu_oplevel.md §6).
+# DeepGEMM FP8 on H800 SXM5 (github.com/deepseek-ai/DeepGEMM README tables, 2025-02-25 to 2025-04-09).
 DEEPGEMM_DENSE = {
-    "source": "DeepGEMM README dense FP8 GEMM table, 2025-04-09 (gpu_oplevel.md §6.3)",
+    "source": "DeepGEMM README dense FP8 GEMM table, 2025-04-09 (github.com/deepseek-ai/DeepGEMM)",
     "rows": [  # m, n, k, tflops, GB/s
         (64, 2112, 7168, 206, 1688), (64, 24576, 1536, 289, 2455), (64, 32768, 512, 219, 2143),
         (64, 7168, 16384, 336, 2668), (64, 4096, 7168, 287, 2320), (64, 7168, 2048, 295, 2470),
@@ -81,7 +81,7 @@ DEEPGEMM_DENSE = {
     ],
 }
 DEEPGEMM_GROUPED = {
-    "source": "DeepGEMM README grouped FP8 GEMM tables, contiguous (2025-03-25 onward) and masked (gpu_oplevel.md §6.1-6.2)",
+    "source": "DeepGEMM README grouped FP8 GEMM tables, contiguous (2025-03-25 onward) and masked (github.com/deepseek-ai/DeepGEMM)",
     "rows": [  # layout, groups, m per group, n, k, tflops, GB/s
         ("contiguous", 4, 8192, 4096, 7168, 1346, 434), ("contiguous", 4, 8192, 7168, 2048, 1214, 752),
         ("contiguous", 8, 4096, 4096, 7168, 1346, 516), ("contiguous", 8, 4096, 7168, 2048, 1214, 826),
@@ -91,16 +91,16 @@ DEEPGEMM_GROUPED = {
     ],
 }
 FLASHMLA_H800 = {
-    "source": "FlashMLA README 2025-04-22: 3000 GB/s memory-bound, 660 TFLOPS compute-bound, H800 SXM5 BF16 (gpu_oplevel.md §5)",
+    "source": "FlashMLA README 2025-04-22: 3000 GB/s memory-bound, 660 TFLOPS compute-bound, H800 SXM5 BF16 (github.com/deepseek-ai/FlashMLA)",
     "memory_GB_per_s": 3000.0,
     "compute_tflops": 660.0,
 }
 H100_CEILINGS = {
-    "source": "gpu_oplevel.md: measured on one H100 80GB HBM3, d2d copy 2.98 TB/s (read + write)",
+    "source": "measured on one H100 80GB HBM3 (PyTorch 2.11, CUDA 13.0): d2d copy 2.98 TB/s (read + write)",
     "copy_GB_per_s": 2980.0,
 }
 ISCA_LINKS = {
-    "source": "DeepSeek ISCA'25 (gpu_oplevel.md Links): NVLink 200 GB/s of which ~160 achievable; IB 50 GB/s per NIC, ~40 effective",
+    "source": "DeepSeek ISCA'25 (\"Insights into DeepSeek-V3\", arXiv 2505.09343): NVLink 200 GB/s of which ~160 achievable; IB 50 GB/s per NIC, ~40 effective",
     "nvlink_achievable": 160.0 / 200.0,
     "ib_achievable": 40.0 / 50.0,
 }

@@ -1,4 +1,5 @@
-"""`cmtwin validate`: the twin's predictions beside every published figure in shared/reference.
+"""`cmtwin validate`: the twin's predictions beside every published figure it was checked on
+(the papers and READMEs each reference table names).
 
 Operator tables are what the twin is calibrated on (a row's error shows the fit, not a prediction of unseen
 data); headlines are whole-deployment results the twin was NOT fitted to. Both are reported with the error.
