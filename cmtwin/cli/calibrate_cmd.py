@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from cmtwin.cli.common import add_format, add_overrides, print_json
@@ -50,11 +51,40 @@ def run(args: argparse.Namespace) -> int:
         out.update(rows=len(pairs), loso_median_abs_err=med, loso_max_abs_err=max(errs),
                    loso=[{"op": n, "measured_us": m, "predicted_us": p} for n, m, p in loo])
     else:
-        from cmtwin.executor.run import pick_device
+        from cmtwin.cli.execute_cmd import progress_bar, say
+        from cmtwin.executor import budget
+        from cmtwin.executor.run import pick_device, set_threads
 
         device = pick_device(spec.executor.device)
+        set_threads(spec.executor, device)
         name = args.name or f"local_{device}"
-        hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick)
+        est = budget.check_calibrate(spec, device, quick=args.quick)  # refuses at once what will not fit
+        say(f"[dim]{est.memory_line()}[/]")
+        bar, progress = progress_bar()
+        t0 = time.perf_counter()
+        with bar:
+            progress("peaks (matmul, copy, launch)", 0, 1)
+            peaks = C.peaks_profile(device, name, quick=args.quick)
+            progress("peaks (matmul, copy, launch)", 1, 1)
+            est.seconds = C.seconds(spec, device, peaks[0], quick=args.quick)
+            est.time_basis = ("a rough figure: the twin's roofline on the peaks just measured, without the per-operator "
+                              "costs this calibration measures")
+            bar.console.print(f"[dim]{est.time_line()}[/]")
+            total = C.grid_passes(args.quick) * len(C.grid_points(spec, device, quick=args.quick))
+            done = [0]
+
+            def tick():
+                done[0] += 1
+                progress("operators over the token grid", done[0], total)
+
+            progress("operators over the token grid", 0, total)
+            hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick, tick=tick, peaks=peaks)
+        out["wall_s"] = round(time.perf_counter() - t0, 3)
+        out["estimate"] = {**est.to_dict(), "measured_peak_bytes": est.measured_peak(device)}
+        measured = out["estimate"]["measured_peak_bytes"]
+        say(f"[dim]calibrate took {out['wall_s']:.0f} s (estimated {est.seconds:.0f} s); memory estimated "
+            f"{budget.fmt(est.peak_bytes)}" + (f", peak resident growth {budget.fmt(measured)}" if measured is not None
+                                               else "") + "[/]")
         from cmtwin.twin.cost import op_time
 
         fit = [(op.name, op.tokens, us, op_time(op, hw).us) for op, us in pairs]

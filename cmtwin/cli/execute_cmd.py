@@ -22,13 +22,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def progress_bar():
+    """A rich progress display on stderr (stdout stays clean for --format json); silent when stderr is not a
+    terminal. Returns (context manager, progress(stage, done, total))."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, progress
+
+
+def say(text: str) -> None:
+    """One line on stderr (estimates, warnings): stdout stays the result."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
+
+
 def run(args: argparse.Namespace) -> int:
     from cmtwin.config.compose import load_spec
     from cmtwin.planner.plan import compile_plan
 
     spec, composed = load_spec(args.overrides)
     plan = compile_plan(spec)
-    from cmtwin.executor.api import execute
+    from cmtwin.executor import budget
+    from cmtwin.executor.api import execute, prediction_choice, profile_note
+    from cmtwin.executor.run import pick_device, set_threads
+
+    device = pick_device(spec.executor.device)
+    set_threads(spec.executor, device)
+    hw, why = prediction_choice(spec, device)  # an unknown executor.profile is refused before any estimate
+    est = budget.check_execute(spec, plan, device)  # refuses at once what will not fit
+    say(f"[dim]{est.memory_line()}[/]")
+    est.seconds, est.time_basis = budget.execute_pilot(spec, plan, device)
+    say(f"[dim]{est.time_line()}[/]")
+    note = profile_note(hw, why, device)
+    if note["warning"]:
+        say(f"[yellow]warning:[/] {note['warning']}")
 
     import contextlib
 
@@ -45,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from cmtwin.executor.run import TOL
 
     tol = TOL[spec.executor.dtype]
+    bar, progress = progress_bar()
     with lifecycle:
-        res = execute(spec, plan=plan)
+        with bar:
+            res = execute(spec, plan=plan, progress=progress)
         err = res.max_rel_err
         ok = err is None or err <= tol
         metrics = {"wall_s": res.wall_s}
@@ -63,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
             if not ok:
                 finish_run(store, run_id, "failed", f"numerics: max rel err {err:.3g} > {tol:g}")
     verdict = "skipped" if err is None else (f"{'ok' if ok else 'FAILED'}, max rel err {err:.2g}")
-    out = {"run_id": run_id, "device": res.device, "profile": res.profile, "wall_s": round(res.wall_s, 3),
-           "numerics": verdict, "max_rel_err": err, "per_layer": res.per_layer(), "ops": res.per_op(),
+    estimate = {**est.to_dict(), "measured_peak_bytes": est.measured_peak(device)}
+    out = {"run_id": run_id, "device": res.device, "profile": res.profile, "prediction_profile": res.profile_note,
+           "wall_s": round(res.wall_s, 3), "numerics": verdict, "max_rel_err": err, "estimate": estimate,
+           "per_layer": res.per_layer(), "ops": res.per_op(),
            "phases": [{"phase": p.phase, "ranks": p.ranks, "tokens": p.tokens, "near_ties": p.ties}
                       for p in res.phases]}
     if args.format == "json":
@@ -81,8 +124,11 @@ def _render(spec, out) -> None:
 
     c = console()
     ex = spec.executor
+    note = out["prediction_profile"]
+    how = {"calibrated": "calibrated on this device", "executor.profile": "chosen with executor.profile",
+           "deployment": "the deployment's hardware, NOT this device"}[note["chosen_by"]]
     c.print(f"[bold]execute[/] {spec.deployment.name}: {ex.layers} layers, scale {ex.scale:g}, {ex.dtype} on "
-            f"{out['device']}, predictions from profile {out['profile']}"
+            f"{out['device']}, predictions from profile {out['profile']} ({how})"
             + (f"  (run {out['run_id']})" if out["run_id"] else ""))
     for p in out["phases"]:
         c.print(f"  {p['phase']}: {p['ranks']} ranks, {p['tokens']} tokens"
@@ -100,4 +146,10 @@ def _render(spec, out) -> None:
         c.print(f"  {ph} layer compute per rank: measured {d['measured_us']:.1f} us, predicted "
                 f"{d['predicted_us']:.1f} us ({e:+.1%})" if e is not None else f"  {ph}: no compute measured")
     c.print(f"numerics: {out['numerics']}")
-    c.print(f"wall {out['wall_s']:.2f} s")
+    e = out["estimate"]
+    from cmtwin.executor.budget import fmt
+
+    c.print(f"wall {out['wall_s']:.2f} s (estimated {e['seconds']:.0f} s); memory: estimated {fmt(e['peak_bytes'])}"
+            + (f", peak resident growth {fmt(e['measured_peak_bytes'])}" if e["measured_peak_bytes"] is not None else ""))
+    if note["warning"]:
+        c.print(f"[yellow]warning:[/] {note['warning']}")

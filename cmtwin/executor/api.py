@@ -34,15 +34,40 @@ def load_profile(name: str):
 
 
 def prediction_profile(spec, device: str):
+    return prediction_choice(spec, device)[0]
+
+
+def prediction_choice(spec, device: str):
+    """(profile, why) of the profile whose cost model predicts the measured compute: executor.profile when
+    set ('executor.profile'), else the calibrated local_<device> when `cmtwin calibrate` has written one
+    ('calibrated'), else the deployment's hardware ('deployment': not a description of this device)."""
     from cmtwin.config.compose import options
 
     name = spec.executor.profile
     if name is None:
         local = f"local_{device}"
         if local in options("hardware"):
-            return load_profile(local)
-        return spec.hardware
-    return load_profile(name)
+            return load_profile(local), "calibrated"
+        return spec.hardware, "deployment"
+    return load_profile(name), "executor.profile"
+
+
+def profile_note(hw, why: str, device: str) -> dict:
+    """What the predictions stand for: the profile, how it was chosen, whether it describes this device, and
+    the warning and fix when it does not (the measured and predicted times are then of different hardware)."""
+    calibrated = why == "calibrated" or (why == "executor.profile" and hw.name.startswith("local_"))
+    out = {"name": hw.name, "kind": hw.kind, "chosen_by": why, "describes_device": calibrated, "warning": None}
+    if why == "deployment":
+        out["warning"] = (f"this {device} has no calibrated profile (no ./cmtwin_conf/hardware/local_{device}.yaml), "
+                          f"so its measured times are predicted with {hw.name}, the deployment's {hw.kind.upper()} "
+                          f"profile: predicted vs measured compares two different devices. Fix: run `cmtwin calibrate` "
+                          f"(same executor.scale and executor.dtype) in this directory, then execute again; it then "
+                          f"predicts with local_{device} (or choose it with executor.profile=local_{device}).")
+    elif not calibrated:
+        out["warning"] = (f"executor.profile={hw.name} is a {hw.kind.upper()} profile, not a calibration of this "
+                          f"{device}: predicted vs measured compares two devices. Fix: `cmtwin calibrate`, then "
+                          f"executor.profile=local_{device}.")
+    return out
 
 
 @dataclass
@@ -52,6 +77,7 @@ class ExecuteResult:
     phases: list
     timeline: list = field(default_factory=list)  # TimelineEvent tuples
     wall_s: float = 0.0
+    profile_note: dict = field(default_factory=dict)  # profile_note(): which profile predicts, and whether it fits
 
     @property
     def max_rel_err(self) -> float | None:
@@ -119,67 +145,112 @@ def schedule(phase_offset_rank: int, phase: str, events: list, nranks: int) -> l
 
 
 def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
-    """Run the configured phases of the plan; numerics checked against the reference when enabled."""
-    from cmtwin.executor.run import TOL, PoolRun, pick_device
+    """Run the configured phases of the plan; numerics checked against the reference when enabled.
+    progress(stage, done, total), if given, is called as the stages advance ('building the ranks',
+    'warm-up', 'timed passes', 'reference'; a step is a layer or the LM head of one phase's pass)."""
+    from cmtwin.executor.run import TOL, PoolRun, phases_of, pick_device, set_threads
     from cmtwin.planner.plan import compile_plan, fabric_for
 
     ex = spec.executor
     plan = plan or compile_plan(spec)
     device = pick_device(ex.device)
-    hw_pred = prediction_profile(spec, device)
+    set_threads(ex, device)
+    hw_pred, why = prediction_choice(spec, device)
     fabric = fabric_for(spec)
     t0 = time.perf_counter()
-    phases = [ph for ph in (["decode", "prefill"] if ex.phase == "both" else [ex.phase])
-              if not (ph == "prefill" and ex.phase == "both" and not plan.pools_of("prefill"))]
+    phases = phases_of(spec, plan)
+    bar = _Stages(progress)
     runs = {}
-    for ph in phases:
+    for i, ph in enumerate(phases):
+        bar("building the ranks", i, len(phases))
         with _memory_is_a_limit(ex, ph, device):
             runs[ph] = PoolRun(spec, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
+    bar("building the ranks", len(phases), len(phases))
     with _memory_is_a_limit(ex, " and ".join(phases), device):
-        measured = _run_phases(spec, plan, runs)
+        measured = _run_phases(spec, plan, runs, bar)
     results, timeline, offset = [], [], 0
+    steps = sum(_steps(run) for run in runs.values())
+    done = 0
     for ph, run in runs.items():
         res = measured[ph]
         if ex.reference:
+            bar("reference", done, steps)
             with _memory_is_a_limit(ex, ph, device):
                 run.reference(res)
+            done += _steps(run)
+            bar("reference", done, steps)
             if res.max_rel_err > TOL[ex.dtype]:
                 res.verdict = "FAILED"
         timeline += schedule(offset, ph, res.events, res.ranks)
         offset += res.ranks
         results.append(res)
-        if progress:
-            progress(res)
-    return ExecuteResult(device, hw_pred.name, results, timeline, time.perf_counter() - t0)
+    return ExecuteResult(device, hw_pred.name, results, timeline, time.perf_counter() - t0,
+                         profile_note(hw_pred, why, device))
 
 
-def _run_phases(spec, plan, runs: dict) -> dict:
+def _steps(run) -> int:
+    """Progress steps of one pass of a phase: its layers and the LM head."""
+    return len(run.W.layers) + 1
+
+
+class _Stages:
+    """progress(stage, done, total) or nothing."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(stage, done, total)
+
+
+def _run_phases(spec, plan, runs: dict, bar=None) -> dict:
     """Each phase's result. In one process: a warm-up of every phase (first-call costs out of the timeline,
     as calibrate leaves them out), then `executor.passes` rounds of one timed pass per phase, so the phases'
     passes interleave and spread over the same seconds, as calibrate's round-robin over its grid does: a slow
     spell of a shared machine then lands on one pass of each phase, not on every pass of one. Each operator
-    keeps its fastest time over the passes."""
+    keeps its fastest time over the passes; only the last pass keeps its tensors (the numerics are checked on
+    it), the earlier ones only their events."""
     ex = spec.executor
+    bar = bar or _Stages(None)
     if ex.processes > 1:
         from cmtwin.executor.dist import run_processes
 
         out = {}
-        for ph, run in runs.items():
+        for i, (ph, run) in enumerate(runs.items()):
+            bar("timed passes", i, len(runs))
             res, run.routing = run_processes(spec, plan, ph, ex.processes)
             res.ranks, res.tokens = run.nranks, run.nranks * run.T
             res.out, res.logits = res.out.to(run.device), res.logits.to(run.device)
             out[ph] = res
+        bar("timed passes", len(runs), len(runs))
         return out
+    steps = sum(_steps(run) for run in runs.values())
+    done = [0]
+
+    def ticker(stage, total):
+        def tick():
+            done[0] += 1
+            bar(stage, done[0], total)
+        return tick
+
+    bar("warm-up", 0, steps)
     for run in runs.values():
-        run.run(timed=False)
-    passes: dict = {ph: [] for ph in runs}
+        run.run(timed=False, tick=ticker("warm-up", steps))
+    done[0] = 0
+    bar("timed passes", 0, steps * ex.passes)
+    events: dict = {ph: [] for ph in runs}
+    last: dict = {}
     for _ in range(ex.passes):
         for ph, run in runs.items():
-            passes[ph].append(run.run())
+            last.pop(ph, None)  # the previous pass's tensors go before this pass allocates its own
+            res = run.run(tick=ticker("timed passes", steps * ex.passes))
+            events[ph].append(res.events)
+            last[ph] = res
     out = {}
-    for ph, ps in passes.items():
-        out[ph] = ps[-1]
-        out[ph].events = fastest_events([p.events for p in ps])
+    for ph, res in last.items():
+        res.events = fastest_events(events[ph])
+        out[ph] = res
     return out
 
 

@@ -82,14 +82,13 @@ def undisturbed(per_rank) -> float:
 def measure_peaks(device: str, *, quick: bool = False) -> dict:
     t = torch()
     cuda = device == "cuda"
-    n = (8192 if cuda else 1024) if not quick else 256
+    n, nel = _peak_sizes(device, quick)
     peaks = {}
     for name, dt in (("fp32", t.float32), ("bf16", t.bfloat16)):
         a = t.randn(n, n, device=device).to(dt)
         b = t.randn(n, n, device=device).to(dt)
         sec = _median_time(lambda: a @ b, 3 if quick else 5, cuda)
         peaks[name] = 2 * n**3 / sec / 1e12
-    nel = (1 << 28) if cuda else (1 << 22 if quick else 1 << 24)
     src = t.randn(nel, device=device)
     dst = t.empty_like(src)
     sec = _median_time(lambda: dst.copy_(src), 5, cuda)
@@ -100,7 +99,86 @@ def measure_peaks(device: str, *, quick: bool = False) -> dict:
     return {"peak_tflops": peaks, "bandwidth_GB_per_s": bw, "launch_us": launch, "n": n}
 
 
-def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 6, max_ranks: int = 32) -> list[tuple[Op, float]]:
+PER_RANK = 9  # routed experts on a calibrated rank (EP32: 8 routed + 1 redundant)
+
+
+def grid_points(spec, device: str, *, quick: bool = False, max_ranks: int = 32) -> list[tuple[str, int, int, int]]:
+    """The grid measure_classes measures: (phase, tokens, rows per local expert, ranks) per point. At each point
+    there are enough ranks that their data overflows the last-level cache twice (cold_ranks)."""
+    from cmtwin.executor.modules import Kernels, scaled_model
+
+    ex = spec.executor
+    model = scaled_model(spec.model, ex.scale)
+    itemsize = Kernels(ex.dtype, spec.model.norm_eps).dt.itemsize
+    if quick:
+        max_ranks = min(max_ranks, 8)
+    grids = {"decode": DECODE_GRID[::3] if quick else DECODE_GRID, "prefill": PREFILL_GRID[::3] if quick else PREFILL_GRID}
+    llc = last_level_cache_bytes(device)
+    points = []
+    for phase, grid in grids.items():
+        for T in grid:
+            per = max(1, T * model.moe.experts_per_token // 2)
+            points.append((phase, T, per, cold_ranks(_point_elements(model, phase, T, per, ex.kv_len) * itemsize,
+                                                     llc, max_ranks)))
+    return points
+
+
+def _point_elements(model, phase: str, T: int, per: int, kv_len: int) -> int:
+    """Elements one rank of a grid point holds: its input, its experts' rows and weights, its latent cache."""
+    att, moe = model.attention, model.moe
+    return (T * model.hidden + PER_RANK * per * model.hidden + PER_RANK * 3 * model.hidden * moe.intermediate
+            + (T * kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0))
+
+
+def memory(spec, device: str, *, quick: bool = False) -> dict[str, int]:
+    """Bytes calibrate allocates, from the shapes measure_peaks and measure_classes allocate: the peak probes
+    (transient), the weights (two layers, PER_RANK routed experts per rank of the widest grid point; drawing
+    the largest one is transient), every grid point's inputs (made once, kept to the end) and one grid point's
+    largest transient (every rank's attention output and one rank's largest operator, layers.transient_bytes)."""
+    from cmtwin.executor.modules import Kernels, largest_weight_bytes, scaled_model, weight_bytes
+
+    ex = spec.executor
+    model = scaled_model(spec.model, ex.scale)
+    att = model.attention
+    es = Kernels(ex.dtype, spec.model.norm_eps).dt.itemsize
+    points = grid_points(spec, device, quick=quick)
+    out = weight_bytes(model, layers=2, dense_layers=1, experts=PER_RANK * max(p[3] for p in points), mtp=False,
+                       dtype=ex.dtype)
+    inputs = 0
+    for phase, T, per, ranks in points:
+        inputs += ranks * es * (T * model.hidden + PER_RANK * per * model.hidden
+                                + (T * ex.kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0))
+    out["inputs"] = inputs
+    n, nel = _peak_sizes(device, quick)
+    probes = max(3 * 4 * n * n, 2 * 4 * nel)  # a matmul's two operands and its product; the copy's two buffers
+    from cmtwin.executor.layers import transient_bytes
+
+    grid = max(ranks * T * model.hidden * es  # every rank's attention output
+               + max(transient_bytes(model, es, phase=phase, tokens=T, kv_len=ex.kv_len, dense=d,
+                                     expert_rows=[] if d else [per] * PER_RANK) for d in (True, False))
+               for phase, T, per, ranks in points)
+    out["largest transient"] = max(probes, grid, largest_weight_bytes(model))
+    return out
+
+
+def _peak_sizes(device: str, quick: bool) -> tuple[int, int]:
+    """measure_peaks' matmul size and copy length."""
+    cuda = device == "cuda"
+    n = (8192 if cuda else 1024) if not quick else 256
+    nel = (1 << 28) if cuda else (1 << 22 if quick else 1 << 24)
+    return n, nel
+
+
+REPS = 6  # timed passes over the grid (after one warm-up pass); --quick: 2
+
+
+def grid_passes(quick: bool = False) -> int:
+    """Passes measure_classes makes over its grid, the warm-up included."""
+    return (min(REPS, 2) if quick else REPS) + 1
+
+
+def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS, max_ranks: int = 32,
+                    tick=None) -> list[tuple[Op, float]]:
     """(catalogue op, measured us) for the executor's kernels at the scaled shapes over the token grid.
 
     Measured the way `cmtwin execute` runs them: several ranks, each with its own inputs, KV cache, expert
@@ -108,10 +186,9 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 6, ma
     routing, experts, shared expert, LM head), so an operator meets the caches it meets in an execute, not a
     single rank's layer repeated hot. At each grid point there are enough ranks that their data overflows the
     last-level cache twice (cold_ranks), as when an execute cycles over a pool of 32 or 320 ranks; per rank
-    the fastest of the reps, then the mean over ranks (undisturbed)."""
+    the fastest of the reps, then the mean over ranks (undisturbed). tick() after each grid point measured."""
     from cmtwin.executor import layers as L
     from cmtwin.executor.modules import Kernels, make_weights, scaled_model
-    from cmtwin.executor.predict import catalogue_ops
     from cmtwin.executor.run import precision_of
 
     t = torch()
@@ -120,18 +197,10 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 6, ma
     att, moe = model.attention, model.moe
     K = Kernels(ex.dtype, spec.model.norm_eps)
     prec = precision_of(ex.dtype)
-    per_rank = 9  # experts on a rank (EP32: 8 routed + 1 redundant)
+    per_rank = PER_RANK
     if quick:  # a coarse, fast pass (tests): fewer ranks and repetitions
         reps, max_ranks = min(reps, 2), min(max_ranks, 8)
-    grids = {"decode": DECODE_GRID[::3] if quick else DECODE_GRID, "prefill": PREFILL_GRID[::3] if quick else PREFILL_GRID}
-    llc = last_level_cache_bytes(device)
-    points = []  # (phase, tokens, rows per local expert, ranks)
-    for phase, grid in grids.items():
-        for T in grid:
-            per = max(1, T * moe.experts_per_token // 2)
-            elems = (T * model.hidden + per_rank * per * model.hidden + per_rank * 3 * model.hidden * moe.intermediate
-                     + (T * ex.kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0))
-            points.append((phase, T, per, cold_ranks(elems * K.dt.itemsize, llc, max_ranks)))
+    points = grid_points(spec, device, quick=quick, max_ranks=max_ranks)
     W = make_weights(model, layers=2, dense_layers=1, seed=ex.seed, device=device,
                      experts=range(per_rank * max(p[3] for p in points)))
     dense, lw = W.layers
@@ -175,11 +244,10 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 6, ma
                 for r, tm in enumerate(tms):
                     for op, sec in tm.events:
                         samples.setdefault(op, {}).setdefault(r, []).append(sec * 1e6)
+            if tick:
+                tick()
     for phase, T, per, *_, samples in cases:
-        ops = catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False,
-                            loads=[per] * per_rank, shared_tokens=T)
-        ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=True)[-4:]
-        ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=ex.kv_len, dense=False, head=True)
+        ops = grid_ops(model, prec, phase, T, per, ex.kv_len)
         by: dict[str, list] = {}
         for o in ops:
             by.setdefault(o.name, []).append(o)
@@ -190,8 +258,34 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = 6, ma
     return out
 
 
-def calibrate_local(spec, *, device: str, name: str, quick: bool = False) -> tuple[HardwareProfile, list]:
-    """Measure this device: peaks, then the operator classes; returns the profile and the (op, us) pairs."""
+def grid_ops(model, prec, phase: str, T: int, per: int, kv_len: int) -> list[Op]:
+    """The catalogue operators one rank runs at a grid point: attention, the dense MLP, the MoE with
+    PER_RANK experts of `per` rows each and the shared expert over T tokens, the LM head."""
+    from cmtwin.executor.predict import catalogue_ops
+
+    ops = catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=kv_len, dense=False,
+                        loads=[per] * PER_RANK, shared_tokens=T)
+    ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=kv_len, dense=True)[-4:]
+    ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=kv_len, dense=False, head=True)
+    return ops
+
+
+def seconds(spec, device: str, hw: HardwareProfile, *, quick: bool = False) -> float:
+    """The grid's time under the twin's cost model on `hw` (this device's probed or calibrated profile):
+    every grid point's operators on every rank, warm-up pass included."""
+    from cmtwin.executor.modules import scaled_model
+    from cmtwin.executor.run import precision_of
+
+    ex = spec.executor
+    model = scaled_model(spec.model, ex.scale)
+    prec = precision_of(ex.dtype)
+    return grid_passes(quick) * sum(ranks * sum(op_time(o, hw).us for o in grid_ops(model, prec, phase, T, per, ex.kv_len))
+                        for phase, T, per, ranks in grid_points(spec, device, quick=quick)) / 1e6
+
+
+def peaks_profile(device: str, name: str, *, quick: bool = False) -> tuple[HardwareProfile, dict]:
+    """A profile of this device's peaks (matmul per dtype, copy bandwidth, launch overhead), no efficiency
+    curves: the roofline calibrate fits its curves on, and the estimate of a run before any calibration."""
     from cmtwin.twin.hardware import DieSpec, Sourced
 
     t = torch()
@@ -207,7 +301,6 @@ def calibrate_local(spec, *, device: str, name: str, quick: bool = False) -> tup
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         cores = t.get_num_threads()
     src = f"cmtwin calibrate {date.today().isoformat()}, {dev_name}"
-    ex = spec.executor
     hw = HardwareProfile(
         name=name, kind="gpu" if device == "cuda" else "cpu",
         dies_per_device=Sourced(value=1, source=f"{src}: one device is one rank"),
@@ -220,8 +313,18 @@ def calibrate_local(spec, *, device: str, name: str, quick: bool = False) -> tup
             peak_tflops={k: Sourced(value=round(v, 5), source=f"{src}: {pk['n']}^3 {k} matmul")
                          for k, v in pk["peak_tflops"].items()}),
         launch_overhead_us=Sourced(value=round(pk["launch_us"], 3), source=f"{src}: a 1x8x8 matmul"))
-    pairs = measure_classes(spec, device, quick=quick)
-    hw = fit_local(pairs, hw, f"{src}: executor kernels at scale {ex.scale:g}, {ex.dtype}, kv_len {ex.kv_len}", name)
+    return hw, {**pk, "source": src}
+
+
+def calibrate_local(spec, *, device: str, name: str, quick: bool = False, tick=None,
+                    peaks=None) -> tuple[HardwareProfile, list]:
+    """Measure this device: peaks (unless given, from peaks_profile), then the operator classes; returns the
+    profile and the (op, us) pairs. tick() after each grid point of each pass."""
+    hw, pk = peaks or peaks_profile(device, name, quick=quick)
+    ex = spec.executor
+    pairs = measure_classes(spec, device, quick=quick, tick=tick)
+    hw = fit_local(pairs, hw, f"{pk['source']}: executor kernels at scale {ex.scale:g}, {ex.dtype}, kv_len {ex.kv_len}",
+                   name)
     return hw, pairs
 
 

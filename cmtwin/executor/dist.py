@@ -64,7 +64,7 @@ def run_processes(spec, plan, phase: str, processes: int, *, timeout_s: float = 
     from cmtwin.executor.run import PhaseResult
 
     t = torch()
-    threads = max(1, t.get_num_threads() // processes)
+    threads = spec.executor.threads or max(1, t.get_num_threads() // processes)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.pt")
         import time

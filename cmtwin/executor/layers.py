@@ -179,3 +179,27 @@ def mtp_input(K, w, x, emb, tm=NULL):
         a = t.cat([K.rmsnorm(x, w.mtp_norms[0]), K.rmsnorm(emb, w.mtp_norms[1])], -1)
     with tm("mtp_eh_proj"):
         return K.linear(a, w.eh_proj)
+
+
+def transient_bytes(model, es: int, *, phase: str, tokens: int, kv_len: int, expert_rows=(), dense: bool = False) -> int:
+    """The most bytes one rank's layer allocates at once in the functions above (outputs and temporaries),
+    from the shapes they compute with, for compute-dtype element size `es`: the attention projections and
+    decode attention (the cache with the new latent, the score einsums, their sum, the fp32 softmax) or
+    prefill MHA (kv_b output, q and k with rope, SDPA's output and fp32 scores); the dense MLP or the shared
+    expert (gate_up, activation, down); the routed experts (each expert's gate_up, activation and down outputs
+    are kept until the last expert's down); the router's fp32 scores; the LM head's logits (fp32)."""
+    a, h, T = model.attention, model.hidden, tokens
+    H, c, r, vd = a.heads, a.kv_lora_rank, a.qk_rope_head_dim, a.v_head_dim
+    qk = a.qk_nope_head_dim + r
+    proj = T * (h + a.q_lora_rank + c + r + 2 * H * qk) * es
+    if phase == "decode":
+        L = kv_len + 1
+        attn = proj + T * (L * (c + r) * es + 3 * H * L * es + 4 * H * L)
+    else:
+        attn = proj + T * H * (a.qk_nope_head_dim + 2 * vd + 2 * qk) * es + 4 * H * T * T
+    mi = model.dense.intermediate if dense else model.moe.intermediate * max(1, model.moe.shared_experts)
+    mlp = T * (3 * mi + h) * es
+    experts = sum(expert_rows) * (3 * model.moe.intermediate + h) * es
+    router = 4 * T * model.moe.routed_experts * 4
+    head = T * model.vocab * (4 + (es if es != 4 else 0))
+    return max(attn, mlp, experts, router, head)

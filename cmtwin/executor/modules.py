@@ -81,50 +81,124 @@ class Weights:
     mtp_norms: tuple = ()  # MTP: (hidden norm, embedding norm)
 
 
+def attention_shapes(model: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """A layer's attention weights (and the MLP norm) in the order they are drawn: norms are 1-D."""
+    att, h = model.attention, model.hidden
+    qk = att.qk_nope_head_dim + att.qk_rope_head_dim
+    return {"attn_norm": (h,), "q_a": (h, att.q_lora_rank), "q_a_norm": (att.q_lora_rank,),
+            "q_b": (att.q_lora_rank, att.heads * qk), "kv_a": (h, att.kv_lora_rank + att.qk_rope_head_dim),
+            "kv_a_norm": (att.kv_lora_rank,),
+            "kv_b": (att.kv_lora_rank, att.heads * (att.qk_nope_head_dim + att.v_head_dim)),
+            "o": (att.heads * att.v_head_dim, h), "mlp_norm": (h,)}
+
+
+def mlp_shapes(model: ModelSpec, *, dense: bool) -> dict[str, tuple[int, ...]]:
+    """A layer's MLP weights: the dense MLP's, or the MoE's router, bias, one routed expert (w_gu, w_d) and
+    the shared experts (s_gu, s_d)."""
+    h = model.hidden
+    if dense:
+        i = model.dense.intermediate
+        return {"s_gu": (h, 2 * i), "s_d": (i, h)}
+    e, i, ns = model.moe.routed_experts, model.moe.intermediate, max(1, model.moe.shared_experts)
+    return {"router": (h, e), "bias": (e,), "w_gu": (h, 2 * i), "w_d": (i, h), "s_gu": (h, 2 * i * ns),
+            "s_d": (i * ns, h)}
+
+
+def head_shapes(model: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """The final norm, the LM head, MTP's eh_proj and its two norms."""
+    h = model.hidden
+    return {"final_norm": (h,), "lm_head": (h, model.vocab), "eh_proj": (2 * h, h), "mtp_norm_h": (h,),
+            "mtp_norm_e": (h,)}
+
+
+LINEAR = frozenset({"q_a", "q_b", "kv_a", "kv_b", "o", "s_gu", "s_d", "w_gu", "w_d", "lm_head", "eh_proj"})
+"""Weights used through Kernels.linear (cast once to the compute dtype and cached)."""
+
+
 def make_weights(model: ModelSpec, *, layers: int, dense_layers: int, seed: int, device: str, load=None,
                  skew: float = 0.0, experts=None, mtp: bool = False) -> Weights:
-    """Seeded random weights (fp32), generated on the device. `load` (per routed expert, mean 1) with
+    """Seeded random weights (fp32), generated on the device, of the shapes attention_shapes, mlp_shapes and
+    head_shapes give (the memory estimate counts the same). `load` (per routed expert, mean 1) with
     `skew` > 0 biases the router towards the hot experts (bias = skew x log load), so routing follows the
     plan's skewed load. `experts`: the routed expert ids to materialise (default all; each expert has its
     own seed, so a subset gets the same weights as the full set)."""
     t = torch()
     g = t.Generator(device=device).manual_seed(seed)
-    att, moe, h = model.attention, model.moe, model.hidden
+    moe = model.moe
 
-    def w(*shape, fan_in=None, gen=None):
-        fan = fan_in or shape[-2]
-        return t.randn(*shape, generator=gen or g, device=device) / math.sqrt(fan)
+    def w(*shape, gen=None):
+        return t.randn(*shape, generator=gen or g, device=device) / math.sqrt(shape[-2])
 
     def norm(n):
         return 1.0 + 0.1 * t.randn(n, generator=g, device=device)
 
-    qk = att.qk_nope_head_dim + att.qk_rope_head_dim
+    def draw(shape):
+        return norm(*shape) if len(shape) == 1 else w(*shape)
+
     out = []
     for li in range(layers + (1 if mtp else 0)):
         dense = li < dense_layers and li < layers
-        lw = LayerWeights(
-            dense=dense, attn_norm=norm(h), q_a=w(h, att.q_lora_rank), q_a_norm=norm(att.q_lora_rank),
-            q_b=w(att.q_lora_rank, att.heads * qk), kv_a=w(h, att.kv_lora_rank + att.qk_rope_head_dim),
-            kv_a_norm=norm(att.kv_lora_rank), kv_b=w(att.kv_lora_rank, att.heads * (att.qk_nope_head_dim + att.v_head_dim)),
-            o=w(att.heads * att.v_head_dim, h), mlp_norm=norm(h))
+        lw = LayerWeights(dense=dense, **{k: draw(s) for k, s in attention_shapes(model).items()})
+        ms = mlp_shapes(model, dense=dense)
         if dense:
-            i = model.dense.intermediate
-            lw.s_gu, lw.s_d = w(h, 2 * i), w(i, h)
+            lw.s_gu, lw.s_d = w(*ms["s_gu"]), w(*ms["s_d"])
         else:
-            e, i, ns = moe.routed_experts, moe.intermediate, max(1, moe.shared_experts)
-            lw.router = w(h, e)
-            bias = 0.01 * t.randn(e, generator=g, device=device)
+            e = moe.routed_experts
+            lw.router = w(*ms["router"])
+            bias = 0.01 * t.randn(*ms["bias"], generator=g, device=device)
             if load is not None and skew > 0:
                 bias = bias + skew * t.log(t.tensor(load, dtype=t.float32, device=device).clamp_min(1e-3))
             lw.bias = bias
             lw.w_gu, lw.w_d = {}, {}
             for ex in sorted(range(e) if experts is None else experts):
                 ge = t.Generator(device=device).manual_seed(seed * 1_000_003 + li * 1009 + ex + 1)
-                lw.w_gu[ex], lw.w_d[ex] = w(h, 2 * i, gen=ge), w(i, h, gen=ge)
-            lw.s_gu, lw.s_d = w(h, 2 * i * ns), w(i * ns, h)
+                lw.w_gu[ex], lw.w_d[ex] = w(*ms["w_gu"], gen=ge), w(*ms["w_d"], gen=ge)
+            lw.s_gu, lw.s_d = w(*ms["s_gu"]), w(*ms["s_d"])
         lw.mtp = li == layers
         out.append(lw)
-    return Weights(model, out, norm(h), w(h, model.vocab), w(2 * h, h), (norm(h), norm(h)))
+    hs = head_shapes(model)
+    return Weights(model, out, norm(*hs["final_norm"]), w(*hs["lm_head"]), w(*hs["eh_proj"]),
+                   (norm(*hs["mtp_norm_h"]), norm(*hs["mtp_norm_e"])))
+
+
+def weight_bytes(model: ModelSpec, *, layers: int, dense_layers: int, experts: int, mtp: bool, dtype: str) -> dict:
+    """Bytes make_weights allocates (fp32 masters) and Kernels caches (the compute-dtype copies of the weights
+    used through Kernels.linear: bf16 2 bytes, int8 1 byte plus an fp32 scale per output channel; fp32 uses
+    the master itself), for `experts` materialised routed experts per MoE layer."""
+    import numpy as np
+
+    def size(shape):
+        return int(np.prod(shape))
+
+    master = cache = 0
+
+    def add(name, shape, count=1):
+        nonlocal master, cache
+        master += 4 * size(shape) * count
+        if name in LINEAR and dtype == "bf16":
+            cache += 2 * size(shape) * count
+        elif name in LINEAR and dtype == "int8":
+            cache += (size(shape) + 4 * shape[-1]) * count
+
+    for li in range(layers + (1 if mtp else 0)):
+        dense = li < dense_layers and li < layers
+        for k, s in attention_shapes(model).items():
+            add(k, s)
+        for k, s in mlp_shapes(model, dense=dense).items():
+            add(k, s, experts if k in ("w_gu", "w_d") else 1)
+    for k, s in head_shapes(model).items():
+        add(k, s)
+    return {"weights": master, "weight casts": cache}
+
+
+def largest_weight_bytes(model: ModelSpec) -> int:
+    """The largest single weight make_weights draws (fp32): drawing it holds the raw draw and the scaled
+    weight at once."""
+    import numpy as np
+
+    shapes = [*attention_shapes(model).values(), *mlp_shapes(model, dense=True).values(),
+              *mlp_shapes(model, dense=False).values(), *head_shapes(model).values()]
+    return 4 * max(int(np.prod(s)) for s in shapes)
 
 
 # ------------------------------------------------------------------------------------------------ kernels

@@ -30,6 +30,12 @@ def precision_of(dtype: str) -> Precision:
     return dataclasses.replace(PRECISIONS[dtype], router="fp32")
 
 
+def set_threads(ex, device: str) -> None:
+    """executor.threads: torch's intra-op threads for this process (null leaves torch's default)."""
+    if ex.threads is not None and device == "cpu":
+        torch().set_num_threads(ex.threads)
+
+
 def pick_device(want: str) -> str:
     t = torch()
     if want == "cuda" and not t.cuda.is_available():
@@ -125,21 +131,101 @@ class Router:
 
 
 # --------------------------------------------------------------------------------------------- the run
-class PoolRun:
-    """One pool's ranks executing a decode step or a prefill chunk."""
+def phases_of(spec, plan) -> list[str]:
+    """The phases an execute runs: executor.phase, or both (prefill only when the plan has a prefill pool)."""
+    ph = spec.executor.phase
+    return [p for p in (["decode", "prefill"] if ph == "both" else [ph])
+            if not (p == "prefill" and ph == "both" and not plan.pools_of("prefill"))]
 
-    def __init__(self, spec, plan, phase: str, *, device: str, hw_pred, hw_comm, fabric):
+
+@dataclass(frozen=True)
+class PoolShape:
+    """What one pool's execution holds, known before anything is allocated: PoolRun builds exactly these
+    ranks, tokens, layers and experts, and memory() counts the bytes of the tensors it allocates."""
+
+    phase: str
+    model: object  # the scaled ModelSpec
+    nranks: int
+    tokens: int  # per rank
+    layers: int  # executor.layers (MTP's block not included)
+    dense_layers: int
+    mtp: bool
+    experts: tuple  # routed expert ids materialised (held by the executed ranks)
+    pool_dies: int
+
+    @classmethod
+    def of(cls, spec, plan, phase: str, *, scale: float | None = None) -> "PoolShape":
         ex = spec.executor
         pools = plan.pools_of("decode" if phase == "decode" else "prefill")
         if not pools:
             raise CmtwinError(f"the plan has no {phase} pool to execute.", key="executor.phase",
                               fix="choose executor.phase=decode or prefill")
-        self.pool = pools[0]
+        pool = pools[0]
+        nranks = min(pool.dies, ex.ranks or pool.dies)
+        router = Router(pool.placement, nranks)
+        T = (ex.decode_tokens or pool.tokens_per_die) if phase == "decode" else ex.prefill_tokens
+        return cls(phase, scaled_model(spec.model, ex.scale if scale is None else scale), nranks, T, ex.layers,
+                   ex.dense_layers, ex.mtp and spec.model.mtp_layers > 0, tuple(sorted(router.holders)), pool.dies)
+
+    def memory(self, dtype: str, kv_len: int) -> dict[str, int]:
+        """Bytes of what this pool's execution allocates, from the shapes it allocates them with:
+        resident ('weights', 'weight casts', 'inputs'), kept after a pass ('routing kept', 'result kept') and
+        the largest transient of a pass ('pass peak') and of the reference ('reference peak'). Transients
+        count the tensors alive at the busiest moments of PoolRun.run (the MoE exchange, the LM head) and of
+        PoolRun.reference (MHA-form decode attention, routing, the logits check)."""
+        from cmtwin.executor.layers import transient_bytes
+        from cmtwin.executor.modules import largest_weight_bytes, weight_bytes
+
+        m, a, moe = self.model, self.model.attention, self.model.moe
+        es = 2 if dtype == "bf16" else 4  # compute dtype's element size (int8 runs W8A8 over fp32)
+        n, T, h, V, E, k = self.nranks, self.tokens, m.hidden, m.vocab, moe.routed_experts, moe.experts_per_token
+        N, H, c, r = n * T, a.heads, a.kv_lora_rank, a.qk_rope_head_dim
+        qk, nope, vd = a.qk_nope_head_dim + a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim
+        nl = self.layers + (1 if self.mtp else 0)
+        moe_layers = nl - min(self.dense_layers, self.layers)
+        out = weight_bytes(m, layers=self.layers, dense_layers=self.dense_layers, experts=len(self.experts),
+                           mtp=self.mtp, dtype=dtype)
+        decode = self.phase == "decode"
+        L = kv_len + 1  # the cache and the new token
+        out["inputs"] = 2 * N * h * es + (nl * N * kv_len * (c + r) * es if decode else 0)  # x, emb, latent cache
+        out["routing kept"] = moe_layers * N * (h * es + 8 * k)  # per MoE layer: normed hidden, expert ids
+        out["result kept"] = N * (h * es + 4 * V)  # the last pass's hidden state and fp32 logits
+        held = max(1, len(self.experts))  # expert rows spread over the experts held (replicas alike)
+        rows = -(-N * k // held)
+        attn = max(transient_bytes(m, es, phase=self.phase, tokens=T, kv_len=kv_len, dense=li < self.dense_layers,
+                                   expert_rows=[rows] if li >= self.dense_layers else ()) for li in range(2))
+        routed = N * (h * es + 12 * k + 4 * E)  # per rank: normed hidden, ids (int64), weights, biased scores
+        exchange = (N * (h * es + 12 * k)  # concatenated hidden, ids, weights
+                    + 8 * N * (3 + 5 * k) + N * n  # token/source/shared-rank, destination/key/order/rows; one-hot
+                    + N * k * h * es + 2 * N * h * es)  # routed and shared rows received, the combined output
+        head = N * (4 * V + (2 * V if es == 2 else 0)) + 4 * N * V + N * h * es  # per-rank logits, concatenated
+        out["pass peak"] = max(N * h * es + max(attn, routed + exchange, head), largest_weight_bytes(m))
+        proj = N * (h + a.q_lora_rank + c + r + 2 * H * qk) * es  # normed hidden, q latent, kv latent, q
+        if decode:  # MHA form over every token: latents gathered, K and V expanded per head (and einsum's
+            # contiguous copy of one of them), scores, softmax
+            ref_attn = (proj + N * kv_len * (c + r) * es + N * L * (c + r) * es + N * L * H * (nope + vd) * es
+                        + N * L * H * max(nope, vd) * es + 3 * N * H * L * es + 4 * N * H * L)
+        else:  # absorbed form per prompt: latent queries, scores, mask, softmax
+            ref_attn = proj + T * H * (c + 2 * T * es + 4 * T) + T * T
+        ref_route = N * h * es + 4 * 4 * N * E  # normed hidden; logits, scores, biased, group-masked scores
+        ref_head = 4 * N * V + (2 * N * V if es == 2 else 0) + 4 * N * V  # logits; their difference
+        out["reference peak"] = 2 * N * h * es + max(ref_attn, ref_route, ref_head)
+        return out
+
+
+class PoolRun:
+    """One pool's ranks executing a decode step or a prefill chunk."""
+
+    def __init__(self, spec, plan, phase: str, *, device: str, hw_pred, hw_comm, fabric):
+        ex = spec.executor
+        shape = PoolShape.of(spec, plan, phase)
+        self.shape = shape
+        self.pool = plan.pools_of("decode" if phase == "decode" else "prefill")[0]
         self.phase = phase
         self.ex = ex
         self.device = device
-        self.model = scaled_model(spec.model, ex.scale)
-        self.nranks = min(self.pool.dies, ex.ranks or self.pool.dies)
+        self.model = shape.model
+        self.nranks = shape.nranks
         self.dies = [d for d in plan.dies if d.role == self.pool.role and d.instance == self.pool.instance]
         self.dies.sort(key=lambda d: d.ep_rank)
         self.die_ids = tuple(d.die for d in self.dies[: self.nranks])
@@ -150,10 +236,11 @@ class PoolRun:
         self.comm_prec = spec.prec
         self.W = make_weights(self.model, layers=ex.layers, dense_layers=ex.dense_layers, seed=ex.seed,
                               device=device, load=self.pool.placement.load, skew=ex.skew,
-                              experts=sorted(self.router.holders), mtp=ex.mtp and spec.model.mtp_layers > 0)
-        self.T = (ex.decode_tokens or self.pool.tokens_per_die) if phase == "decode" else ex.prefill_tokens
+                              experts=list(shape.experts), mtp=shape.mtp)
+        self.T = shape.tokens
         self.owned = list(range(self.nranks))  # ranks this process computes (all, in one process)
         self.allreduce = None  # across processes: sum a tensor in place (each slot written by one process)
+        self._predicted: dict = {}  # the twin's predictions of a layer's operators, the same every pass
         self._inputs()
 
     def _inputs(self):
@@ -174,8 +261,8 @@ class PoolRun:
             self.pos = t.arange(T, device=self.device)
 
     # ------------------------------------------------------------------ distributed (ranks as buffers)
-    def run(self, timed: bool = True) -> PhaseResult:
-        t = torch()
+    def run(self, timed: bool = True, tick=None) -> PhaseResult:
+        """One pass over the executed layers and the LM head; tick() after each (progress)."""
         cuda = self.device == "cuda"
         tms = [L.Timer(timed, cuda) for _ in range(self.nranks)]
         events: list = []
@@ -199,16 +286,22 @@ class PoolRun:
                 for r in self.owned:
                     xs[r] = L.dense_mlp(self.K, lw, xs[r], tms[r])
                 self._flush(tms, events, li, {})
+                if tick:
+                    tick()
                 continue
             routed = self._routed([L.route(self.K, lw, xs[r], moe, tms[r], allowed) if r in self.owned else None
                                    for r in range(self.nranks)])
             self.routing.append([(ri[0], ri[1]) for ri in routed])
             loads, shared_tokens = self._moe(lw, li, routed, xs, tms, events)
             self._flush(tms, events, li, loads, shared_tokens=shared_tokens)
+            if tick:
+                tick()
         logits = [None] * self.nranks
         for r in self.owned:
             logits[r] = L.lm_head(self.K, self.W, xs[r], tms[r])
         self._flush(tms, events, len(self.W.layers), {}, head=True)
+        if tick:
+            tick()
         wall = time.perf_counter() - t0
         out, lg = self._gather(xs), self._gather(logits)
         return PhaseResult(self.phase, self.nranks, self.nranks * self.T, out, lg, events, wall_s=wall)
@@ -303,8 +396,12 @@ class PoolRun:
         for r, tm in enumerate(tms):
             if not tm.events:
                 continue
-            pred = predicted_ops(self, tokens=self.T, layer=layer, loads=loads.get(r),
-                                 shared_tokens=(shared_tokens or {}).get(r, 0), head=head)
+            st = (shared_tokens or {}).get(r, 0)
+            key = (layer, tuple(loads.get(r) or ()), st, head)
+            pred = self._predicted.get(key)
+            if pred is None:  # a rank's load repeats over the passes: cost each distinct layer once
+                pred = self._predicted[key] = predicted_ops(self, tokens=self.T, layer=layer, loads=loads.get(r),
+                                                            shared_tokens=st, head=head)
             for op, sec in tm.events:
                 events.append((r, op, "compute", sec * 1e6, pred.get(op), layer))
             tm.events.clear()

@@ -19,10 +19,13 @@ class ExecutorSpec(Frozen):
     random next-token embedding, then one MoE layer); the logits are then the MTP module's."""
     dense_layers: int = Field(default=0, ge=0)
     """How many of the executed layers are dense-MLP layers (run first, as in the model); the rest are MoE."""
-    scale: float = Field(default=1.0, gt=0, le=1)
-    """Shape scale factor (1.0 = true shapes) so a CPU run finishes in seconds: hidden, intermediates, heads,
-    head and latent dims and the vocabulary shrink by it (rounded to keep divisibility); the routed-expert
-    count and the plan's placement are kept, so every rank of the plan is executed."""
+    scale: float = Field(default=0.02, gt=0, le=1)
+    """Shape scale factor (1.0 = true shapes): hidden, intermediates, heads, head and latent dims and the
+    vocabulary shrink by it (rounded to keep divisibility); the routed-expert count and the plan's placement
+    are kept, so every rank of the plan is executed. The default 0.02 runs every rank of a 320-die pool on a
+    2-core, 24 GB machine in under a minute, and is the scale a bare `cmtwin calibrate` calibrates at, so the
+    two agree; true shapes (1.0) need a GPU and a subset of ranks (execute and calibrate refuse at once what
+    will not fit in the available memory, naming the largest scale that does)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run: auto picks CUDA when present."""
     dtype: Literal["fp32", "bf16", "int8"] = "fp32"
@@ -48,6 +51,12 @@ class ExecutorSpec(Frozen):
     """Timed passes (after one warm-up), the phases' passes interleaved; each operator's measured time is its
     fastest over the passes, so load from elsewhere on the machine (which only adds time) stays out of the
     timeline, as in calibrate. The numerics are those of the last pass."""
+    threads: int | None = Field(default=1, ge=1)
+    """CPU threads torch runs each operator on (torch.set_num_threads); null: torch's default, one per core.
+    One by default: at reduced shapes an operator takes microseconds, which a second thread barely shortens,
+    while on a machine shared with other work every operator waits for a descheduled thread (on a loaded
+    2-vCPU VM a bare calibrate took 226 s with two threads and 15 s with one; a 64x144x288 matmul 2.8 ms
+    mean with two, 61 us with one). With processes=N each worker takes this many (null: cores / N)."""
     processes: int = Field(default=1, ge=1)
     """Worker processes (torch.distributed, gloo on CPU / NCCL on GPU); ranks are dealt round-robin."""
     profile: str | None = None

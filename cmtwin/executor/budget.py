@@ -1,0 +1,369 @@
+"""Before `cmtwin execute` or `cmtwin calibrate` starts: the memory it will need, the time it will take, and
+whether this machine has that memory.
+
+Memory is counted from the shapes the run allocates (cmtwin.executor.run.PoolShape.memory for execute,
+cmtwin.executor.calibrate.memory for calibrate, both built on modules.weight_bytes, whose shapes are the ones
+make_weights draws), and compared with the memory available now: MemAvailable in /proc/meminfo (free memory
+on a GPU), or CMTWIN_MEM_AVAILABLE when set. A run that does not fit is refused at once, naming what it would
+need, what is available and the settings that fit (the largest executor.scale, fewer layers or ranks).
+
+Time is the twin's own cost model (cmtwin.twin.cost.op_time) over the operators the run executes, on this
+device's profile: the calibrated local_<device> when there is one, else this device's peaks probed in a
+fraction of a second (a rough figure: no calibrated per-operator efficiencies).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from cmtwin.errors import CmtwinError
+
+ENV = "CMTWIN_MEM_AVAILABLE"
+"""Overrides the available memory (bytes, or with a unit: 512M, 8G, 8GiB)."""
+USABLE = 0.9
+"""The share of the available memory a run may plan to use: the rest is left for what the estimate does not
+count -- the allocator's slack (peak resident memory measured 2-10% above the estimated tensors) and the
+other processes of the machine, whose use moves while the run goes."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '123456', '1.5e9', '512M', '8G', '8GiB', '8 GB' (units are binary: K, M, G, T = 2^10...)."""
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise CmtwinError(f"{ENV}={text!r}: not a size.", key=ENV, fix="give bytes or a size such as 8G or 512M")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
+def available_memory(device: str) -> tuple[int, str]:
+    """(bytes available now, where the figure comes from)."""
+    if os.environ.get(ENV):
+        return parse_size(os.environ[ENV]), ENV
+    if device == "cuda":
+        from cmtwin.executor.modules import torch
+
+        return int(torch().cuda.mem_get_info()[0]), "free CUDA memory"
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free pages (os.sysconf)"
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (VmRSS), None where /proc is not there."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (ru_maxrss)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def fmt(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+@dataclass
+class Estimate:
+    """A run's memory (bytes by part; their sum is the peak) against the memory available, and its time."""
+
+    verb: str
+    parts: dict[str, int]
+    available_bytes: int
+    available_from: str
+    seconds: float | None = None
+    time_basis: str | None = None
+    baseline_rss: int | None = field(default_factory=resident_bytes)
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def usable_bytes(self) -> int:
+        return int(USABLE * self.available_bytes)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.usable_bytes
+
+    def memory_line(self) -> str:
+        parts = ", ".join(f"{k} {fmt(v)}" for k, v in self.parts.items() if v)
+        return (f"{self.verb} needs about {fmt(self.peak_bytes)} of memory ({parts}); {fmt(self.available_bytes)} "
+                f"available ({self.available_from})")
+
+    def time_line(self) -> str:
+        return f"{self.verb} should take about {_secs(self.seconds)} ({self.time_basis})"
+
+    def to_dict(self) -> dict:
+        return {"peak_bytes": self.peak_bytes, "parts_bytes": dict(self.parts), "available_bytes": self.available_bytes,
+                "available_from": self.available_from, "seconds": self.seconds, "time_basis": self.time_basis}
+
+    def measured_peak(self, device: str = "cpu") -> int | None:
+        """What the run took at its peak: on a GPU the peak of allocated device memory, on a CPU the process's
+        peak resident memory above what it held when the estimate was made."""
+        if device == "cuda":
+            from cmtwin.executor.modules import torch
+
+            return int(torch().cuda.max_memory_allocated())
+        if self.baseline_rss is None:
+            return None
+        return max(0, peak_resident_bytes() - self.baseline_rss)
+
+
+def _secs(s: float | None) -> str:
+    if s is None:
+        return "an unknown time"
+    if s < 90:
+        return f"{max(1, round(s))} s"
+    return f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+# ------------------------------------------------------------------------------------------------ execute
+def _with(spec, **executor):
+    return spec.model_copy(update={"executor": spec.executor.model_copy(update=executor)})
+
+
+def execute_parts(spec, plan) -> dict[str, int]:
+    """Bytes of an execute by part: every phase's pool is built before the passes (weights, their casts,
+    inputs), each keeps its routing and last result between passes, and the largest transient of one pass
+    or reference comes on top. With executor.processes=P, each worker builds one phase's pool again."""
+    from cmtwin.executor.run import PoolShape, phases_of
+
+    ex = spec.executor
+    mems = [PoolShape.of(spec, plan, ph).memory(ex.dtype, ex.kv_len) for ph in phases_of(spec, plan)]
+    parts = {k: sum(m[k] for m in mems) for k in ("weights", "weight casts", "inputs")}
+    parts["kept between passes"] = sum(m["routing kept"] + m["result kept"] for m in mems)
+    # A pass's transient buffers, once freed, stay in the allocator's heap (glibc keeps them for reuse and the
+    # reference's differently-sized ones do not fit them): measured at scale 0.02 on r1_ep320, resident memory
+    # after the passes held most of a pass's peak when the reference began. So the two add up.
+    parts["pass transient"] = max(m["pass peak"] for m in mems)
+    if ex.reference:
+        parts["reference transient"] = max(m["reference peak"] for m in mems)
+    if ex.processes > 1:
+        parts["worker processes"] = ex.processes * max(
+            m["weights"] + m["weight casts"] + m["inputs"] + m["routing kept"] + m["pass peak"] for m in mems)
+    return parts
+
+
+def execute_estimate(spec, plan, device: str) -> Estimate:
+    avail, source = available_memory(device)
+    return Estimate("execute", execute_parts(spec, plan), avail, source)
+
+
+def check_execute(spec, plan, device: str) -> Estimate:
+    """The estimate, or a CmtwinError (exit 2) naming the memory needed and available and what fits."""
+    est = execute_estimate(spec, plan, device)
+    if est.fits:
+        return est
+    ex = spec.executor
+    avail = est.usable_bytes
+
+    def need(**kw) -> int:
+        return sum(execute_parts(_with(spec, **kw), plan).values())
+
+    fixes = []
+    s = _largest_scale(lambda x: need(scale=x) <= avail, ex.scale)
+    if s is not None:
+        fixes.append(f"executor.scale={s:g} (about {fmt(need(scale=s))})")
+    if ex.layers > 1:
+        n = _largest_int(lambda x: need(layers=x) <= avail, ex.layers - 1)
+        if n:
+            fixes.append(f"executor.layers={n} (about {fmt(need(layers=n))})")
+    from cmtwin.executor.run import PoolShape, phases_of
+
+    widest = max(PoolShape.of(spec, plan, ph).nranks for ph in phases_of(spec, plan))
+    if widest > 1:
+        n = _largest_int(lambda x: need(ranks=x) <= avail, widest - 1)
+        if n:
+            fixes.append(f"executor.ranks={n} (about {fmt(need(ranks=n))})")
+    if ex.processes > 1:
+        fixes.append("executor.processes=1 (each worker process builds its own weights)")
+    raise _refusal(est, spec, fixes)
+
+
+# ------------------------------------------------------------------------------------------------ calibrate
+def calibrate_estimate(spec, device: str, *, quick: bool = False) -> Estimate:
+    from cmtwin.executor import calibrate as C
+
+    avail, source = available_memory(device)
+    return Estimate("calibrate", C.memory(spec, device, quick=quick), avail, source)
+
+
+def check_calibrate(spec, device: str, *, quick: bool = False) -> Estimate:
+    from cmtwin.executor import calibrate as C
+
+    est = calibrate_estimate(spec, device, quick=quick)
+    if est.fits:
+        return est
+
+    def need(x: float) -> int:
+        return sum(C.memory(_with(spec, scale=x), device, quick=quick).values())
+
+    s = _largest_scale(lambda x: need(x) <= est.usable_bytes, spec.executor.scale)
+    raise _refusal(est, spec, [f"executor.scale={s:g} (about {fmt(need(s))})"] if s else [])
+
+
+def _refusal(est: Estimate, spec, fixes: list[str]) -> CmtwinError:
+    ex = spec.executor
+    what = (f"executor.scale={ex.scale:g}" + (f", executor.layers={ex.layers}" if est.verb == "execute" else "")
+            + f", executor.dtype={ex.dtype}")
+    fix = ("run with " + ", or ".join(fixes) if fixes else "run on a machine with more memory") + (
+        f"; {ENV}=<bytes> overrides the available figure")
+    return CmtwinError(f"{est.verb} at {what} would need about {fmt(est.peak_bytes)} of memory at its peak ("
+                       + ", ".join(f"{k} {fmt(v)}" for k, v in est.parts.items() if v)
+                       + f"), but {fmt(est.available_bytes)} is available ({est.available_from}; a run may plan "
+                       f"{USABLE:.0%} of it, {fmt(est.usable_bytes)}).",
+                       key="executor.scale", fix=fix)
+
+
+def _largest_scale(fits: Callable[[float], bool], below: float, floor: float = 1e-3) -> float | None:
+    """The largest scale under `below` (two significant digits, rounded down) that fits; None if not even
+    `floor` does."""
+    import math
+
+    if not fits(floor):
+        return None
+    lo, hi = floor, below
+    for _ in range(30):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    digits = 1 - math.floor(math.log10(lo))
+    s = math.floor(lo * 10**digits) / 10**digits
+    return s if s > 0 and fits(s) else None
+
+
+def _largest_int(fits: Callable[[int], bool], top: int) -> int | None:
+    if top < 1 or not fits(1):
+        return None
+    lo, hi = 1, top
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+# ------------------------------------------------------------------------------------------------ time
+def device_profile(device: str):
+    """(profile, basis) describing this device for a time estimate: the calibrated local_<device> when
+    `cmtwin calibrate` has written one, else this device's peaks probed now, with the executor's smallest
+    operator (an RMSNorm of one token, timed as the executor times it) as the per-operator fixed cost."""
+    from cmtwin.config.compose import options
+
+    local = f"local_{device}"
+    if local in options("hardware"):
+        from cmtwin.executor.api import load_profile
+
+        return load_profile(local), f"the twin's cost model on the calibrated profile {local}"
+    from cmtwin.executor.calibrate import peaks_profile
+
+    hw, _ = peaks_profile(device, f"probe_{device}", quick=True)
+    us = _smallest_op_us(device)
+    hw = hw.model_copy(update={"launch_overhead_us": hw.launch_overhead_us.model_copy(
+        update={"value": us, "source": "the executor's RMSNorm of one token"})})
+    return hw, (f"a rough figure: the twin's roofline on this {device}'s probed peaks with {us:.0f} us per operator; "
+                "`cmtwin calibrate` measures its operators")
+
+
+def _smallest_op_us(device: str) -> float:
+    import statistics
+
+    from cmtwin.executor import layers as L
+    from cmtwin.executor.modules import Kernels, torch
+
+    t = torch()
+    K = Kernels("fp32", 1e-6)
+    x, w = t.randn(1, 64, device=device), t.randn(64, device=device)
+    tm = L.Timer(True, device == "cuda")
+    for _ in range(51):
+        with tm("norm"):
+            K.rmsnorm(x, w)
+    return statistics.median(s for _, s in tm.events[1:]) * 1e6
+
+
+def execute_pilot(spec, plan, device: str) -> tuple[float, str]:
+    """(seconds, basis): each phase's pool built and run on a few of its ranks (an eighth, at most 8, at least
+    1) -- one untimed and one timed pass and the reference -- and scaled to the run: building by the bytes
+    built, a pass and the reference by the ranks, the pass by warm-up + executor.passes. The pilot runs this
+    executor on this machine as it is now (its load included), which no cost model of the kernels alone
+    does: the executor's own bookkeeping between operators is a third of a pass at reduced scale."""
+    import time as _time
+
+    from cmtwin.executor.api import prediction_profile
+    from cmtwin.executor.run import PoolRun, PoolShape, phases_of
+    from cmtwin.planner.plan import fabric_for
+
+    ex = spec.executor
+    hw_pred, fabric = prediction_profile(spec, device), fabric_for(spec)
+    total, pilots = 0.0, []
+    for ph in phases_of(spec, plan):
+        full = PoolShape.of(spec, plan, ph)
+        k = max(1, min(8, full.nranks // 8))
+        small = _with(spec, ranks=k)
+        t0 = _time.perf_counter()
+        run = PoolRun(small, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
+        t1 = _time.perf_counter()
+        run.run(timed=False)
+        t2 = _time.perf_counter()
+        res = run.run()
+        t3 = _time.perf_counter()
+        if ex.reference:
+            run.reference(res)
+        t4 = _time.perf_counter()
+        big, little = full.memory(ex.dtype, ex.kv_len), run.shape.memory(ex.dtype, ex.kv_len)
+        built = sum(big[x] for x in ("weights", "inputs")) / max(1, sum(little[x] for x in ("weights", "inputs")))
+        total += (t1 - t0) * built + full.nranks / k * ((t3 - t2) * (1 + ex.passes) + (t4 - t3))
+        pilots.append(f"{k} of {full.nranks} {ph} ranks")
+    return total, f"a pilot of {' and '.join(pilots)} timed now on this {device}, scaled to the run"
+
+
+def execute_seconds(spec, plan, hw) -> float:
+    """The twin's time for every executed operator (each rank, layer and LM head; the warm-up, the timed
+    passes and the reference as one more pass) on `hw`, expert rows spread evenly over the experts held."""
+    from collections import Counter
+
+    from cmtwin.executor.predict import catalogue_ops
+    from cmtwin.executor.run import PoolShape, phases_of, precision_of
+    from cmtwin.twin.cost import op_time
+
+    ex = spec.executor
+    prec = precision_of(ex.dtype)
+    total = 0.0
+    for ph in phases_of(spec, plan):
+        sh = PoolShape.of(spec, plan, ph)
+        pool = plan.pools_of("decode" if ph == "decode" else "prefill")[0]
+        m, T = sh.model, sh.tokens
+        held = Counter(len(pool.placement.ranks[r]) for r in range(sh.nranks))
+        rows = sh.nranks * T * m.moe.experts_per_token / max(1, sum(k * c for k, c in held.items()))
+
+        def cost(**kw) -> float:
+            return sum(op_time(o, hw).us for o in catalogue_ops(m, prec, phase=ph, tokens=T, kv_len=ex.kv_len, **kw))
+
+        one = 0.0
+        for li in range(sh.layers + (1 if sh.mtp else 0)):
+            if li < min(sh.dense_layers, sh.layers):
+                one += sh.nranks * cost(dense=True)
+            else:
+                mtp = li == sh.layers
+                one += sum(c * cost(dense=False, loads=[max(1, round(rows))] * k, shared_tokens=T, mtp=mtp)
+                           for k, c in held.items())
+        one += sh.nranks * cost(dense=False, head=True)
+        total += one * (1 + ex.passes + (1 if ex.reference else 0))
+    return total / 1e6
