@@ -72,8 +72,10 @@ def test_predictions_use_the_twin_cost_model():
 def test_cli_execute_records_timeline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     db = f"sqlite:///{tmp_path / 'x.db'}"
+    # four ranks of each pool: the CLI's path (estimate, pilot, run, store) without 320 ranks' worth of passes
     r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", "execute", "+deployment=r1_ep320", *TINY,
-                        "--db", db, "--format", "json"], capture_output=True, text=True, timeout=120)
+                        "executor.ranks=4", "--db", db, "--format", "json"], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["numerics"].startswith("ok")

@@ -66,9 +66,8 @@ def run(args: argparse.Namespace) -> int:
             progress("peaks (matmul, copy, launch)", 0, 1)
             peaks = C.peaks_profile(device, name, quick=args.quick)
             progress("peaks (matmul, copy, launch)", 1, 1)
-            est.seconds = C.seconds(spec, device, peaks[0], quick=args.quick)
-            est.time_basis = ("a rough figure: the twin's roofline on the peaks just measured, without the per-operator "
-                              "costs this calibration measures")
+            rough, est.time_basis = budget.with_operator_cost(peaks[0], device)
+            est.seconds = C.seconds(spec, device, rough, quick=args.quick)
             bar.console.print(f"[dim]{est.time_line()}[/]")
             total = C.grid_passes(args.quick) * len(C.grid_points(spec, device, quick=args.quick))
             done = [0]

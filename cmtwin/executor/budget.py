@@ -7,9 +7,10 @@ make_weights draws), and compared with the memory available now: MemAvailable in
 on a GPU), or CMTWIN_MEM_AVAILABLE when set. A run that does not fit is refused at once, naming what it would
 need, what is available and the settings that fit (the largest executor.scale, fewer layers or ranks).
 
-Time is the twin's own cost model (cmtwin.twin.cost.op_time) over the operators the run executes, on this
-device's profile: the calibrated local_<device> when there is one, else this device's peaks probed in a
-fraction of a second (a rough figure: no calibrated per-operator efficiencies).
+Time: execute times a pilot -- a few of each pool's ranks, one pass and the reference -- and scales it to the
+run (execute_pilot); calibrate, whose grid is fixed, costs its operators with the twin's roofline
+(cmtwin.twin.cost.op_time) on the peaks it has just measured, with the executor's smallest operator as the
+fixed cost of each (with_operator_cost): a rough figure, as it is made before any operator is calibrated.
 """
 
 from __future__ import annotations
@@ -194,6 +195,9 @@ def check_execute(spec, plan, device: str) -> Estimate:
         n = _largest_int(lambda x: need(ranks=x) <= avail, widest - 1)
         if n:
             fixes.append(f"executor.ranks={n} (about {fmt(need(ranks=n))})")
+    if len(phases_of(spec, plan)) > 1:  # one pool's weights instead of two
+        fixes += [f"executor.phase={ph} (about {fmt(need(phase=ph))})" for ph in phases_of(spec, plan)
+                  if need(phase=ph) <= avail]
     if ex.processes > 1:
         fixes.append("executor.processes=1 (each worker process builds its own weights)")
     raise _refusal(est, spec, fixes)
@@ -261,25 +265,15 @@ def _largest_int(fits: Callable[[int], bool], top: int) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------------ time
-def device_profile(device: str):
-    """(profile, basis) describing this device for a time estimate: the calibrated local_<device> when
-    `cmtwin calibrate` has written one, else this device's peaks probed now, with the executor's smallest
-    operator (an RMSNorm of one token, timed as the executor times it) as the per-operator fixed cost."""
-    from cmtwin.config.compose import options
-
-    local = f"local_{device}"
-    if local in options("hardware"):
-        from cmtwin.executor.api import load_profile
-
-        return load_profile(local), f"the twin's cost model on the calibrated profile {local}"
-    from cmtwin.executor.calibrate import peaks_profile
-
-    hw, _ = peaks_profile(device, f"probe_{device}", quick=True)
+def with_operator_cost(hw, device: str):
+    """(profile, basis): a peaks-only profile whose fixed cost per operator is the executor's smallest operator
+    (an RMSNorm of one token, timed as the executor times it) instead of one bare kernel launch: every
+    executed operator runs several kernels and the timer around them."""
     us = _smallest_op_us(device)
     hw = hw.model_copy(update={"launch_overhead_us": hw.launch_overhead_us.model_copy(
         update={"value": us, "source": "the executor's RMSNorm of one token"})})
-    return hw, (f"a rough figure: the twin's roofline on this {device}'s probed peaks with {us:.0f} us per operator; "
-                "`cmtwin calibrate` measures its operators")
+    return hw, (f"a rough figure: the twin's roofline on this {device}'s peaks with {us:.0f} us per operator, "
+                "before calibration measures each operator")
 
 
 def _smallest_op_us(device: str) -> float:
@@ -332,38 +326,3 @@ def execute_pilot(spec, plan, device: str) -> tuple[float, str]:
         total += (t1 - t0) * built + full.nranks / k * ((t3 - t2) * (1 + ex.passes) + (t4 - t3))
         pilots.append(f"{k} of {full.nranks} {ph} ranks")
     return total, f"a pilot of {' and '.join(pilots)} timed now on this {device}, scaled to the run"
-
-
-def execute_seconds(spec, plan, hw) -> float:
-    """The twin's time for every executed operator (each rank, layer and LM head; the warm-up, the timed
-    passes and the reference as one more pass) on `hw`, expert rows spread evenly over the experts held."""
-    from collections import Counter
-
-    from cmtwin.executor.predict import catalogue_ops
-    from cmtwin.executor.run import PoolShape, phases_of, precision_of
-    from cmtwin.twin.cost import op_time
-
-    ex = spec.executor
-    prec = precision_of(ex.dtype)
-    total = 0.0
-    for ph in phases_of(spec, plan):
-        sh = PoolShape.of(spec, plan, ph)
-        pool = plan.pools_of("decode" if ph == "decode" else "prefill")[0]
-        m, T = sh.model, sh.tokens
-        held = Counter(len(pool.placement.ranks[r]) for r in range(sh.nranks))
-        rows = sh.nranks * T * m.moe.experts_per_token / max(1, sum(k * c for k, c in held.items()))
-
-        def cost(**kw) -> float:
-            return sum(op_time(o, hw).us for o in catalogue_ops(m, prec, phase=ph, tokens=T, kv_len=ex.kv_len, **kw))
-
-        one = 0.0
-        for li in range(sh.layers + (1 if sh.mtp else 0)):
-            if li < min(sh.dense_layers, sh.layers):
-                one += sh.nranks * cost(dense=True)
-            else:
-                mtp = li == sh.layers
-                one += sum(c * cost(dense=False, loads=[max(1, round(rows))] * k, shared_tokens=T, mtp=mtp)
-                           for k, c in held.items())
-        one += sh.nranks * cost(dense=False, head=True)
-        total += one * (1 + ex.passes + (1 if ex.reference else 0))
-    return total / 1e6
