@@ -26,7 +26,8 @@ def progress_bar():
     """A rich progress display on stderr (stdout stays clean for --format json); silent when stderr is not a
     terminal. Returns (context manager, progress(stage, done, total))."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -149,7 +150,8 @@ def _render(spec, out) -> None:
     e = out["estimate"]
     from cmtwin.executor.budget import fmt
 
+    grew = e["measured_peak_bytes"]
     c.print(f"wall {out['wall_s']:.2f} s (estimated {e['seconds']:.0f} s); memory: estimated {fmt(e['peak_bytes'])}"
-            + (f", peak resident growth {fmt(e['measured_peak_bytes'])}" if e["measured_peak_bytes"] is not None else ""))
+            + (f", peak resident growth {fmt(grew)}" if grew is not None else ""))
     if note["warning"]:
         c.print(f"[yellow]warning:[/] {note['warning']}")

@@ -53,7 +53,12 @@ def available_memory(device: str) -> tuple[int, str]:
                     return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free pages (os.sysconf)"
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free pages (os.sysconf)"
+    except (ValueError, OSError, AttributeError):  # neither is there: nothing is refused
+        import sys
+
+        return sys.maxsize, f"not known here (set {ENV})"
 
 
 def resident_bytes() -> int | None:
@@ -302,7 +307,7 @@ def execute_pilot(spec, plan, device: str) -> tuple[float, str]:
 
     from cmtwin.executor.api import prediction_profile
     from cmtwin.executor.run import PoolRun, PoolShape, phases_of
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
 
     ex = spec.executor
     hw_pred, fabric = prediction_profile(spec, device), fabric_for(spec)

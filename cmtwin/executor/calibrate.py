@@ -146,8 +146,8 @@ def memory(spec, device: str, *, quick: bool = False) -> dict[str, int]:
                        dtype=ex.dtype)
     inputs = 0
     for phase, T, per, ranks in points:
-        inputs += ranks * es * (T * model.hidden + PER_RANK * per * model.hidden
-                                + (T * ex.kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0))
+        cache = T * ex.kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0
+        inputs += ranks * es * (T * model.hidden + PER_RANK * per * model.hidden + cache)
     out["inputs"] = inputs
     n, nel = _peak_sizes(device, quick)
     probes = max(3 * 4 * n * n, 2 * 4 * nel)  # a matmul's two operands and its product; the copy's two buffers
@@ -279,8 +279,9 @@ def seconds(spec, device: str, hw: HardwareProfile, *, quick: bool = False) -> f
     ex = spec.executor
     model = scaled_model(spec.model, ex.scale)
     prec = precision_of(ex.dtype)
-    return grid_passes(quick) * sum(ranks * sum(op_time(o, hw).us for o in grid_ops(model, prec, phase, T, per, ex.kv_len))
-                        for phase, T, per, ranks in grid_points(spec, device, quick=quick)) / 1e6
+    return grid_passes(quick) * sum(
+        ranks * sum(op_time(o, hw).us for o in grid_ops(model, prec, phase, T, per, ex.kv_len))
+        for phase, T, per, ranks in grid_points(spec, device, quick=quick)) / 1e6
 
 
 def peaks_profile(device: str, name: str, *, quick: bool = False) -> tuple[HardwareProfile, dict]:

@@ -181,7 +181,8 @@ def mtp_input(K, w, x, emb, tm=NULL):
         return K.linear(a, w.eh_proj)
 
 
-def transient_bytes(model, es: int, *, phase: str, tokens: int, kv_len: int, expert_rows=(), dense: bool = False) -> int:
+def transient_bytes(model, es: int, *, phase: str, tokens: int, kv_len: int, expert_rows=(),
+                    dense: bool = False) -> int:
     """The most bytes one rank's layer allocates at once in the functions above (outputs and temporaries),
     from the shapes they compute with, for compute-dtype element size `es`: the attention projections and
     decode attention (the cache with the new latent, the score einsums, their sum, the fp32 softmax) or
