@@ -15,7 +15,8 @@ from cmtwin.config.identity import spec_hash
 from cmtwin.config.schema import Spec
 from cmtwin.errors import CmtwinError, ConfigError
 from cmtwin.paths import conf_dir
-from cmtwin.planner.plan import compile_plan, fabric_for
+from cmtwin.planner.plan import compile_plan
+from cmtwin.topology.fabric import fabric_for
 from cmtwin.twin.hardware import HardwareProfile
 
 OPTION_FILES = sorted(conf_dir().glob("*/*.yaml"))

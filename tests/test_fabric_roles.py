@@ -102,7 +102,7 @@ def test_renamed_planes_predict_exactly_as_the_shipped_fabric(deployment, workdi
 
     # the shipped hardware profile, unchanged, on the renamed fabric
     spec, plan, renamed = _prediction([f"+deployment={deployment}", f"topology={topology}"])
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
     from cmtwin.twin import comm
 
     assert _figures(renamed, names) == base
@@ -125,7 +125,7 @@ def compile_plan_of(deployment: str):
 def test_ems_fetch_reads_the_declared_planes(workdir):
     """The simulator's EMS fetch over the inter-node plane and over the front-end plane costs the same on the
     renamed CloudMatrix384 as on the shipped one."""
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
     from cmtwin.sim.tables import FetchCost
 
     topology = _user_conf(workdir, "r1_ep320")

@@ -6,7 +6,8 @@ import pytest
 
 from cmtwin.config.compose import load_spec
 from cmtwin.errors import CmtwinError
-from cmtwin.planner.plan import compile_plan, fabric_for
+from cmtwin.planner.plan import compile_plan
+from cmtwin.topology.fabric import fabric_for
 from cmtwin.twin.predict import predict
 
 GIB = 2**30

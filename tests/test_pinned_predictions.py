@@ -71,7 +71,7 @@ def prediction_snapshot(deployment: str) -> dict[str, Any]:
 def validate_snapshot() -> dict[str, Any]:
     """The `cmtwin validate` table: every check's group, case, published figure, the twin's and the error (not the
     unit and bound columns: labels, not predictions)."""
-    from cmtwin.twin.validate import all_checks
+    from cmtwin.validation.checks import all_checks
 
     return {"checks": [{
         "group": c.group, "case": c.name, "published": c.published,

@@ -19,7 +19,8 @@ from cmtwin.config.schema import Spec
 from cmtwin.errors import CmtwinError, ConfigError, PlanError, TopologyError
 from cmtwin.planner.memory import GIB
 from cmtwin.planner.placement import place_experts
-from cmtwin.planner.plan import Plan, compile_plan, fabric_for
+from cmtwin.planner.plan import Plan, compile_plan
+from cmtwin.topology.fabric import fabric_for
 from cmtwin.twin.predict import predict
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

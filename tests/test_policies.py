@@ -6,7 +6,8 @@ import pytest
 
 from cmtwin.config.compose import load_spec
 from cmtwin.errors import CmtwinError, ConfigError
-from cmtwin.planner.plan import compile_plan, fabric_for
+from cmtwin.planner.plan import compile_plan
+from cmtwin.topology.fabric import fabric_for
 from cmtwin.policy.registry import Registry, registry
 
 LONG = ["+deployment=r1_ep320", "workload=long_128k", "decode.batch_per_device=4"]

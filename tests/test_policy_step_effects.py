@@ -8,7 +8,7 @@ import pytest
 from cmtwin.config.compose import load_spec
 from cmtwin.errors import CmtwinError
 from cmtwin.planner.plan import compile_plan
-from cmtwin.policy.effects import IDENTITY, StepEffect, combined_effect
+from cmtwin.twin.effects import IDENTITY, StepEffect, combined_effect
 from cmtwin.policy.registry import registry
 
 BASE = ["+deployment=r1_ep320"]

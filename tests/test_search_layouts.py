@@ -82,7 +82,9 @@ def test_invalid_layouts_never_appear(which, h200):
     (and the largest batch of each layout) compile with every planner check."""
     from types import SimpleNamespace
 
-    from cmtwin.planner.plan import compile_plan, fabric_for
+    from cmtwin.planner.plan import compile_plan
+
+    from cmtwin.topology.fabric import fabric_for
 
     spec, res = h200 if which == "h200" else _search(CM384)
     dies_per_node = fabric_for(spec).devices_per_node * spec.hardware.dies

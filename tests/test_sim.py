@@ -109,7 +109,7 @@ def test_ems_over_ub_beats_vpc():
     from cmtwin.sim.tables import FetchCost
 
     spec, plan = _setup()
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
 
     fab = fabric_for(spec)
     dies = [r.die for r in plan.dies if r.role == "prefill" and r.instance == 0]
@@ -139,7 +139,7 @@ def test_same_seed_same_result_and_engine_tie_break():
 
 
 def test_tables_reproduce_the_twin_on_grid_points():
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
     from cmtwin.sim.tables import DecodeTable
     from cmtwin.twin.step import decode_step
 

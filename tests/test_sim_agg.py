@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cmtwin.config.compose import load_spec
-from cmtwin.planner.plan import compile_plan, fabric_for
+from cmtwin.planner.plan import compile_plan
+from cmtwin.topology.fabric import fabric_for
 from cmtwin.sim.serving import Simulator
 
 

@@ -48,7 +48,7 @@ def test_the_source_check_can_fail():
 def test_twin_code_never_reads_headline_results():
     twin = Path(__file__).resolve().parent.parent / "cmtwin"
     readers = [p.relative_to(twin).as_posix() for p in twin.rglob("*.py") if "HEADLINES" in p.read_text()]
-    assert sorted(readers) == ["twin/reference.py", "twin/validate.py"]
+    assert sorted(readers) == ["twin/reference.py", "validation/checks.py"]
 
 
 def test_collective_constants_are_the_fit_of_the_operator_tables():
@@ -75,7 +75,7 @@ def test_collective_fits_never_beat_the_measured_link_ceiling():
 
 
 def test_dispatch_combine_match_the_published_tables():
-    from cmtwin.twin.validate import collective_checks
+    from cmtwin.validation.checks import collective_checks
 
     checks = collective_checks()
     assert len(checks) == 24

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import cmtwin.twin.validate as validate
+import cmtwin.validation.checks as validate
 from cmtwin.cli.main import main
-from cmtwin.twin.validate import EXIT_OUTSIDE_BOUNDS, Check
+from cmtwin.validation.checks import EXIT_OUTSIDE_BOUNDS, Check
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _topology(args) -> int:
     from cmtwin.config.compose import load_spec
     from cmtwin.topology.export import export_topology
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
 
     spec, _ = load_spec(args.overrides, require_deployment=False)
     text = export_topology(fabric_for(spec), args.format)
@@ -50,14 +50,13 @@ def _topology(args) -> int:
 
 def _trace(args) -> int:
     from cmtwin.config.compose import load_spec
-    from cmtwin.executor.trace import write_trace
     from cmtwin.store.engine import open_store
 
     url = args.db or load_spec([], require_deployment=False)[0].store.url
     store = open_store(url)
     run_id = _execute_run_id(store, args.run_id)
     path = args.out or f"run{run_id}.trace.json"
-    n = write_trace(store, run_id, path)
+    n = _write_trace(store, run_id, path)
     print(f"wrote {path} ({n} events; open in ui.perfetto.dev or chrome://tracing)", file=sys.stderr)
     return 0
 
@@ -79,3 +78,23 @@ def _execute_run_id(store, text: str) -> int:
     except ValueError:
         raise CmtwinError(f"RUN must be a run id or 'last', not {text!r}.", key="RUN",
                           fix="`cmtwin runs ls` lists the runs; pick an execute run's id") from None
+
+
+def _write_trace(store, run_id: int, path) -> int:
+    """Write run_id's timeline to path; returns the number of events. A run without a timeline is bad input."""
+    import json
+
+    from cmtwin.errors import CmtwinError
+    from cmtwin.executor.trace import trace_dict
+    from cmtwin.store.repo import get_timeline
+
+    events = get_timeline(store, run_id)
+    if not events:
+        raise CmtwinError(f"run {run_id} has no executor timeline; `cmtwin execute` records one.", key="RUN")
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(trace_dict(events), f)
+    except OSError as exc:
+        raise CmtwinError(f"--out {path}: cannot write the file ({exc.strerror}).", key="--out",
+                          fix="give a writable file path") from None
+    return len(events)

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cmtwin.config.compose import load_spec
-    from cmtwin.planner.plan import compile_plan, fabric_for
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.topology.fabric import fabric_for
     from cmtwin.sim.serving import Simulator
     from cmtwin.twin.predict import predict
 

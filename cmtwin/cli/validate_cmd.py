@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from cmtwin.twin.validate import EXIT_OUTSIDE_BOUNDS
+from cmtwin.validation.checks import EXIT_OUTSIDE_BOUNDS
 
 EPILOG = f"""\
 Each row: the published figure, the twin's, their error (twin - published) / published, the bound the row
@@ -57,7 +57,7 @@ def _out_dir(out: str):
 
 
 def run(args) -> int:
-    from cmtwin.twin.validate import LEGEND, all_checks, constants_markdown, markdown, outside, summary
+    from cmtwin.validation.checks import LEGEND, all_checks, constants_markdown, markdown, outside, summary
 
     out = _out_dir(args.out) if args.out else None  # refuse a bad --out before the minute of work
     checks = all_checks()

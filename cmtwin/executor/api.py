@@ -115,7 +115,7 @@ class ExecuteResult:
 def schedule(phase_offset_rank: int, phase: str, events: list, nranks: int) -> list:
     """Start times: each rank runs its operators back to back; dispatch and combine are collectives that
     start when the last rank is ready and end with the slowest rank's (twin-modelled) time."""
-    from cmtwin.store.repo import TimelineEvent
+    from cmtwin.executor.trace import TimelineEvent
 
     clock = [0.0] * nranks
     out = []
@@ -149,7 +149,8 @@ def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
     progress(stage, done, total), if given, is called as the stages advance ('building the ranks',
     'warm-up', 'timed passes', 'reference'; a step is a layer or the LM head of one phase's pass)."""
     from cmtwin.executor.run import TOL, PoolRun, phases_of, pick_device, set_threads
-    from cmtwin.planner.plan import compile_plan, fabric_for
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.topology.fabric import fabric_for
 
     ex = spec.executor
     plan = plan or compile_plan(spec)

@@ -26,7 +26,7 @@ def _worker(pid: int, world: int, port: int, spec, plan, phase: str, out_path: s
     import torch.distributed as dist
 
     from cmtwin.executor.run import PoolRun, pick_device
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
 
     t = torch()
     t.set_num_threads(threads)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-import json
+from typing import NamedTuple
+
+
+class TimelineEvent(NamedTuple):
+    """One operator on one rank: start and duration in microseconds, 'compute' or 'comm'."""
+
+    rank: int
+    op: str
+    start_us: float
+    dur_us: float
+    kind: str
+    predicted_us: float | None = None
 
 
 def trace_dict(events) -> dict:
@@ -20,20 +31,3 @@ def trace_dict(events) -> dict:
                     "tid": ev.rank, "args": args})
     meta = [{"name": "process_name", "ph": "M", "pid": pid, "args": {"name": phase}} for phase, pid in pids.items()]
     return {"traceEvents": meta + out, "displayTimeUnit": "ms"}
-
-
-def write_trace(store, run_id: int, path) -> int:
-    """Write run_id's timeline to path; returns the number of events. A run without a timeline is bad input."""
-    from cmtwin.errors import CmtwinError
-    from cmtwin.store.repo import get_timeline
-
-    events = get_timeline(store, run_id)
-    if not events:
-        raise CmtwinError(f"run {run_id} has no executor timeline; `cmtwin execute` records one.", key="RUN")
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(trace_dict(events), f)
-    except OSError as exc:
-        raise CmtwinError(f"--out {path}: cannot write the file ({exc.strerror}).", key="--out",
-                          fix="give a writable file path") from None
-    return len(events)

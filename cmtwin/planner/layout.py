@@ -53,13 +53,3 @@ class Layout:
 def layout_of(phase_spec, devices: int, dies_per_device: int) -> Layout:
     return Layout(ranks=devices * dies_per_device, tp=phase_spec.tp, tp_mode=phase_spec.tp_mode,
                   moe_tp=phase_spec.moe_tp, ep=phase_spec.ep, pp=phase_spec.pp)
-
-
-def agg_chunk_per_die(spec, batch_per_die: int) -> int:
-    """Aggregated serving: prefill tokens a die mixes into each decode step. Default: the steady-state need,
-    every request bringing prompt_len prefill tokens per output_len tokens it decodes."""
-    if spec.serving.chunk_tokens is not None:
-        return spec.serving.chunk_tokens
-    tps = spec.mtp.tokens_per_step if spec.mtp.draft_tokens else 1.0
-    w = spec.workload
-    return max(1, math.ceil(batch_per_die * tps * w.prompt_len / w.output_len))

@@ -158,7 +158,7 @@ def die_memory(spec: Spec, *, phase: str, layout: Layout, experts_on_die: int, t
     activations = 2.0 * max(acts) + logits
     kvb = kv_bytes_per_token(m, p, layers=min(stage_layers, m.layers + mtp))
     if phase == "decode":  # policies that write KV for fewer layers per token (SkipDecode), via the one StepEffect
-        from cmtwin.policy.effects import combined_effect
+        from cmtwin.twin.effects import combined_effect
 
         scale = combined_effect(spec).kv_bytes_scale
         if scale != 1.0:

@@ -13,9 +13,11 @@ from typing import Any, NamedTuple
 from cmtwin.config.identity import spec_hash
 from cmtwin.config.schema import Spec
 from cmtwin.errors import PlanError
-from cmtwin.planner.layout import Layout, agg_chunk_per_die, layout_of
+from cmtwin.planner.layout import Layout, layout_of
 from cmtwin.planner.memory import GIB, MemoryBreakdown, die_memory
 from cmtwin.planner.placement import ExpertPlacement, place_experts
+from cmtwin.topology.fabric import fabric_for
+from cmtwin.twin.step import agg_chunk_per_die
 
 
 class DieRole(NamedTuple):
@@ -154,12 +156,6 @@ class Plan:
                 for r in self.dies
             ]
         return d
-
-
-def fabric_for(spec: Spec):
-    from cmtwin.topology.fabric import freeze_overrides, get_fabric
-
-    return get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))
 
 
 def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from cmtwin.config.base import Frozen
-from cmtwin.policy.effects import StepEffect
+from cmtwin.twin.effects import StepEffect
 from cmtwin.policy.registry import Policy, registry
 
 REG = registry("model_routing")

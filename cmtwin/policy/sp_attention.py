@@ -64,8 +64,21 @@ def _widths(model) -> tuple[int, int, int, int]:
     return att.heads, att.kv_heads, att.head_dim, att.head_dim
 
 
+class _SPPolicy(Policy):
+    """What the SP presets share: their what-if table over the degrees, and its selected rows in the breakdown."""
+
+    def table(self, spec, plan, hw, fabric) -> list[dict]:
+        return sp_prefill_table(spec, plan, hw, fabric, self)
+
+    def breakdown_rows(self, table: list[dict]) -> list:
+        from cmtwin.twin.breakdown import Row
+
+        return [Row("sp_prefill", f"{r['policy']} SP{r['degree']}", "attention_blocks", r["attention_ms"] * 1e3,
+                    r["bound"], r["degree"]) for r in table if r["selected"]]
+
+
 @REG.register("ring")
-class RingAttention(Policy):
+class RingAttention(_SPPolicy):
     """Ring-Attention (Liu et al., 2023): K/V blocks circulate; one link direction carries them."""
 
     Params = SPParams
@@ -78,7 +91,7 @@ class RingAttention(Policy):
 
 
 @REG.register("tokenring")
-class TokenRing(Policy):
+class TokenRing(_SPPolicy):
     """TokenRing (2024): Q blocks one way, block outputs and LSEs back the other way, concurrently."""
 
     Params = SPParams

@@ -20,7 +20,7 @@ from typing import Annotated, Protocol
 from pydantic import Field
 
 from cmtwin.config.base import Frozen
-from cmtwin.policy.effects import StepEffect
+from cmtwin.twin.effects import StepEffect
 from cmtwin.policy.registry import Policy, registry
 
 REG = registry("speculation")

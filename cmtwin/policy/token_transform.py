@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from cmtwin.config.base import Frozen
-from cmtwin.policy.effects import StepEffect
+from cmtwin.twin.effects import StepEffect
 from cmtwin.policy.registry import Policy, registry
 
 REG = registry("token_transform")

@@ -214,7 +214,7 @@ def tp_options(spec, phase: str) -> list[int]:
     given = getattr(spec.search, f"{phase}_tp")
     if given:
         return sorted(set(given))
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
 
     per_node = fabric_for(spec).devices_per_node * spec.hardware.dies
     return sorted({t for t in (2 ** i for i in range(per_node.bit_length())) if per_node % t == 0}
@@ -224,7 +224,7 @@ def tp_options(spec, phase: str) -> list[int]:
 def scale_up_devices(spec) -> int:
     """Devices joined by the fabric's fastest plane: the whole fabric where the nodes are joined by the plane their
     dies use inside a node (UB on CM384), else one node (NVLink on GPU clusters)."""
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
     from cmtwin.twin.comm import planes
 
     fabric = fabric_for(spec)
@@ -324,7 +324,8 @@ def _largest_that_compiles(v, values: list[int], section: str, key: str, tally: 
 def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
     """All decode evaluations of one instance size, in the given serving modes."""
     devices, modes = args
-    from cmtwin.planner.plan import compile_plan, fabric_for
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.topology.fabric import fabric_for
     from cmtwin.twin.step import decode_step
     from cmtwin.twin.predict import agg_ttft
 
@@ -382,7 +383,7 @@ def _group(task):
 def _prefill_group(args) -> tuple[list[PrefillEval], _Tally]:
     """All prefill evaluations of one instance size."""
     size, = args
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
     from cmtwin.twin.blocks import kv_transfer
     from cmtwin.twin.step import prefill_forward
 
@@ -557,7 +558,7 @@ def pool_sizes(spec, budget: int) -> dict[int, tuple[str, ...]]:
         disagg = {d for d in s.decode_devices if d + smallest <= budget}
         agg = {d for d in s.decode_devices if d <= budget}
     else:
-        from cmtwin.planner.plan import fabric_for
+        from cmtwin.topology.fabric import fabric_for
 
         step = fabric_for(spec).devices_per_node
         disagg = set(range(step, budget - smallest + 1, step))
@@ -574,7 +575,7 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
            simulate: bool = True) -> SearchResult:
     import time
 
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
 
     t0 = time.perf_counter()
     fabric = fabric_for(spec)

@@ -230,7 +230,7 @@ class Simulator:
                  seed: int | None = None, drain: bool | None = None, trace: Chunk | None = None,
                  sink: Callable[[list], None] | None = None, progress: Callable[[float, float], None] | None = None,
                  kv_capacity_per_die: int | None = None, tables: tuple | None = None):
-        from cmtwin.planner.plan import fabric_for
+        from cmtwin.topology.fabric import fabric_for
         from cmtwin.policy.registry import registry
 
         self.spec, self.plan = spec, plan
@@ -286,7 +286,7 @@ class Simulator:
         # --- cost tables (the twin, sampled once), prefill lines and capacity
         self.instances: list[PrefillInstance] = []
         if self.agg:
-            from cmtwin.planner.layout import agg_chunk_per_die
+            from cmtwin.twin.step import agg_chunk_per_die
 
             self.chunk = agg_chunk_per_die(spec, self.batch_cap)  # prefill tokens per die per step (budget)
             if tables is None:

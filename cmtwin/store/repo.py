@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from cmtwin import __version__
 from cmtwin.errors import StoreError
+from cmtwin.executor.trace import TimelineEvent
 from cmtwin.store.engine import Store
 from cmtwin.store.models import (
     RUN_STATUSES,
@@ -43,17 +44,6 @@ class SamplePoint(NamedTuple):
     t: float
     name: str
     value: float
-
-
-class TimelineEvent(NamedTuple):
-    """One operator on one rank: start and duration in microseconds, 'compute' or 'comm'."""
-
-    rank: int
-    op: str
-    start_us: float
-    dur_us: float
-    kind: str
-    predicted_us: float | None = None
 
 
 @dataclass(frozen=True)

@@ -552,3 +552,8 @@ def get_fabric(name: str | Path, overrides: tuple[tuple[str, Any], ...] = ()) ->
     """The Fabric of a topology (name or path) with overrides from freeze_overrides(), built once per process
     for each file version."""
     return _cached_fabric(_source_identity(name), str(name), overrides)
+
+
+def fabric_for(spec) -> Fabric:
+    """The built, frozen fabric of a spec's topology (its file and parameter overrides), from the cache."""
+    return get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))

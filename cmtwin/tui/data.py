@@ -27,7 +27,8 @@ from cmtwin.store.engine import (
     sqlite_path,
 )
 from cmtwin.store.query import QueryResult
-from cmtwin.store.repo import RunDetail, RunSummary, SamplePoint, TimelineEvent
+from cmtwin.executor.trace import TimelineEvent
+from cmtwin.store.repo import RunDetail, RunSummary, SamplePoint
 
 # --------------------------------------------------------------------------------------------- the store
 

@@ -12,7 +12,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cmtwin.store.repo import RunDetail, TimelineEvent
+from cmtwin.executor.trace import TimelineEvent
+from cmtwin.store.repo import RunDetail
 from cmtwin.tui.data import (
     TOKENS_METRICS,
     TPOT_METRICS,

@@ -14,7 +14,8 @@ from textual.widget import Widget
 from textual.widgets import Label, Sparkline
 
 from cmtwin.store.query import QueryResult
-from cmtwin.store.repo import RunDetail, RunSummary, SamplePoint, TimelineEvent
+from cmtwin.executor.trace import TimelineEvent
+from cmtwin.store.repo import RunDetail, RunSummary, SamplePoint
 from cmtwin.tui.data import DeviceCell, SupernodeMap, fmt_num, sample_group
 from cmtwin.tui.render import role_style
 

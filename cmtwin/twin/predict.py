@@ -72,7 +72,7 @@ def agg_ttft(spec, r) -> tuple[int, float]:
 def predict(spec, plan) -> Prediction:
     """The plan's prefill and decode figures (an SLO, when set, picks the batch), their breakdown and bottleneck,
     and each selected policy's what-if table."""
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
 
     hw, fabric = spec.hardware, fabric_for(spec)
     rows: list[Row] = []
@@ -154,14 +154,10 @@ def _policy_tables(spec, plan, hw, fabric, rows, *, with_decode: bool) -> dict[s
     policies: dict[str, Any] = {}
     sp = spec.policies.build("sp_attention")
     if sp is not None:
-        from cmtwin.policy.sp_attention import sp_prefill_table
-
-        table = sp_prefill_table(spec, plan, hw, fabric, sp)
-        policies["sp_attention"] = table
-        rows += [Row("sp_prefill", f"{r['policy']} SP{r['degree']}", "attention_blocks", r["attention_ms"] * 1e3,
-                     r["bound"], r["degree"]) for r in table if r["selected"]]
+        policies["sp_attention"] = table = sp.table(spec, plan, hw, fabric)
+        rows += sp.breakdown_rows(table)
     if with_decode:
-        from cmtwin.policy.effects import STEP_FAMILIES
+        from cmtwin.twin.effects import STEP_FAMILIES
 
         for family in STEP_FAMILIES:
             pol = spec.policies.build(family)

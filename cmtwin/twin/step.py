@@ -14,6 +14,8 @@ bubble, and the prompt's KV transfer to its decode rank.
 
 from __future__ import annotations
 
+import math
+
 from cmtwin.twin.blocks import (
     head,
     kv_transfer,
@@ -28,12 +30,21 @@ from cmtwin.twin.blocks import (
 from cmtwin.twin.results import DecodeResult, PrefillResult
 
 
+def agg_chunk_per_die(spec, batch_per_die: int) -> int:
+    """Aggregated serving: prefill tokens a die mixes into each decode step. Default: the steady-state need,
+    every request bringing prompt_len prefill tokens per output_len tokens it decodes."""
+    if spec.serving.chunk_tokens is not None:
+        return spec.serving.chunk_tokens
+    tps = spec.mtp.tokens_per_step if spec.mtp.draft_tokens else 1.0
+    w = spec.workload
+    return max(1, math.ceil(batch_per_die * tps * w.prompt_len / w.output_len))
+
+
 def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_len: int | None = None,
                 microbatches: int | None = None, chunk_tokens: int | None = None, effect=None) -> DecodeResult:
     """One decode step of the plan's decode ranks. batch_per_die, kv_len (mean context of the batch) and
     microbatches default to the spec's; the simulator and the SLO search pass their own."""
-    from cmtwin.planner.layout import agg_chunk_per_die
-    from cmtwin.policy.effects import combined_effect
+    from cmtwin.twin.effects import combined_effect
 
     eff = effect if effect is not None else combined_effect(spec, plan, hw, fabric)
     model = spec.model

@@ -62,7 +62,7 @@ def _load(name: str, overrides=()):
 
 
 def collective_checks() -> list[Check]:
-    from cmtwin.planner.plan import fabric_for
+    from cmtwin.topology.fabric import fabric_for
     from cmtwin.topology.fabric import freeze_overrides, get_fabric
     from cmtwin.twin import comm
     from cmtwin.twin.load import distinct_ranks_per_token

@@ -1,6 +1,6 @@
 """Layout studies made of twin predictions (printed as Markdown for docs/layouts.md).
 
-    python -m cmtwin.twin.studies h200     # 8 x H200, 1,024/1,024 tokens: TP8 vs DP8 attention, agg vs disagg
+    python -m cmtwin.validation.studies h200     # 8 x H200, 1,024/1,024 tokens: TP8 vs DP8 attention, agg vs disagg
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One mechanism through which selected policies change the twin's decode step.
+"""The policy-effect protocol (a leaf the twin defines and policies implement): one mechanism through which
+selected policies change the twin's decode step.
 
 Every policy of the speculation, layer_skip, model_routing and token_transform families has
 `step_effect(spec) -> StepEffect`. `combined_effect(spec)` folds the selected ones (families in a fixed
