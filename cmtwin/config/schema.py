@@ -134,13 +134,18 @@ class MTPSpec(Frozen):
 
     @property
     def tokens_per_step(self) -> float:
-        """Expected tokens per step: (1 - a^(k+1)) / (1 - a) for k drafts at acceptance a."""
-        a, k = self.acceptance, self.draft_tokens
-        if k == 0:
-            return 1.0
-        if a >= 1.0:
-            return float(k + 1)
-        return (1 - a ** (k + 1)) / (1 - a)
+        """Expected tokens per step (mtp_tokens_per_step)."""
+        return mtp_tokens_per_step(self.draft_tokens, self.acceptance)
+
+
+def mtp_tokens_per_step(k: int, a: float) -> float:
+    """Expected tokens per decode step with k draft tokens, each accepted with probability a given the previous
+    ones were: 1 + a + ... + a^k = (1 - a^(k+1)) / (1 - a) (k + 1 at a = 1)."""
+    if k == 0:
+        return 1.0
+    if a >= 1.0:
+        return float(k + 1)
+    return (1 - a ** (k + 1)) / (1 - a)
 
 
 class PlacementSpec(Frozen):

@@ -20,6 +20,7 @@ from typing import Annotated, Protocol
 from pydantic import Field
 
 from cmtwin.config.base import Frozen
+from cmtwin.config.schema import mtp_tokens_per_step
 from cmtwin.twin.effects import StepEffect
 from cmtwin.policy.registry import Policy, registry
 
@@ -30,14 +31,6 @@ class Speculation(Protocol):
     """A family member: draft width, verify width and expected tokens per step."""
 
     def step_effect(self, spec, *, plan=None, hw=None, fabric=None) -> StepEffect: ...
-
-
-def mtp_tokens_per_step(k: int, a: float) -> float:
-    if k == 0:
-        return 1.0
-    if a >= 1.0:
-        return float(k + 1)
-    return (1 - a ** (k + 1)) / (1 - a)
 
 
 class MTPParams(Frozen):
