@@ -497,7 +497,8 @@ def test_help_and_quit(db):
     url, _ = db
 
     async def scenario(pilot):
-        await until(pilot, lambda: pilot.app.screen.loads, what="runs")
+        # the help overlays the runs table: wait until its rows are drawn (their widths set the columns behind)
+        await until(pilot, lambda: "simulate  tiny" in screen_text(pilot.app), what="the runs drawn")
         await pilot.press("question_mark")
         assert isinstance(pilot.app.screen, HelpScreen)
         await check_snapshot(pilot, "help_80x24")
