@@ -59,8 +59,8 @@ def prediction_snapshot(deployment: str) -> dict[str, Any]:
                        "calls": r.calls} for r in rows[:TOP_ROWS]]
     return {
         "deployment": deployment,
-        "prefill": pred.prefill,
-        "decode": pred.decode,
+        "prefill": pred.prefill.to_dict() if pred.prefill else None,
+        "decode": pred.decode.to_dict() if pred.decode else None,
         "bottleneck": pred.bottleneck,
         "notes": list(pred.notes),
         "stream_busy_us": busy,

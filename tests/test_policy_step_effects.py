@@ -51,8 +51,8 @@ def test_mtp_preset_mirrors_the_mtp_keys(base):
     _, pred = _predict("+policies/speculation=mtp")
     assert pred.decode == base.decode
     _, pred2 = _predict("+policies/speculation=mtp", "policies.speculation.draft_tokens=2")
-    assert pred2.decode["tokens_per_step"] == pytest.approx(1 + 0.7 + 0.49)
-    assert pred2.decode["step_ms"] > base.decode["step_ms"]
+    assert pred2.decode.tokens_per_step == pytest.approx(1 + 0.7 + 0.49)
+    assert pred2.decode.step_ms > base.decode.step_ms
     assert sum(r.calls for r in pred2.breakdown if r.phase == "decode" and r.stream == "mtp" and r.operator == "mtp_eh_proj") == 2
 
 
@@ -67,7 +67,7 @@ def test_ppd_sizes_its_tree_for_the_hardware_and_shows_the_verify_cost(base):
     assert steps == sorted(steps)  # ... and cost more to verify
     mem = [r["memory_overhead_mib"] for r in table]
     assert mem == sorted(mem)
-    assert pred.decode["tokens_per_s_per_device"] == pytest.approx(best["tokens_per_s_per_device"], rel=1e-3)
+    assert pred.decode.tokens_per_s_per_device == pytest.approx(best["tokens_per_s_per_device"], rel=1e-3)
     # wider verify: more attention time than the base step's 2 tokens per request
     assert _rows(pred, "mla_attention")[0].time_us > _rows(base, "mla_attention")[0].time_us
     assert not [r for r in pred.breakdown if r.phase == "decode" and r.stream == "mtp"]  # no separate draft pass
@@ -91,8 +91,8 @@ def test_skipdecode_runs_fewer_layers_and_cuts_the_step(base):
     assert eff["layer_fraction"] == pytest.approx(0.5) and eff["kv_bytes_scale"] == pytest.approx(0.5)
     # 61 layers -> 30 run (the 3 dense and 28 MoE layers are skipped); the per-layer rows show fewer calls
     assert _rows(pred, "mla_attention")[0].calls < _rows(base, "mla_attention")[0].calls
-    assert pred.decode["step_ms"] < 0.6 * base.decode["step_ms"]
-    assert pred.decode["tokens_per_s_per_device"] > 1.7 * base.decode["tokens_per_s_per_device"]
+    assert pred.decode.step_ms < 0.6 * base.decode.step_ms
+    assert pred.decode.tokens_per_s_per_device > 1.7 * base.decode.tokens_per_s_per_device
 
 
 def test_skipdecode_budget_must_not_increase():
@@ -117,19 +117,19 @@ def test_duo_scales_the_ffn_work_and_adds_a_router(base):
 
 def test_tokenadapt_shortens_the_context_and_counts_text_tokens(base):
     _, pred = _predict("+policies/token_transform=tokenadapt")
-    assert pred.decode["kv_len"] == round(4096 / 1.2)
-    assert pred.decode["tokens_per_step"] == pytest.approx(base.decode["tokens_per_step"] * 1.2)
+    assert pred.decode.kv_len == round(4096 / 1.2)
+    assert pred.decode.tokens_per_step == pytest.approx(base.decode.tokens_per_step * 1.2)
     assert _rows(pred, "mla_attention")[0].time_us < _rows(base, "mla_attention")[0].time_us
-    assert pred.decode["tokens_per_s_per_device"] > base.decode["tokens_per_s_per_device"]
+    assert pred.decode.tokens_per_s_per_device > base.decode.tokens_per_s_per_device
 
 
 def test_flextok_image_tokens_lengthen_the_context_and_charge_the_decoder(base):
     _, pred = _predict("+policies/token_transform=flextok", "policies.token_transform.tokens_per_image=256",
                        "policies.token_transform.images_per_request=4",
                        "policies.token_transform.generated_image_share=0.1")
-    assert pred.decode["kv_len"] == 4096 + 4 * 256
+    assert pred.decode.kv_len == 4096 + 4 * 256
     assert _rows(pred, "flextok_decoder")[0].time_us > 0
-    assert pred.decode["step_ms"] > base.decode["step_ms"]
+    assert pred.decode.step_ms > base.decode.step_ms
     with pytest.raises(CmtwinError, match="tokens_per_image"):
         load_spec([*BASE, "+policies/token_transform=flextok", "policies.token_transform.tokens_per_image=257"])
 
@@ -159,7 +159,7 @@ def test_r2r_charges_both_models_passes_and_memory(base):
     assert t["large_tokens_per_call"] == 10 and t["large_requests_per_die"] == round(48 * 0.1)
     assert t["step_ms"] == pytest.approx(t["small_step_ms"] + t["large_step_ms"], abs=2e-3)
     assert 0 < t["small_weights_gib_per_die"] < t["large_weights_gib_per_die"]
-    assert t["large_only_tokens_per_s_per_device"] == base.decode["tokens_per_s_per_device"]
+    assert t["large_only_tokens_per_s_per_device"] == base.decode.tokens_per_s_per_device
     assert {r.stream for r in pred.breakdown} >= {"r2r_small", "r2r_large"}
     # escalating less often: a cheaper large-model pass per step
     _, lo = _predict("+policies/model_routing=r2r", "policies.model_routing.large_fraction=0.05")

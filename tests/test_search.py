@@ -68,12 +68,12 @@ def test_frontier_candidates_compile_and_predict_as_searched(small):
         c = res.candidates[i]
         s2, _ = load_spec(["+deployment=r1_ep320", *c.overrides()])
         pred = predict(s2, compile_plan(s2))
-        assert pred.decode["tpot_ms"] == pytest.approx(c.tpot_ms, rel=1e-3)
-        assert pred.decode["tokens_per_s_per_device"] == pytest.approx(c.decode.tokens_per_s_per_device, rel=1e-3)
+        assert pred.decode.tpot_ms == pytest.approx(c.tpot_ms, rel=1e-3)
+        assert pred.decode.tokens_per_s_per_device == pytest.approx(c.decode.tokens_per_s_per_device, rel=1e-3)
         if c.prefill is None:  # aggregated: the chunked prefill between decode steps
-            assert pred.prefill["ttft_ms"] == pytest.approx(c.ttft_ms, rel=1e-3)
+            assert pred.prefill.ttft_ms == pytest.approx(c.ttft_ms, rel=1e-3)
         else:
-            assert pred.prefill["tokens_per_s_per_device"] == pytest.approx(c.prefill.tokens_per_s_per_device, rel=1e-3)
+            assert pred.prefill.tokens_per_s_per_device == pytest.approx(c.prefill.tokens_per_s_per_device, rel=1e-3)
     sim = res.simulated[0]
     assert "simulation" in sim, sim
     assert sim["simulation"]["tpot_ms"]["p50"] is not None

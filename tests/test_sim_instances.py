@@ -42,7 +42,7 @@ def test_two_decode_instances_at_saturation_match_one_at_half_the_load():
     assert len(per) == 2 and per[0] == pytest.approx(per[1], rel=0.02)  # the router balances them
     # the pool figure is the device-weighted mean of the instances'
     assert two.decode["tokens_per_s_per_device"] == pytest.approx(float(np.mean(per)), rel=1e-9)
-    twin = predict(s2.spec, s2.plan).decode["tokens_per_s_per_device"]
+    twin = predict(s2.spec, s2.plan).decode.tokens_per_s_per_device
     assert two.decode["tokens_per_s_per_device"] == pytest.approx(twin, rel=0.03)
 
 

@@ -109,11 +109,11 @@ def test_prediction_contract(base):
 
 def test_mtp_off_goes_through_the_mechanism(base):
     off = _predict("mtp.draft_tokens=0")
-    assert off.decode["tokens_per_step"] == 1.0
+    assert off.decode.tokens_per_step == 1.0
     assert not [r for r in off.breakdown if r.phase == "decode" and r.stream == "mtp"]
     assert [r for r in base.breakdown if r.phase == "decode" and r.stream == "mtp"]
     # one verified token per request instead of two: a cheaper step, but fewer tokens per step
-    assert off.decode["step_ms"] < base.decode["step_ms"]
+    assert off.decode.step_ms < base.decode.step_ms
     att = lambda p: next(r.time_us for r in p.breakdown if r.phase == "decode" and r.operator == "mla_attention"
                          and r.stream != "mtp")
     assert att(off) == pytest.approx(att(base) / 2, rel=0.05)
@@ -126,7 +126,7 @@ def test_microbatching_off_goes_through_the_mechanism(base):
     assert "serial" in streams(off, "decode") and "attention" not in streams(off, "decode")
     assert {"compute", "comm"} <= streams(base, "prefill") and "serial" in streams(off, "prefill")
     # overlapping comm with compute makes prefill faster
-    assert off.prefill["step_ms"] > base.prefill["step_ms"]
+    assert off.prefill.step_ms > base.prefill.step_ms
 
 
 def test_decode_microbatches_run_on_the_two_stream_schedule():
@@ -138,7 +138,7 @@ def test_decode_microbatches_run_on_the_two_stream_schedule():
     busy = lambda s: sum(t for (st, _), t in rows.items() if st == s)
     wait = rows[("overlap", "exposed_moe")]
     assert wait > 0
-    assert one.decode["step_ms"] * 1e3 == pytest.approx(busy("attention") + wait + busy("head"), abs=1.0)
+    assert one.decode.step_ms * 1e3 == pytest.approx(busy("attention") + wait + busy("head"), abs=1.0)
     # on GPUs the collectives are the second stream: what cannot hide is at least comm minus compute
     gpu = _predict(deployment="r1_h800_ep144")
     g = {(r.stream, r.operator): r.time_us for r in gpu.breakdown if r.phase == "decode"}
@@ -151,30 +151,30 @@ def test_prefill_vector_operators_wait_for_comm_on_the_910c(base):
     microbatch wait for the other's all-gather/dispatch/combine, so less communication hides; off, they
     overlap it. The operators' own times are the same either way; the difference is exposed communication."""
     free = _predict("hardware.microbatching.prefill_comm_on_vector_cores=false")
-    assert base.prefill["step_ms"] > free.prefill["step_ms"]
+    assert base.prefill.step_ms > free.prefill.step_ms
     rows = lambda p: {(r.stream, r.operator): r.time_us for r in p.breakdown if r.phase == "prefill"}
     b, f = rows(base), rows(free)
     assert b[("compute", "attn_norm")] == f[("compute", "attn_norm")]
     assert b[("overlap", "exposed_comm")] > f[("overlap", "exposed_comm")]
     serial = _predict("prefill.microbatches=1")
-    assert base.prefill["step_ms"] < serial.prefill["step_ms"]
+    assert base.prefill.step_ms < serial.prefill.step_ms
 
 
 def test_perfect_balance_is_never_slower(base):
     perfect = _predict("placement.balance=perfect")
-    assert perfect.prefill["step_ms"] <= base.prefill["step_ms"]
-    assert perfect.decode["step_ms"] <= base.decode["step_ms"]
+    assert perfect.prefill.step_ms <= base.prefill.step_ms
+    assert perfect.decode.step_ms <= base.decode.step_ms
     skewed = _predict("placement.expert_load_cv=1.0", "decode.microbatches=1")
     flat = _predict("decode.microbatches=1")
-    assert skewed.decode["step_ms"] > flat.decode["step_ms"]
+    assert skewed.decode.step_ms > flat.decode.step_ms
 
 
 def test_slo_search_finds_the_largest_batch_meeting_the_target():
     res = _predict("slo.tpot_ms=30")
-    b = res.decode["batch_per_device"]
-    assert res.decode["tpot_ms"] <= 30
+    b = res.decode.batch_per_device
+    assert res.decode.tpot_ms <= 30
     above = _predict(f"decode.batch_per_device={b + 2}")
-    assert above.decode["tpot_ms"] > 30
+    assert above.decode.tpot_ms > 30
 
 
 def test_slo_that_cannot_be_met_is_a_clean_error():
@@ -188,8 +188,8 @@ def test_slo_that_cannot_be_met_is_a_clean_error():
 def test_gpu_deployments_predict(deployment):
     spec, _ = load_spec([f"+deployment={deployment}"])
     pred = predict(spec, compile_plan(spec))
-    assert pred.decode["tokens_per_s_per_device"] > 0 and math.isfinite(pred.decode["tpot_ms"])
-    assert pred.prefill["tokens_per_s_per_device"] > 0
+    assert pred.decode.tokens_per_s_per_device > 0 and math.isfinite(pred.decode.tpot_ms)
+    assert pred.prefill.tokens_per_s_per_device > 0
     # GPUs overlap comm with compute on all SMs: a separate comm stream in the breakdown
     assert "comm" in {r.stream for r in pred.breakdown if r.phase == "decode"}
 

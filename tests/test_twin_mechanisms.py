@@ -40,7 +40,7 @@ def _busy(pred, phase: str, *streams: str) -> float:
 
 
 def _step_us(pred, phase: str) -> float:
-    return getattr(pred, phase)["step_ms"] * 1e3
+    return getattr(pred, phase).step_ms * 1e3
 
 
 # --- pipeline parallelism -------------------------------------------------------------------------------------
@@ -56,10 +56,10 @@ def test_prefill_pipeline_bubble_costs_throughput_not_latency(microbatches):
     pp2 = _predict("r1_ep320", *one, "prefill.devices_per_instance=32", "prefill.pp=2")
     bubble = 1 / microbatches
     assert _step_us(pp2, "prefill") == pytest.approx(_step_us(pp1, "prefill") * (1 + bubble), rel=1e-5)
-    assert pp2.prefill["tokens_per_s_per_device"] == pytest.approx(
-        pp1.prefill["tokens_per_s_per_device"] / (1 + bubble), rel=1e-4)
-    send_ms = pp2.prefill["ttft_ms"] - pp1.prefill["ttft_ms"]
-    assert 0 < send_ms < 0.01 * pp1.prefill["ttft_ms"]
+    assert pp2.prefill.tokens_per_s_per_device == pytest.approx(
+        pp1.prefill.tokens_per_s_per_device / (1 + bubble), rel=1e-4)
+    send_ms = pp2.prefill.ttft_ms - pp1.prefill.ttft_ms
+    assert 0 < send_ms < 0.01 * pp1.prefill.ttft_ms
 
 
 def test_decode_pipeline_stages_add_a_send_per_boundary():
@@ -73,7 +73,7 @@ def test_decode_pipeline_stages_add_a_send_per_boundary():
     # 64 requests x 2 verified tokens x 7168 x 2 bytes = 1.8 MB over a 400 Gb/s NIC: at least ~37 us
     assert one > 30.0
     assert _step_us(pp3, "decode") - _step_us(pp1, "decode") == pytest.approx(2 * one, abs=3.0)
-    assert pp2.decode["tpot_ms"] > pp1.decode["tpot_ms"]
+    assert pp2.decode.tpot_ms > pp1.decode.tpot_ms
 
 
 # --- tensor parallelism ---------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_routing_noise_loads_the_busiest_rank_above_the_mean():
     assert n[gate_up] / e[gate_up] - 1 == pytest.approx(expected, rel=0.5)
     dn, de = _rows(noisy, "decode"), _rows(even, "decode")
     assert dn[("comm", "dispatch")] > de[("comm", "dispatch")] * 1.002
-    assert noisy.decode["step_ms"] > even.decode["step_ms"]
+    assert noisy.decode.step_ms > even.decode.step_ms
 
 
 def _expert_kind(pred, phase: str) -> set[str]:
@@ -180,7 +180,7 @@ def test_two_microbatches_overlap_the_two_streams_only_partly(deployment, phase,
     drain, and phases longer than what the other can run meanwhile), and less than the two streams in series
     (at least a quarter of the shorter stream hides behind the other)."""
     pred = _predict(deployment, "mtp.draft_tokens=0")  # the MTP module is scheduled separately
-    assert getattr(pred, phase)["microbatches"] == 2
+    assert getattr(pred, phase).microbatches == 2
     layers = _step_us(pred, phase) - _busy(pred, phase, "head", "pipeline")
     a, b = _busy(pred, phase, *first), _busy(pred, phase, *second)
     assert max(a, b) * 1.005 < layers < a + b - 0.25 * min(a, b)
@@ -197,13 +197,13 @@ def test_mtp_tokens_per_step_follow_the_acceptance_series(k, a):
     by_policy = _predict("r1_h800_ep144", "mtp.draft_tokens=0", "+policies/speculation=mtp",
                          f"policies.speculation.draft_tokens={k}", f"policies.speculation.acceptance={a}")
     for pred in (by_keys, by_policy):
-        d = pred.decode
+        d = pred.decode.to_dict()
         assert d["mtp_draft_tokens"] == k
         assert d["tokens_per_step"] == pytest.approx(expected, abs=1e-4)
         assert d["tpot_ms"] == pytest.approx(d["step_ms"] / expected, rel=1e-4)
         assert d["tokens_per_s_per_device"] == pytest.approx(d["batch_per_device"] * expected / d["step_ms"] * 1e3,
                                                              rel=1e-4)
-    assert by_policy.decode["step_ms"] == by_keys.decode["step_ms"]
+    assert by_policy.decode.step_ms == by_keys.decode.step_ms
 
 
 # --- SLO searches ---------------------------------------------------------------------------------------------
@@ -219,12 +219,12 @@ def test_tpot_search_finds_the_largest_batch_meeting_the_target(deployment, batc
     returns that batch, whose TPOT meets the target while one more request per die misses it."""
     dies = _spec(deployment).hardware.dies
     for per_device in batches:
-        tpot = _predict(deployment, f"decode.batch_per_device={per_device}").decode["tpot_ms"]
-        above = _predict(deployment, f"decode.batch_per_device={per_device + dies}").decode["tpot_ms"]
+        tpot = _predict(deployment, f"decode.batch_per_device={per_device}").decode.tpot_ms
+        above = _predict(deployment, f"decode.batch_per_device={per_device + dies}").decode.tpot_ms
         assert above > _ceil_ms(tpot), "the TPOT must grow by more than the rounding between neighbours"
         found = _predict(deployment, f"slo.tpot_ms={_ceil_ms(tpot)}")
-        assert found.decode["batch_per_device"] == per_device
-        assert found.decode["tpot_ms"] <= _ceil_ms(tpot)
+        assert found.decode.batch_per_device == per_device
+        assert found.decode.tpot_ms <= _ceil_ms(tpot)
 
 
 def test_ttft_search_finds_the_most_prompts_meeting_the_target():
@@ -232,7 +232,7 @@ def test_ttft_search_finds_the_most_prompts_meeting_the_target():
     spec = _spec("r1_h800_ep144")
     prompt, dies = spec.workload.prompt_len, spec.hardware.dies
     for prompts in (1, 3):
-        ttft = _predict("r1_h800_ep144", f"prefill.tokens_per_device={prompts * prompt * dies}").prefill["ttft_ms"]
+        ttft = _predict("r1_h800_ep144", f"prefill.tokens_per_device={prompts * prompt * dies}").prefill.ttft_ms
         found = _predict("r1_h800_ep144", f"slo.ttft_ms={_ceil_ms(ttft)}")
-        assert found.prefill["tokens_per_device"] == prompts * prompt * dies
-        assert found.prefill["ttft_ms"] <= _ceil_ms(ttft)
+        assert found.prefill.tokens_per_device == prompts * prompt * dies
+        assert found.prefill.ttft_ms <= _ceil_ms(ttft)

@@ -12,15 +12,15 @@ def render_prediction(con, prediction, *, top: int = 12) -> None:
     lines = []
     if prediction.prefill:
         p = prediction.prefill
-        head.add_row("prefill", f"{p['tokens_per_s_per_device']:,.0f}", f"{p['step_ms']:,.1f}",
-                     f"TTFT {p['ttft_ms']:,.1f} ms", f"{p['tokens_per_device']:,} tok")
-        lines.append(f"prefill: KV transfer to decode {p['kv_transfer_ms']:.1f} ms per prompt; microbatches {p['microbatches']}")
+        head.add_row("prefill", f"{p.tokens_per_s_per_device:,.0f}", f"{p.step_ms:,.1f}",
+                     f"TTFT {p.ttft_ms:,.1f} ms", f"{p.tokens_per_device:,} tok")
+        lines.append(f"prefill: KV transfer to decode {p.kv_transfer_ms:.1f} ms per prompt; microbatches {p.microbatches}")
     if prediction.decode:
         d = prediction.decode
-        head.add_row("decode", f"{d['tokens_per_s_per_device']:,.0f}", f"{d['step_ms']:,.2f}",
-                     f"TPOT {d['tpot_ms']:,.2f} ms", f"{d['batch_per_device']} req")
-        lines.append(f"decode: {d['tokens_per_step']:.2f} tokens/step (MTP drafts {d['mtp_draft_tokens']}); KV length "
-                     f"{d['kv_len']:,}; microbatches {d['microbatches']}")
+        head.add_row("decode", f"{d.tokens_per_s_per_device:,.0f}", f"{d.step_ms:,.2f}",
+                     f"TPOT {d.tpot_ms:,.2f} ms", f"{d.batch_per_device} req")
+        lines.append(f"decode: {d.tokens_per_step:.2f} tokens/step (MTP drafts {d.mtp_draft_tokens}); KV length "
+                     f"{d.kv_len:,}; microbatches {d.microbatches}")
     con.print(head)
     for line in lines:
         con.print(f"[dim]{line}[/]")

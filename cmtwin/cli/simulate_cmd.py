@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             writer.flush()
     out = {"run_id": run_id, "plan_hash": plan.plan_hash, "output_dir": str(out_dir) if plots else None,
            "plots": plots, "simulation": result.to_dict(),
-           "prediction": {"prefill": prediction.prefill, "decode": prediction.decode}}
+           "prediction": {k: prediction.to_dict()[k] for k in ("prefill", "decode")}}
     if args.format == "json":
         print_json(out)
     else:
@@ -133,7 +133,7 @@ def _references(spec, res, prediction) -> dict:
     device at its full batch / full forward) and what the offered rate gives in steady state (rate x tokens per
     request over the pool's devices)."""
     w = spec.workload
-    pd, dd = prediction.prefill or {}, prediction.decode or {}
+    pd, dd = (f.to_dict() if f else {} for f in (prediction.prefill, prediction.decode))
     ddev = res.decode["devices"]
     pdev = res.prefill["devices"] or ddev  # agg: prefill runs on the decode pool
     load = f" = {res.load:.2f} x sustainable" if res.load is not None else ""
@@ -185,7 +185,7 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
     t.add_column("p90", justify="right")
     t.add_column("p99", justify="right")
     t.add_column("twin (plan)", justify="right")
-    pd, dd = prediction.prefill or {}, prediction.decode or {}
+    pd, dd = (f.to_dict() if f else {} for f in (prediction.prefill, prediction.decode))
     t.add_row("TTFT (ms)", _fmt(res.ttft_ms["p50"]), _fmt(res.ttft_ms["p90"]), _fmt(res.ttft_ms["p99"]),
               _fmt(pd.get("ttft_ms")))
     t.add_row("TPOT (ms)", _fmt(res.tpot_ms["p50"], 2), _fmt(res.tpot_ms["p90"], 2), _fmt(res.tpot_ms["p99"], 2),

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmtwin.twin.breakdown import Row
+from cmtwin.twin.results import DecodeFigures, PrefillFigures
 
 
 @dataclass(frozen=True)
 class Prediction:
-    prefill: dict[str, Any] | None
-    decode: dict[str, Any] | None
+    prefill: PrefillFigures | None
+    decode: DecodeFigures | None
     breakdown: tuple[Row, ...]
     bottleneck: str
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -23,8 +24,8 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         d = {
-            "prefill": self.prefill,
-            "decode": self.decode,
+            "prefill": self.prefill.to_dict() if self.prefill else None,
+            "decode": self.decode.to_dict() if self.decode else None,
             "breakdown": [r.to_dict() for r in self.breakdown],
             "bottleneck": self.bottleneck,
             "notes": list(self.notes),
@@ -37,7 +38,7 @@ class Prediction:
         out: dict[str, float] = {}
         for phase in ("prefill", "decode"):
             d = getattr(self, phase)
-            for k, v in (d or {}).items():
+            for k, v in (d.to_dict() if d else {}).items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     out[f"{phase}.{k}"] = float(v)
         return out
@@ -88,7 +89,7 @@ def predict(spec, plan) -> Prediction:
     return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes), policies)
 
 
-def _prefill_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> dict[str, Any]:
+def _prefill_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> PrefillFigures:
     from cmtwin.twin.slo import search_prefill_tokens
     from cmtwin.twin.step import prefill_forward
 
@@ -99,17 +100,13 @@ def _prefill_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> dict[s
     r = prefill_forward(spec, plan, hw, fabric, tokens_per_die=tokens)
     rows += r.ledger.rows()
     bottlenecks.append(_bottleneck("prefill", r.ledger, r.streams))
-    return {
-        "tokens_per_s_per_device": _round(r.tokens_per_s_per_device, 1),
-        "step_ms": _round(r.step_us / 1e3),
-        "ttft_ms": _round(r.ttft_ms),
-        "tokens_per_device": r.tokens_per_die * spec.hardware.dies,
-        "kv_transfer_ms": _round(r.kv_transfer_us / 1e3),
-        "microbatches": spec.prefill.microbatches,
-    }
+    return PrefillFigures(
+        tokens_per_s_per_device=_round(r.tokens_per_s_per_device, 1), step_ms=_round(r.step_us / 1e3),
+        ttft_ms=_round(r.ttft_ms), tokens_per_device=r.tokens_per_die * spec.hardware.dies,
+        kv_transfer_ms=_round(r.kv_transfer_us / 1e3), microbatches=spec.prefill.microbatches)
 
 
-def _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> tuple[dict[str, Any], dict | None]:
+def _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> tuple[DecodeFigures, PrefillFigures | None]:
     """The decode figures, and (aggregated serving) the prefill figures of the chunks its steps carry."""
     from cmtwin.twin.slo import search_decode_batch
     from cmtwin.twin.step import decode_step
@@ -119,34 +116,24 @@ def _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> tuple[d
         batch, note = search_decode_batch(spec, plan, hw, fabric, spec.slo.tpot_ms)
         notes.append(note)
     r = decode_step(spec, plan, hw, fabric, batch_per_die=batch)
-    decode = {
-        "tokens_per_s_per_device": _round(r.tokens_per_s_per_device, 1),
-        "tpot_ms": _round(r.tpot_ms),
-        "batch_per_device": r.batch_per_device,
-        "step_ms": _round(r.step_us / 1e3),
-        "tokens_per_step": _round(r.tokens_per_step, 4),
-        "kv_len": r.kv_len,
-        "microbatches": spec.decode.microbatches,
-        "mtp_draft_tokens": r.draft_tokens,
-    }
-    if r.verify_tokens != 1 + r.draft_tokens:  # a speculation policy's tree (PPD)
-        decode["verify_tokens_per_request"] = r.verify_tokens
+    agg = spec.serving.mode == "agg" and r.chunk_tokens
+    decode = DecodeFigures(
+        tokens_per_s_per_device=_round(r.tokens_per_s_per_device, 1), tpot_ms=_round(r.tpot_ms),
+        batch_per_device=r.batch_per_device, step_ms=_round(r.step_us / 1e3), tokens_per_step=_round(r.tokens_per_step, 4),
+        kv_len=r.kv_len, microbatches=spec.decode.microbatches, mtp_draft_tokens=r.draft_tokens,
+        # a speculation policy's tree (PPD) verifies other than 1 + drafts tokens per request
+        verify_tokens_per_request=r.verify_tokens if r.verify_tokens != 1 + r.draft_tokens else None,
+        serving_mode="agg" if agg else None)
     rows += r.ledger.rows()
     bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
-    if not (spec.serving.mode == "agg" and r.chunk_tokens):
+    if not agg:
         return decode, None
     steps, ttft_ms = agg_ttft(spec, r)
-    decode["serving_mode"] = "agg"
-    return decode, {
-        "tokens_per_s_per_device": _round(r.chunk_tokens * spec.hardware.dies / (r.step_us / 1e6), 1),
-        "step_ms": _round(r.step_us / 1e3),
-        "ttft_ms": _round(ttft_ms),
-        "tokens_per_device": r.chunk_tokens * spec.hardware.dies,
-        "kv_transfer_ms": 0.0,
-        "microbatches": spec.decode.microbatches,
-        "chunk_tokens_per_die": r.chunk_tokens,
-        "chunks_per_prompt": steps,
-    }
+    return decode, PrefillFigures(
+        tokens_per_s_per_device=_round(r.chunk_tokens * spec.hardware.dies / (r.step_us / 1e6), 1),
+        step_ms=_round(r.step_us / 1e3), ttft_ms=_round(ttft_ms), tokens_per_device=r.chunk_tokens * spec.hardware.dies,
+        kv_transfer_ms=0.0, microbatches=spec.decode.microbatches, chunk_tokens_per_die=r.chunk_tokens,
+        chunks_per_prompt=steps)
 
 
 def _policy_tables(spec, plan, hw, fabric, rows, *, with_decode: bool) -> dict[str, Any]:

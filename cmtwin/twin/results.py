@@ -3,7 +3,7 @@ cmtwin.twin.predict)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from cmtwin.twin.breakdown import Ledger
 
@@ -36,3 +36,45 @@ class PrefillResult:
     ttft_ms: float
     ledger: Ledger
     streams: dict[str, float]
+
+
+def _present(obj) -> dict:
+    """The figures as their JSON object: fields in order, the optional ones (None) left out."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class PrefillFigures:
+    """A prediction's prefill figures per device (rounded as printed). Aggregated serving reports the prefill
+    chunks its decode steps carry."""
+
+    tokens_per_s_per_device: float
+    step_ms: float
+    ttft_ms: float
+    tokens_per_device: int
+    kv_transfer_ms: float
+    microbatches: int
+    chunk_tokens_per_die: int | None = None  # agg: prefill tokens per die per decode step
+    chunks_per_prompt: int | None = None  # agg: decode steps a prompt's prefill spans
+
+    def to_dict(self) -> dict:
+        return _present(self)
+
+
+@dataclass(frozen=True)
+class DecodeFigures:
+    """A prediction's decode figures per device (rounded as printed)."""
+
+    tokens_per_s_per_device: float
+    tpot_ms: float
+    batch_per_device: int
+    step_ms: float
+    tokens_per_step: float
+    kv_len: int
+    microbatches: int
+    mtp_draft_tokens: int
+    verify_tokens_per_request: float | None = None  # a speculation policy's tree (PPD), when not 1 + drafts
+    serving_mode: str | None = None  # "agg" when the pool also prefills
+
+    def to_dict(self) -> dict:
+        return _present(self)

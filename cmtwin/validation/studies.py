@@ -33,20 +33,20 @@ def h200_layouts(concurrency=(8, 16, 32, 64, 128, 256, 512)) -> str:
         d = _predict(["+deployment=r1_h200_disagg", f"serving.concurrency={2 * c}"])
         if d is not None:
             # decode node output vs prefill node input capacity (1,024 prompt tokens per 1,024 output tokens)
-            out = d.decode["tokens_per_s_per_device"] * 8
-            cap = d.prefill["tokens_per_s_per_device"] * 8
+            out = d.decode.tokens_per_s_per_device * 8
+            cap = d.prefill.tokens_per_s_per_device * 8
             disagg = min(out, cap) / 16
             bound = "prefill" if cap < out else "decode"
         rows.append((c, agg, d, disagg if d else None, bound if d else ""))
     lines = ["| concurrency per node | TP8 agg tok/s/GPU (TPOT ms) | DP8 agg tok/s/GPU (TPOT ms) | "
              "disagg tok/s/GPU (TPOT ms, bound) |", "|---|---|---|---|"]
-    fmt = lambda p: "infeasible" if p is None else f"{p.decode['tokens_per_s_per_device']:,.0f} ({p.decode['tpot_ms']:.1f})"
+    fmt = lambda p: "infeasible" if p is None else f"{p.decode.tokens_per_s_per_device:,.0f} ({p.decode.tpot_ms:.1f})"
     cross_tp, cross_agg = None, None
     for c, agg, d, dis, bound in rows:
-        dis_s = "infeasible" if d is None else f"{dis:,.0f} ({d.decode['tpot_ms']:.1f}, {bound})"
+        dis_s = "infeasible" if d is None else f"{dis:,.0f} ({d.decode.tpot_ms:.1f}, {bound})"
         lines.append(f"| {c} | {fmt(agg['TP8'])} | {fmt(agg['DP8'])} | {dis_s} |")
-        best_agg = max((p.decode["tokens_per_s_per_device"] for p in agg.values() if p), default=0)
-        if agg["TP8"] and agg["DP8"] and cross_tp is None and agg["DP8"].decode["tokens_per_s_per_device"] > agg["TP8"].decode["tokens_per_s_per_device"]:
+        best_agg = max((p.decode.tokens_per_s_per_device for p in agg.values() if p), default=0)
+        if agg["TP8"] and agg["DP8"] and cross_tp is None and agg["DP8"].decode.tokens_per_s_per_device > agg["TP8"].decode.tokens_per_s_per_device:
             cross_tp = c
         if dis is not None and cross_agg is None and dis > best_agg:
             cross_agg = c
