@@ -47,6 +47,11 @@ from cmtwin.sim.tables import AggDecodeTable, DecodeTable, FetchCost, PrefillTab
 from cmtwin.sim.traffic import Chunk, Stream, load_trace
 from cmtwin.twin.capacity import decode_requests_per_s, prefill_requests_per_s
 
+COMPLETION_RATE_TAU_S = 5.0
+"""Time constant of the decode pool's completion-rate average that admission uses to foresee freed slots and KV:
+long enough to span many decode steps (tens of ms each) and the arrivals of a burst, short enough to follow a
+load change within seconds. A smoothing choice of the simulator, not a hardware figure."""
+
 _ARRIVAL = Arrival()
 _SAMPLE = SampleTick()
 _STOP = Stop()
@@ -349,7 +354,7 @@ class Simulator:
         self.in_system = 0
         self._area_t = 0.0
         self.in_prefill = 0  # requests in running forwards (agg: being prefilled) that will finish their prompt
-        self.done_rate = 0.0  # EWMA of completions per second (tau 5 s)
+        self.done_rate = 0.0  # EWMA of completions per second (COMPLETION_RATE_TAU_S)
         self.done_kv_rate = 0.0  # ... and of the decode KV tokens they free
         self._rate_t = 0.0
         self._last = self._snapshot(0.0) | {"arr": 0}
@@ -644,10 +649,10 @@ class Simulator:
                 d.sum_admit -= r.admit_step
                 r.t_done = now
                 self._complete(r, now, area=False)
-            decay = math.exp(-(now - self._rate_t) / 5.0)
+            decay = math.exp(-(now - self._rate_t) / COMPLETION_RATE_TAU_S)
             self._rate_t = now
-            self.done_rate = self.done_rate * decay + len(finished) / 5.0
-            self.done_kv_rate = self.done_kv_rate * decay + freed / 5.0
+            self.done_rate = self.done_rate * decay + len(finished) / COMPLETION_RATE_TAU_S
+            self.done_kv_rate = self.done_kv_rate * decay + freed / COMPLETION_RATE_TAU_S
         self.totals.output_tokens += emitted
         d.out_tokens += emitted
         d.step = k + 1
