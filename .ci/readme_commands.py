@@ -2,7 +2,8 @@
 
 usage: python .ci/readme_commands.py [--readme README.md] [--only SUBSTRING]
 
-Every line of the README's ```bash blocks that starts with `cmtwin` runs as written (through the shell, in
+Every line of the page's ```bash blocks that starts with `cmtwin` (and every `$ cmtwin` line of its other
+blocks, a command shown with its output) runs as written (through the shell, in
 one fresh folder, so a later command sees what an earlier one recorded). A command must exit 0, or the code
 its comment documents ("... exits 3 ..."). `cmtwin tui` runs in a pseudo-terminal and is quit with `q`.
 A few commands also have their output checked against what their comment promises (CHECKS below).
@@ -27,15 +28,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_commands(readme: Path) -> list[tuple[str, str]]:
-    """(command, comment) for each `cmtwin ...` line of the README's bash blocks, in order."""
-    out, in_bash = [], False
+    """(command, comment) for each command of a page, in order: the `cmtwin ...` lines of its ```bash blocks,
+    and the `$ cmtwin ...` lines of its other blocks (a command shown with its output)."""
+    out, block = [], None
     for line in readme.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
-            in_bash = line.strip() == "```bash" and not in_bash
+            block = line.strip()[3:] if block is None else None
             continue
-        if in_bash and line.strip().startswith("cmtwin"):
-            command, _, comment = line.partition("  #")
-            out.append((command.strip(), comment.strip()))
+        text = line.strip()
+        if block == "bash" and text.startswith("cmtwin"):
+            command, _, comment = text.partition("  #")
+        elif block is not None and text.startswith("$ cmtwin"):
+            command, _, comment = text[2:].partition("  #")
+        else:
+            continue
+        out.append((command.strip(), comment.strip()))
     return out
 
 
@@ -53,7 +60,7 @@ def _json(stdout: str) -> dict:
 # What a command's comment promises, checked on its output (stdout + stderr). Keyed by a prefix of the command.
 CHECKS = {
     "cmtwin plan +deployment=r1_ep320 --format json": lambda out, err: _json(out),
-    "cmtwin query": lambda out, err: "plan" in out,
+    "cmtwin query": lambda out, err: re.search(r"\b[1-9][0-9]* row\(s\)", out) is not None,
     "cmtwin runs ls": lambda out, err: "plan" in out,
     "cmtwin simulate": lambda out, err: "TTFT" in out + err,
     "cmtwin search": lambda out, err: "frontier" in (out + err).lower(),
@@ -128,7 +135,7 @@ def main() -> int:
             if problem:
                 failed += 1
                 print(f"     {problem}\n     stdout: {out[-1500:]}\n     stderr: {err[-1500:]}", flush=True)
-    print(f"{len(commands) - failed} of {len(commands)} README commands did what they say")
+    print(f"{len(commands) - failed} of {len(commands)} commands of {readme.name} did what they say")
     return 1 if failed else 0
 
 
