@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Frozen(BaseModel):
-    """Immutable, validated, no unknown keys; attribute docstrings become the JSON-schema descriptions."""
+    """Immutable, validated, no unknown keys, finite numbers only (inf and nan are refused: they would reach the
+    twin's arithmetic and the run store's JSON); attribute docstrings become the JSON-schema descriptions."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)

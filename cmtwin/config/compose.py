@@ -363,6 +363,7 @@ def validation_error(exc: Any, what: str = "config") -> ConfigError:
     """A pydantic ValidationError as one paragraph: key, value, what is wrong."""
     parts = []
     first_key = None
+    fix = None
     for err in exc.errors()[:6]:
         key = _loc(err.get("loc", ()))
         first_key = first_key or key or None
@@ -380,10 +381,32 @@ def validation_error(exc: Any, what: str = "config") -> ConfigError:
             if isinstance(val, (dict, list)):
                 parts.append(f"'{key}': {msg}")
             else:
-                parts.append(f"'{key}' = {repr(val)[:60]}: {msg}")
+                parts.append(f"'{key}' = {short_repr(val)}: {msg}")
+            if err.get("type") == "finite_number" and fix is None:
+                fix = f"give '{key}' a finite number (inf and nan are not values of any setting)"
     more = len(exc.errors()) - 6
     tail = f" (and {more} more)" if more > 0 else ""
-    return ConfigError(f"invalid {what}: " + "; ".join(parts) + tail + ".", key=first_key)
+    return ConfigError(f"invalid {what}: " + "; ".join(parts) + tail + ".", key=first_key, fix=fix)
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr() of a value for a message, at most `limit` characters, without ever building the whole repr of a
+    huge value (an integer of 100,000 digits cannot even be converted; a long string is cut first)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() > 200:
+            return f"<an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits>"
+        text = repr(value)
+    elif isinstance(value, str):
+        text = repr(value[: limit + 2])
+    elif isinstance(value, (float, complex)):
+        text = repr(value)
+    elif isinstance(value, (dict, list, tuple, set)):
+        text = f"<a {type(value).__name__} of {len(value):,} item(s)>"
+    else:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_spec(overrides: list[str] | tuple[str, ...] = (), *, require_deployment: bool = True):
