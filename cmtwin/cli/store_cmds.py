@@ -318,6 +318,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
         "missing": "no database yet; the first recorded run creates it",
         "empty": "empty database; the first recorded run creates the schema",
         "unmanaged": "has tables but no alembic_version: not a cmtwin store",
+        "unstamped": "has cmtwin's tables but an empty alembic_version: restore it from a backup",
         "head": "up to date",
         "older": "older than this cmtwin; run `cmtwin db upgrade`",
         "newer": "newer than this cmtwin; upgrade cmtwin: pip install -U cmtwin",

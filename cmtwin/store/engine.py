@@ -101,6 +101,17 @@ def normalize_url(url: str) -> URL:
             f"{url!r} is not a database URL; use e.g. sqlite:///runs.db or postgresql://user@host/db"
         ) from exc
     backend = parsed.get_backend_name()
+    driver = parsed.get_driver_name()
+    if backend == "sqlite" and driver != "pysqlite":
+        raise StoreError(
+            f"--db {display_url(parsed)}: the SQLite driver {driver!r} is not supported; "
+            "use a plain sqlite:///path/to/runs.db URL"
+        )
+    if backend == "postgresql" and parsed.drivername not in ("postgresql", "postgresql+psycopg"):
+        raise StoreError(
+            f"--db {display_url(parsed)}: the PostgreSQL driver {driver!r} is not supported (the run store "
+            "uses psycopg 3); use postgresql://user@host/db or postgresql+psycopg://user@host/db"
+        )
     if backend == "sqlite":
         path = parsed.database
         if not path or path == ":memory:" or path.startswith("file:"):
@@ -187,7 +198,7 @@ def current_revision(url: str | None = None) -> tuple[str, str | None]:
     """The schema state of the store at `url`, without changing it: (state, revision).
 
     state is 'missing' (no SQLite file), 'empty' (no tables), 'unmanaged' (tables, no alembic_version),
-    'head', 'older' or 'newer'; revision is the stamped one (None when there is none).
+    'unstamped' (cmtwin's tables, an empty alembic_version), 'head', 'older' or 'newer'; revision is the stamped one (None when there is none).
     """
     parsed = normalize_url(resolve_url(url))
     if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
@@ -219,14 +230,21 @@ def _make_engine(url: URL, *, create: bool) -> Engine:
         if not path.exists():
             if not create:
                 raise missing_store_error(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the run store {path}: its folder {path.parent} cannot be created "
+                    f"({exc.strerror or exc}); point --db / CMTWIN_DB_URL at a writable place, "
+                    "e.g. sqlite:///cmtwin.db"
+                ) from exc
         engine = create_engine(url)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     try:
         return create_engine(url, pool_pre_ping=True)
-    except NoSuchModuleError as exc:  # pragma: no cover - depends on the installed extras
+    except (NoSuchModuleError, ImportError) as exc:  # pragma: no cover - depends on the installed extras
         raise StoreError(
             f"cannot use {display_url(url)}: {exc}; install the PostgreSQL driver: pip install 'cmtwin[postgres]'"
         ) from exc
@@ -253,6 +271,10 @@ def _schema_state(engine: Engine, url: URL) -> tuple[str, str | None]:
                     raise
                 conn.rollback()
                 return ("unmanaged" if inspect(conn).get_table_names() else "empty"), None
+            if not revisions:
+                tables = set(inspect(conn).get_table_names()) - {"alembic_version"}
+                if tables & set(Base.metadata.tables):
+                    return "unstamped", None  # the revision row was lost; tables of ours are there
     except DBAPIError as exc:
         raise StoreError(f"cannot open the run store at {display_url(url)}: {exc.orig}") from exc
     if not revisions:
@@ -273,8 +295,50 @@ def _is_missing_table(exc: DBAPIError) -> bool:
     return "no such table" in message or "does not exist" in message
 
 
+SCHEMA_LOCK_ID = 0x636D7477  # "cmtw"
+"""First key of the PostgreSQL advisory lock taken while a schema is created or upgraded (the second key is
+hashtext(current_schema()), so stores in different schemas of one database do not wait on each other)."""
+
+
+@contextmanager
+def _schema_lock(engine: Engine, url: URL) -> Iterator[None]:
+    """Serialize schema creation and upgrades between processes.
+
+    PostgreSQL: a session-level advisory lock, held on its own connection while the schema is inspected,
+    created and stamped (concurrent first writers of a fresh database otherwise race on CREATE TABLE).
+    SQLite: nothing here; `_create_fresh` takes the database's write lock (BEGIN IMMEDIATE) and re-checks.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    try:
+        conn = engine.connect()
+        conn.exec_driver_sql(f"SELECT pg_advisory_lock({SCHEMA_LOCK_ID}, hashtext(current_schema()))")
+        conn.commit()
+    except DBAPIError as exc:
+        raise StoreError(f"cannot open the run store at {display_url(url)}: {exc.orig}") from exc
+    try:
+        yield
+    finally:
+        try:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_ID}, hashtext(current_schema()))")
+            conn.commit()
+        finally:
+            conn.close()  # a session lock also ends with its connection
+
+
 def _ensure_schema(engine: Engine, url: URL, *, upgrade_postgresql: bool) -> UpgradeResult:
     state, revision = _schema_state(engine, url)
+    if state == "head":
+        return UpgradeResult(revision, HEAD_REVISION, None)  # the common case: no lock, one query
+    with _schema_lock(engine, url):
+        # Another process may have created or upgraded the schema while this one waited for the lock.
+        return _ensure_schema_locked(engine, url, *_schema_state(engine, url), upgrade_postgresql=upgrade_postgresql)
+
+
+def _ensure_schema_locked(
+    engine: Engine, url: URL, state: str, revision: str | None, *, upgrade_postgresql: bool
+) -> UpgradeResult:
     where = display_url(url)
     if state == "head":
         return UpgradeResult(revision, HEAD_REVISION, None)
@@ -285,6 +349,12 @@ def _ensure_schema(engine: Engine, url: URL, *, upgrade_postgresql: bool) -> Upg
         raise StoreError(
             f"the database at {where} has tables but no alembic_version table, so it is not a cmtwin run store "
             "(or one made by hand); point --db / CMTWIN_DB_URL at a cmtwin store or at an empty database"
+        )
+    if state == "unstamped":
+        raise StoreError(
+            f"the database at {where} has cmtwin's tables but its alembic_version table is empty, so its schema "
+            "revision is unknown and cmtwin will not guess it; restore the store from a backup (a SQLite store's "
+            "<file>.bak-* copies, a pg_dump), or point --db / CMTWIN_DB_URL at another store or an empty database"
         )
     if state == "newer":
         raise StoreError(
