@@ -5,7 +5,9 @@ store as it was; each would hang, crash (exit 1) or mislead without its check.""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,26 @@ def _runs(path: Path) -> int | None:
         return con.execute("select count(*) from runs").fetchone()[0]
 
 
-def _check(argv, fragments, workdir, capsys):
+@contextmanager
+def _deadline(seconds: float):
+    """Fail (instead of hanging) when the command runs past `seconds`: the unbounded work these cases stop."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _check(argv, fragments, workdir, capsys, seconds: float = 60):
     before = _runs(workdir)
     capsys.readouterr()
-    rc = main(argv)
+    with _deadline(seconds):
+        rc = main(argv)
     out, err = capsys.readouterr()
     assert rc == 2, f"{argv} exited {rc}: {err or out}"
     assert "Traceback" not in err and "Traceback" not in out
@@ -60,3 +78,33 @@ NON_FINITE = [
 @pytest.mark.parametrize("key,value", NON_FINITE, ids=[f"{k}={v}" for k, v in NON_FINITE])
 def test_non_finite_number_refused(key, value, workdir, capsys):
     _check(["plan", D, f"{key}={value}"], [key, value, "finite number"], workdir, capsys)
+
+
+# --- 2. bounds on simulated work, checked before the run row exists -----------------------------------------
+SIM_BOUNDS = [
+    ("duration-1e30", ["sim.duration_s=1e30"], ["sim.duration_s", "1e+30", "100,000", "Fix:"]),
+    ("rate-1e30", ["workload.rate_per_s=1e30"], ["workload.rate_per_s", "1e+30", "x sim.duration_s (300 s)",
+                                                 "5,000,000", "Fix:"]),
+    ("tiny-sample-interval", ["sim.sample_interval_s=1e-6"], ["sim.sample_interval_s", "3e+08", "Fix:"]),
+    ("long-duration-at-load", ["sim.duration_s=100000"], ["sim.duration_s (100,000 s)", "workload.load 0.8",
+                                                          "expected requests", "Fix:"]),
+    ("huge-offline-batch", ["workload.arrival=offline", "+workload.requests=1000000000"],
+     ["workload.requests", "1e+09", "5,000,000"]),
+]
+
+
+@pytest.mark.parametrize("overrides,fragments", [c[1:] for c in SIM_BOUNDS], ids=[c[0] for c in SIM_BOUNDS])
+def test_simulated_work_bounded(overrides, fragments, workdir, capsys):
+    assert main(["plan", D, "--format", "json"]) == 0  # a store with one run: the refusal must add none
+    _check(["simulate", D, "--no-plots", *overrides], fragments, workdir, capsys)
+    with sqlite3.connect(workdir / "cmtwin.db") as con:
+        assert con.execute("select count(*) from runs where status = 'running'").fetchone()[0] == 0
+
+
+def test_simulated_work_limits_pass_the_defaults():
+    from cmtwin.config.compose import load_spec
+    from cmtwin.sim.spec import MAX_SIM_REQUESTS, MAX_SIM_SAMPLES, check_simulated_work
+
+    spec, _ = load_spec([D])
+    check_simulated_work(spec, rate_per_s=200.0, duration_s=spec.sim.duration_s)  # the default run: 60,000
+    check_simulated_work(spec, rate_per_s=MAX_SIM_REQUESTS / MAX_SIM_SAMPLES, duration_s=MAX_SIM_SAMPLES)

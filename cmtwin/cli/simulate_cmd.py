@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from cmtwin.planner.plan import compile_plan
     from cmtwin.topology.fabric import fabric_for
     from cmtwin.sim.serving import Simulator
+    from cmtwin.sim.spec import check_simulated_work
     from cmtwin.twin.predict import predict
 
     t0 = time.perf_counter()
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     prediction = predict(spec, plan)
     # Everything that can fail on bad input happens before the run row exists (trace parsing, tables).
     sim = Simulator(spec, plan, fabric=fabric)
+    check_simulated_work(spec, rate_per_s=sim.rate, duration_s=sim.duration, capacity_per_s=sim.capacity)
     from cmtwin.store.engine import open_store
     from cmtwin.store.repo import add_artifact, run_lifecycle, set_metrics, set_output_dir, start_run
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from cmtwin.config.base import Frozen
+
+MAX_SIM_REQUESTS = 5_000_000
+"""Most requests one simulation may generate (rate x duration, or workload.requests offline): about 100x the
+default run (r1_ep320: 153 requests/s x 300 s = 46,000), which simulates at about 20,000 requests per second of
+wall time and keeps every request's record in memory, so the limit is a few minutes and a few GB."""
+
+EVENTS_PER_REQUEST = 4
+"""Simulator events a request implies, about: its arrival, its prefill forward's end, its admission to decode and
+its share of the decode steps (the estimate shown next to the request count; the requests are what is limited)."""
+
+MAX_SIM_SAMPLES = 100_000
+"""Most time-series samples one simulation may take (duration / sim.sample_interval_s); each writes 13 rows to
+the run store, so the limit is 1.3 million rows (the default run takes 300)."""
 
 
 class SimSpec(Frozen):
@@ -84,3 +98,70 @@ class SearchSpec(Frozen):
     """MTP drafts per step to try (only on models with MTP layers)."""
     precisions: list[str] = Field(default_factory=lambda: ["int8", "bf16"], min_length=1)
     """Precisions to try (those the hardware supports)."""
+
+
+def _g(x: float) -> str:
+    """A number for a message: six significant digits, thousands separated (46,000; 153.302; 1e+30)."""
+    return f"{x:,.6g}"
+
+
+def _down(x: float) -> str:
+    """An upper bound for a fix, rounded down to three significant digits."""
+    if x <= 0 or not math.isfinite(x):
+        return _g(x)
+    q = 10.0 ** (math.floor(math.log10(x)) - 2)
+    return _g(math.floor(x / q + 1e-9) * q)
+
+
+def _up(x: float) -> str:
+    """A lower bound for a fix, rounded up to three significant digits."""
+    if x <= 0 or not math.isfinite(x):
+        return _g(x)
+    q = 10.0 ** (math.floor(math.log10(x)) - 2)
+    return _g(math.ceil(x / q - 1e-9) * q)
+
+
+def check_simulated_work(spec, *, rate_per_s: float, duration_s: float, capacity_per_s: float | None = None) -> None:
+    """Refuse (ConfigError, exit 2) a simulation whose expected size is beyond the stated limits, before the run
+    row exists: requests = rate x duration (offline: workload.requests) against MAX_SIM_REQUESTS, and samples =
+    duration / sim.sample_interval_s against MAX_SIM_SAMPLES. The message shows the arithmetic and the largest
+    values that fit. A trace's requests are already read (the trace reader bounds them)."""
+    from cmtwin.errors import ConfigError
+
+    w, sim = spec.workload, spec.sim
+    interval = sim.sample_interval_s
+    samples = duration_s / interval
+    if not math.isfinite(samples) or samples > MAX_SIM_SAMPLES:
+        raise ConfigError(
+            f"sim.duration_s ({_g(duration_s)} s) / sim.sample_interval_s ({_g(interval)} s) = {_g(samples)} "
+            f"time-series samples, above the limit of {MAX_SIM_SAMPLES:,} per simulation (each writes 13 rows to the "
+            f"run store).", key="sim.duration_s",
+            fix=f"lower sim.duration_s to at most {_down(MAX_SIM_SAMPLES * interval)} or raise "
+                f"sim.sample_interval_s to at least {_up(duration_s / MAX_SIM_SAMPLES)}")
+    if w.arrival == "trace":
+        return
+    if w.arrival == "offline":
+        if w.requests > MAX_SIM_REQUESTS:
+            raise ConfigError(
+                f"workload.requests = {_g(w.requests)} offline requests (about {_g(w.requests * EVENTS_PER_REQUEST)} "
+                f"simulator events), above the limit of {MAX_SIM_REQUESTS:,} requests per simulation.",
+                key="workload.requests",
+                fix=f"simulate at most {MAX_SIM_REQUESTS:,} requests (workload.requests={MAX_SIM_REQUESTS}); the "
+                    "metrics of a batch job of that size already settle")
+        return
+    requests = rate_per_s * duration_s
+    if math.isfinite(requests) and requests <= MAX_SIM_REQUESTS:
+        return
+    if w.rate_per_s is not None:
+        source, key = f"workload.rate_per_s ({_g(rate_per_s)} requests/s)", "workload.rate_per_s"
+    else:
+        cap = f" x the twin's capacity ({_g(capacity_per_s)} requests/s)" if capacity_per_s else ""
+        source, key = f"the rate {_g(rate_per_s)} requests/s (workload.load {w.load:g}{cap})", "sim.duration_s"
+    fit_duration = MAX_SIM_REQUESTS / rate_per_s
+    fit_rate = MAX_SIM_REQUESTS / duration_s
+    raise ConfigError(
+        f"{source} x sim.duration_s ({_g(duration_s)} s) = {_g(requests)} expected requests (about "
+        f"{_g(requests * EVENTS_PER_REQUEST)} simulator events), above the limit of {MAX_SIM_REQUESTS:,} requests "
+        f"per simulation.", key=key,
+        fix=f"lower sim.duration_s to at most {_down(fit_duration)} or the rate to at most {_down(fit_rate)} "
+            "requests/s (workload.rate_per_s=...)")
