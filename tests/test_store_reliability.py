@@ -122,3 +122,73 @@ def test_empty_alembic_version_with_tables_is_refused_with_the_fix(tmp_path, cap
         assert "alembic_version table is empty" in capsys.readouterr().err
     assert main(["db", "current", "--db", url]) == 0
     assert "restore it from a backup" in capsys.readouterr().out
+
+
+# --- 2. strict JSON and finite, bounded CLI numbers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("where", ["config", "plan", "prediction"])
+def test_non_finite_json_is_refused_naming_the_key_and_nothing_is_written(db_url, bad, where):  # noqa: F811
+    store = open_store(db_url)
+    value = {"slo": {"tpot_ms": bad, "ttft_ms": 1.0}, "roles": [1.0, 2.0]}
+    kwargs = {"config": {}, "plan": None, "prediction": None, where: value}
+    with pytest.raises(StoreError) as err:
+        record_run(store, verb="plan", deployment="r1_ep320", plan_hash="h", overrides=[], status="ok",
+                   started_at=NOW, finished_at=NOW, metrics={"x": 1.0}, **kwargs)
+    message = str(err.value)
+    assert f"{where} key slo.tpot_ms is {bad!r}" in message and "Fix: give slo.tpot_ms a finite value" in message
+    assert err.value.exit_code == 2 and err.value.key == "slo.tpot_ms"
+    assert list_runs(store) == []
+
+
+def test_the_json_columns_serializer_is_strict():
+    from cmtwin.store.engine import strict_json_dumps
+
+    assert strict_json_dumps({"a": [1.5]}) == '{"a": [1.5]}'
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            strict_json_dumps({"a": bad})
+
+
+def test_json_output_is_standard_even_for_a_non_finite_metric(workdir, capsys):
+    import json
+
+    run = record_run(open_store(), verb="plan", deployment="d", plan_hash=None, overrides=[], config={},
+                     status="ok", started_at=NOW, finished_at=NOW, metrics={"ratio": float("inf")})
+    assert main(["runs", "show", str(run), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))["metrics"] == {"ratio": None}
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["query", "select 1", "--timeout", "nan"], "--timeout nan is not a positive finite number"),
+        (["query", "select 1", "--timeout", "inf"], "--timeout inf is not a positive finite number"),
+        (["query", "select 1", "--timeout", "0"], "Fix: pass e.g. --timeout 10"),
+        (["query", "select 1", "--max-rows", "0"], "--max-rows 0 is out of range"),
+        (["query", "select 1", "--max-rows", str(10**23)], "Fix: pass e.g. --max-rows 10000"),
+        (["runs", "ls", "--limit", "-1"], "--limit -1 is out of range"),
+        (["runs", "ls", "--limit", str(10**23)], "from 1 to 2,147,483,647. Fix: pass e.g. --limit 50"),
+        (["runs", "show", str(10**23)], f"RUN {10**23} is not a run id"),
+        (["runs", "diff", "1", str(10**23)], "Fix: pass an id that `cmtwin runs ls` lists"),
+        (["runs", "show", "-3"], "RUN -3 is not a run id"),
+    ],
+)
+def test_bad_numeric_options_exit_2_with_key_value_and_fix(argv, fragment, workdir, capsys):
+    add = record_run(open_store(), verb="plan", deployment="d", plan_hash=None, overrides=[], config={},
+                     status="ok", started_at=NOW, finished_at=NOW)
+    assert add == 1
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "internal error" not in err
+
+
+def test_the_query_function_refuses_a_nan_timeout(tmp_path):
+    from cmtwin.store.query import run_readonly_query
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    open_store(url)
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(StoreError, match="--timeout"):
+            run_readonly_query(url, "select 1", timeout_s=bad)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -80,9 +81,45 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, default=_jsonable, indent=2)
+    """Standard JSON on stdout: a non-finite number (a metric of inf, an old store's `Infinity`) prints as null."""
+    plain = json.loads(json.dumps(obj, default=_jsonable))
+    json.dump(_finite_or_none(plain), sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
+
+
+MAX_COUNT = 2**31 - 1
+"""The largest run id (runs.id is a 32-bit integer on PostgreSQL) and the largest --limit / --max-rows."""
+
+
+def _count_option(option: str, value: int, example: str) -> int:
+    """A --limit / --max-rows value: a whole number from 1 to MAX_COUNT, else StoreError naming the fix."""
+    if not 1 <= value <= MAX_COUNT:
+        raise StoreError(
+            f"{option} {value if abs(value) < 10**30 else f'{value:.3e}'} is out of range: it must be a whole "
+            f"number from 1 to {MAX_COUNT:,}.",
+            key=option, fix=f"pass e.g. {option} {example}",
+        )
+    return value
+
+
+def _timeout_option(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise StoreError(
+            f"--timeout {value} is not a positive finite number of seconds (a query must stop some time).",
+            key="--timeout", fix="pass e.g. --timeout 10, or --timeout 600 for a slow query",
+        )
+    return value
 
 
 def _console() -> Any:
@@ -113,10 +150,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from cmtwin.store.query import run_readonly_query
 
-    if args.timeout <= 0 or args.max_rows <= 0:
-        raise StoreError(
-            f"--timeout ({args.timeout}) and --max-rows ({args.max_rows}) must be positive; e.g. --timeout 10"
-        )
+    _timeout_option(args.timeout)
+    _count_option("--max-rows", args.max_rows, "10000")
     result = run_readonly_query(args.db, args.sql, timeout_s=args.timeout, max_rows=args.max_rows)
     if args.format == "json":
         _print_json([dict(zip(result.columns, row)) for row in result.rows])
@@ -148,9 +183,17 @@ def _run_id(store: Any, text: str) -> int:
             raise StoreError("there are no runs yet; record one, e.g. `cmtwin plan +deployment=r1_ep320`")
         return latest[0].id
     try:
-        return int(text)
+        run_id = int(text)
     except ValueError:
-        raise StoreError(f"RUN must be a run id or 'last', not {text!r}; `cmtwin runs ls` lists the runs") from None
+        raise StoreError(
+            f"RUN must be a run id or 'last', not {text[:40]!r}; `cmtwin runs ls` lists the runs", key="RUN"
+        ) from None
+    if not 1 <= run_id <= MAX_COUNT:
+        raise StoreError(
+            f"RUN {text[:40]} is not a run id: run ids are whole numbers from 1 to {MAX_COUNT:,}.",
+            key="RUN", fix="pass an id that `cmtwin runs ls` lists, or 'last'",
+        )
+    return run_id
 
 
 def _metrics_text(metrics: dict[str, float], limit: int = 3) -> str:
@@ -165,6 +208,7 @@ def cmd_runs_ls(args: argparse.Namespace) -> int:
     from cmtwin.store.engine import open_store
     from cmtwin.store.repo import list_runs
 
+    _count_option("--limit", args.limit, "50")
     runs = list_runs(open_store(args.db, create=False), limit=args.limit, verb=args.verb, status=args.status)
     if args.format == "json":
         _print_json(runs)

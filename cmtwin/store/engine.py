@@ -6,6 +6,7 @@ schema revision, and Alembic is imported only when a fresh database must be stam
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -224,6 +225,12 @@ def missing_store_error(path: Path) -> StoreError:
     )
 
 
+def strict_json_dumps(value: Any) -> str:
+    """The JSON columns' serializer: standard JSON only (inf/nan raise ValueError instead of writing the
+    non-standard `Infinity`/`NaN`); `repo.check_json_finite` names the offending key before it gets here."""
+    return json.dumps(value, allow_nan=False)
+
+
 def _make_engine(url: URL, *, create: bool) -> Engine:
     if url.get_backend_name() == "sqlite":
         path = sqlite_path(url)
@@ -238,12 +245,12 @@ def _make_engine(url: URL, *, create: bool) -> Engine:
                     f"({exc.strerror or exc}); point --db / CMTWIN_DB_URL at a writable place, "
                     "e.g. sqlite:///cmtwin.db"
                 ) from exc
-        engine = create_engine(url)
+        engine = create_engine(url, json_serializer=strict_json_dumps)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, json_serializer=strict_json_dumps)
     except (NoSuchModuleError, ImportError) as exc:  # pragma: no cover - depends on the installed extras
         raise StoreError(
             f"cannot use {display_url(url)}: {exc}; install the PostgreSQL driver: pip install 'cmtwin[postgres]'"

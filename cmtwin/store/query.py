@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import time
@@ -157,6 +158,14 @@ def run_readonly_query(
 
     Refused statements, SQL errors and timeouts raise StoreError (exit 2).
     """
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise StoreError(
+            f"--timeout {timeout_s} is not a positive finite number of seconds", key="--timeout",
+            fix="pass e.g. --timeout 10",
+        )
+    if not 1 <= max_rows <= 2**31 - 1:
+        raise StoreError(f"--max-rows {max_rows} is out of range (1 to 2147483647)", key="--max-rows",
+                         fix="pass e.g. --max-rows 10000")
     parsed = normalize_url(resolve_url(url))
     dialect = parsed.get_backend_name()
     check_readonly(sql, dialect)
