@@ -236,3 +236,31 @@ def test_ttft_search_finds_the_most_prompts_meeting_the_target():
         found = _predict("r1_h800_ep144", f"slo.ttft_ms={_ceil_ms(ttft)}")
         assert found.prefill.tokens_per_device == prompts * prompt * dies
         assert found.prefill.ttft_ms <= _ceil_ms(ttft)
+
+
+# --- prefill attention from attention measurements ------------------------------------------------------------
+
+@pytest.mark.parametrize("deployment", ["r1_ep320", "r1_h800_ep144", "r1_h100_ep72", "r1_h200_disagg"])
+def test_prefill_throughput_falls_with_prompt_length(deployment):
+    """The causal attention's work per token grows with the prompt; its efficiency curve (FlashAttention
+    measurements by sequence length) rises more slowly, so tokens/s per device fall on every system."""
+    rates = [_predict(deployment, f"workload.prompt_len={p}").prefill.tokens_per_s_per_device
+             for p in (1024, 2048, 4096)]
+    assert rates[0] > rates[1] > rates[2]
+
+
+def test_prefill_attention_efficiency_follows_the_sequence_length_curve():
+    """mha_attention is costed at the curve's efficiency for its context length, not a constant: at a 16K
+    prompt the 910C's FlashAttention curve gives a higher efficiency than at 4K, so the attention's time per
+    FLOP falls."""
+    from cmtwin.config.compose import load_spec
+    from cmtwin.model.operators import attention_ops
+    from cmtwin.twin.cost import op_time
+
+    spec, _ = load_spec(["+deployment=r1_ep320"])
+    per_flop = []
+    for kv in (4096, 16384):
+        op = next(o for o in attention_ops(spec.model, spec.prec, tokens=kv, requests=1, kv_len=kv, form="mha")
+                  if o.name == "mha_attention")
+        per_flop.append(op_time(op, spec.hardware).compute_us / op.flops)
+    assert per_flop[1] < 0.85 * per_flop[0]  # 0.290 -> 0.368 of peak

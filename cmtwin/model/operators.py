@@ -26,6 +26,7 @@ class Op:
     kv_bytes: float = 0.0
     dtype: str = "bf16"
     tokens: int = 1  # the M dimension (rows) the efficiency curves are indexed by
+    kv_len: float = 0.0  # attention: the context each query attends to (an efficiency curve may be indexed by it)
 
     @property
     def bytes(self) -> float:
@@ -148,7 +149,7 @@ def _attention_ops(model: ModelSpec, p: Precision, tokens: int, requests: int, k
             flops = 2.0 * tokens * heads * kv_len * (lat + att.kv_lora_rank)
             kv_read = requests * kv_len * lat * kvb
             act = tokens * heads * (lat + att.kv_lora_rank) * 2.0
-            ops.append(Op("mla_attention", "attention_decode", flops, 0.0, act, kv_read, p.attention, tokens))
+            ops.append(Op("mla_attention", "attention_decode", flops, 0.0, act, kv_read, p.attention, tokens, kv_len))
             ops.append(gemm("v_absorb", tokens, att.kv_lora_rank, att.v_head_dim, p.attention, groups=heads,
                             cls="grouped_gemm"))
         else:
@@ -157,7 +158,7 @@ def _attention_ops(model: ModelSpec, p: Precision, tokens: int, requests: int, k
             pairs = tokens * kv_len * (0.5 if causal_prefill else 1.0)
             flops = 2.0 * heads * pairs * (qk + att.v_head_dim)
             act = 2.0 * tokens * heads * (2 * qk + 2 * att.v_head_dim)
-            ops.append(Op("mha_attention", "attention_prefill", flops, 0.0, act, 0.0, p.attention, tokens))
+            ops.append(Op("mha_attention", "attention_prefill", flops, 0.0, act, 0.0, p.attention, tokens, kv_len))
         ops.append(gemm("o_proj", tokens, heads * att.v_head_dim, h, g))
     else:
         heads = max(1, round(att.heads * head_share))
@@ -168,11 +169,11 @@ def _attention_ops(model: ModelSpec, p: Precision, tokens: int, requests: int, k
             flops = 2.0 * tokens * heads * kv_len * 2 * d
             kv_read = requests * kv_len * 2 * kvh * d * kvb
             ops.append(Op("gqa_attention", "attention_decode", flops, 0.0, 2.0 * tokens * heads * d * 2, kv_read,
-                          p.attention, tokens))
+                          p.attention, tokens, kv_len))
         else:
             pairs = tokens * kv_len * (0.5 if causal_prefill else 1.0)
             ops.append(Op("gqa_attention", "attention_prefill", 2.0 * heads * pairs * 2 * d, 0.0,
-                          2.0 * tokens * (heads + 2 * kvh) * d * 2, 0.0, p.attention, tokens))
+                          2.0 * tokens * (heads + 2 * kvh) * d * 2, 0.0, p.attention, tokens, kv_len))
         ops.append(gemm("o_proj", tokens, heads * d, h, g))
     return tuple(ops)
 

@@ -116,7 +116,7 @@ def sp_step(policy, spec, hw, fabric, die_ids, *, prompt_len: int, degree: int) 
     t = prompt_len / degree
     flops = 2.0 * heads * t * t * (dqk + dv) * 0.5  # zigzag: every step is half-masked on average
     block = Op("sp_attention_block", "attention_prefill", flops, 0.0, 2.0 * t * heads * (2 * dqk + 2 * dv),
-               0.0, spec.prec.attention, max(1, round(t)))
+               0.0, spec.prec.attention, max(1, round(t)), t)  # a ring step: t queries over a t-token KV chunk
     compute = op_time(block, hw).us
     nbytes = policy.step_bytes(model, t)
     pl = comm.planes(fabric)

@@ -39,11 +39,12 @@ class OpTime:
     overhead_us: float
 
 
-def _value(e: Sourced | Curve | None, x: float, default: float) -> float:
+def _value(e: Sourced | Curve | None, op: Op, default: float) -> float:
+    """A constant efficiency, or a curve read at the operator's coordinate (tokens, context length, bytes)."""
     if e is None:
         return default
     if isinstance(e, Curve):
-        return e.at(x)
+        return e.at({"tokens": op.tokens, "kv_len": op.kv_len, "bytes": op.bytes}[e.x])
     return e.value
 
 
@@ -86,13 +87,13 @@ def _op_time(op: Op, hw: HardwareProfile, cube_share: float, vector_share: float
     eff = efficiency(hw, op.cls, op.name)
     vector = op.cls in VECTOR_CLASSES
     share = vector_share if vector else cube_share
-    bw = hw.die.memory_bandwidth_GB_per_s.value * 1e9 * _value(eff.memory, op.tokens, 1.0) * share
+    bw = hw.die.memory_bandwidth_GB_per_s.value * 1e9 * _value(eff.memory, op, 1.0) * share
     memory_us = op.bytes / bw * 1e6 if op.bytes else 0.0
     if vector or op.flops == 0:
         compute_us = 0.0
     else:
         peak = hw.peak_flops(op.dtype if hw.supports(op.dtype) else "bf16")
-        compute_us = op.flops / (peak * _value(eff.compute, op.tokens, 1.0) * share) * 1e6
+        compute_us = op.flops / (peak * _value(eff.compute, op, 1.0) * share) * 1e6
     overhead = eff.overhead_us.value if eff.overhead_us is not None else hw.launch_overhead_us.value
     bound = "compute" if compute_us >= memory_us else "memory"
     return OpTime(op.name, op.cls, max(compute_us, memory_us) + overhead, bound, compute_us, memory_us, overhead)
