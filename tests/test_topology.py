@@ -87,7 +87,7 @@ def test_fabric_disk_cache_round_trip(tmp_path, monkeypatch):
         return get_fabric("gpu_cluster", overrides)
 
     built = fresh()
-    (entry,) = (tmp_path / "fabric").glob("*.pickle")
+    (entry,) = (tmp_path / "fabric").glob("*.json")
     loaded = fresh()
     assert loaded is not built
     dies = loaded.dies()
@@ -100,11 +100,11 @@ def test_fabric_disk_cache_round_trip(tmp_path, monkeypatch):
     other = freeze_overrides({"nodes": 4})
     fabric_mod._cached_fabric.cache_clear()
     get_fabric("gpu_cluster", other)
-    assert len(list((tmp_path / "fabric").glob("*.pickle"))) == 2, "a changed topology gets its own entry"
+    assert len(list((tmp_path / "fabric").glob("*.json"))) == 2, "a changed topology gets its own entry"
     monkeypatch.setenv("CMTWIN_CACHE_DIR", "")
     fabric_mod._cached_fabric.cache_clear()
     get_fabric("gpu_cluster", freeze_overrides({"nodes": 5}))
-    assert len(list((tmp_path / "fabric").glob("*.pickle"))) == 2
+    assert len(list((tmp_path / "fabric").glob("*.json"))) == 2
     fabric_mod._cached_fabric.cache_clear()
 
 
@@ -302,7 +302,7 @@ def test_disk_cache_key_follows_the_file(tmp_path, monkeypatch):
     assert fabric_mod._disk_path(edited) != key, "an edited file gets its own cache entry"
     second = get_fabric(name)
     assert second is not first and second.roles.frontend == "lan" and "lan" in second.planes
-    assert len(list((tmp_path / "cache" / "fabric").glob("*.pickle"))) == 2
+    assert len(list((tmp_path / "cache" / "fabric").glob("*.json"))) == 2
     fabric_mod._cached_fabric.cache_clear()
 
 

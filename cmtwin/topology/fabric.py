@@ -19,8 +19,10 @@ import difflib
 import functools
 import hashlib
 import math
+import json
+import logging
 import os
-import pickle
+import stat
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -34,6 +36,8 @@ from cmtwin.errors import TopologyError
 from cmtwin.paths import cache_dir
 from cmtwin.topology.graph import ENDPOINT_KINDS, build_graph, check_invariants, node_label
 from cmtwin.topology.schema import ROLES, PlaneRoles, TopologySpec, load_topology
+
+log = logging.getLogger("cmtwin.topology")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +101,7 @@ class Fabric:
         self.graph: nx.MultiDiGraph = build_graph(spec)
         check_invariants(self.graph, spec)
         g = self.graph
-        self._node_of: dict[str, int | None] = {n: a.get("node") for n, a in g.nodes(data=True)}
-        self._order = {n: i for i, n in enumerate(g.nodes)}
-        dies, cpus = [], []
-        for n, a in g.nodes(data=True):
-            if a["kind"] == "die":
-                dies.append(DieRef(n, a["node"], a["device"], a["die"], a["index"]))
-            elif a["kind"] == "cpu":
-                cpus.append(CpuRef(n, a["node"], a["cpu"], a["index"]))
-        self._dies = tuple(sorted(dies, key=lambda d: (d.node, d.device, d.die)))
-        self._cpus = tuple(sorted(cpus, key=lambda c: (c.node, c.cpu)))
+        self._index_nodes()
         inj: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         ej: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         up: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
@@ -135,6 +130,23 @@ class Fabric:
         for plane in self.planes:
             ids: dict[tuple, int] = {}
             self._class[plane] = {ep: ids.setdefault(tuple(sorted(w)), len(ids)) for ep, w in wiring[plane].items()}
+        self._memos()
+
+    def _index_nodes(self) -> None:
+        """The per-element indexes (node of each element, insertion order, dies and CPUs) from the graph."""
+        g = self.graph
+        self._node_of: dict[str, int | None] = {n: a.get("node") for n, a in g.nodes(data=True)}
+        self._order = {n: i for i, n in enumerate(g.nodes)}
+        dies, cpus = [], []
+        for n, a in g.nodes(data=True):
+            if a["kind"] == "die":
+                dies.append(DieRef(n, a["node"], a["device"], a["die"], a["index"]))
+            elif a["kind"] == "cpu":
+                cpus.append(CpuRef(n, a["node"], a["cpu"], a["index"]))
+        self._dies = tuple(sorted(dies, key=lambda d: (d.node, d.device, d.die)))
+        self._cpus = tuple(sorted(cpus, key=lambda c: (c.node, c.cpu)))
+
+    def _memos(self) -> None:
         self._views: dict[str, nx.MultiDiGraph] = {}
         self._pairs: dict[tuple, tuple[float, bool]] = {}
         self._route = functools.lru_cache(maxsize=1 << 16)(self._compute_route)
@@ -512,31 +524,195 @@ def _cached_fabric(identity: tuple[str, int | None], name: str, overrides: tuple
     spec = load_topology(name, dict(overrides))
     path = _disk_path(spec)
     if path is not None:
-        try:
-            with path.open("rb") as fh:
-                fabric = pickle.load(fh)
-            if isinstance(fabric, Fabric):
-                return fabric
-        except Exception:  # noqa: BLE001 - a missing, stale or torn cache entry is rebuilt
-            pass
+        fabric = _read_cache(path, spec)
+        if fabric is not None:
+            return fabric
     fabric = Fabric(spec)
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with tmp.open("wb") as fh:
-                pickle.dump(fabric, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the whole new one
-        except OSError:
-            pass  # a read-only or full cache folder only costs the rebuild next time
+        _write_cache(path, fabric)
     return fabric
+
+
+CACHE_FORMAT = "cmtwin-fabric"
+CACHE_VERSION = 1
+"""Bumped whenever the layout of a cache file changes (an older file is then rebuilt, never misread)."""
+
+
+class _BadCache(Exception):
+    """A cache file that does not hold exactly what _write_cache writes (it is rebuilt)."""
+
+
+def _read_cache(path: Path, spec: TopologySpec) -> Fabric | None:
+    """The Fabric stored at `path`, or None (missing, torn, stale, malformed, or not to be trusted).
+
+    The file is JSON (the graph's nodes, adjacency in insertion order and the fabric's aggregates), so reading
+    it cannot run code whatever it holds. It is used only when the current user owns it and nobody else can
+    write to it: in a shared CMTWIN_CACHE_DIR another user's file is ignored with a one-line warning.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None  # missing (the usual first run), a symlink, or unreadable
+    try:
+        st = os.fstat(fd)
+        why = _distrust(st)
+        if why:
+            log.warning("ignoring the topology cache file %s: %s; rebuilding the fabric (use a CMTWIN_CACHE_DIR of "
+                        "your own)", path, why)
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = json.loads(fh.read())
+        return _from_cache(data, spec, path.stem)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RecursionError, _BadCache):
+        return None  # torn, stale or malformed: rebuilt and rewritten
+    finally:
+        os.close(fd)
+
+
+def _distrust(st: os.stat_result) -> str | None:
+    """Why a cache file must not be used (None if it may): owned by another user, or writable by others."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:  # no POSIX owners (Windows): the per-user cache folder is the protection
+        return None
+    uid = getuid()
+    if st.st_uid != uid:
+        return f"it is owned by uid {st.st_uid}, not by you (uid {uid})"
+    if st.st_mode & 0o022:
+        return f"it is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _to_cache(fabric: Fabric, key: str) -> dict:
+    """A JSON-able form of a built Fabric: enough to rebuild it exactly without building or checking the graph.
+
+    Edges are listed column by column in the graph's own order (each node's successors, then keys) and each
+    node's predecessor order is kept too, so the rebuilt adjacency iterates exactly like the built one (shortest
+    paths break ties the same way).
+    """
+    g = fabric.graph
+    nodes = list(g.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    planes = list(fabric.planes)
+    plane_pos = {p: i for i, p in enumerate(planes)}
+    cols: dict[str, list] = {"u": [], "v": [], "k": [], "plane": [], "bw": [], "lat": []}
+    for u, v, k, d in g.edges(keys=True, data=True):
+        cols["u"].append(pos[u])
+        cols["v"].append(pos[v])
+        cols["k"].append(k)
+        cols["plane"].append(plane_pos[d["plane"]])
+        cols["bw"].append(float(d["bandwidth_gbps"]))
+        cols["lat"].append(float(d["latency_us"]))
+    return {
+        "format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key,
+        "graph": dict(g.graph),
+        "nodes": nodes,
+        "attrs": [dict(a) for _, a in g.nodes(data=True)],
+        "planes": planes,
+        "edges": cols,
+        "pred": [pos[u] for v in nodes for u in g._pred[v]],
+        "pred_count": [len(g._pred[v]) for v in nodes],
+        "inj": fabric._inj, "ej": fabric._ej,
+        "up": {p: [[n, bw] for n, bw in m.items()] for p, m in fabric._up.items()},
+        "down": {p: [[n, bw] for n, bw in m.items()] for p, m in fabric._down.items()},
+        "class": fabric._class,
+    }
+
+
+def _need(ok: bool) -> None:
+    if not ok:
+        raise _BadCache
+
+
+def _types(xs: list) -> set:
+    return set(map(type, xs))
+
+
+def _ints(xs: Any, below: int) -> list[int]:
+    _need(isinstance(xs, list) and _types(xs) <= {int} and (not xs or 0 <= min(xs) and max(xs) < below))
+    return xs
+
+
+def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
+    """The Fabric that _to_cache described, checked field by field (_BadCache on anything unexpected)."""
+    _need(isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("version") == CACHE_VERSION
+          and data.get("key") == key)
+    names, attrs, planes, cols = data["nodes"], data["attrs"], data["planes"], data["edges"]
+    _need(isinstance(names, list) and _types(names) <= {str} and isinstance(attrs, list)
+          and len(attrs) == len(names) and _types(attrs) <= {dict} and isinstance(planes, list) and _types(planes) <= {str}
+          and isinstance(cols, dict) and isinstance(data["graph"], dict))
+    count = len(names)
+    us, vs, ks = _ints(cols["u"], count), _ints(cols["v"], count), _ints(cols["k"], 1 << 30)
+    ps, bws, lats = _ints(cols["plane"], len(planes)), cols["bw"], cols["lat"]
+    _need(isinstance(bws, list) and isinstance(lats, list) and _types(bws) <= {float} and _types(lats) <= {float}
+          and len(us) == len(vs) == len(ks) == len(ps) == len(bws) == len(lats))
+    pred, pred_count = _ints(data["pred"], count), _ints(data["pred_count"], count + 1)
+    _need(len(pred_count) == count and sum(pred_count) == len(pred))
+    g = nx.MultiDiGraph(**data["graph"])
+    g.add_nodes_from(zip(names, attrs))
+    _need(g.number_of_nodes() == count)
+    gsucc, gpred = g._succ, g._pred
+    succ_of = [gsucc[n] for n in names]
+    datas = [{"plane": planes[p], "bandwidth_gbps": b, "latency_us": t} for p, b, t in zip(ps, bws, lats)]
+    for u, v, k, d in zip(us, vs, ks, datas):
+        out, vn = succ_of[u], names[v]
+        keyed = out.get(vn)
+        if keyed is None:
+            out[vn] = {k: d}
+        else:
+            keyed[k] = d
+    _need(sum(len(keyed) for out in succ_of for keyed in out.values()) == len(us))
+    at = 0
+    for v, c in zip(names, pred_count):
+        into = gpred[v]
+        for u in pred[at:at + c]:
+            un = names[u]
+            into[un] = gsucc[un][v]
+        at += c
+    _need(sum(len(out) for out in succ_of) == len(pred))
+    fabric = Fabric.__new__(Fabric)
+    fabric.spec = spec
+    fabric.graph = nx.freeze(g)
+    fabric._index_nodes()
+    fabric.planes = tuple(planes)
+
+    def table(m: Any, cast) -> dict:
+        _need(isinstance(m, dict) and set(m) == set(planes))
+        out = {}
+        for p, items in m.items():
+            pairs = items.items() if isinstance(items, dict) else items
+            out[p] = {cast(a): float(b) for a, b in pairs}
+        return out
+
+    fabric._inj, fabric._ej = table(data["inj"], str), table(data["ej"], str)
+    fabric._up, fabric._down = table(data["up"], int), table(data["down"], int)
+    cls = data["class"]
+    _need(isinstance(cls, dict) and set(cls) == set(planes)
+          and all(isinstance(m, dict) and all(type(c) is int for c in m.values()) for m in cls.values()))
+    fabric._class = {p: dict(m) for p, m in cls.items()}
+    fabric._memos()
+    return fabric
+
+
+def _write_cache(path: Path, fabric: Fabric) -> None:
+    """Store a built Fabric atomically (a concurrent reader sees the old entry or the whole new one), readable and
+    writable by the current user only. A read-only or full cache folder only costs the rebuild next time."""
+    try:
+        text = json.dumps(_to_cache(fabric, path.stem), separators=(",", ":"), allow_nan=False)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except (OSError, ValueError, TypeError):
+        pass
 
 
 def _disk_path(spec: TopologySpec) -> Path | None:
     """The on-disk cache entry of a validated topology's Fabric. Building the CloudMatrix384 graph (26,592
-    directed links) and checking its invariants takes ~0.5 s, a sixth of `cmtwin plan`; loading it takes
-    ~0.09 s. The key covers the validated spec, the code that builds the graph, Python's and networkx's
-    versions, so an edited topology or a changed cmtwin never reads a stale entry."""
+    directed links) and checking its invariants takes ~0.25-0.5 s, a sixth of `cmtwin plan`; reading the
+    entry back takes a fraction of that. The key covers the validated spec, the code that builds the graph,
+    Python's and networkx's versions, so an edited topology or a changed cmtwin never reads a stale entry."""
     root = cache_dir()
     if root is None:
         return None
@@ -545,7 +721,7 @@ def _disk_path(spec: TopologySpec) -> Path | None:
     h = hashlib.sha256(f"{sys.version} networkx {nx.__version__}\n{spec.model_dump_json()}".encode())
     for module in (graph, schema, sys.modules[__name__]):
         h.update(Path(module.__file__).read_bytes())
-    return root / "fabric" / f"{h.hexdigest()[:40]}.pickle"
+    return root / "fabric" / f"{h.hexdigest()[:40]}.json"
 
 
 def get_fabric(name: str | Path, overrides: tuple[tuple[str, Any], ...] = ()) -> Fabric:

@@ -1,0 +1,158 @@
+"""The on-disk topology cache cannot run code: entries are checked, versioned JSON (never unpickled), used only
+when the current user owns them and nobody else can write to them, and rebuilt otherwise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+
+import pytest
+
+from cmtwin.topology import fabric as fabric_mod
+from cmtwin.topology.fabric import Fabric, freeze_overrides, get_fabric
+from cmtwin.topology.schema import load_topology
+
+OVERRIDES = freeze_overrides({"nodes": 3})
+
+
+class _Planted:
+    """A pickle whose loading writes a marker file (what a replaced cache entry could do)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # noqa: SIM115 - creating the file is the whole payload
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMTWIN_CACHE_DIR", str(tmp_path / "cache"))
+    fabric_mod._cached_fabric.cache_clear()
+    yield tmp_path / "cache" / "fabric"
+    fabric_mod._cached_fabric.cache_clear()
+
+
+def _fresh() -> Fabric:
+    fabric_mod._cached_fabric.cache_clear()  # what a new process starts with
+    return get_fabric("gpu_cluster", OVERRIDES)
+
+
+def _entry() -> os.PathLike:
+    return fabric_mod._disk_path(load_topology("gpu_cluster", dict(OVERRIDES)))
+
+
+def _count_builds(monkeypatch) -> list:
+    builds = []
+    real = Fabric.__init__
+
+    def counting(self, spec):
+        builds.append(spec.name)
+        real(self, spec)
+
+    monkeypatch.setattr(Fabric, "__init__", counting)
+    return builds
+
+
+def test_entry_is_private_json_and_rebuilds_the_same_fabric(cache, monkeypatch):
+    built = _fresh()
+    path = _entry()
+    assert path.suffix == ".json" and path.is_file()
+    if hasattr(os, "getuid"):
+        assert path.stat().st_mode & 0o777 == 0o600
+    data = json.loads(path.read_text())
+    assert data["format"] == fabric_mod.CACHE_FORMAT and data["version"] == fabric_mod.CACHE_VERSION
+    builds = _count_builds(monkeypatch)
+    loaded = _fresh()
+    assert builds == [] and loaded is not built, "the second process reads the entry instead of building"
+    g1, g2 = built.graph, loaded.graph
+    assert list(g1.nodes(data=True)) == list(g2.nodes(data=True))
+    assert list(g1.edges(keys=True, data=True)) == list(g2.edges(keys=True, data=True))
+    assert all(list(g1.pred[v]) == list(g2.pred[v]) for v in g1), "predecessor order (path ties) is kept"
+    assert g2.graph == g1.graph and loaded.planes == built.planes
+    for attr in ("_node_of", "_order", "_dies", "_cpus", "_inj", "_ej", "_up", "_down", "_class"):
+        assert getattr(loaded, attr) == getattr(built, attr), attr
+    dies = loaded.dies()
+    assert loaded.route(dies[0], dies[-1], "ib") == built.route(built.dies()[0], built.dies()[-1], "ib")
+    assert loaded.all_to_all_time_us(dies, 7680, "ib") == built.all_to_all_time_us(built.dies(), 7680, "ib")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".pickle"])
+def test_planted_pickle_does_not_run(cache, tmp_path, suffix):
+    """A cache entry replaced by a malicious pickle (at the entry's path, or where the old pickle cache lived)
+    is never unpickled: the marker file is not written and the fabric is rebuilt."""
+    path = _entry().with_suffix(suffix)
+    path.parent.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    path.write_bytes(pickle.dumps(_Planted(str(marker))))
+    os.chmod(path, 0o600)
+    fabric = _fresh()
+    assert not marker.exists(), "loading the cache ran code"
+    assert len(fabric.dies()) == len(Fabric(load_topology("gpu_cluster", dict(OVERRIDES))).dies())
+    if suffix == ".json":
+        assert json.loads(_entry().read_text())["format"] == fabric_mod.CACHE_FORMAT, "the bad entry is replaced"
+
+
+@pytest.mark.parametrize("body", [b"torn", b"[]", b'{"format": "cmtwin-fabric", "version": 0}',
+                                  b"[" * 100_000, b'{"format": "cmtwin-fabric", "version": 1, "key": "x"}'])
+def test_malformed_or_stale_entry_is_rebuilt(cache, monkeypatch, body):
+    _fresh()
+    path = _entry()
+    path.write_bytes(body)
+    builds = _count_builds(monkeypatch)
+    assert len(_fresh().dies()) > 0 and builds, "rebuilt"
+    assert json.loads(path.read_text())["format"] == fabric_mod.CACHE_FORMAT
+
+
+def test_tampered_index_is_rejected(cache, monkeypatch):
+    """An entry whose edges point past the node list (or hold non-numbers) is not used."""
+    _fresh()
+    path = _entry()
+    data = json.loads(path.read_text())
+    data["edges"]["v"][0] = len(data["nodes"]) + 5
+    path.write_text(json.dumps(data))
+    builds = _count_builds(monkeypatch)
+    _fresh()
+    assert builds
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX file owners")
+def test_entry_owned_by_someone_else_is_ignored_with_a_warning(cache, monkeypatch, caplog):
+    _fresh()
+    path = _entry()
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 1)  # the file now belongs to "someone else"
+    builds = _count_builds(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="cmtwin.topology"):
+        fabric = _fresh()
+    assert builds and len(fabric.dies()) > 0, "rebuilt instead of read"
+    lines = [r.getMessage() for r in caplog.records if r.name == "cmtwin.topology"]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert str(path) in lines[0] and f"owned by uid {me}" in lines[0] and "CMTWIN_CACHE_DIR" in lines[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX file modes")
+def test_entry_writable_by_others_is_ignored(cache, monkeypatch, caplog):
+    _fresh()
+    path = _entry()
+    os.chmod(path, 0o666)
+    builds = _count_builds(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="cmtwin.topology"):
+        _fresh()
+    assert builds and any("writable by other users" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="needs O_NOFOLLOW")
+def test_symlinked_entry_is_not_followed(cache, tmp_path, monkeypatch):
+    _fresh()
+    path = _entry()
+    real = tmp_path / "elsewhere.json"
+    real.write_bytes(path.read_bytes())
+    os.chmod(real, 0o600)
+    path.unlink()
+    path.symlink_to(real)
+    builds = _count_builds(monkeypatch)
+    _fresh()
+    assert builds, "a symlinked entry is rebuilt, not followed"
