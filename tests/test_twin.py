@@ -78,9 +78,13 @@ def test_dispatch_combine_match_the_published_tables():
     from cmtwin.validation.checks import collective_checks
 
     checks = collective_checks()
-    assert len(checks) == 24
-    for c in checks:
+    judged = [c for c in checks if c.tolerance is not None]
+    assert len(judged) == 24  # the tables the fits come from
+    for c in judged:
         assert c.ok, f"{c.group} {c.name}: {c.predicted:.1f} vs {c.published} ({c.error:+.1%})"
+    # the fixed + per-token split, fitted at 128 tokens, extrapolates to the 32-token A3 measurement within 15 %
+    small = [c for c in checks if "32 tokens/rank" in c.name]
+    assert len(small) == 6 and all(abs(c.error) < 0.15 for c in small)
 
 
 def _predict(*overrides, deployment="r1_ep320"):

@@ -25,6 +25,24 @@ CM384_DISPATCH_COMBINE = {
     ],
 }
 
+# Other Ascend A3 dispatch/combine measurements (DeepEP-Ascend kernels, sgl-project/sgl-kernel-npu), not the
+# paper's kernels: checks of the fixed-plus-per-token split fitted on Table 6, not calibration inputs.
+A3_DEEPEP_LL_128 = {
+    "group": "ascend_910c DeepEP-Ascend dispatch and combine (not calibrated on)",
+    "source": "sgl-project/sgl-kernel-npu README.md @ b2e93094: DeepEP-Ascend low-latency, A3 384 SuperPOD, 128 "
+              "tokens per rank, INT8 dispatch / BF16 combine",
+    "tokens": 128,
+    "rows": [(8, 132.0, 126.0), (16, 139.0, 135.0), (32, 153.0, 151.0)],
+}
+A3_SMALL_BATCH_32 = {
+    "group": "ascend_910c dispatch and combine at 32 tokens (not calibrated on)",
+    "source": "sgl-project/sgl-kernel-npu python/deep_ep/doc/FUSED_DEEP_MOE_EN.md @ 4e604f8c: batch 32, dispatch "
+              "80 us, combine 75 us (platform and EP not stated: shown at EP8-32, the range of the same repository's "
+              "A3 tables, unjudged)",
+    "tokens": 32,
+    "rows": [(8, 80.0, 75.0), (16, 80.0, 75.0), (32, 80.0, 75.0)],
+}
+
 # INT8 grouped GEMM on one 910C die (INT8 in, BF16 out). Paper §5 table.
 CM384_INT8_GROUPED_GEMM = {
     "source": f"{PAPER} INT8 grouped GEMM table",

@@ -62,8 +62,7 @@ def _load(name: str, overrides=()):
 
 
 def collective_checks() -> list[Check]:
-    from cmtwin.topology.fabric import fabric_for
-    from cmtwin.topology.fabric import freeze_overrides, get_fabric
+    from cmtwin.topology.fabric import fabric_for, freeze_overrides, get_fabric
     from cmtwin.twin import comm
     from cmtwin.twin.load import distinct_ranks_per_token
 
@@ -71,6 +70,9 @@ def collective_checks() -> list[Check]:
     cases = [
         ("r1_ep320", ref.CM384_DISPATCH_COMBINE, None, 0.10),
         ("r1_h800_ep144", ref.DEEPEP_LL_H800, {"nodes": 32}, 0.15),
+        # other kernels and token counts on the same hardware: how the fixed + per-token split extrapolates
+        ("r1_ep320", ref.A3_DEEPEP_LL_128, None, None),
+        ("r1_ep320", ref.A3_SMALL_BATCH_32, None, None),
     ]
     for dep, table, params, tol in cases:
         spec = _load(dep)
@@ -83,7 +85,8 @@ def collective_checks() -> list[Check]:
             for kind, meas in (("dispatch", d_us), ("combine", c_us)):
                 t = comm.dispatch_combine(hw, fab, ids, kind=kind, send_copies=copies, recv_copies=copies,
                                           msg_bytes=spec.prec.message_bytes(kind, spec.model.hidden))
-                out.append(Check(f"{hw.name} dispatch and combine", f"EP{ep} {kind}, {table['tokens']} tokens/rank",
+                out.append(Check(table.get("group", f"{hw.name} dispatch and combine"),
+                                 f"EP{ep} {kind}, {table['tokens']} tokens/rank",
                                  meas, t.us, "us", table["source"], tol))
     return out
 
