@@ -17,13 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(at executor.scale and executor.dtype) plus matmul peaks, copy bandwidth and "
                                    "launch overhead, and write a hardware profile YAML under "
                                    "./cmtwin_conf/hardware/ that hardware=<name> and executor.profile=<name> "
-                                   "select. --import fits a profile to kernel_probe.py measurements instead.")
+                                   "select. --import fits a profile to kernel timings measured elsewhere instead.")
     add_overrides(p)
     add_format(p)
     p.add_argument("--name", help="profile name (default: local_<device>, or <file stem> with --import)")
     p.add_argument("--out", metavar="FILE", help="write here (default: ./cmtwin_conf/hardware/<name>.yaml)")
     p.add_argument("--import", dest="import_file", metavar="JSON",
-                   help="fit to rows measured elsewhere (shared/reference/h100_kernels_*.json format)")
+                   help="fit to kernel timings measured elsewhere: a JSON file of rows {op, shape, dtype, seconds, flops, bytes} (docs/your-cluster.md; examples: benchmarks/data/h200_kernels_*.json in a checkout)")
     p.add_argument("--base", default="h100_sxm", help="with --import: the profile giving peaks and bandwidth")
     p.add_argument("--quick", action="store_true", help="a coarser grid (tests)")
     p.set_defaults(func=run)

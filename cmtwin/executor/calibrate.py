@@ -8,7 +8,8 @@ not measured), the efficiency at a token count is the one that makes the twin's 
 (cmtwin.twin.cost.op_time) reproduce the measured time: eff(x) = sum roofline_at_eff_1 / sum (measured -
 overhead). Compute and memory efficiency share the curve (x = tokens); between grid points it interpolates.
 
-Import: rows measured elsewhere (shared/reference/h100_kernels_*.json, kernel_probe.py's format) are fitted
+Import: kernel timings measured elsewhere (a JSON file of rows {op, shape, dtype, seconds, flops, bytes}; format in
+docs/your-cluster.md, examples in benchmarks/data/h200_kernels_*.json) are fitted
 on a base profile's peaks: a launch overhead for the table and, per class and token count, the compute and
 memory efficiencies that minimise the relative error; leave-one-shape-out error reports how well it predicts.
 """
@@ -430,14 +431,14 @@ DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "f
 
 
 def probe_rows(path) -> list[tuple[Op, float]]:
-    """(Op, measured us) of a kernel_probe.py JSON file; rows with errors and unknown ops are skipped."""
+    """(Op, measured us) of a kernel-timing JSON file (docs/your-cluster.md); rows with errors and unknown ops are skipped."""
     import json
 
     try:
         data = json.loads(open(path, encoding="utf-8").read())
         rows = data["rows"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CmtwinError(f"--import {path}: not a kernel_probe JSON file ({exc}).", key="--import") from None
+        raise CmtwinError(f"--import {path}: not a kernel-timing JSON file ({exc}; the format is in docs/your-cluster.md).", key="--import") from None
     out = []
     for r in rows:
         cls = PROBE_CLASS.get(r.get("op"))
