@@ -108,3 +108,117 @@ def test_simulated_work_limits_pass_the_defaults():
     spec, _ = load_spec([D])
     check_simulated_work(spec, rate_per_s=200.0, duration_s=spec.sim.duration_s)  # the default run: 60,000
     check_simulated_work(spec, rate_per_s=MAX_SIM_REQUESTS / MAX_SIM_SAMPLES, duration_s=MAX_SIM_SAMPLES)
+
+
+# --- 3. YAML: alias bombs, runaway nesting, huge numbers (topology files and ./cmtwin_conf) ----------------
+from cmtwin.paths import conf_dir, topologies_dir  # noqa: E402
+
+BASE_TOPOLOGY = (topologies_dir() / "single_host.yaml").read_text()
+
+
+def _alias_bomb(prefix: str = "a") -> str:
+    """About 500 bytes that expand to 9^10 (3.5 billion) strings."""
+    lines = [f'{prefix}0: &{prefix}0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"{prefix}{i}: &{prefix}{i} [" + ", ".join([f"*{prefix}{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+TOPOLOGY_YAML_CASES = [
+    # the bomb under an unknown key: the error path used to repr() the expanded value
+    ("alias-bomb-unknown-key", BASE_TOPOLOGY + _alias_bomb("x_"), ["bad.yaml", "alias", "Fix:"]),
+    # the bomb as a value the schema reads
+    ("alias-bomb-as-value", _alias_bomb() + BASE_TOPOLOGY.replace("nodes: 1\n", "nodes: *a9\n"),
+     ["bad.yaml", "alias bomb"]),
+    ("nested-50000", "name: deep\nnodes: " + "[" * 50_000 + "]" * 50_000 + "\n", ["bad.yaml", "nodes[0]", "64 deep"]),
+    ("number-100000-digits", BASE_TOPOLOGY.replace("nodes: 1\n", "nodes: " + "9" * 100_000 + "\n"),
+     ["bad.yaml", "nodes", "100,000 characters", "Fix:"]),
+]
+
+
+@pytest.mark.parametrize("text,fragments", [c[1:] for c in TOPOLOGY_YAML_CASES], ids=[c[0] for c in TOPOLOGY_YAML_CASES])
+def test_topology_yaml_limits(text, fragments, workdir, capsys):
+    (workdir / "bad.yaml").write_text(text)
+    _check(["plan", D, "topology.file=./bad.yaml"], fragments, workdir, capsys, seconds=30)
+
+
+def _user_deployment(workdir: Path, name: str = "mine", text: str | None = None) -> Path:
+    """./cmtwin_conf/deployment/<name>.yaml: a copy of r1_ep320 (or `text`)."""
+    folder = workdir / "cmtwin_conf" / "deployment"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    if text is None:
+        text = (conf_dir() / "deployment" / "r1_ep320.yaml").read_text().replace("name: r1_ep320", f"name: {name}")
+    path.write_text(text)
+    return path
+
+
+USER_CONF_CASES = [
+    ("conf-alias-bomb", "bomb", "# @package _global_\n" + _alias_bomb("x_"), ["bomb.yaml", "alias", "Fix:"]),
+    ("conf-nested-50000", "deep", "# @package _global_\ndecode:\n  ep: " + "[" * 50_000 + "]" * 50_000 + "\n",
+     ["deep.yaml", "decode.ep", "64 deep"]),
+    ("conf-number-100000-digits", "dig", "# @package _global_\ndecode:\n  ep: " + "9" * 100_000 + "\n",
+     ["dig.yaml", "decode.ep", "100,000 characters", "Fix:"]),
+    ("conf-oversized", "big", "# @package _global_\n" + "#" * (2 << 20) + "\n", ["big.yaml", "1 MiB"]),
+]
+
+
+@pytest.mark.parametrize("name,text,fragments", [c[1:] for c in USER_CONF_CASES], ids=[c[0] for c in USER_CONF_CASES])
+def test_user_config_yaml_limits(name, text, fragments, workdir, capsys):
+    _user_deployment(workdir)
+    _user_deployment(workdir, name, text)
+    _check(["plan", "+deployment=mine", "--no-record"], fragments, workdir, capsys, seconds=30)
+    _check(["plan", f"+deployment={name}", "--no-record"], fragments, workdir, capsys, seconds=30)
+
+
+def test_user_config_within_limits_still_plans(workdir, capsys):
+    # anchors and a few aliases are fine; so is a copy of a shipped deployment
+    text = (conf_dir() / "deployment" / "r1_ep320.yaml").read_text().replace("name: r1_ep320", "name: mine")
+    _user_deployment(workdir, "mine", text + "\nslo: &slo {tpot_ms: 50}\n")
+    assert main(["plan", "+deployment=mine", "--no-record", "--format", "json"]) == 0
+
+
+# --- 4. messages that name the file, the key and the value --------------------------------------------------
+def test_binary_file_in_user_conf_named(workdir, capsys):
+    _user_deployment(workdir)
+    (workdir / "cmtwin_conf" / "deployment" / "bin.yaml").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    _check(["plan", "+deployment=mine", "--no-record"], ["cmtwin_conf/deployment/bin.yaml", "UTF-8", "byte offset",
+                                                         "Fix:"], workdir, capsys)
+
+
+def test_too_small_topology_named_after_the_file_given(workdir, capsys):
+    text = (topologies_dir() / "cloudmatrix384.yaml").read_text().replace("\nnodes: 48\n", "\nnodes: 4\n")
+    (workdir / "small.yaml").write_text(text)
+    message = _check(["plan", D, "topology.file=./small.yaml"], ["./small.yaml has 32", "Fix:"], workdir, capsys)
+    assert "cloudmatrix384" not in message
+
+
+def test_hundred_thousand_digit_override(workdir, capsys):
+    _check(["plan", D, "decode.ep=" + "9" * 100_000], ["decode.ep", "100,000 characters", "Fix:"], workdir, capsys)
+    text = _check(["plan", D, "workload.rate_per_s=1" + "0" * 5000 + ".5"], ["workload.rate_per_s"], workdir, capsys)
+    assert "set_int_max_str_digits" not in text
+
+
+# --- 5. no environment interpolation in config files ------------------------------------------------------
+def test_env_interpolation_in_a_config_file_refused(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2-secret")
+    assert main(["plan", D, "--format", "json"]) == 0  # a store with one run
+    path = _user_deployment(workdir)
+    text = path.read_text()
+    path.write_text(text.replace("deployment:\n", 'deployment:\n  description: "${oc.env:SECRET_TOKEN}"\n', 1)
+                    if "description:" not in text else
+                    __import__("re").sub(r"description:.*", 'description: "${oc.env:SECRET_TOKEN}"', text, count=1))
+    message = _check(["plan", "+deployment=mine"], ["mine.yaml", "deployment.description", "oc.env", "Fix:"],
+                     workdir, capsys)
+    assert "hunter2" not in message
+    with sqlite3.connect(workdir / "cmtwin.db") as con:
+        assert not con.execute("select count(*) from runs where config like '%hunter2%'").fetchone()[0]
+
+
+def test_env_interpolation_reaching_the_composed_config_refused():
+    # the backstop after Hydra (config files outside ./cmtwin_conf): any composed value that reads the environment
+    from cmtwin.config.compose import _env_interpolations
+
+    cfg = {"deployment": {"description": "${oc.env:SECRET_TOKEN}"}, "x": [1, "${oc.decode:${oc.env:A}}"],
+           "y": "${decode.ep}", "z": "evaluation ${x}"}
+    assert _env_interpolations(cfg) == ["deployment.description", "x[1]"]

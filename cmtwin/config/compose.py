@@ -318,6 +318,61 @@ def _hydra_compose(overrides: tuple[str, ...]):
         GlobalHydra.instance().clear()
 
 
+def check_user_files(folder: str | os.PathLike = USER_CONF) -> None:
+    """Check every YAML file under ./cmtwin_conf before Hydra reads any of them (Hydra's loader expands aliases,
+    recurses per nesting level and converts numbers of any length): size, UTF-8, nesting depth, alias count and
+    expansion, number length, and no environment interpolation (a config file's values are stored in the run
+    record). Raises a ConfigError naming the file, the key, the value (truncated) and the fix."""
+    from pathlib import Path
+
+    from cmtwin.config.yamlsafe import YamlLimitError, check_yaml, read_text
+
+    root = Path(folder)
+    if not root.is_dir():
+        return
+    for path in sorted(root.rglob("*.yaml")):
+        if not path.is_file():
+            continue
+        try:
+            check_yaml(read_text(path), interpolation=False)
+        except YamlLimitError as exc:
+            where = f" at '{exc.key}'" if not exc.key.startswith("<") and f"'{exc.key}'" not in exc.problem else ""
+            raise ConfigError(f"config file {path}{where}: {exc.problem}.", key=f"{path}:{exc.key}",
+                              fix=exc.fix) from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}.", key=str(path),
+                              fix="fix its permissions or move it out of ./cmtwin_conf") from None
+
+
+def _check_override_value(o: str) -> None:
+    """An override whose value is a number too long for any setting (Python cannot even convert an integer of
+    more than 4,300 digits): refused with the key, the value (truncated) and the fix."""
+    from cmtwin.config.yamlsafe import MAX_NUMBER_CHARS, _NUMBER_RE, short
+
+    key, _, value = o.partition("=")
+    value = value.strip()
+    if len(value) > MAX_NUMBER_CHARS and _NUMBER_RE.match(value) and any(c.isdigit() for c in value):
+        key = key.lstrip("+~")
+        raise ConfigError(f"override '{key}' = {short(value, 20)}: a number of {len(value):,} characters, longer "
+                          f"than the {MAX_NUMBER_CHARS} any setting can use.", key=key,
+                          fix=f"write {key} in at most 17 significant digits (e.g. {key}=1.5e9)")
+
+
+def _env_interpolations(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of the (unresolved) config whose string values read the environment or evaluate code."""
+    from cmtwin.config.yamlsafe import is_env_interpolation
+
+    found: list[str] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{prefix}[{k}]" if isinstance(k, int) else f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, str) and is_env_interpolation(v):
+            found.append(key)
+        elif isinstance(v, (dict, list)):
+            found += _env_interpolations(v, key)
+    return found
+
+
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
     """Compose conf/config.yaml with Hydra overrides into a plain dict (no validation)."""
     from omegaconf import OmegaConf, open_dict
@@ -329,6 +384,8 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
         if "${" in o and ("oc.env" in o or "eval" in o):
             raise ConfigError(f"override '{o}': interpolations that read the environment or evaluate code are "
                               "not allowed in overrides.", key=o.split("=")[0])
+        _check_override_value(o)
+    check_user_files()
     try:
         cfg = _hydra_compose(overrides)
     except Exception as exc:  # Hydra raises several unrelated types; all are bad input here
@@ -336,6 +393,13 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra/")}
     with open_dict(cfg):
         del cfg["hydra"]
+    env = _env_interpolations(OmegaConf.to_container(cfg, resolve=False))
+    if env:
+        raise ConfigError(
+            f"'{env[0]}' in the config reads the environment or evaluates code (an ${{oc.env:...}} interpolation); "
+            "config values are stored in the run record, so an environment variable there (a token, a password) "
+            "would be stored with every run.", key=env[0],
+            fix="write the value itself in the config file, or pass it as an override (key=value)")
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:
@@ -344,7 +408,17 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
     from cmtwin.config.gate import check_targets
 
     check_targets(plain)
+    _name_overridden_topology(plain, overrides)
     return Composed(config=plain, choices=choices, overrides=overrides)
+
+
+def _name_overridden_topology(plain: dict[str, Any], overrides: tuple[str, ...]) -> None:
+    """`topology.file=./mine.yaml` without `topology.name=...`: the topology is named after the file given, not
+    after the option it replaced (messages said "cloudmatrix384 has 8 devices" of a file that was not it)."""
+    keys = {o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o}
+    topology = plain.get("topology")
+    if "topology.file" in keys and "topology.name" not in keys and isinstance(topology, dict) and topology.get("file"):
+        topology["name"] = str(topology["file"])
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -366,7 +366,7 @@ class _Loader(yaml.SafeLoader):
                 continue  # unhashable: the base class reports it
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark
+                    None, None, f"duplicate key {_short(key)} (first given on line {first + 1})", key_node.start_mark
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
@@ -390,8 +390,17 @@ def _read_yaml(path: Path, origin: str) -> Any:
             key="<file>",
             fix="save the file as UTF-8",
         ) from None
+    from cmtwin.config.yamlsafe import YamlLimitError, check_yaml
+
+    try:  # depth, aliases and number lengths first, on the event stream: nothing is expanded or recursed yet
+        check_yaml(text)
+    except YamlLimitError as exc:
+        raise TopologyError(f"Topology {origin}: {exc.problem}.", key=exc.key, fix=exc.fix) from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:
+        raise TopologyError(f"Topology {origin}: the YAML nests too deeply to read.", key="<file>",
+                            fix="flatten it: a topology nests a few levels") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
@@ -409,7 +418,7 @@ def _read_yaml(path: Path, origin: str) -> Any:
 def _parse_path(text: Any, origin: str) -> list[str | int]:
     if not isinstance(text, str) or not text:
         raise TopologyError(
-            f"Topology {origin}: key path {text!r} is not a string.",
+            f"Topology {origin}: key path {_short(text)} is not a string.",
             key="params",
             fix="write a path like `node.devices.count`",
         )
@@ -568,8 +577,17 @@ def _check_params_agree(data: dict, params: dict, origin: str, *, overridden: bo
 # ------------------------------------------------------------------------------------------ error messages
 
 
+_REPR = __import__("reprlib").Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A value for a message, at most 80 characters; never the whole repr of a large value (an alias-expanded
+    list, a 100,000-digit integer)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits>"
+    text = _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
