@@ -44,7 +44,7 @@ from cmtwin.sim.engine import (
 )
 from cmtwin.sim.steady import steady_state
 from cmtwin.sim.tables import AggDecodeTable, DecodeTable, FetchCost, PrefillTable
-from cmtwin.sim.traffic import Chunk, Stream, load_trace
+from cmtwin.sim.traffic import Chunk, Stream, TraceSource, check_window, chunk_window
 from cmtwin.twin.capacity import decode_requests_per_s, prefill_requests_per_s
 
 COMPLETION_RATE_TAU_S = 5.0
@@ -232,7 +232,7 @@ class Simulator:
     """
 
     def __init__(self, spec, plan, *, fabric=None, rate_per_s: float | None = None, duration_s: float | None = None,
-                 seed: int | None = None, drain: bool | None = None, trace: Chunk | None = None,
+                 seed: int | None = None, drain: bool | None = None, trace: Chunk | TraceSource | None = None,
                  sink: Callable[[list], None] | None = None, progress: Callable[[float, float], None] | None = None,
                  kv_capacity_per_die: int | None = None, tables: tuple | None = None):
         from cmtwin.topology.fabric import fabric_for
@@ -264,8 +264,15 @@ class Simulator:
         hw = spec.hardware
         self.fabric = fabric = fabric or fabric_for(spec)
         if trace is None and w.arrival == "trace":
-            trace = load_trace(w.trace, max_len=w.max_len)
+            trace = TraceSource(w.trace, max_len=w.max_len)  # streamed: read chunk by chunk up to the window
         self.trace = trace
+        if trace is not None:  # one validating pass over the window (bad rows exit 2 before a run row exists)
+            if isinstance(trace, TraceSource):
+                self.trace_window = trace.window(self.duration)
+                name = trace.path.name
+            else:
+                self.trace_window, name = chunk_window(trace, self.duration), "(in memory)"
+            check_window(self.trace_window, name, warmup_s=self.warmup)
         # --- the decode (or aggregated) instances: one layout, so one set of tables
         dpool = decode_pools[0]
         self.ranks = dpool.dies
@@ -276,7 +283,7 @@ class Simulator:
         self.decoders = [DecodeInstance(k, pool.devices, pool.dies, self.batch_cap, self.kv_cap)
                          for k, pool in enumerate(decode_pools)]
         self.decode_devices = sum(d.devices for d in self.decoders)
-        max_prompt = int(trace.prompt.max()) if trace is not None else (w.prompt_len if w.length_dist == "fixed" or w.prompt_cv == 0 else w.max_len)
+        max_prompt = self.trace_window.max_prompt if trace is not None else (w.prompt_len if w.length_dist == "fixed" or w.prompt_cv == 0 else w.max_len)
         max_kv = max(self.kv_cap // max(1, self.batch_cap) * 2, w.decode_kv_len * 2)
         # --- EMS
         self.cache = None
@@ -326,7 +333,7 @@ class Simulator:
                                                      step_s=dstep, tokens_per_step=self.tps, output_len=w.output_len)
         self.capacity = min(self.decode_capacity, self.prefill_capacity)
         if trace is not None:
-            self.rate = len(trace) / max(1e-9, float(trace.t[-1])) if len(trace) > 1 else 1.0
+            self.rate = self.trace_window.rate_per_s
         else:
             self.rate = rate_per_s or w.rate_per_s or w.load * self.capacity
         self.lines = self.decoders if self.agg else self.instances  # where arriving requests wait
