@@ -222,3 +222,7 @@ def test_env_interpolation_reaching_the_composed_config_refused():
     cfg = {"deployment": {"description": "${oc.env:SECRET_TOKEN}"}, "x": [1, "${oc.decode:${oc.env:A}}"],
            "y": "${decode.ep}", "z": "evaluation ${x}"}
     assert _env_interpolations(cfg) == ["deployment.description", "x[1]"]
+
+
+def test_search_sim_duration_bounded(workdir, capsys):
+    _check(["search", D, "search.sim_duration_s=1e30"], ["search.sim_duration_s", "1e+30", "100,000"], workdir, capsys)

@@ -328,6 +328,14 @@ class Spec(Frozen):
                               f"{sorted(self.hardware.die.peak_tflops)} (choose precision=int8 or bf16)")
         if self.caching.enabled and self.host is None:
             errors.append("caching.enabled is true but no host CPU profile is selected (hardware@host=...)")
+        from cmtwin.sim.spec import MAX_SIM_SAMPLES
+
+        samples = self.search.sim_duration_s / self.sim.sample_interval_s
+        if samples > MAX_SIM_SAMPLES:  # cmtwin simulate checks its own run (requests too) before it starts
+            errors.append(f"search.sim_duration_s ({self.search.sim_duration_s:g} s) / sim.sample_interval_s "
+                          f"({self.sim.sample_interval_s:g} s) = {samples:,.6g} samples per simulated candidate, above "
+                          f"the limit of {MAX_SIM_SAMPLES:,} (lower search.sim_duration_s to at most "
+                          f"{MAX_SIM_SAMPLES * self.sim.sample_interval_s:,.6g})")
         if errors:
             raise ValueError("; ".join(errors))
         return self
