@@ -264,3 +264,21 @@ def test_prefill_attention_efficiency_follows_the_sequence_length_curve():
                   if o.name == "mha_attention")
         per_flop.append(op_time(op, spec.hardware).compute_us / op.flops)
     assert per_flop[1] < 0.85 * per_flop[0]  # 0.290 -> 0.368 of peak
+
+
+# --- experts hit (issue 25, item 1) ---------------------------------------------------------------------------
+
+def test_only_experts_that_receive_a_token_read_their_weights():
+    from cmtwin.twin.load import experts_hit
+
+    # 8 tokens x top-8 of 256 experts, 32 experts on the rank: each slot expects 8 x 8 / 256 = 0.25 copies
+    assert experts_hit(32, 0.25, 8) == pytest.approx(32 * (1 - (1 - 0.25 / 8) ** 8))  # ~22 % of the experts
+    assert experts_hit(32, 0.25, 8) < 0.25 * 32
+    assert experts_hit(9, 512.0, 4096 * 32) == pytest.approx(9.0)  # prefill: every expert is hit
+    # TP8 EP8 on 8 x H200: the routed experts' weight reads grow with the batch until every expert is hit
+    def routed_us(batch):
+        pred = _predict("r1_h200_tp8_agg", f"decode.batch_per_device={batch}")
+        return sum(r.time_us for r in pred.breakdown if r.phase == "decode" and r.stream != "mtp"
+                   and r.operator.startswith("routed_experts"))
+    small, large = routed_us(1), routed_us(64)
+    assert small < 0.8 * large

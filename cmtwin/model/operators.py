@@ -201,13 +201,14 @@ def router_ops(model: ModelSpec, p: Precision, *, tokens: int) -> list[Op]:
 
 
 def expert_ops(model: ModelSpec, p: Precision, *, tokens_per_expert: list[float] | tuple[float, ...],
-               name: str = "routed_experts", share: float = 1.0) -> list[Op]:
+               name: str = "routed_experts", share: float = 1.0, experts_read: float | None = None) -> list[Op]:
     """SwiGLU experts on one rank as two grouped GEMMs (gate_up, down); tokens_per_expert: load per expert;
-    share < 1: this rank's tensor-parallel slice of each expert's intermediate (MoE-TP)."""
+    share < 1: this rank's tensor-parallel slice of each expert's intermediate (MoE-TP); experts_read: how many
+    experts' weights are read (those that receive a token; default: all of them)."""
     moe = model.moe
     assert moe is not None
     h, i = model.hidden, max(1, round(moe.intermediate * share))
-    g = len(tokens_per_expert)
+    g = len(tokens_per_expert) if experts_read is None else experts_read
     t = sum(tokens_per_expert)
     wb = BYTES[p.gemm]
     busiest = max(tokens_per_expert) if tokens_per_expert else 0
