@@ -117,11 +117,42 @@ def _snapshot(url: str, directory=None):
     return tables, state, columns, files
 
 
+@pytest.fixture(scope="module")
+def query_role():
+    """On PostgreSQL, a read-only role for `query` (a superuser is refused); dropped at the module's end."""
+    import uuid
+
+    from store_fixtures import _pg_connect
+
+    made = {"role": f"cmtwin_q_{uuid.uuid4().hex[:10]}", "databases": set()}
+    yield made
+    for dbname in made["databases"]:
+        try:
+            conn = _pg_connect(dbname)
+        except Exception:  # noqa: BLE001 - the database is gone already, and the role's grants with it
+            continue
+        with conn:
+            conn.execute(f'DROP OWNED BY "{made["role"]}"')
+    if made["databases"]:
+        with _pg_connect("postgres") as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{made["role"]}"')
+
+
 @pytest.fixture
-def populated(db_url, tmp_path):
-    """A store with two runs; yields (url, folder to watch for stray files or None)."""
+def populated(db_url, tmp_path, query_role):
+    """A store with two runs; yields (url to query, folder to watch for stray files or None).
+
+    On PostgreSQL the URL connects as a read-only role made by `create_query_role`, as the docs advise.
+    """
     add_example_runs(db_url)
-    return db_url, (tmp_path if db_url.startswith("sqlite") else None)
+    if db_url.startswith("sqlite"):
+        return db_url, tmp_path
+    from sqlalchemy.engine import make_url
+
+    from cmtwin.store.roles import create_query_role
+
+    query_role["databases"].add(make_url(db_url).database)
+    return create_query_role(db_url, query_role["role"]).query_url, None
 
 
 def test_refused_statements_leave_the_db_unchanged(populated):
@@ -146,16 +177,18 @@ WRITES = [
 SQLITE_WRITES = ["PRAGMA journal_mode=DELETE", "ATTACH 'x.db' AS x", "vacuum"]
 
 
-def test_the_connection_is_read_only_without_the_guard(populated, monkeypatch):
-    """Layer (b): with the guard switched off, the connection itself still refuses every write."""
-    url, folder = populated
+def test_the_connection_is_read_only_without_the_guard(db_url, tmp_path, monkeypatch):
+    """Layer (b): with the guard switched off, the connection itself still refuses every write (on PostgreSQL
+    as the store's owner, a superuser here: the READ ONLY transaction alone, without a read-only role)."""
+    add_example_runs(db_url)
+    url, folder = db_url, (tmp_path if db_url.startswith("sqlite") else None)
     monkeypatch.setattr(query, "check_readonly", lambda sql, dialect: None)
     before = _snapshot(url, folder)
     for sql in WRITES + (SQLITE_WRITES if folder is not None else []):
         with pytest.raises(StoreError):
-            run_readonly_query(url, sql)
+            run_readonly_query(url, sql, allow_superuser=True)
     assert _snapshot(url, folder) == before
-    assert run_readonly_query(url, "select count(*) from runs").rows == [(2,)]
+    assert run_readonly_query(url, "select count(*) from runs", allow_superuser=True).rows == [(2,)]
 
 
 def test_runaway_query_is_stopped(populated):

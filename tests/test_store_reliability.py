@@ -192,3 +192,159 @@ def test_the_query_function_refuses_a_nan_timeout(tmp_path):
     for bad in (float("nan"), float("inf"), 0.0):
         with pytest.raises(StoreError, match="--timeout"):
             run_readonly_query(url, "select 1", timeout_s=bad)
+
+
+# --- 3. query memory bounded in bytes -------------------------------------------------------------------------
+
+
+def test_sqlite_query_cannot_build_a_value_past_the_byte_budget(tmp_path):
+    from cmtwin.store.query import run_readonly_query
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    open_store(url)
+    with pytest.raises(StoreError) as err:
+        run_readonly_query(url, "select length(randomblob(2000000))", max_bytes=1_000_000)
+    assert "--max-bytes budget of 1,000,000 bytes" in str(err.value) and "too big" in str(err.value)
+    assert "Fix: narrow the query" in str(err.value) and err.value.key == "--max-bytes"
+    assert run_readonly_query(url, "select length(randomblob(500000))", max_bytes=1_000_000).rows == [(500000,)]
+
+
+def test_query_default_budget_stops_a_900_mb_blob(workdir, capsys):
+    open_store()
+    assert main(["query", "select length(randomblob(900000000))"]) == 2
+    err = capsys.readouterr().err
+    assert "larger than the --max-bytes budget of 100,000,000 bytes" in err and "pass a larger --max-bytes" in err
+
+
+def test_many_rows_past_the_byte_budget_are_refused(db_url, request):  # noqa: F811
+    from cmtwin.store.query import run_readonly_query
+
+    open_store(db_url)
+    sql = ("select repeat('x', 1000) from generate_series(1, 5000)" if db_url.startswith("postgresql") else
+           "with recursive c(x) as (select 1 union all select x + 1 from c where x < 5000) "
+           "select printf('%.1000c', 'x') from c")
+    with pytest.raises(StoreError, match=r"passed the budget at row 9\d\d"):
+        run_readonly_query(db_url, sql, max_rows=100000, max_bytes=1_000_000, allow_superuser=True)
+    assert len(run_readonly_query(db_url, sql, max_rows=100000, allow_superuser=True).rows) == 5000
+
+
+# --- 4. a query that ends its own connection ------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_query_that_terminates_its_backend_exits_2_without_a_traceback(db_url, tmp_path):  # noqa: F811
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    open_store(db_url)
+    env = {k: v for k, v in os.environ.items() if k not in ("CMTWIN_DB_URL", "CMTWIN_FULL_ERROR")}
+    proc = subprocess.run(
+        [*_cmtwin(), "query", "select pg_terminate_backend(pg_backend_pid())", "--db", db_url, "--allow-superuser"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "terminating connection" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Exception during reset" not in proc.stderr
+
+
+# --- 5. PostgreSQL roles ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_query_refuses_a_superuser_unless_told(db_url, capsys):  # noqa: F811
+    from cmtwin.store.query import run_readonly_query
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    open_store(db_url)  # the fixture connects as the server's superuser, postgres
+    with pytest.raises(StoreError) as err:
+        run_readonly_query(db_url, "select 1", allow_superuser=False)
+    assert "connects as a PostgreSQL superuser" in str(err.value)
+    assert "cmtwin db create-query-role" in str(err.value) and "--allow-superuser" in str(err.value)
+    assert main(["query", "select 1", "--db", db_url]) == 2
+    assert "superuser" in capsys.readouterr().err
+    assert run_readonly_query(db_url, "select 1", allow_superuser=True).rows == [(1,)]
+
+
+@pytest.fixture
+def scratch_role():
+    """A unique role name; the role (if made) is dropped after the test's databases are."""
+    made = {"role": f"cmtwin_t_{uuid.uuid4().hex[:10]}", "databases": [], "grants_in": []}
+    yield made
+    close_all_stores()
+    try:
+        admin = _pg_connect("postgres")
+    except Exception:  # noqa: BLE001 - no server: nothing was made
+        return
+    for dbname in made["grants_in"]:
+        with _pg_connect(dbname) as conn:
+            conn.execute(f'DROP OWNED BY "{made["role"]}"')
+    with admin:
+        for dbname in made["databases"]:
+            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        admin.execute(f'DROP ROLE IF EXISTS "{made["role"]}"')
+
+
+@pytest.mark.postgres
+def test_create_query_role_makes_a_role_that_only_reads(db_url, scratch_role, capsys):  # noqa: F811
+    from sqlalchemy.engine import make_url
+
+    from cmtwin.store.query import run_readonly_query
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    role = scratch_role["role"]
+    scratch_role["grants_in"].append(make_url(db_url).database)
+    assert main(["db", "create-query-role", "--db", db_url, "--role", role]) == 2  # no store yet
+    assert "cmtwin db upgrade" in capsys.readouterr().err
+    record_run(open_store(db_url), verb="plan", deployment="d", plan_hash=None, overrides=[], config={"a": 1},
+               status="ok", started_at=NOW, finished_at=NOW)
+    assert main(["db", "create-query-role", "--db", db_url, "--role", role]) == 0
+    out = capsys.readouterr().out
+    assert f'CREATE ROLE "{role}" LOGIN NOSUPERUSER' in out and "GRANT SELECT ON ALL TABLES IN SCHEMA" in out
+    assert main(["db", "create-query-role", "--db", db_url, "--role", role]) == 0  # again: grants refreshed
+    assert "refreshed the grants" in capsys.readouterr().out
+    query_url = make_url(db_url).set(username=role).render_as_string(hide_password=False)
+    assert run_readonly_query(query_url, "select count(*) from runs", allow_superuser=False).rows == [(1,)]
+    for sql in ("select pg_read_file('/etc/hostname')", "select pg_ls_dir('.')", "select pg_reload_conf()"):
+        with pytest.raises(StoreError, match="permission denied"):
+            run_readonly_query(query_url, sql)
+
+
+def test_create_query_role_wants_postgresql_and_a_plain_name(tmp_path, capsys):
+    assert main(["db", "create-query-role", "--db", f"sqlite:///{tmp_path / 'r.db'}"]) == 2
+    assert "a query role is a PostgreSQL notion" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_the_shipped_postgresql_config_cannot_read_server_files(scratch_role):
+    """conf/store/postgres.yaml names a dedicated role, not a superuser: `query` through it (here on a scratch
+    database owned by that role) is refused pg_read_file by the server itself."""
+    import yaml
+    from sqlalchemy.engine import make_url
+
+    from cmtwin.paths import conf_dir
+    from cmtwin.store.query import run_readonly_query
+
+    shipped = make_url(yaml.safe_load((conf_dir() / "store" / "postgres.yaml").read_text())["url"])
+    assert shipped.username not in (None, "postgres")
+    try:
+        admin = _pg_connect("postgres")
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means: skip, and say why
+        pytest.skip(f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT}: {exc}")
+    dbname = f"cmtwin_shipped_{uuid.uuid4().hex[:10]}"
+    with admin:
+        existing = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (shipped.username,)).fetchone()
+        if existing is None:  # make the shipped role as docs/store.md says; dropped afterwards
+            scratch_role["role"] = shipped.username
+            admin.execute(f'CREATE ROLE "{shipped.username}" LOGIN')
+        else:
+            assert not existing[0], f"role {shipped.username} on this server is a superuser"
+        admin.execute(f'CREATE DATABASE "{dbname}" OWNER "{shipped.username}"')
+        scratch_role["databases"].append(dbname)
+    url = shipped.set(host=PG_HOST, port=PG_PORT, database=dbname).render_as_string(hide_password=False)
+    record_run(open_store(url), verb="plan", deployment="d", plan_hash=None, overrides=[], config={},
+               status="ok", started_at=NOW, finished_at=NOW)
+    assert run_readonly_query(url, "select count(*) from runs", allow_superuser=False).rows == [(1,)]
+    for sql in ("select pg_read_file('/etc/hostname')", "select pg_read_file('postgresql.conf')"):
+        with pytest.raises(StoreError, match="permission denied for function pg_read_file"):
+            run_readonly_query(url, sql)

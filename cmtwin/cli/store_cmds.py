@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
     q.add_argument("--timeout", type=float, default=10.0, metavar="S", help="stop the query after S seconds (10)")
     q.add_argument("--max-rows", type=int, default=10000, metavar="N", help="print at most N rows (10000)")
+    q.add_argument("--max-bytes", type=int, default=100_000_000, metavar="B",
+                   help="refuse a result (or, on SQLite, any value the query builds) larger than B bytes (100000000)")
+    q.add_argument("--allow-superuser", action="store_true",
+                   help="run even when the PostgreSQL URL connects as a superuser (refused by default; see "
+                   "`cmtwin db create-query-role`)")
     q.set_defaults(func=cmd_query)
 
     runs = subparsers.add_parser("runs", help="list, show and compare recorded runs")
@@ -63,6 +68,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cur = db_sub.add_parser("current", help="the schema revision of the store")
     cur.add_argument("--db", metavar="URL", help=_DB_HELP)
     cur.set_defaults(func=cmd_db_current)
+    role = db_sub.add_parser(
+        "create-query-role",
+        help="create a read-only PostgreSQL role for `cmtwin query` (prints the SQL it runs)",
+        description="Create (or refresh the grants of) a login role that can only read the store's tables, "
+        "for `cmtwin query --db postgresql://ROLE@HOST/DB`. Run it as the store's owner or an administrator.",
+    )
+    role.add_argument("--db", metavar="URL", help=_DB_HELP)
+    role.add_argument("--role", default="cmtwin_query", metavar="NAME", help="the role's name (cmtwin_query)")
+    role.set_defaults(func=cmd_db_create_query_role)
 
 
 def _jsonable(value: Any) -> Any:
@@ -152,7 +166,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     _timeout_option(args.timeout)
     _count_option("--max-rows", args.max_rows, "10000")
-    result = run_readonly_query(args.db, args.sql, timeout_s=args.timeout, max_rows=args.max_rows)
+    _count_option("--max-bytes", args.max_bytes, "100000000")
+    result = run_readonly_query(args.db, args.sql, timeout_s=args.timeout, max_rows=args.max_rows,
+                                max_bytes=args.max_bytes, allow_superuser=args.allow_superuser)
     if args.format == "json":
         _print_json([dict(zip(result.columns, row)) for row in result.rows])
     elif args.format == "csv":
@@ -368,4 +384,17 @@ def cmd_db_current(args: argparse.Namespace) -> int:
         "newer": "newer than this cmtwin; upgrade cmtwin: pip install -U cmtwin",
     }[state]
     print(f"{where}: schema revision {revision or 'none'} (head {HEAD_REVISION}): {explain}")
+    return 0
+
+
+def cmd_db_create_query_role(args: argparse.Namespace) -> int:
+    """`cmtwin db create-query-role`: a read-only PostgreSQL role for `cmtwin query`, with the SQL shown."""
+    from cmtwin.store.roles import create_query_role
+
+    result = create_query_role(args.db, args.role)
+    print("-- " + ("created" if result.created else "refreshed the grants of") + f" role {result.role}:")
+    for statement in result.statements:
+        print(statement + ";")
+    print(f"-- query as it (set a password with \\password {result.role} in psql if the server asks for one):")
+    print(f'cmtwin query --db "{result.query_url}" "SELECT id, verb, status FROM runs"')
     return 0

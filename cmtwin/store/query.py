@@ -147,17 +147,46 @@ def _first_word(tokens: list[str]) -> str:
     return next((t.upper() for t in tokens if _WORD.fullmatch(t)), tokens[0])
 
 
+DEFAULT_MAX_BYTES = 100_000_000
+"""The default byte budget of one query's result (`cmtwin query --max-bytes`)."""
+
+_FETCH_BATCH = 256
+
+
+def _too_big_error(max_bytes: int, detail: str) -> StoreError:
+    return StoreError(
+        f"the query's result is larger than the --max-bytes budget of {max_bytes:,} bytes ({detail}).",
+        key="--max-bytes",
+        fix="narrow the query (fewer columns or rows, LIMIT, substr() of long values), or pass a larger "
+        f"--max-bytes (e.g. --max-bytes {min(max_bytes * 4, 2**31 - 1)})",
+    )
+
+
+def _value_size(value: Any) -> int:
+    if isinstance(value, str | bytes | bytearray | memoryview):
+        return len(value) + 16
+    return 16
+
+
 def _timeout_error(timeout_s: float) -> StoreError:
     return StoreError(f"query stopped after {timeout_s:g} s (statement timeout); narrow it or pass --timeout")
 
 
 def run_readonly_query(
-    url: str | None, sql: str, *, timeout_s: float = 10.0, max_rows: int = 10000
+    url: str | None, sql: str, *, timeout_s: float = 10.0, max_rows: int = 10000,
+    max_bytes: int = DEFAULT_MAX_BYTES, allow_superuser: bool = True,
 ) -> QueryResult:
     """Run one read-only query against the store at `url` (resolved by resolve_url); see the module doc.
 
-    Refused statements, SQL errors and timeouts raise StoreError (exit 2).
+    Memory is bounded in rows (max_rows) and in bytes (max_bytes: the fetched values' sizes added up; on
+    SQLite also the largest string or blob the query may build, via SQLITE_LIMIT_LENGTH on its connection).
+    On PostgreSQL, allow_superuser=False refuses a connection as a superuser (see `superuser_error`); `cmtwin
+    query` passes False unless --allow-superuser is given.
+    Refused statements, SQL errors, timeouts and results over a budget raise StoreError (exit 2).
     """
+    if not 1000 <= max_bytes <= 2**31 - 1:
+        raise StoreError(f"--max-bytes {max_bytes} is out of range (1000 to 2147483647)", key="--max-bytes",
+                         fix=f"pass e.g. --max-bytes {DEFAULT_MAX_BYTES}")
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise StoreError(
             f"--timeout {timeout_s} is not a positive finite number of seconds", key="--timeout",
@@ -170,15 +199,27 @@ def run_readonly_query(
     dialect = parsed.get_backend_name()
     check_readonly(sql, dialect)
     if dialect == "sqlite":
-        return _query_sqlite(sqlite_path(parsed), sql, timeout_s, max_rows)
-    return _query_postgresql(parsed, sql, timeout_s, max_rows)
+        return _query_sqlite(sqlite_path(parsed), sql, timeout_s, max_rows, max_bytes)
+    return _query_postgresql(parsed, sql, timeout_s, max_rows, max_bytes, allow_superuser)
 
 
-def _fetch(cursor: Any, max_rows: int) -> QueryResult:
+def _fetch(cursor: Any, max_rows: int, max_bytes: int) -> QueryResult:
+    """At most max_rows rows (and whether more were left), fetched in batches until the byte budget is spent."""
     if cursor.description is None:
         return QueryResult([], [], False)
-    rows = [tuple(r) for r in cursor.fetchmany(max_rows + 1)]
-    return QueryResult([d[0] for d in cursor.description], rows[:max_rows], len(rows) > max_rows)
+    columns = [d[0] for d in cursor.description]
+    rows: list[tuple[Any, ...]] = []
+    used = 0
+    while len(rows) <= max_rows:
+        batch = cursor.fetchmany(min(_FETCH_BATCH, max_rows + 1 - len(rows)))
+        if not batch:
+            break
+        for r in batch:
+            used += sum(_value_size(v) for v in r)
+            if used > max_bytes:
+                raise _too_big_error(max_bytes, f"it passed the budget at row {len(rows) + 1:,}")
+            rows.append(tuple(r))
+    return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
 
 
 _SQLITE_READ_ACTIONS = frozenset(
@@ -190,7 +231,7 @@ def _sqlite_authorizer(action: int, *_args: Any) -> int:
     return sqlite3.SQLITE_OK if action in _SQLITE_READ_ACTIONS else sqlite3.SQLITE_DENY
 
 
-def _query_sqlite(path: Any, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+def _query_sqlite(path: Any, sql: str, timeout_s: float, max_rows: int, max_bytes: int) -> QueryResult:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
@@ -206,13 +247,17 @@ def _query_sqlite(path: Any, sql: str, timeout_s: float, max_rows: int) -> Query
         deadline = time.monotonic() + timeout_s
         dbapi.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
         dbapi.set_authorizer(_sqlite_authorizer)
+        # No string or blob the query builds (randomblob(9e8), a huge group_concat) may pass the budget.
+        dbapi.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_bytes)
         cursor = dbapi.cursor()
         try:
             cursor.execute(sql)
-            return _fetch(cursor, max_rows)
+            return _fetch(cursor, max_rows, max_bytes)
         except sqlite3.Error as exc:
             if time.monotonic() > deadline and "interrupt" in str(exc):
                 raise _timeout_error(timeout_s) from exc
+            if "too big" in str(exc):
+                raise _too_big_error(max_bytes, f"one value would be larger: SQLite said {exc}") from exc
             if "not authorized" in str(exc):
                 raise StoreError(f"refused by the read-only connection ({exc}); {_RULE}") from exc
             raise StoreError(f"the query failed on {path}: {exc}") from exc
@@ -221,7 +266,27 @@ def _query_sqlite(path: Any, sql: str, timeout_s: float, max_rows: int) -> Query
         engine.dispose()
 
 
-def _query_postgresql(url: Any, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+def _is_superuser(cursor: Any) -> bool:
+    cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def superuser_error(url: Any) -> StoreError:
+    """The refusal of `query` as a PostgreSQL superuser (it could read server files through pg_read_file)."""
+    where = display_url(url)
+    return StoreError(
+        f"refused: {where} connects as a PostgreSQL superuser, who can read server files (pg_read_file), list "
+        "folders and reload the server's configuration even inside a read-only transaction",
+        key="--db",
+        fix=f"create a read-only role once with `cmtwin db create-query-role --db {where}` and query as it "
+        "(--db postgresql://cmtwin_query@HOST/DB), or pass --allow-superuser if you mean it",
+    )
+
+
+def _query_postgresql(
+    url: Any, sql: str, timeout_s: float, max_rows: int, max_bytes: int, allow_superuser: bool
+) -> QueryResult:
     from sqlalchemy import create_engine
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
@@ -236,15 +301,27 @@ def _query_postgresql(url: Any, sql: str, timeout_s: float, max_rows: int) -> Qu
         cursor = raw.cursor()
         cursor.execute("SET TRANSACTION READ ONLY")
         cursor.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+        if not allow_superuser and _is_superuser(cursor):
+            raise superuser_error(url)
         try:
-            # A server-side prepared statement holds exactly one command (and takes no % placeholders).
-            cursor.execute(sql, prepare=True)
-            return _fetch(cursor, max_rows)
+            if _first_word(tokenize(sql, "postgresql")) == "EXPLAIN":
+                # A server-side prepared statement holds exactly one command (and takes no % placeholders).
+                cursor.execute(sql, prepare=True)
+            else:
+                # A server-side cursor (DECLARE, sent as one extended-protocol command): rows come in batches,
+                # so the byte budget stops a big result before it is all in memory.
+                cursor = raw.driver_connection.cursor(name="cmtwin_query")
+                cursor.execute(sql)
+            return _fetch(cursor, max_rows, max_bytes)
         except errors.Error as exc:
             if getattr(exc, "sqlstate", None) == "57014":  # query_canceled
                 raise _timeout_error(timeout_s) from exc
             raise StoreError(f"the query failed on {display_url(url)}: {str(exc).strip()}") from exc
     finally:
-        raw.rollback()
-        raw.close()
+        try:
+            raw.rollback()
+        except errors.Error:  # the query ended the connection (pg_terminate_backend): nothing left to undo
+            raw.invalidate()  # drop it without the pool's reset (which would fail on it again)
+        else:
+            raw.close()
         engine.dispose()
