@@ -260,7 +260,8 @@ def _make_engine(url: URL, *, create: bool) -> Engine:
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event emit BEGIN itself, so DDL is transactional too.
     dbapi_connection.isolation_level = None
-    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=30000", "synchronous=NORMAL"):
+    # busy_timeout first: switching a fresh file to WAL takes a lock that concurrent first openers wait for.
+    for pragma in ("busy_timeout=30000", "journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):
         dbapi_connection.execute(f"PRAGMA {pragma}")
 
 

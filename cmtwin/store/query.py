@@ -277,7 +277,7 @@ def superuser_error(url: Any) -> StoreError:
     where = display_url(url)
     return StoreError(
         f"refused: {where} connects as a PostgreSQL superuser, who can read server files (pg_read_file), list "
-        "folders and reload the server's configuration even inside a read-only transaction",
+        "folders and reload the server's configuration even inside a read-only transaction.",
         key="--db",
         fix=f"create a read-only role once with `cmtwin db create-query-role --db {where}` and query as it "
         "(--db postgresql://cmtwin_query@HOST/DB), or pass --allow-superuser if you mean it",
