@@ -82,10 +82,11 @@ def test_non_finite_number_refused(key, value, workdir, capsys):
 
 # --- 2. bounds on simulated work, checked before the run row exists -----------------------------------------
 SIM_BOUNDS = [
-    ("duration-1e30", ["sim.duration_s=1e30"], ["sim.duration_s", "1e+30", "100,000", "Fix:"]),
+    ("duration-1e30", ["sim.duration_s=1e30"], ["sim.duration_s", "1e+30", "100,000", "lower sim.duration_s"]),
     ("rate-1e30", ["workload.rate_per_s=1e30"], ["workload.rate_per_s", "1e+30", "x sim.duration_s (300 s)",
                                                  "5,000,000", "Fix:"]),
-    ("tiny-sample-interval", ["sim.sample_interval_s=1e-6"], ["sim.sample_interval_s", "3e+08", "Fix:"]),
+    ("tiny-sample-interval", ["sim.sample_interval_s=1e-6"], ["sim.sample_interval_s", "3e+08",
+                                                               "raise sim.sample_interval_s"]),
     ("long-duration-at-load", ["sim.duration_s=100000"], ["sim.duration_s (100,000 s)", "workload.load 0.8",
                                                           "expected requests", "Fix:"]),
     ("huge-offline-batch", ["workload.arrival=offline", "+workload.requests=1000000000"],
@@ -226,3 +227,28 @@ def test_env_interpolation_reaching_the_composed_config_refused():
 
 def test_search_sim_duration_bounded(workdir, capsys):
     _check(["search", D, "search.sim_duration_s=1e30"], ["search.sim_duration_s", "1e+30", "100,000"], workdir, capsys)
+
+
+OVERRIDE_CASES = [
+    ("override-nested-4000", "decode.ep=" + "[" * 4000 + "]" * 4000, ["decode.ep", "nested 4,000 deep"]),
+    ("override-nested-100", "decode.ep=" + "[" * 100 + "]" * 100, ["decode.ep", "nested 100 deep"]),
+    ("override-100000-chars", "deployment.description=" + "x" * 100_000, ["deployment.description", "10,000"]),
+    ("override-100000-char-key", "a" * 100_000 + "=1", ["aaaa", "10,000"]),
+    ("override-100000-chars-no-equals", "a" * 100_000, ["aaaa", "10,000"]),
+]
+
+
+@pytest.mark.parametrize("override,fragments", [c[1:] for c in OVERRIDE_CASES], ids=[c[0] for c in OVERRIDE_CASES])
+def test_override_size_limits(override, fragments, workdir, capsys):
+    _check(["plan", D, "--no-record", override], fragments, workdir, capsys, seconds=30)
+
+
+def test_simulated_work_checks_a_longer_duration_than_the_spec():
+    # search stretches a candidate's duration to a few request lives: the function checks what is simulated
+    from cmtwin.config.compose import load_spec
+    from cmtwin.errors import ConfigError
+    from cmtwin.sim.spec import check_simulated_work
+
+    spec, _ = load_spec([D])
+    with pytest.raises(ConfigError, match=r"1e\+07 time-series samples"):
+        check_simulated_work(spec, rate_per_s=0.01, duration_s=1e7)

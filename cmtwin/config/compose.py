@@ -344,12 +344,32 @@ def check_user_files(folder: str | os.PathLike = USER_CONF) -> None:
                               fix="fix its permissions or move it out of ./cmtwin_conf") from None
 
 
+MAX_OVERRIDE_CHARS = 10_000
+"""Longest override accepted, in characters (a list of every search value is a few hundred)."""
+
+
 def _check_override_value(o: str) -> None:
-    """An override whose value is a number too long for any setting (Python cannot even convert an integer of
-    more than 4,300 digits): refused with the key, the value (truncated) and the fix."""
-    from cmtwin.config.yamlsafe import MAX_NUMBER_CHARS, _NUMBER_RE, short
+    """Overrides that would make Hydra's parser work without bound or fail obscurely, refused with the key, the
+    value (truncated) and the fix: longer than MAX_OVERRIDE_CHARS, nesting [ and { deeper than MAX_YAML_DEPTH
+    (the grammar recurses per level: 50,000 levels took 20 s and 270 MB to fail), or a number too long for any
+    setting (Python cannot even convert an integer of more than 4,300 digits)."""
+    from cmtwin.config.yamlsafe import MAX_NUMBER_CHARS, MAX_YAML_DEPTH, _NUMBER_RE, short
 
     key, _, value = o.partition("=")
+    if len(o) > MAX_OVERRIDE_CHARS:
+        shown = short(key.lstrip("+~"), 40)
+        raise ConfigError(f"override '{shown}' = {short(value, 20)}: {len(o):,} characters, longer than the "
+                          f"{MAX_OVERRIDE_CHARS:,} an override may have.", key=shown,
+                          fix="shorten it; put long settings in a config file under ./cmtwin_conf/")
+    depth = deepest = 0
+    for c in value:
+        depth += (c in "[{") - (c in "]}")
+        deepest = max(deepest, depth)
+    if deepest > MAX_YAML_DEPTH:
+        key = key.lstrip("+~")
+        raise ConfigError(f"override '{key}' = {short(value, 20)}: lists and mappings nested {deepest:,} deep, more "
+                          f"than the {MAX_YAML_DEPTH} any setting can use.", key=key,
+                          fix=f"give {key} a flat value (e.g. {key}=[1,2])")
     value = value.strip()
     if len(value) > MAX_NUMBER_CHARS and _NUMBER_RE.match(value) and any(c.isdigit() for c in value):
         key = key.lstrip("+~")
@@ -379,12 +399,13 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
 
     overrides = tuple(overrides)
     for o in overrides:
+        if isinstance(o, str):
+            _check_override_value(o)
         if not isinstance(o, str) or "=" not in o and not o.startswith("~"):
             raise ConfigError(f"override '{o}' is not of the form key=value, +group=option or ~key.", key=str(o))
         if "${" in o and ("oc.env" in o or "eval" in o):
             raise ConfigError(f"override '{o}': interpolations that read the environment or evaluate code are "
                               "not allowed in overrides.", key=o.split("=")[0])
-        _check_override_value(o)
     check_user_files()
     try:
         cfg = _hydra_compose(overrides)

@@ -330,12 +330,15 @@ class Spec(Frozen):
             errors.append("caching.enabled is true but no host CPU profile is selected (hardware@host=...)")
         from cmtwin.sim.spec import MAX_SIM_SAMPLES
 
-        samples = self.search.sim_duration_s / self.sim.sample_interval_s
-        if samples > MAX_SIM_SAMPLES:  # cmtwin simulate checks its own run (requests too) before it starts
-            errors.append(f"search.sim_duration_s ({self.search.sim_duration_s:g} s) / sim.sample_interval_s "
-                          f"({self.sim.sample_interval_s:g} s) = {samples:,.6g} samples per simulated candidate, above "
-                          f"the limit of {MAX_SIM_SAMPLES:,} (lower search.sim_duration_s to at most "
-                          f"{MAX_SIM_SAMPLES * self.sim.sample_interval_s:,.6g})")
+        interval = self.sim.sample_interval_s
+        for key, duration in (("sim.duration_s", self.sim.duration_s), ("search.sim_duration_s",
+                                                                        self.search.sim_duration_s)):
+            samples = duration / interval  # cmtwin simulate also checks its expected requests before it starts
+            if samples > MAX_SIM_SAMPLES:
+                errors.append(f"{key} ({duration:g} s) / sim.sample_interval_s ({interval:g} s) = {samples:,.6g} "
+                              f"time-series samples per simulation, above the limit of {MAX_SIM_SAMPLES:,} (lower "
+                              f"{key} to at most {MAX_SIM_SAMPLES * interval:,.6g} or raise sim.sample_interval_s to "
+                              f"at least {duration / MAX_SIM_SAMPLES:,.6g})")
         if errors:
             raise ValueError("; ".join(errors))
         return self
