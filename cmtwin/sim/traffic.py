@@ -166,35 +166,36 @@ class _Reader:
                            "per line") from None
 
     # -------------------------------------------------------------------- values
+    def _column(self, where, col: str) -> str:
+        return f"column {where[col] + 1} ({col})" if where is not None else f"key {col!r}"
+
     def _num(self, line: int, row: dict, where, col: str) -> float:
         raw = row.get(col)
-        column = f"column {where[col] + 1} ({col})" if where is not None else f"key {col!r}"
+        kind = type(raw)
+        if kind is str or kind is int or kind is float:  # the fast path: a CSV cell or a JSON number
+            try:
+                v = float(raw)
+            except ValueError:
+                v = None
+            except OverflowError:  # a JSON integer beyond 1.8e308
+                v = math.inf
+            if v is not None and v - v == 0.0:  # finite (inf - inf and nan - nan are nan)
+                return v
         fix = _FIXES[col]
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            raise _bad(self.p, line, f"{column} is missing or empty", f"give every request {', '.join(REQUIRED)}")
-        if isinstance(raw, bool):
-            raise _bad(self.p, line, f"{column} = {_show(raw)} is a boolean, not a number", fix)
-        try:
-            if isinstance(raw, str):
-                v = float(raw)
-            elif isinstance(raw, (int, float)):
-                v = float(raw)
-            else:
-                raise TypeError
-        except (TypeError, ValueError):
-            raise _bad(self.p, line, f"{column} = {_show(raw)} is not a number", fix) from None
-        except OverflowError:
-            v = math.inf
-        if not math.isfinite(v):
-            raise _bad(self.p, line, f"{column} = {_show(raw)} is not a finite number (inf, nan and values beyond "
-                       "1.8e308 are refused)", fix)
-        return v
+        if raw is None or (kind is str and not raw.strip()):
+            raise _bad(self.p, line, f"{self._column(where, col)} is missing or empty",
+                       f"give every request {', '.join(REQUIRED)}")
+        if kind is bool:
+            raise _bad(self.p, line, f"{self._column(where, col)} = {_show(raw)} is a boolean, not a number", fix)
+        if kind not in (str, int, float) or v is None:
+            raise _bad(self.p, line, f"{self._column(where, col)} = {_show(raw)} is not a number", fix)
+        raise _bad(self.p, line, f"{self._column(where, col)} = {_show(raw)} is not a finite number (inf, nan and "
+                   "values beyond 1.8e308 are refused)", fix)
 
     def _tokens(self, line: int, row: dict, where, col: str, low: int, high: int | None, what: str) -> int:
         v = self._num(line, row, where, col)
         if v != int(v) or v < low or (high is not None and v > high):
-            column = f"column {where[col] + 1} ({col})" if where is not None else f"key {col!r}"
-            raise _bad(self.p, line, f"{column} = {_show(row[col])} is not {what}", _FIXES[col])
+            raise _bad(self.p, line, f"{self._column(where, col)} = {_show(row[col])} is not {what}", _FIXES[col])
         return int(v)
 
     # -------------------------------------------------------------------- requests
@@ -223,7 +224,7 @@ class _Reader:
             output = self._tokens(line, row, where, "output_len", 1, None, "a positive whole number of tokens")
             for col, n in (("prompt_len", prompt), ("output_len", output)):
                 if n > self.max_len:
-                    raise _bad(self.p, line, f"{col} = {n} exceeds workload.max_len ({self.max_len})",
+                    raise _bad(self.p, line, f"{self._column(where, col)} = {n} exceeds workload.max_len ({self.max_len})",
                                "raise workload.max_len or shorten the request")
             pid, prefix, plen = row.get("prefix_id"), -1, 0
             if pid is not None and not (isinstance(pid, str) and not pid.strip()):
