@@ -232,9 +232,8 @@ def test_many_rows_past_the_byte_budget_are_refused(db_url, request):  # noqa: F
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_query_that_terminates_its_backend_exits_2_without_a_traceback(db_url, tmp_path):  # noqa: F811
-    if not db_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL only")
     open_store(db_url)
     env = {k: v for k, v in os.environ.items() if k not in ("CMTWIN_DB_URL", "CMTWIN_FULL_ERROR")}
     proc = subprocess.run(
@@ -250,11 +249,10 @@ def test_a_query_that_terminates_its_backend_exits_2_without_a_traceback(db_url,
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_query_refuses_a_superuser_unless_told(db_url, capsys):  # noqa: F811
     from cmtwin.store.query import run_readonly_query
 
-    if not db_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL only")
     open_store(db_url)  # the fixture connects as the server's superuser, postgres
     with pytest.raises(StoreError) as err:
         run_readonly_query(db_url, "select 1", allow_superuser=False)
@@ -285,13 +283,12 @@ def scratch_role():
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_create_query_role_makes_a_role_that_only_reads(db_url, scratch_role, capsys):  # noqa: F811
     from sqlalchemy.engine import make_url
 
     from cmtwin.store.query import run_readonly_query
 
-    if not db_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL only")
     role = scratch_role["role"]
     scratch_role["grants_in"].append(make_url(db_url).database)
     assert main(["db", "create-query-role", "--db", db_url, "--role", role]) == 2  # no store yet
