@@ -138,6 +138,7 @@ def test_trace_all_after_the_window_exits_2(workdir, small_plan, capsys):
     with pytest.raises(TraceError) as e:
         Simulator(spec, plan, trace=TraceSource(str(p)))
     assert "late.csv" in str(e.value) and "sim.duration_s = 4" in str(e.value) and e.value.key == "sim.duration_s"
+    assert "first arrives at 100 s" in str(e.value)
     assert "raise sim.duration_s" in e.value.fix
     rc = main(["simulate", "+deployment=r1_ep320", "workload=trace_small", "workload.trace=late.csv",
                "sim.duration_s=4", "sim.warmup_s=1", "--no-plots"])

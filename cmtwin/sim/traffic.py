@@ -105,6 +105,7 @@ class _Reader:
         self.p, self.max_len, self.until, self.owner = path, max_len, until_s, owner
         self.rows_read = 0
         self.beyond = False
+        self.after_s: float | None = None  # the timestamp of the first request after the window
         self.line = 0
         self.jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json")
 
@@ -218,7 +219,7 @@ class _Reader:
                            "sort the trace by timestamp_s")
             last = ts
             if ts > self.until:
-                self.beyond = True
+                self.beyond, self.after_s = True, ts
                 return
             prompt = self._tokens(line, row, where, "prompt_len", 1, None, "a positive whole number of tokens")
             output = self._tokens(line, row, where, "output_len", 1, None, "a positive whole number of tokens")
@@ -256,6 +257,8 @@ class TraceWindow:
     beyond: bool
     """A request arrives after the window (the trace was cut there)."""
     until_s: float
+    after_s: float | None = None
+    """When the first request after the window arrives (None if none does, or not known)."""
 
     @property
     def rate_per_s(self) -> float:
@@ -301,7 +304,7 @@ class TraceSource:
         if n == 0 and not reader.beyond:
             raise TraceError(f"trace {self.path}: no requests in it.", key="workload.trace",
                              fix=f"give at least one request ({', '.join(REQUIRED)})")
-        return TraceWindow(n, first, last, top, reader.beyond, until_s)
+        return TraceWindow(n, first, last, top, reader.beyond, until_s, reader.after_s)
 
 
 def chunk_window(trace: Chunk, until_s: float) -> TraceWindow:
@@ -310,7 +313,8 @@ def chunk_window(trace: Chunk, until_s: float) -> TraceWindow:
     n = int(keep.sum())
     t = trace.t[keep]
     return TraceWindow(n, float(t[0]) if n else None, float(t[-1]) if n else None,
-                       int(trace.prompt[keep].max()) if n else 0, bool(n < len(trace)), until_s)
+                       int(trace.prompt[keep].max()) if n else 0, bool(n < len(trace)), until_s,
+                       float(trace.t[n]) if n < len(trace) else None)
 
 
 def check_window(win: TraceWindow, name: str, *, warmup_s: float) -> None:
@@ -321,7 +325,9 @@ def check_window(win: TraceWindow, name: str, *, warmup_s: float) -> None:
     if win.requests == 0:
         raise TraceError(
             f"trace {name}: no request arrives inside the simulated window [0, {win.until_s:g}] s "
-            f"(sim.duration_s = {win.until_s:g}); the first arrives later, so the run would simulate nothing.",
+            f"(sim.duration_s = {win.until_s:g}); "
+            + (f"the first arrives at {win.after_s:g} s" if win.after_s is not None else "the trace is empty")
+            + ", so the run would simulate nothing.",
             key="sim.duration_s",
             fix="raise sim.duration_s past the trace's first timestamp_s, or shift the trace's timestamps to start "
                 "near 0 s")

@@ -557,7 +557,7 @@ def _read_cache(path: Path, spec: TopologySpec) -> Fabric | None:
         st = os.fstat(fd)
         why = _distrust(st)
         if why:
-            log.warning("ignoring the topology cache file %s: %s; rebuilding the fabric (use a CMTWIN_CACHE_DIR of "
+            log.warning("warning: ignoring the topology cache file %s: %s; rebuilding the fabric (use a CMTWIN_CACHE_DIR of "
                         "your own)", path, why)
             return None
         with os.fdopen(fd, "rb", closefd=False) as fh:
