@@ -252,3 +252,9 @@ def test_simulated_work_checks_a_longer_duration_than_the_spec():
     spec, _ = load_spec([D])
     with pytest.raises(ConfigError, match=r"1e\+07 time-series samples"):
         check_simulated_work(spec, rate_per_s=0.01, duration_s=1e7)
+
+
+def test_ssd_tier_bounded(workdir, capsys):
+    # 1e300 TB per node overflowed the simulator's block count (exit 1)
+    _check(["plan", D, "--no-record", "caching.ssd_tb_per_node=1e300"],
+           ["caching.ssd_tb_per_node", "1e+300", "Fix: give 'caching.ssd_tb_per_node' a value <= 10000"], workdir, capsys)

@@ -479,9 +479,20 @@ def validation_error(exc: Any, what: str = "config") -> ConfigError:
                 parts.append(f"'{key}' = {short_repr(val)}: {msg}")
             if err.get("type") == "finite_number" and fix is None:
                 fix = f"give '{key}' a finite number (inf and nan are not values of any setting)"
+            bound = _BOUNDS.get(err.get("type", ""))
+            if bound and fix is None:
+                op, name = bound
+                limit = (err.get("ctx") or {}).get(name)
+                if limit is not None:
+                    fix = f"give '{key}' a value {op} {limit:g}" if isinstance(limit, float) else \
+                        f"give '{key}' a value {op} {limit}"
     more = len(exc.errors()) - 6
     tail = f" (and {more} more)" if more > 0 else ""
     return ConfigError(f"invalid {what}: " + "; ".join(parts) + tail + ".", key=first_key, fix=fix)
+
+
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
+           "less_than_equal": ("<=", "le")}
 
 
 def short_repr(value: Any, limit: int = 60) -> str:

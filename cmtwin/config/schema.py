@@ -120,8 +120,9 @@ class CachingSpec(Frozen):
     """Share of each host CPU's DRAM given to the pool."""
     block_tokens: int = Field(default=256, ge=128, le=512)
     """Tokens per KV block (prefix-hash granularity)."""
-    ssd_tb_per_node: float = Field(default=0.0, ge=0)
-    """SSD tier below DRAM per node, in TB."""
+    ssd_tb_per_node: float = Field(default=0.0, ge=0, le=10_000)
+    """SSD tier below DRAM per node, in TB (at most 10,000: a server holds tens to hundreds; larger values overflowed
+    the simulator's block count)."""
 
 
 class MTPSpec(Frozen):
