@@ -33,8 +33,8 @@ def test_simulate_agrees_with_plan_at_saturation():
     res = Simulator(spec, plan).run()
     pred = predict(spec, plan).decode
     assert res.decode["batch_occupancy"] > 0.98
-    assert res.decode["tokens_per_s_per_device"] == pytest.approx(pred["tokens_per_s_per_device"], rel=0.03)
-    assert res.tpot_ms["p50"] == pytest.approx(pred["tpot_ms"], rel=0.03)
+    assert res.decode["tokens_per_s_per_device"] == pytest.approx(pred.tokens_per_s_per_device, rel=0.03)
+    assert res.tpot_ms["p50"] == pytest.approx(pred.tpot_ms, rel=0.03)
     assert res.decode["kv_peak_fraction"] <= 1.0
 
 
@@ -48,7 +48,7 @@ def test_prefill_throughput_agrees_with_plan_at_saturation():
     res = Simulator(spec, plan).run()
     pred = predict(spec, plan).prefill
     assert res.prefill["utilisation"] > 0.99 and res.requests["queued_prefill"] > 1000
-    assert res.prefill["tokens_per_s_per_device"] == pytest.approx(pred["tokens_per_s_per_device"], rel=0.03)
+    assert res.prefill["tokens_per_s_per_device"] == pytest.approx(pred.tokens_per_s_per_device, rel=0.03)
 
 
 def test_conservation_and_littles_law():

@@ -36,8 +36,8 @@ def test_agg_agrees_with_plan_at_saturation():
     res = Simulator(spec, plan).run()
     pred = predict(spec, plan).decode
     assert res.decode["batch_occupancy"] > 0.97
-    assert res.tokens_per_s_per_device == pytest.approx(pred["tokens_per_s_per_device"], rel=0.05)
-    assert res.tpot_ms["p50"] == pytest.approx(pred["tpot_ms"], rel=0.05)
+    assert res.tokens_per_s_per_device == pytest.approx(pred.tokens_per_s_per_device, rel=0.05)
+    assert res.tpot_ms["p50"] == pytest.approx(pred.tpot_ms, rel=0.05)
     assert res.decode["kv_peak_fraction"] <= 1.0
 
 
