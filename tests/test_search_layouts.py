@@ -177,17 +177,17 @@ CM384 = ["+deployment=r1_ep320", "search.decode_batches=[16,64,192,256]", "searc
 
 
 def test_r1_ep320_search_keeps_the_known_best_region():
-    """With layouts in the space the best plan on 384 NPUs is still CloudMatrix-Infer's kind: disaggregated, DP
-    attention over a decode pool of about half the supernode, the largest batch, INT8."""
-    spec, res = _search(CM384)
+    """With layouts in the space and CloudMatrix-Infer's 50 ms TPOT SLO, the best plan on 384 NPUs is still its
+    kind: disaggregated, DP attention over a decode pool of about half the supernode, INT8. (Without an SLO the
+    most tokens per device come from aggregated serving at batch 256 and a TPOT of about 200 ms, now that prefill
+    attention is costed from FlashAttention measurements: a point no serving system would run.)"""
+    spec, res = _search(CM384 + ["slo.tpot_ms=50"])
     assert {c.decode.tp for c in res.candidates} == {1, 2, 4, 8, 16}
     assert {c.mode for c in res.candidates} == {"agg", "disagg"}
     best = res.candidates[res.frontier[0]]
     assert best.mode == "disagg" and best.decode.tp == 1 and best.decode.pp == 1
     assert 160 <= best.decode.devices * best.decode_instances <= 256
-    assert best.decode.batch_per_device == 256 and best.decode.precision == "int8"
-    # ahead of every aggregated candidate (by 1.3% since prefill's vector operators wait for its
-    # communication on the 910C; aggregated serving runs chunked prefill inside the decode step)
+    assert best.decode.precision == "int8" and best.tpot_ms <= 50
     assert best.tokens_per_s_per_device > max(c.tokens_per_s_per_device for c in res.candidates if c.mode == "agg")
 
 

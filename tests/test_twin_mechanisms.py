@@ -143,8 +143,10 @@ def test_dispatch_sends_a_token_once_per_distinct_rank():
     k experts, not k copies. With experts split moe_tp=2 ways over EP4 a token reaches ~3.9 ranks x 2 shards,
     about the k=8 copies the busiest rank receives at EP8, so dispatch costs the same as EP8's; sending k copies
     per shard (16) would double it."""
-    ep8 = _predict("r1_h200_disagg")
-    ep4 = _predict("r1_h200_disagg", "prefill.ep=4", "prefill.moe_tp=2", "decode.ep=4", "decode.moe_tp=2")
+    # DP attention in both phases (prefill.tp=1): tokens spread over the ranks, so the MoE dispatches them
+    ep8 = _predict("r1_h200_disagg", "prefill.tp=1")
+    ep4 = _predict("r1_h200_disagg", "prefill.tp=1", "prefill.ep=4", "prefill.moe_tp=2", "decode.ep=4",
+                   "decode.moe_tp=2")
     for phase, stream in (("prefill", "serial"), ("decode", "comm")):
         assert _rows(ep4, phase)[(stream, "dispatch")] == pytest.approx(_rows(ep8, phase)[(stream, "dispatch")],
                                                                         rel=0.05), phase
@@ -282,3 +284,18 @@ def test_only_experts_that_receive_a_token_read_their_weights():
                    and r.operator.startswith("routed_experts"))
     small, large = routed_us(1), routed_us(64)
     assert small < 0.8 * large
+
+
+# --- MoE communication follows where the tokens are (issue 25, item 2) ----------------------------------------
+
+def test_moe_under_tp_attention_reduces_instead_of_dispatching():
+    """TP8 attention over the whole EP8 group leaves every token on every GPU: the local experts run on the tokens
+    routed to them and an all-reduce sums their outputs; no dispatch or combine. DP attention dispatches."""
+    def ops(pred):
+        return {r.operator for r in pred.breakdown if r.phase == "decode"}
+    tp = ops(_predict("r1_h200_tp8_agg"))
+    assert "moe_all_reduce" in tp and not {"dispatch", "combine"} & tp
+    dp = ops(_predict("r1_h200_tp8_agg", "decode.tp=1"))
+    assert {"dispatch", "combine"} <= dp and "moe_all_reduce" not in dp
+    # TP attention over part of the group (TP2 in EP320) still dispatches
+    assert {"dispatch", "combine"} <= ops(_predict("r1_ep320", "decode.tp=2"))

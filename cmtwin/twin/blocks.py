@@ -237,29 +237,34 @@ def dense_mlp(ctx: StepContext, *, tokens: float, ffn_tokens: float, calls: int,
 
 
 def moe(ctx: StepContext, *, tokens: float, ffn_tokens: float, calls: int, tag: str | None = None) -> Phases:
-    """A MoE layer of one microbatch: the router, dispatch to the experts' ranks, the experts of the critical
-    rank (the busier of a routed rank and a dedicated shared-expert rank), combine; pure MoE-TP ends with an
-    all-reduce. The load is where the placement puts the microbatch's routed copies (cmtwin.twin.load)."""
+    """A MoE layer of one microbatch: the router, the experts of the critical rank (the busier of a routed rank
+    and a dedicated shared-expert rank), and the communication the layout needs (rule 7: it follows where the
+    tokens already are). Tokens spread over the ranks (DP attention): dispatch to the experts' ranks, combine
+    back. Tokens replicated over the whole MoE group (Megatron TP attention spanning it): every rank runs its
+    local experts on the tokens routed to them, then an all-reduce sums the partial outputs. Pure MoE-TP
+    (ep = 1) likewise ends with an all-reduce. The load is where the placement puts the microbatch's routed
+    copies (cmtwin.twin.load)."""
     lay, spec = ctx.layout, ctx.spec
     load = moe_load(spec, ctx.pool.placement, tokens_per_rank=ffn_tokens, noise=spec.placement.balance == "default")
     gate = compute(ctx, router_ops(ctx.model, ctx.prec, tokens=max(1, round(tokens))), "ffn", calls, tag)
     experts = compute(ctx, critical_expert_ops(spec, load, ctx.pool.placement, lay.moe_tp,
                                                lambda ops: ops_us(ctx, ops, "ffn")), "ffn", calls, tag)
-    if lay.ep > 1:
-        stage = ctx.die_ids[:lay.stage_ranks]
-        moved = {kind: comm.dispatch_combine(ctx.hw, ctx.fabric, stage, kind=kind,
-                                             send_copies=load.send_copies * lay.moe_tp, recv_copies=load.recv_busiest,
-                                             msg_bytes=ctx.prec.message_bytes(kind, ctx.model.hidden))
-                 for kind in ("dispatch", "combine")}
-        phases = (gate + collective(ctx, moved["dispatch"], "ffn", calls, tag) + experts
-                  + collective(ctx, moved["combine"], "ffn", calls, tag))
-    else:
-        phases = gate + experts
-    if lay.moe_tp > 1 and lay.ep == 1:
-        c = comm.all_reduce(ctx.hw, ctx.fabric, ctx.die_ids[:lay.moe_tp],
-                            nbytes=ffn_tokens * ctx.model.hidden * ctx.act_bytes, name="moe_tp_all_reduce")
-        phases += collective(ctx, c, "ffn", calls, tag)
-    return phases
+    stage = ctx.die_ids[:lay.stage_ranks]
+    replicated = ctx.megatron and ctx.tp >= lay.stage_ranks  # every rank of the MoE group holds every token
+    if replicated or (lay.moe_tp > 1 and lay.ep == 1):
+        group = stage if replicated else ctx.die_ids[:lay.moe_tp]
+        held = ffn_tokens * (ctx.tp if replicated else 1)  # tokens whose partial outputs each rank holds
+        c = comm.all_reduce(ctx.hw, ctx.fabric, group, nbytes=held * ctx.model.hidden * ctx.act_bytes,
+                            name="moe_all_reduce" if replicated else "moe_tp_all_reduce")
+        return gate + experts + collective(ctx, c, "ffn", calls, tag)
+    if lay.ep == 1:
+        return gate + experts
+    moved = {kind: comm.dispatch_combine(ctx.hw, ctx.fabric, stage, kind=kind,
+                                         send_copies=load.send_copies * lay.moe_tp, recv_copies=load.recv_busiest,
+                                         msg_bytes=ctx.prec.message_bytes(kind, ctx.model.hidden))
+             for kind in ("dispatch", "combine")}
+    return (gate + collective(ctx, moved["dispatch"], "ffn", calls, tag) + experts
+            + collective(ctx, moved["combine"], "ffn", calls, tag))
 
 
 def layer(ctx: StepContext, *, moe_layer: bool, tokens: float, requests: float, kv_len: int, calls: int, form: str,
