@@ -122,8 +122,9 @@ class _Reader:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise _bad(self.p, self.line, f"not UTF-8 text ('utf-8' codec can't decode byte {exc.object[exc.start]:#04x} "
-                           f"at column {exc.start + 1})", "save the trace as UTF-8 text") from None
+                byte = exc.object[exc.start]
+                raise _bad(self.p, self.line, f"not UTF-8 text ('utf-8' codec can't decode byte {byte:#04x} at column "
+                           f"{exc.start + 1})", "save the trace as UTF-8 text") from None
             if self.line == 1:
                 text = text.removeprefix("\ufeff")
             yield text
@@ -225,7 +226,8 @@ class _Reader:
             output = self._tokens(line, row, where, "output_len", 1, None, "a positive whole number of tokens")
             for col, n in (("prompt_len", prompt), ("output_len", output)):
                 if n > self.max_len:
-                    raise _bad(self.p, line, f"{self._column(where, col)} = {n} exceeds workload.max_len ({self.max_len})",
+                    raise _bad(self.p, line,
+                               f"{self._column(where, col)} = {n} exceeds workload.max_len ({self.max_len})",
                                "raise workload.max_len or shorten the request")
             pid, prefix, plen = row.get("prefix_id"), -1, 0
             if pid is not None and not (isinstance(pid, str) and not pid.strip()):

@@ -557,8 +557,8 @@ def _read_cache(path: Path, spec: TopologySpec) -> Fabric | None:
         st = os.fstat(fd)
         why = _distrust(st)
         if why:
-            log.warning("warning: ignoring the topology cache file %s: %s; rebuilding the fabric (use a CMTWIN_CACHE_DIR of "
-                        "your own)", path, why)
+            log.warning("warning: ignoring the topology cache file %s: %s; rebuilding the fabric (use a "
+                        "CMTWIN_CACHE_DIR of your own)", path, why)
             return None
         with os.fdopen(fd, "rb", closefd=False) as fh:
             data = json.loads(fh.read())
@@ -638,7 +638,8 @@ def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
           and data.get("key") == key)
     names, attrs, planes, cols = data["nodes"], data["attrs"], data["planes"], data["edges"]
     _need(isinstance(names, list) and _types(names) <= {str} and isinstance(attrs, list)
-          and len(attrs) == len(names) and _types(attrs) <= {dict} and isinstance(planes, list) and _types(planes) <= {str}
+          and len(attrs) == len(names) and _types(attrs) <= {dict}
+          and isinstance(planes, list) and _types(planes) <= {str}
           and isinstance(cols, dict) and isinstance(data["graph"], dict))
     count = len(names)
     us, vs, ks = _ints(cols["u"], count), _ints(cols["v"], count), _ints(cols["k"], 1 << 30)
