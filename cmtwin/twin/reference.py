@@ -35,7 +35,7 @@ A3_DEEPEP_LL_128 = {
     "rows": [(8, 132.0, 126.0), (16, 139.0, 135.0), (32, 153.0, 151.0)],
 }
 A3_SMALL_BATCH_32 = {
-    "group": "ascend_910c dispatch and combine at 32 tokens (not calibrated on)",
+    "group": "ascend_910c small-batch dispatch and combine (32 tokens, not calibrated on)",
     "source": "sgl-project/sgl-kernel-npu python/deep_ep/doc/FUSED_DEEP_MOE_EN.md @ 4e604f8c: batch 32, dispatch "
               "80 us, combine 75 us (platform and EP not stated: shown at EP8-32, the range of the same repository's "
               "A3 tables, unjudged)",
