@@ -269,6 +269,8 @@ def _unknown_key_error(key: str, override: str, overrides: tuple[str, ...]) -> C
 
 def _hydra_error(exc: Exception, overrides: tuple[str, ...]) -> ConfigError:
     text = " ".join(str(exc).split())
+    if len(text) > 1000:  # Hydra quotes what it could not read: a message stays one readable paragraph
+        text = text[:1000] + f"... ({len(text):,} characters)"
     missing = _missing_option_error(str(exc))
     if missing is not None:
         return missing
@@ -292,7 +294,9 @@ def _hydra_error(exc: Exception, overrides: tuple[str, ...]) -> ConfigError:
         return ConfigError(f"'+{m.group(1)}' adds a key that already exists; set it with {m.group(1)}=VALUE.",
                            key=m.group(1))
     if "mismatched input" in text or "no viable alternative" in text or "extraneous input" in text or "token recognition" in text:
-        return ConfigError(f"cannot parse the overrides {list(overrides)}: {text}. Overrides look like "
+        shown = str(list(overrides))
+        shown = shown if len(shown) <= 400 else shown[:400] + "...]"
+        return ConfigError(f"cannot parse the overrides {shown}: {text}. Overrides look like "
                            "key=value, +group=option or ~key.", key="overrides")
     return ConfigError(f"config composition failed: {text}", key="overrides")
 
