@@ -243,6 +243,8 @@ def _unknown_key_error(key: str, override: str, overrides: tuple[str, ...]) -> C
     """An override of a key the composed config does not have: close matches first, then how to add a key
     the schema has but the selected options do not set."""
     value = override.split("=", 1)[1] if "=" in override else ""
+    if len(value) > 200:
+        value = value[:200] + "..."
     known = _known_keys(overrides)
     parent = key.rpartition(".")[0]
     close = close_keys(key, known) if known else []

@@ -32,8 +32,10 @@ def check_targets(node: Any, path: str = "") -> None:
             here = f"{path}.{key}" if path else str(key)
             if key in ("_target_", "_partial_target_") or (isinstance(key, str) and key.startswith("_target")):
                 if not isinstance(value, str) or not value.startswith(allowed_prefixes()) or ".." in value:
+                    from cmtwin.config.compose import short_repr
+
                     raise ConfigError(
-                        f"'{here}' = {value!r}: a config may only name code under {', '.join(allowed_prefixes())} "
+                        f"'{here}' = {short_repr(value, 80)}: a config may only name code under {', '.join(allowed_prefixes())} "
                         "(configs cannot run arbitrary code).", key=here,
                         fix="use a cmtwin.* class or register your plugin under the 'cmtwin.plugins' entry point")
             check_targets(value, here)
