@@ -2,7 +2,8 @@
 never a higher one, whether the import sits at the top of the file or inside a function.
 
 Layers, lowest first (a module belongs to the layer of the longest prefix that names it):
-- leaves: errors, paths, the pydantic base, and the policy-effect protocol the twin defines (twin.effects);
+- leaves: errors, paths, the pydantic base, the bounded YAML reader every user file goes through
+  (config.yamlsafe), and the policy-effect protocol the twin defines (twin.effects);
 - model and topology: architectures, operators, fabric graphs;
 - spec: composition and validation (config), and the spec pieces it assembles (twin.hardware, executor.spec,
   sim.spec, the policy registry that validates presets);
@@ -21,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "cmtwin"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaves", ("cmtwin", "cmtwin.errors", "cmtwin.paths", "cmtwin.config.base", "cmtwin.twin.effects")),
+    ("leaves", ("cmtwin", "cmtwin.errors", "cmtwin.paths", "cmtwin.config.base", "cmtwin.config.yamlsafe",
+                "cmtwin.twin.effects")),
     ("model/topology", ("cmtwin.model", "cmtwin.topology")),
     ("spec", ("cmtwin.config", "cmtwin.twin.hardware", "cmtwin.executor.spec", "cmtwin.sim.spec",
               "cmtwin.policy.registry")),
