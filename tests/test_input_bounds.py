@@ -258,3 +258,19 @@ def test_ssd_tier_bounded(workdir, capsys):
     # 1e300 TB per node overflowed the simulator's block count (exit 1)
     _check(["plan", D, "--no-record", "caching.ssd_tb_per_node=1e300"],
            ["caching.ssd_tb_per_node", "1e+300", "Fix: give 'caching.ssd_tb_per_node' a value <= 10000"], workdir, capsys)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("hardware.die.memory_gib.value=1e300", "die.memory_gib.value = 1e+300"),
+    ("hardware.die.memory_bandwidth_GB_per_s.value=1e-300", "die.memory_bandwidth_GB_per_s.value"),
+    ("hardware.die.peak_tflops.bf16.value=1e-300", "die.peak_tflops.bf16.value"),
+    ("hardware.microbatching.attention.cube_cores=0", "a stream's cores (0 cube"),
+    ("hardware.die.cube_cores.value=0", "a stream's cores (16 cube"),
+])
+def test_hardware_values_that_would_divide_by_zero_or_overflow_are_bad_input(override, needle):
+    from cmtwin.config.compose import load_spec
+    from cmtwin.errors import CmtwinError
+
+    with pytest.raises(CmtwinError) as info:
+        load_spec(["+deployment=r1_ep320", override])
+    assert needle in str(info.value) and info.value.exit_code == 2

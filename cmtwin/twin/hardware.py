@@ -14,6 +14,10 @@ from cmtwin.config.base import Frozen
 
 Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
 
+PHYSICAL_RANGE = (1e-3, 1e7)
+"""Bounds on a die's capacities, bandwidths (GB/s) and peaks (TFLOPS) and its core counts: far outside any
+accelerator (a CPU core gives ~0.1 TFLOPS; a wafer-scale die ~1e6 cores), close enough that times stay finite."""
+
 
 class Sourced(Frozen):
     """A constant and where it comes from (a datasheet, a published operator table, or calibrate)."""
@@ -145,12 +149,19 @@ class HardwareProfile(Frozen):
         die = self.die
         for key, q in (("die.memory_gib", die.memory_gib), ("die.memory_bandwidth_GB_per_s", die.memory_bandwidth_GB_per_s),
                        *((f"die.peak_tflops.{k}", v) for k, v in die.peak_tflops.items())):
-            if not q.value > 0:
-                bad.append(f"{key}.value = {q.value:g}: must be > 0")
-        for key, q in (("die.cube_cores", die.cube_cores), ("die.vector_cores", die.vector_cores),
-                       ("launch_overhead_us", self.launch_overhead_us)):
-            if q.value < 0:
-                bad.append(f"{key}.value = {q.value:g}: must be >= 0")
+            if not PHYSICAL_RANGE[0] <= q.value <= PHYSICAL_RANGE[1]:
+                bad.append(f"{key}.value = {q.value:g}: must lie in [{PHYSICAL_RANGE[0]:g}, {PHYSICAL_RANGE[1]:g}]")
+        for key, q in (("die.cube_cores", die.cube_cores), ("die.vector_cores", die.vector_cores)):
+            if not 0 <= q.value <= PHYSICAL_RANGE[1]:  # a CPU has no matrix cores
+                bad.append(f"{key}.value = {q.value:g}: must lie in [0, {PHYSICAL_RANGE[1]:g}]")
+        if self.launch_overhead_us.value < 0:
+            bad.append(f"launch_overhead_us.value = {self.launch_overhead_us.value:g}: must be >= 0")
+        mb = self.microbatching
+        for stream in (mb.attention, mb.moe) if mb is not None and mb.mode == "split_cores" else ():
+            if stream is not None and not (1 <= stream.cube_cores <= die.cube_cores.value
+                                           and 1 <= stream.vector_cores <= die.vector_cores.value):
+                bad.append(f"microbatching: a stream's cores ({stream.cube_cores} cube, {stream.vector_cores} vector) "
+                           f"must be 1 to the die's ({die.cube_cores.value:g}, {die.vector_cores.value:g})")
         for cls, eff in self.efficiency.items():
             for part in ("compute", "memory"):
                 e = getattr(eff, part)
