@@ -634,9 +634,13 @@ def _simulate_one(v) -> dict:
     from cmtwin.planner.plan import compile_plan
     from cmtwin.sim.serving import Simulator
 
+    from cmtwin.sim.spec import check_simulated_work
+
     try:
         plan = compile_plan(v)
-        return {"plan_hash": plan.plan_hash, "simulation": Simulator(v, plan).run().to_dict()}
+        sim = Simulator(v, plan)
+        check_simulated_work(v, rate_per_s=sim.rate, duration_s=sim.duration, capacity_per_s=sim.capacity)
+        return {"plan_hash": plan.plan_hash, "simulation": sim.run().to_dict()}
     except CmtwinError as exc:
         return {"error": str(exc)}
 
