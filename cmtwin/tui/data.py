@@ -110,7 +110,7 @@ def store_source(url: str | None = None, *, limit: int = 500) -> RunSource:
         get_run=lambda run_id: repo.get_run(store, run_id),
         get_samples=lambda run_id, since_id: repo.get_samples(store, run_id, since_id),
         get_timeline=lambda run_id: repo.get_timeline(store, run_id),
-        query=lambda sql: run_readonly_query(query_url, sql),
+        query=lambda sql: run_readonly_query(query_url, sql, allow_superuser=False),  # as `cmtwin query` does
         close=store.engine.dispose,
     )
 
