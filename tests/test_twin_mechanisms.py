@@ -299,3 +299,23 @@ def test_moe_under_tp_attention_reduces_instead_of_dispatching():
     assert {"dispatch", "combine"} <= dp and "moe_all_reduce" not in dp
     # TP attention over part of the group (TP2 in EP320) still dispatches
     assert {"dispatch", "combine"} <= ops(_predict("r1_ep320", "decode.tp=2"))
+
+
+# --- collective fixed costs by domain (issue 25, item 3) ------------------------------------------------------
+
+def test_collectives_pay_the_fixed_cost_of_the_domain_they_span():
+    """A small all-reduce inside one NVLink node pays the profile's scale-up fixed cost; across two nodes the
+    inter-node one (NCCL's 15.0 vs 35.3 us at 1 KB on H100); a profile without the entry pays none."""
+    from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin import comm
+
+    spec = _spec("r1_h100_tp16")
+    fab, hw = fabric_for(spec), spec.hardware
+    dies = tuple(d.id for d in fab.dies())
+    one_node = comm.all_reduce(hw, fab, dies[:8], nbytes=1024).us
+    two_nodes = comm.all_reduce(hw, fab, dies[:16], nbytes=1024).us
+    ar = hw.collectives["all_reduce"]
+    assert one_node == pytest.approx(15.0, rel=0.02) and two_nodes == pytest.approx(35.3, rel=0.02)
+    assert two_nodes - one_node > ar["fixed_us_inter_node"].value - ar["fixed_us"].value - 3.0
+    bare = hw.model_copy(update={"collectives": {k: v for k, v in hw.collectives.items() if k != "all_reduce"}})
+    assert comm.all_reduce(bare, fab, dies[:8], nbytes=1024).us < one_node - 10.0

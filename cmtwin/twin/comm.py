@@ -170,19 +170,33 @@ def dispatch_combine(hw: HardwareProfile, fabric, die_ids, *, kind: str, send_co
     return CommTime(kind, t + fixed + _latency(g), vol, f"comm:{plane}")
 
 
+def _fixed(hw: HardwareProfile, kind: str, g: GroupShape, *, p2p_calls: int = 1) -> float:
+    """A collective kernel's per-call fixed cost (launch, synchronisation, protocol start-up) beyond the path
+    latency: the profile's `collectives.<kind>.fixed_us` inside one node, `fixed_us_inter_node` when the group
+    spans nodes (the scale-up figure where none is given); without an entry for the kind, p2p's fixed_us per
+    point-to-point step (rule 8: every collective has a fixed per-call cost)."""
+    entry = hw.collectives.get(kind)
+    if entry:
+        v = entry.get("fixed_us_inter_node") if g.same_node < g.size - 1 else None
+        v = v if v is not None else entry.get("fixed_us")
+        if v is not None:
+            return v.value
+    return p2p_calls * _cal(hw, "p2p", "fixed_us", 0.0)
+
+
 def all_gather(hw: HardwareProfile, fabric, die_ids, *, bytes_per_rank: float, name: str = "all_gather") -> CommTime:
     """Every rank gathers every other rank's bytes_per_rank (direct full mesh: each rank receives n-1 pieces)."""
     g = group_shape(fabric, die_ids)
     vol = bytes_per_rank * g.size  # spread over n ranks, (n-1)/n of it remote
     t, plane = _spread_time(hw, g, "p2p", vol)
-    return CommTime(name, t + _cal(hw, "p2p", "fixed_us", 0.0) + _latency(g) if g.size > 1 else 0.0, vol, f"comm:{plane}")
+    return CommTime(name, t + _fixed(hw, "all_gather", g) + _latency(g) if g.size > 1 else 0.0, vol, f"comm:{plane}")
 
 
 def all_to_all(hw: HardwareProfile, fabric, die_ids, *, bytes_per_rank: float, name: str = "all_to_all") -> CommTime:
     """Every rank scatters bytes_per_rank evenly over the group (its own share stays local)."""
     g = group_shape(fabric, die_ids)
     t, plane = _spread_time(hw, g, "p2p", bytes_per_rank)
-    return CommTime(name, t + _cal(hw, "p2p", "fixed_us", 0.0) + _latency(g) if g.size > 1 else 0.0,
+    return CommTime(name, t + _fixed(hw, "all_to_all", g) + _latency(g) if g.size > 1 else 0.0,
                     bytes_per_rank, f"comm:{plane}")
 
 
@@ -192,7 +206,8 @@ def all_reduce(hw: HardwareProfile, fabric, die_ids, *, nbytes: float, name: str
     if g.size <= 1:
         return CommTime(name, 0.0, 0.0, "local")
     t, plane = _spread_time(hw, g, "p2p", 2.0 * nbytes)
-    return CommTime(name, t + 2 * (_cal(hw, "p2p", "fixed_us", 0.0) + _latency(g)), 2.0 * nbytes, f"comm:{plane}")
+    return CommTime(name, t + _fixed(hw, "all_reduce", g, p2p_calls=2) + 2 * _latency(g), 2.0 * nbytes,
+                    f"comm:{plane}")
 
 
 def p2p(hw: HardwareProfile, fabric, src: str, dst: str, *, nbytes: float, plane: str, name: str = "p2p") -> CommTime:

@@ -173,8 +173,8 @@ class HardwareProfile(Frozen):
             for key, q in entries.items():
                 if key.startswith("efficiency_") and not 0 < q.value <= 1:
                     bad.append(f"collectives.{kind}.{key}.value = {q.value:g}: an efficiency lies in (0, 1]")
-                elif key == "fixed_us" and q.value < 0:
-                    bad.append(f"collectives.{kind}.fixed_us.value = {q.value:g}: must be >= 0")
+                elif key.startswith("fixed_us") and q.value < 0:
+                    bad.append(f"collectives.{kind}.{key}.value = {q.value:g}: must be >= 0")
         if bad:
             raise ValueError(f"hardware profile {self.name}: " + "; ".join(bad))
         return self

@@ -43,6 +43,26 @@ A3_SMALL_BATCH_32 = {
     "rows": [(8, 80.0, 75.0), (16, 80.0, 75.0), (32, 80.0, 75.0)],
 }
 
+# NCCL collectives on H100 at small messages: the 1 KB / 2 KiB points set the profiles' fixed costs
+# (conf/hardware/h100_sxm.yaml collectives.all_reduce / all_gather / all_to_all); the other sizes check the split.
+NCCL_ALL_REDUCE_H100 = {
+    "group": "h100_sxm NCCL all-reduce (fixed cost from the 1 KB point)",
+    "source": "microsoft/mscclpp docs/dsl/figs/single_node_allreduce_results_1K_to_1M.png and "
+              "2node_all_reduce_results.png (NCCL, H100, read from the figures)",
+    "rows": [  # ranks, bytes, us
+        (8, 1024, 15.0), (8, 16384, 16.0), (8, 131072, 18.2), (8, 1048576, 24.0),
+        (16, 1024, 35.3), (16, 16384, 45.4), (16, 131072, 50.3), (16, 1048576, 89.0),
+    ],
+}
+NCCL_AG_A2A_H100 = {
+    "group": "h100_sxm NCCL all-gather / all-to-all, 8 GPUs (fixed cost from the 2 KiB point)",
+    "source": "sgl-project/sglang benchmark/kernels/all_reduce/bench_symm.sh @ 8e17681e (H100 8-GPU, bf16, eager NCCL)",
+    "rows": [  # kind, bytes, us
+        ("all_gather", 2048, 14.57), ("all_gather", 32768, 14.37), ("all_gather", 131072, 18.14),
+        ("all_to_all", 2048, 18.34), ("all_to_all", 32768, 17.90), ("all_to_all", 131072, 21.18),
+    ],
+}
+
 # INT8 grouped GEMM on one 910C die (INT8 in, BF16 out). Paper §5 table.
 CM384_INT8_GROUPED_GEMM = {
     "source": f"{PAPER} INT8 grouped GEMM table",

@@ -88,6 +88,29 @@ def collective_checks() -> list[Check]:
                 out.append(Check(table.get("group", f"{hw.name} dispatch and combine"),
                                  f"EP{ep} {kind}, {table['tokens']} tokens/rank",
                                  meas, t.us, "us", table["source"], tol))
+    out += _nccl_checks()
+    return out
+
+
+def _nccl_checks() -> list[Check]:
+    """NCCL collectives on 8 and 16 H100s beside the twin's (unjudged: the fixed costs come from the smallest
+    size, the other sizes show how the fixed + per-byte split extrapolates)."""
+    from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin import comm
+
+    spec = _load("r1_h100_tp16")
+    fab, hw = fabric_for(spec), spec.hardware
+    dies = tuple(d.id for d in fab.dies())
+    out = []
+    t = ref.NCCL_ALL_REDUCE_H100
+    for ranks, nbytes, us in t["rows"]:
+        pred = comm.all_reduce(hw, fab, dies[:ranks], nbytes=nbytes).us
+        out.append(Check(t["group"], f"{ranks} GPUs, {nbytes // 1024} KiB", us, pred, "us", t["source"]))
+    t = ref.NCCL_AG_A2A_H100
+    for kind, nbytes, us in t["rows"]:
+        c = (comm.all_gather(hw, fab, dies[:8], bytes_per_rank=nbytes / 8) if kind == "all_gather"
+             else comm.all_to_all(hw, fab, dies[:8], bytes_per_rank=nbytes))
+        out.append(Check(t["group"], f"{kind}, {nbytes // 1024} KiB", us, c.us, "us", t["source"]))
     return out
 
 
