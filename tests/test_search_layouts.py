@@ -45,7 +45,10 @@ def test_h200_space_holds_tp8_and_dp8_aggregated_and_disaggregated(h200):
     assert {(c.decode_instances, c.decode.devices) for c in agg} == {(2, 8), (1, 16)}
     assert all(c.devices == 16 and c.prefill is None and c.prefill_instances == 0 for c in agg)
     assert any(c.decode.pp == 2 for c in agg) and all(c.decode.pp == 1 for c in agg if c.decode.devices == 8)
-    assert {c.decode.moe_tp for c in res.candidates} == {1, 2}
+    # MoE-TP 1 and 2 are both evaluated (search.moe_tp); the candidates keep only undominated decode points, and
+    # on 8-16 H200s every MoE-TP-1 point is now matched or beaten by a MoE-TP-2 one
+    assert list(spec.search.moe_tp) == [1, 2] and {c.decode.moe_tp for c in res.candidates} <= {1, 2}
+    assert res.decode_dominated > 0
     disagg = [c for c in res.candidates if c.mode == "disagg"]
     assert disagg and all(c.prefill is not None and c.devices <= 16 for c in disagg)
     assert {c.prefill.tp for c in disagg} <= {1, 2, 4, 8}
