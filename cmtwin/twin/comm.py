@@ -166,18 +166,17 @@ def dispatch_combine(hw: HardwareProfile, fabric, die_ids, *, kind: str, send_co
     g = group_shape(fabric, die_ids)
     vol = max(send_copies, recv_copies) * msg_bytes
     t, plane = _spread_time(hw, g, kind, vol)
-    fixed = _cal(hw, kind, "fixed_us", 0.0)
-    return CommTime(kind, t + fixed + _latency(g), vol, f"comm:{plane}")
+    return CommTime(kind, t + _fixed(hw, kind, g) + _latency(g), vol, f"comm:{plane}")
 
 
 def _fixed(hw: HardwareProfile, kind: str, g: GroupShape, *, p2p_calls: int = 1) -> float:
     """A collective kernel's per-call fixed cost (launch, synchronisation, protocol start-up) beyond the path
-    latency: the profile's `collectives.<kind>.fixed_us` inside one node, `fixed_us_inter_node` when the group
-    spans nodes (the scale-up figure where none is given); without an entry for the kind, p2p's fixed_us per
-    point-to-point step (rule 8: every collective has a fixed per-call cost)."""
+    latency: the profile's `collectives.<kind>.fixed_us_scale_up` when the group stays inside one node,
+    `fixed_us_inter_node` when it spans nodes, `fixed_us` where the profile gives one figure for both; without
+    an entry for the kind, p2p's fixed_us per point-to-point step (rule 8: every collective has a fixed cost)."""
     entry = hw.collectives.get(kind)
     if entry:
-        v = entry.get("fixed_us_inter_node") if g.same_node < g.size - 1 else None
+        v = entry.get("fixed_us_inter_node" if g.same_node < g.size - 1 else "fixed_us_scale_up")
         v = v if v is not None else entry.get("fixed_us")
         if v is not None:
             return v.value
