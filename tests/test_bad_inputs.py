@@ -4,10 +4,10 @@ leaves the run store exactly as it was. The count of cases is reported in docs/r
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import pytest
 
+from bad_input import expect_bad_input
 from cmtwin.cli.main import main
 from cmtwin.paths import topologies_dir
 
@@ -83,27 +83,8 @@ SQL_CASES = [
 ]
 
 
-def _runs(path: Path) -> int | None:
-    db = path / "cmtwin.db"
-    if not db.exists():
-        return None
-    with sqlite3.connect(db) as con:
-        return con.execute("select count(*) from runs").fetchone()[0]
-
-
 def _check(argv, fragment, workdir, capsys):
-    before = _runs(workdir)
-    capsys.readouterr()
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    assert rc == 2, f"{argv} exited {rc}: {err or out}"
-    assert "Traceback" not in err and "Traceback" not in out
-    text = " ".join(err.split())
-    assert text.startswith("error:"), err
-    assert "\n\n" not in err.strip(), "one paragraph"
-    assert fragment.lower() in text.lower(), f"message lacks {fragment!r}: {text}"
-    assert _runs(workdir) == before, "the store changed"
-    return text
+    return expect_bad_input(argv, fragment, workdir, capsys)
 
 
 @pytest.mark.parametrize("argv,fragment", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
