@@ -105,3 +105,23 @@ def test_tp_attention_reads_the_whole_latent_on_every_rank():
     att = lambda p: next(r for r in p.breakdown if r.operator == "mla_attention" and r.stream == "serial")
     assert att(p_tp).time_us > 1.5 * att(p_dp).time_us and att(p_tp).bound == "memory"
     assert not [r for r in p_dp.breakdown if r.operator == "tp_all_reduce"]
+
+
+def test_fp8_kv_cache_halves_kv_memory_and_reads_and_fits_what_bf16_does_not():
+    """DeepSeek-R1 on 16 x H100 (TP16 EP16, FP8 weights), 8,192/1,024 tokens at 77 concurrent requests: the BF16
+    KV cache overflows HBM, an FP8 one (kv_cache_dtype=fp8) fits; at 2 requests both plan, FP8 reading half the KV."""
+    from cmtwin.errors import PlanError
+    from cmtwin.twin.predict import predict
+
+    base = ["+deployment=r1_h100_tp16", "precision=fp8", "workload.prompt_len=8192", "workload.output_len=1024"]
+    with pytest.raises(PlanError, match="HBM overflow"):
+        _plan(*base, "serving.concurrency=77")
+    spec, plan = _plan(*base, "serving.concurrency=77", "kv_cache_dtype=fp8")
+    assert spec.prec.kv_cache == "fp8" and spec.prec.gemm == "fp8" and predict(spec, plan).decode.tpot_ms > 0
+    kv = {}
+    for dtype in ("bf16", "fp8"):
+        s, p = _plan(*base, "serving.concurrency=2", f"kv_cache_dtype={dtype}")
+        rows = predict(s, p).breakdown
+        kv[dtype] = next(r.time_us for r in rows if r.phase == "decode" and r.operator == "mla_attention"
+                         and r.stream != "mtp")
+    assert kv["fp8"] < kv["bf16"]

@@ -7,6 +7,8 @@ arithmetic in the message, e.g. `decode.ep (320) != ...`. Units: a *device* is t
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -257,6 +259,10 @@ class Spec(Frozen):
     """Disaggregated or aggregated serving."""
     precision: PrecisionName = "bf16"
     """int8 (W8A8), fp8 or bf16; expands per operator class (cmtwin/model/precision.py)."""
+    kv_cache_dtype: Literal["bf16", "fp8"] | None = None
+    """The KV cache's dtype (null: the precision preset's, BF16 in every preset). fp8 halves the KV memory per
+    token and the attention's KV reads, as engines' FP8 KV caches do (vLLM/SGLang `--kv-cache-dtype
+    fp8_e4m3`); the attention itself still computes in the preset's attention dtype."""
     prefill: PrefillSpec
     """The prefill pool."""
     decode: DecodeSpec
@@ -296,7 +302,10 @@ class Spec(Frozen):
 
     @property
     def prec(self) -> Precision:
-        return PRECISIONS[self.precision]
+        preset = PRECISIONS[self.precision]
+        if self.kv_cache_dtype is None or self.kv_cache_dtype == preset.kv_cache:
+            return preset
+        return dataclasses.replace(preset, kv_cache=self.kv_cache_dtype)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Spec:
