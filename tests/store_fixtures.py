@@ -8,6 +8,7 @@ reason when the server is not reachable.
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -27,14 +28,15 @@ def _pg_connect(dbname: str):
     )
 
 
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test module, dropped afterwards; yields its name."""
+@contextmanager
+def scratch_pg_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards (skip with the reason when the server is down);
+    yields its name."""
     try:
         admin = _pg_connect("postgres")
     except Exception as exc:  # noqa: BLE001 - any failure to connect means: skip, and say why
         pytest.skip(f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT}: {exc}")
-    name = f"cmtwin_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield name
@@ -42,6 +44,13 @@ def pg_database() -> Iterator[str]:
         close_all_stores()
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test module, dropped afterwards; yields its name."""
+    with scratch_pg_database("cmtwin_test") as name:
+        yield name
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

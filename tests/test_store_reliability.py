@@ -17,7 +17,14 @@ import pytest
 from cmtwin.cli.main import main
 from cmtwin.errors import StoreError
 from cmtwin.store import close_all_stores, list_runs, open_store, record_run
-from tests.store_fixtures import PG_HOST, PG_PORT, _pg_connect, db_url, pg_database  # noqa: F401 - fixtures
+from tests.store_fixtures import (  # noqa: F401 - fixtures
+    PG_HOST,
+    PG_PORT,
+    _pg_connect,
+    db_url,
+    pg_database,
+    scratch_pg_database,
+)
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -30,18 +37,8 @@ def _cmtwin() -> list[str]:
 @pytest.fixture
 def fresh_pg_database():
     """A brand-new, empty PostgreSQL database (no schema yet); yields its plain postgresql:// URL."""
-    try:
-        admin = _pg_connect("postgres")
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means: skip, and say why
-        pytest.skip(f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT}: {exc}")
-    name = f"cmtwin_fresh_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_pg_database("cmtwin_fresh") as name:
         yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        close_all_stores()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 # --- 1. concurrent first use of a fresh store -------------------------------------------------------------
