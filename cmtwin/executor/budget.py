@@ -260,13 +260,10 @@ def _largest_scale(fits: Callable[[float], bool], below: float, floor: float = 1
 
 
 def _largest_int(fits: Callable[[int], bool], top: int) -> int | None:
-    if top < 1 or not fits(1):
-        return None
-    lo, hi = 1, top
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
+    """The largest of 1..top that fits (None if none does)."""
+    from cmtwin.twin.slo import largest_true
+
+    return largest_true(fits, 1, top) if top >= 1 else None
 
 
 # ------------------------------------------------------------------------------------------------ time

@@ -14,7 +14,7 @@ PREFILL_SEARCH_HEADROOM = 4
 lengthens TTFT, so the bound is never the answer unless the target is very loose)."""
 
 
-def _bisect(ok, lo: int, hi: int) -> int | None:
+def largest_true(ok, lo: int, hi: int) -> int | None:
     """Largest x in [lo, hi] with ok(x), assuming ok is monotone (True then False); None if ok(lo) fails."""
     if not ok(lo):
         return None
@@ -35,7 +35,7 @@ def search_decode_batch(spec, plan, hw, fabric, tpot_ms: float) -> tuple[int, st
     per_req = spec.workload.decode_kv_len + spec.mtp.draft_tokens
     cap = pool.memory.kv_token_capacity + int(pool.memory.kv_cache // pool.memory.kv_bytes_per_token)
     hi = max(1, min(MAX_DECODE_BATCH_PER_DIE, cap // max(1, per_req)))
-    best = _bisect(lambda b: decode_step(spec, plan, hw, fabric, batch_per_die=b).tpot_ms <= tpot_ms, 1, hi)
+    best = largest_true(lambda b: decode_step(spec, plan, hw, fabric, batch_per_die=b).tpot_ms <= tpot_ms, 1, hi)
     if best is None:
         t1 = decode_step(spec, plan, hw, fabric, batch_per_die=1).tpot_ms
         raise PlanError(f"slo.tpot_ms={tpot_ms:g} cannot be met: even one request per die gives TPOT {t1:.2f} ms.",
@@ -51,7 +51,7 @@ def search_prefill_tokens(spec, plan, hw, fabric, ttft_ms: float) -> tuple[int, 
     prompt = spec.workload.prompt_len
     pool = plan.pools_of("prefill")[0]
     hi = max(1, pool.tokens_per_die // prompt) * PREFILL_SEARCH_HEADROOM
-    best = _bisect(lambda n: prefill_forward(spec, plan, hw, fabric, tokens_per_die=n * prompt).ttft_ms <= ttft_ms, 1, hi)
+    best = largest_true(lambda n: prefill_forward(spec, plan, hw, fabric, tokens_per_die=n * prompt).ttft_ms <= ttft_ms, 1, hi)
     if best is None:
         t1 = prefill_forward(spec, plan, hw, fabric, tokens_per_die=prompt).ttft_ms
         raise PlanError(f"slo.ttft_ms={ttft_ms:g} cannot be met: one {prompt}-token prompt per die takes {t1:.1f} ms.",
