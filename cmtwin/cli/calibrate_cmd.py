@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         out.update(rows=len(pairs), loso_median_abs_err=med, loso_max_abs_err=max(errs),
                    loso=[{"op": n, "measured_us": m, "predicted_us": p} for n, m, p in loo])
     else:
-        from cmtwin.cli.execute_cmd import progress_bar, say
+        from cmtwin.cli.common import progress_bar, say
         from cmtwin.executor import budget
         from cmtwin.executor.run import pick_device, set_threads
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the verbs: output format flags, the console, JSON printing."""
+"""Helpers shared by the verbs: output format flags, the console, JSON printing, progress on stderr."""
 
 from __future__ import annotations
 
@@ -34,3 +34,30 @@ def print_json(obj: Any) -> None:
 
 def gib(x: float) -> str:
     return f"{x:,.2f}"
+
+
+def progress_bar():
+    """A rich progress display on stderr (stdout stays clean for --format json); silent when stderr is not a
+    terminal. Returns (context manager, progress(stage, done, total))."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, progress
+
+
+def say(text: str) -> None:
+    """One line on stderr (estimates, warnings): stdout stays the result."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text)

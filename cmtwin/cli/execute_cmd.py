@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timezone
 
-from cmtwin.cli.common import add_db, add_format, add_overrides, print_json
+from cmtwin.cli.common import add_db, add_format, add_overrides, print_json, progress_bar, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,33 +20,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_db(p)
     p.add_argument("--no-record", action="store_true", help="do not record the run in the store")
     p.set_defaults(func=run)
-
-
-def progress_bar():
-    """A rich progress display on stderr (stdout stays clean for --format json); silent when stderr is not a
-    terminal. Returns (context manager, progress(stage, done, total))."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    return bar, progress
-
-
-def say(text: str) -> None:
-    """One line on stderr (estimates, warnings): stdout stays the result."""
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
 
 
 def run(args: argparse.Namespace) -> int:
