@@ -137,10 +137,15 @@ def step_context(spec, plan, hw, fabric, *, phase: str, microbatches: int, die_i
 
 # --- operators and collectives as phases ------------------------------------------------------------------
 
+def _core_shares(ctx: StepContext, side: Side) -> tuple[float, float]:
+    """(cube, vector) core share of one side."""
+    sh = ctx.shares
+    return (sh.attn_cube, sh.attn_vec) if side == "attention" else (sh.ffn_cube, sh.ffn_vec)
+
+
 def compute(ctx: StepContext, ops: list[Op], side: Side, calls: int, tag: str | None = None) -> Phases:
     """Operators on one side's cores, in order, each recorded `calls` times."""
-    cube, vec = (ctx.shares.attn_cube, ctx.shares.attn_vec) if side == "attention" else (ctx.shares.ffn_cube,
-                                                                                         ctx.shares.ffn_vec)
+    cube, vec = _core_shares(ctx, side)
     stream = sched.COMM if ctx.split and side == "ffn" else sched.COMPUTE
     name = ctx.label(side, tag)
     out = []
@@ -153,8 +158,7 @@ def compute(ctx: StepContext, ops: list[Op], side: Side, calls: int, tag: str | 
 
 def ops_us(ctx: StepContext, ops: list[Op], side: Side) -> float:
     """The operators' time on one side's cores, not recorded."""
-    cube, vec = (ctx.shares.attn_cube, ctx.shares.attn_vec) if side == "attention" else (ctx.shares.ffn_cube,
-                                                                                         ctx.shares.ffn_vec)
+    cube, vec = _core_shares(ctx, side)
     return sum(op_time(op, ctx.hw, cube_share=cube, vector_share=vec).us for op in ops)
 
 
