@@ -85,7 +85,7 @@ def test_a_key_the_schema_accepts_but_the_options_do_not_set_keeps_the_plus_hint
 
 def test_an_added_unknown_key_gets_the_close_match_from_the_schema(workdir, capsys):
     err = _error(capsys, "plan", D, "+decode.batch_size=64")
-    assert "unknown key 'decode.batch_size'" in err and "did you mean decode.batch_per_device?" in err
+    assert "unknown key 'decode.batch_size'" in err and "did you mean decode.batch_per_device" in err
 
 
 def test_close_keys_ranks_the_shared_word_first():

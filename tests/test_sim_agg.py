@@ -23,7 +23,8 @@ def test_agg_table_grid_point_is_the_twin():
     sim = Simulator(spec, plan)
     t = sim.dtable
     b, kv, ch = t.batches[3], t.kvs[2], t.chunks[2]
-    twin = decode_step(spec, plan, spec.hardware, fabric_for(spec), batch_per_die=b, kv_len=kv, chunk_tokens=ch)
+    twin = decode_step(spec, plan, spec.hardware, fabric_for(spec), batch_per_die=b / spec.decode.tp, kv_len=kv,
+                       chunk_tokens=ch)  # the table is indexed by requests per TP group
     assert t.step_us(b, kv, ch) == pytest.approx(twin.step_us, rel=1e-9)
     assert t.step_us(b, kv, ch) > t.step_us(b, kv, 0)
 
@@ -60,10 +61,11 @@ def test_agg_conservation_and_littles_law():
 
 
 def test_agg_ttft_grows_with_prompt_over_chunk():
+    """A smaller step budget leaves smaller chunks: a prompt spans more steps (TP8, 256 decode slots per group)."""
     ttft = []
-    for chunk in (256, 64, 16):
+    for budget in (2048, 512, 320):
         spec, plan = _setup("workload=fixed_1k", "workload.output_len=32", "workload.rate_per_s=2",
-                            f"serving.chunk_tokens={chunk}",
+                            f"serving.max_batched_tokens={budget}",
                             "sim.duration_s=30", "sim.warmup_s=5")
         ttft.append(Simulator(spec, plan).run().ttft_ms["p50"])
     assert ttft[0] < ttft[1] < ttft[2]

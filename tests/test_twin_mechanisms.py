@@ -158,9 +158,14 @@ def test_agg_prefill_chunk_attends_over_its_prompt():
     """In aggregated serving each step carries a prefill chunk whose tokens attend over their prompt (MHA
     form): at a fixed chunk and a fixed decode context the step grows with the prompt length, linearly; a
     disaggregated decode step does not depend on the prompt length at all."""
-    fixed = ("serving.chunk_tokens=64", "workload.kv_len=1536")
-    steps = {n: _step_us(_predict("r1_h200_tp8_agg", *fixed, f"workload.prompt_len={n}"), "decode")
-             for n in (1024, 4096, 16384)}
+    from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin.step import decode_step
+
+    def step(n):
+        spec = _spec("r1_h200_tp8_agg", "workload.kv_len=1536", f"workload.prompt_len={n}")
+        return decode_step(spec, compile_plan(spec), spec.hardware, fabric_for(spec), chunk_tokens=64).step_us
+
+    steps = {n: step(n) for n in (1024, 4096, 16384)}
     assert steps[4096] - steps[1024] > 300.0
     assert (steps[16384] - steps[4096]) / (steps[4096] - steps[1024]) == pytest.approx(4.0, rel=0.25)
     disagg = [_step_us(_predict("r1_h200_disagg", "workload.kv_len=1536", f"workload.prompt_len={n}"), "decode")

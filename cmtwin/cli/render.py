@@ -25,7 +25,7 @@ def render_plan(spec, plan, prediction=None, *, run_id=None, elapsed_s: float | 
         nodes = f"{min(ps[0].nodes)}-{max(ps[-1].nodes)}" if p.nodes else "-"
         epd = str(p.placement.experts_on_rank(0)) if p.placement.ep and spec.model.is_moe else "-"
         pools.add_row(role, str(len(ps)), str(p.devices), str(p.dies), nodes, str(p.ep), str(p.tp), str(p.dp),
-                      epd, f"{p.tokens_per_die:,}")
+                      epd, f"{p.tokens_per_die:,.4g}")
     if plan.caching:
         c = plan.caching
         pools.add_row("caching", "1", f"{c.cpus} CPU", "-", f"{c.nodes}", "-", "-", "-", "-", "-")

@@ -14,13 +14,18 @@ def render_prediction(con, prediction, *, top: int = 12) -> None:
         p = prediction.prefill
         head.add_row("prefill", f"{p.tokens_per_s_per_device:,.0f}", f"{p.step_ms:,.1f}",
                      f"TTFT {p.ttft_ms:,.1f} ms", f"{p.tokens_per_device:,} tok")
-        lines.append(f"prefill: KV transfer to decode {p.kv_transfer_ms:.1f} ms per prompt; microbatches {p.microbatches}")
+        if p.chunks_per_prompt is None:
+            lines.append(f"prefill: KV transfer to decode {p.kv_transfer_ms:.1f} ms per prompt; microbatches "
+                         f"{p.microbatches}")
+        else:
+            lines.append(f"prefill (agg): {p.chunks_per_prompt} chunk(s) of {p.chunk_tokens_per_group:,} tokens per "
+                         f"prompt; wait for the step budget {p.budget_wait_ms:,.1f} ms")
     if prediction.decode:
         d = prediction.decode
         head.add_row("decode", f"{d.tokens_per_s_per_device:,.0f}", f"{d.step_ms:,.2f}",
-                     f"TPOT {d.tpot_ms:,.2f} ms", f"{d.batch_per_device} req")
-        lines.append(f"decode: {d.tokens_per_step:.2f} tokens/step (MTP drafts {d.mtp_draft_tokens}); KV length "
-                     f"{d.kv_len:,}; microbatches {d.microbatches}")
+                     f"TPOT {d.tpot_ms:,.2f} ms", f"{d.batch_per_device:g} req")
+        lines.append(f"decode: {d.batch_per_group:,} requests per attention group; {d.tokens_per_step:.2f} tokens/step "
+                     f"(MTP drafts {d.mtp_draft_tokens}); KV length {d.kv_len:,}; microbatches {d.microbatches}")
     con.print(head)
     for line in lines:
         con.print(f"[dim]{line}[/]")

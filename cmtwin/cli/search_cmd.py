@@ -43,7 +43,7 @@ def candidate_rows(result) -> list[tuple[float, str, float]]:
                  (t, "search.mode", MODE_CODES.index(c.mode)), (t, "search.concurrency", c.concurrency),
                  (t, "search.decode.devices", d.devices), (t, "search.decode.instances", c.decode_instances),
                  (t, "search.decode.tp", d.tp), (t, "search.decode.moe_tp", d.moe_tp), (t, "search.decode.ep", d.ep),
-                 (t, "search.decode.pp", d.pp), (t, "search.decode.batch_per_device", d.batch_per_device),
+                 (t, "search.decode.pp", d.pp), (t, "search.decode.batch_per_group", d.batch_per_group),
                  (t, "search.decode.microbatches", d.microbatches), (t, "search.mtp.draft_tokens", d.mtp),
                  (t, "search.precision", PRECISION_CODES.index(d.precision)),
                  (t, "search.prefill.instances", c.prefill_instances)]
@@ -158,11 +158,11 @@ def _table(title: str, rows: list[dict]):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("#", "tok/s/dev", "TPOT ms", "TTFT ms", "layout", "batch/dev", "conc", "mb", "MTP", "prec", "bound"):
+    for col in ("#", "tok/s/dev", "TPOT ms", "TTFT ms", "layout", "batch/group", "conc", "mb", "MTP", "prec", "bound"):
         t.add_column(col, justify="left" if col == "layout" else "right", no_wrap=col == "#")
     for d in rows:
         dd = d["decode"]
         t.add_row(str(d["index"]), f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}",
-                  f"{d['ttft_ms']:.0f}", d["layout"], str(dd["batch_per_device"]), f"{d['concurrency']:,}", str(dd["microbatches"]), str(dd["mtp"]),
+                  f"{d['ttft_ms']:.0f}", d["layout"], str(dd["batch_per_group"]), f"{d['concurrency']:,}", str(dd["microbatches"]), str(dd["mtp"]),
                   dd["precision"], d["bottleneck"])
     return t

@@ -49,11 +49,16 @@ class Serving(Frozen):
     """disagg: separate prefill and decode pools; agg: one pool (the decode.* keys) serves both, with chunked
     prefill mixed into decode steps."""
     concurrency: int | None = Field(default=None, ge=1)
-    """Total concurrent requests over all decode (or aggregated) instances; when set, the batch per device
-    follows from it (concurrency / devices) instead of decode.batch_per_device."""
-    chunk_tokens: int | None = Field(default=None, ge=1)
-    """agg: prefill tokens per die per step (the chunk budget); default: the steady-state need,
-    batch x tokens per step x prompt_len / output_len."""
+    """Total concurrent requests over all decode (or aggregated) instances; when set, the batch follows from it
+    (concurrency / (instances x attention groups), rounded to whole requests per group) instead of
+    decode.batch_per_group / decode.batch_per_device."""
+    engine: Literal["sglang", "vllm"] = "sglang"
+    """agg: whose scheduler sets the per-step token budget's default and scope (cmtwin/twin/agg.py): SGLang's
+    --chunked-prefill-size is per instance and divided over the DP-attention groups; vLLM's
+    --max-num-batched-tokens is per engine core, one per DP rank."""
+    max_batched_tokens: int | None = Field(default=None, ge=1)
+    """agg: the token budget of one engine step (decode tokens plus the prefill chunk), as the engine's flag
+    (SGLang --chunked-prefill-size, vLLM --max-num-batched-tokens); null: the engine's default for the device."""
 
 
 class PrefillSpec(Frozen):
@@ -106,7 +111,10 @@ class DecodeSpec(Frozen):
     dedicated_shared_ranks: int = Field(default=0, ge=0)
     """Ranks holding only a shared-expert replica (0 = colocated on every rank)."""
     batch_per_device: int = Field(ge=1)
-    """Concurrent requests per device (split evenly over its dies)."""
+    """Concurrent requests per device (split evenly over its dies); a TP group of t dies serves t x that."""
+    batch_per_group: int | None = Field(default=None, ge=1)
+    """Concurrent requests per attention group (a DP rank, or a TP group of `tp` dies); when set it replaces
+    batch_per_device, so TP16 at 2 or 77 requests can be asked (2/16 or 77/16 requests per die)."""
     microbatches: int = Field(default=2, ge=1, le=2)
     """2 = two microbatches interleaved on two streams with split cores; 1 = off."""
     max_tokens_per_rank: int | None = Field(default=None, ge=1)
@@ -269,14 +277,26 @@ class Spec(Frozen):
     """The decode pool (with serving.mode=agg: the one pool serving both phases)."""
 
     @property
-    def decode_batch_per_device(self) -> int:
-        """Requests per device: from serving.concurrency when given, else decode.batch_per_device (rounded
-        to whole requests per die)."""
-        if self.serving.concurrency is None or not self.decode.devices:
-            return self.decode.batch_per_device
-        dies = self.hardware.dies
-        per_die = max(1, round(self.serving.concurrency / (self.decode.instances * self.decode.devices * dies)))
-        return per_die * dies
+    def decode_groups(self) -> int:
+        """Attention groups (DP ranks or TP groups) of one decode instance: ranks / (tp x pp)."""
+        d = self.decode
+        return max(1, d.devices * self.hardware.dies // (d.tp * d.pp))
+
+    @property
+    def decode_batch_per_group(self) -> int:
+        """Concurrent requests per attention group: from serving.concurrency when given (rounded to whole
+        requests per group), else decode.batch_per_group, else decode.batch_per_device's share (per die x tp)."""
+        d = self.decode
+        if self.serving.concurrency is not None and d.devices:
+            return max(1, round(self.serving.concurrency / (d.instances * self.decode_groups)))
+        if d.batch_per_group is not None:
+            return d.batch_per_group
+        return d.batch_per_device // self.hardware.dies * d.tp
+
+    @property
+    def decode_batch_per_die(self) -> float:
+        """Requests per die: a TP group's requests over its dies (fractional below one request per die)."""
+        return self.decode_batch_per_group / self.decode.tp
     caching: CachingSpec = CachingSpec()
     """The caching pool."""
     mtp: MTPSpec = MTPSpec()
@@ -320,7 +340,7 @@ class Spec(Frozen):
             if d.tp_mode != "allreduce":
                 errors.append(f"decode.tp_mode={d.tp_mode}: the staged SP-TP-SP form is a prefill layout; "
                               "use decode.tp_mode=allreduce")
-            if d.batch_per_device % dies:
+            if d.batch_per_group is None and d.batch_per_device % dies:
                 errors.append(f"decode.batch_per_device ({d.batch_per_device}) must split evenly over the "
                               f"{dies} dies of a device")
         if self.serving.mode == "agg":

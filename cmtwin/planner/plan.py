@@ -17,7 +17,7 @@ from cmtwin.planner.layout import Layout, layout_of
 from cmtwin.planner.memory import GIB, MemoryBreakdown, die_memory
 from cmtwin.planner.placement import ExpertPlacement, place_experts
 from cmtwin.topology.fabric import fabric_for
-from cmtwin.twin.step import agg_chunk_per_die
+from cmtwin.twin.agg import token_budget
 
 
 class DieRole(NamedTuple):
@@ -50,7 +50,7 @@ class Pool:
     tp: int
     dp: int  # attention data-parallel degree
     tokens_per_die: int  # prefill: tokens per forward; decode: tokens per step (batch x verify width)
-    batch_per_die: int  # decode: requests per die; prefill: prompts per die per forward
+    batch_per_die: float  # decode: requests per die (a TP group's / tp); prefill: prompts per die per forward
     placement: ExpertPlacement
     memory: MemoryBreakdown  # of the most loaded die kind
     memory_by_kind: dict[str, MemoryBreakdown]
@@ -175,7 +175,7 @@ def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> No
 
 
 def _pool(spec: Spec, *, role: str, instance: int, dies: list, layout: Layout, redundant: int,
-          dedicated: int, tokens_per_die: int, batch_per_die: int, kv_tokens: float,
+          dedicated: int, tokens_per_die: float, batch_per_die: float, kv_tokens: float,
           buffer_tokens: int) -> tuple[Pool, list[DieRole]]:
     ep, tp = layout.ep, layout.tp
     placement = place_experts(spec.model, phase=role, ep=ep, redundant=redundant, dedicated_shared=dedicated,
@@ -254,10 +254,10 @@ def compile_plan(spec: Spec) -> Plan:
         n = dcfg.devices * dpd
         dies = free[cursor:cursor + n]
         cursor += n
-        batch = spec.decode_batch_per_device // dpd
+        batch = spec.decode_batch_per_die
         tokens = batch * (1 + k)
-        if spec.serving.mode == "agg":
-            tokens += agg_chunk_per_die(spec, batch)
+        if spec.serving.mode == "agg":  # activations of the largest step: the whole step budget
+            tokens = max(tokens, token_budget(spec).per_group / dcfg.tp)
         lay = layout_of(dcfg, dcfg.devices, dpd)
         kv_tokens = batch * (spec.workload.decode_kv_len + k) * lay.kv_replication(spec.model)
         buffer_tokens = dcfg.max_tokens_per_rank or tokens

@@ -50,7 +50,7 @@ class DecodeEval:
     pp: int
     redundant: int
     dedicated: int
-    batch_per_device: int
+    batch_per_group: int  # requests per attention group (DP rank or TP group)
     microbatches: int
     mtp: int
     precision: str
@@ -58,7 +58,17 @@ class DecodeEval:
     tokens_per_s_per_device: float
     tokens_per_step: float  # accepted tokens per request and step (MTP)
     ttft_ms: float | None = None  # agg: chunked prefill of a prompt between decode steps
-    chunk_tokens: int = 0  # agg: prefill tokens per die per step
+    chunk_tokens: float = 0.0  # agg: prefill tokens per die in the mean step
+    dies_per_device: int = 1
+
+    @property
+    def groups(self) -> int:
+        """Attention groups of one instance."""
+        return self.devices * self.dies_per_device // (self.tp * self.pp)
+
+    @property
+    def batch_per_device(self) -> float:
+        return self.batch_per_group * self.groups / self.devices
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,7 @@ class Candidate:
     @property
     def concurrency(self) -> int:
         """Concurrent requests over all decode (agg) instances."""
-        return self.decode.batch_per_device * self.decode.devices * self.decode_instances
+        return self.decode.batch_per_group * self.decode.groups * self.decode_instances
 
     def layout(self) -> str:
         """e.g. 'agg 1x8 [TP8 EP8]' or 'disagg decode 1x8 [DP8 EP8] + prefill 1x8 [TP8 EP8]'."""
@@ -132,7 +142,7 @@ class Candidate:
             "serving": {"mode": d.mode, "concurrency": None},
             "decode": {"devices": d.devices, "instances": self.decode_instances, "ep": d.ep, "moe_tp": d.moe_tp,
                        "tp": d.tp, "pp": d.pp, "redundant_experts": d.redundant, "dedicated_shared_ranks": d.dedicated,
-                       "batch_per_device": d.batch_per_device, "microbatches": d.microbatches},
+                       "batch_per_group": d.batch_per_group, "microbatches": d.microbatches},
             "prefill": {"instances": 0},
         }
         if p is not None:
@@ -150,7 +160,8 @@ class Candidate:
         return out
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "layout": self.layout(), "decode": asdict(self.decode),
+        return {"mode": self.mode, "layout": self.layout(),
+                "decode": {**asdict(self.decode), "batch_per_device": round(self.decode.batch_per_device, 4)},
                 "prefill": asdict(self.prefill) if self.prefill else None,
                 "decode_instances": self.decode_instances, "prefill_instances": self.prefill_instances,
                 "devices": self.devices, "concurrency": self.concurrency,
@@ -326,8 +337,8 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
     devices, modes = args
     from cmtwin.planner.plan import compile_plan
     from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin.agg import agg_prefill
     from cmtwin.twin.step import decode_step
-    from cmtwin.twin.predict import agg_ttft
 
     spec = _SPEC
     s = spec.search
@@ -337,17 +348,19 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
     out: list[DecodeEval] = []
     tally = _Tally()
     mbs = sorted(set(s.microbatches))
-    batches = sorted({b for b in s.decode_batches if b % dies == 0})
+    per_die = sorted({b // dies for b in s.decode_batches if b % dies == 0})
     layouts = phase_layouts(spec, "decode", devices)
-    b0 = batches[0]
     for prec, mode, lay in product(_precisions(spec), modes, layouts):
+        # requests per attention group: the per-device grid's share of a group, and the small batches
+        batches = sorted({b * lay["tp"] for b in per_die} | set(s.group_batches))
+        b0 = batches[0]
         bound = None  # the batches that fit with the fewest drafts; more drafts need more memory (weights, KV)
         for k in _mtps(spec):
             known = None
             try:
                 v = _variant(spec, precision=prec, mtp={"draft_tokens": k}, prefill={"instances": 0},
                              serving={"mode": mode, "concurrency": None},
-                             decode={"devices": devices, "instances": 1, **lay, "batch_per_device": b0},
+                             decode={"devices": devices, "instances": 1, **lay, "batch_per_group": b0},
                              slo={"tpot_ms": None, "ttft_ms": None})
                 if bound is None:
                     known = (b0, compile_plan(v))
@@ -359,19 +372,28 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
                 tally.prune(len(batches) * len(mbs), exc)
                 continue
             tally.prune((len(batches) - len(bound)) * len(mbs))
-            fits, plan = _largest_that_compiles(v, bound, "decode", "batch_per_device", tally, len(mbs), known)
+            fits, plan = _largest_that_compiles(v, bound, "decode", "batch_per_group", tally, len(mbs), known)
             if known is not None:
                 bound = fits  # what compiles with the fewest drafts bounds what compiles with more
             for b, m in product(fits, mbs):
-                r = decode_step(v, plan, hw, fabric, batch_per_die=b // dies, microbatches=m)
+                r = decode_step(v, plan, hw, fabric, batch_per_die=b / lay["tp"], microbatches=m)
                 tally.calls += 1
+                ttft, tps = None, r.tokens_per_s_per_device
+                if mode == "agg":
+                    try:
+                        a = agg_prefill(v, plan, hw, fabric, batch_per_die=b / lay["tp"], decode_step_us=r.step_us,
+                                        tokens_per_step=r.tokens_per_step, verify_tokens=r.verify_tokens, microbatches=m)
+                    except CmtwinError as exc:  # the decodes fill the step budget
+                        tally.prune(1, exc)
+                        continue
+                    ttft, tps = a.ttft_ms, a.tokens_per_s_per_device
                 out.append(DecodeEval(mode=mode, devices=devices, tp=lay["tp"], moe_tp=lay["moe_tp"], ep=lay["ep"],
                                       pp=lay["pp"], redundant=lay["redundant_experts"],
-                                      dedicated=lay["dedicated_shared_ranks"], batch_per_device=b, microbatches=m,
+                                      dedicated=lay["dedicated_shared_ranks"], batch_per_group=b, microbatches=m,
                                       mtp=k, precision=prec, tpot_ms=r.tpot_ms,
-                                      tokens_per_s_per_device=r.tokens_per_s_per_device,
-                                      tokens_per_step=r.tokens_per_step, ttft_ms=agg_ttft(v, r)[1] if mode == "agg" else None,
-                                      chunk_tokens=r.chunk_tokens))
+                                      tokens_per_s_per_device=tps,
+                                      tokens_per_step=r.tokens_per_step, ttft_ms=ttft, chunk_tokens=r.chunk_tokens,
+                                      dies_per_device=dies))
     return out, tally
 
 
@@ -518,8 +540,9 @@ def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillE
     for d in decode:
         dec = decode_requests_per_s(slots=d.devices * d.batch_per_device, step_s=d.tpot_ms * d.tokens_per_step / 1e3,
                                     tokens_per_step=d.tokens_per_step, output_len=w.output_len)  # one instance
-        if d.mode == "agg":
+        if d.mode == "agg":  # the closed loop's request rate (prompts may wait for the step budget)
             k = budget // d.devices
+            dec = d.tokens_per_s_per_device * d.devices / w.output_len
             out.append(Candidate(d, None, k, 0, k * d.devices, k * dec, d.tokens_per_s_per_device, d.tpot_ms,
                                  d.ttft_ms, "agg", dies))
             continue
@@ -610,7 +633,7 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
         if progress:
             progress("twin", done, len(tasks))
     decode.sort(key=lambda e: (MODE_CODES.index(e.mode), e.devices, e.tp, e.moe_tp, e.pp, e.precision, e.mtp,
-                               e.batch_per_device, e.microbatches))
+                               e.batch_per_group, e.microbatches))
     prefill.sort(key=lambda e: (e.devices_per_instance, e.tp, e.moe_tp, e.pp, e.precision, e.mtp, e.tokens_per_device))
     t1 = time.perf_counter()
     useful_p = undominated_prefill(prefill)

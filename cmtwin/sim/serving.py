@@ -274,13 +274,18 @@ class Simulator:
                 self.trace_window, name = chunk_window(trace, self.duration), "(in memory)"
             check_window(self.trace_window, name, warmup_s=self.warmup)
         # --- the decode (or aggregated) instances: one layout, so one set of tables
+        # ranks are attention groups (a DP rank, or a TP group of tp dies): requests are placed on a group, whose
+        # KV room in request tokens is a die's over its replication (MLA under TP keeps the group's latent per die)
         dpool = decode_pools[0]
-        self.ranks = dpool.dies
-        self.batch_cap = dpool.batch_per_die
-        self.kv_cap = int(kv_capacity_per_die if kv_capacity_per_die is not None else dpool.memory.kv_token_capacity)
+        tp = dpool.layout.tp
+        self.tp = tp
+        self.ranks = dpool.dies // tp
+        self.batch_cap = round(dpool.batch_per_die * tp)
+        die_kv = kv_capacity_per_die if kv_capacity_per_die is not None else dpool.memory.kv_token_capacity
+        self.kv_cap = int(die_kv * tp / dpool.layout.kv_replication(spec.model))
         self.kv_bytes = dpool.memory.kv_bytes_per_token
         self.drafts = spec.mtp.draft_tokens
-        self.decoders = [DecodeInstance(k, pool.devices, pool.dies, self.batch_cap, self.kv_cap)
+        self.decoders = [DecodeInstance(k, pool.devices, self.ranks, self.batch_cap, self.kv_cap)
                          for k, pool in enumerate(decode_pools)]
         self.decode_devices = sum(d.devices for d in self.decoders)
         max_prompt = self.trace_window.max_prompt if trace is not None else (w.prompt_len if w.length_dist == "fixed" or w.prompt_cv == 0 else w.max_len)
@@ -298,18 +303,22 @@ class Simulator:
         # --- cost tables (the twin, sampled once), prefill lines and capacity
         self.instances: list[PrefillInstance] = []
         if self.agg:
+            from cmtwin.twin.agg import token_budget
             from cmtwin.twin.step import agg_chunk_per_die
 
-            self.chunk = agg_chunk_per_die(spec, self.batch_cap)  # prefill tokens per die per step (budget)
+            # each group's step budget (the engine's), less its decode tokens, goes to its prompts' chunks
+            self.group_budget = token_budget(spec).per_group
+            self.verify = 1 + spec.mtp.draft_tokens
             if tables is None:
                 tables = (AggDecodeTable(spec, plan, hw, fabric, max_batch=self.batch_cap, max_kv=max_kv,
-                                         max_chunk=self.chunk), None)
+                                         max_chunk=math.ceil(self.group_budget / tp)), None)
             self.dtable, self.ptable = tables
-            self.inst_budget = self.chunk * self.ranks
-            dstep = self.dtable.step_us(self.batch_cap, w.decode_kv_len, self.chunk) / 1e6
+            chunk = agg_chunk_per_die(spec, dpool.batch_per_die)  # the steady-state need per die
+            dstep = self.dtable.step_us(self.batch_cap, w.decode_kv_len, chunk) / 1e6
             self.full_forward_s = dstep
-            self.prefill_capacity = prefill_requests_per_s(tokens_per_s=len(self.decoders) * self.inst_budget / dstep,
-                                                           prompt_len=w.prompt_len)
+            self.prefill_capacity = prefill_requests_per_s(
+                tokens_per_s=len(self.decoders) * self.ranks * (self.group_budget - self.batch_cap * self.verify) / dstep,
+                prompt_len=w.prompt_len)
         else:
             tpd = prefill_pools[0].tokens_per_die
             if tables is None:
@@ -560,9 +569,9 @@ class Simulator:
             self._decode(d, heapq.heappop(ready)[2])
 
     def _agg_plan_step(self, d: DecodeInstance) -> int:
-        """Aggregated serving: give waiting prompts a slot (FCFS; the batching policy picks the die), then spend the
-        step's prefill budget (chunk per die x ranks) on the prefilling prompts in FCFS order. Returns the prefill
-        tokens of the step; the prompts it completes go to d.step_done."""
+        """Aggregated serving: give waiting prompts a slot (FCFS; the batching policy picks the group), then spend
+        each group's step budget left after its decode tokens on its prefilling prompts in FCFS order. Returns the
+        prefill tokens of the step; the prompts it completes go to d.step_done."""
         q = d.queue
         slots = d.ranks * d.cap
         while q and d.held < slots and self._slot(d, q[0]):
@@ -570,14 +579,15 @@ class Simulator:
             r.todo, r.hit = r.prompt, 0
             d.prefilling.append(r)
             self.in_prefill += 1
-        left = self.inst_budget
+        left = self.group_budget - d.rank_dec * self.verify
         tokens = 0
         for r in d.prefilling:
-            if left <= 0:
-                break
-            take = min(r.todo, left)
+            room = left[r.rank]
+            if room <= 0:
+                continue
+            take = min(r.todo, int(room))
             r.todo -= take
-            left -= take
+            left[r.rank] -= take
             tokens += take
             if r.todo == 0:
                 d.step_done.append(r)
@@ -589,8 +599,7 @@ class Simulator:
         if not done:
             return
         d.step_done = []
-        for _ in range(len(done)):
-            d.prefilling.popleft()  # FCFS: the finished prompts are the oldest ones
+        d.prefilling = deque(r for r in d.prefilling if r.todo > 0)  # each group finishes its own prompts
         self.in_prefill -= len(done)
         for r in done:
             self.totals.prompt_tokens += r.prompt
@@ -629,7 +638,7 @@ class Simulator:
         if self.agg:
             d.step_chunk = chunk
             self.totals.computed_tokens += chunk
-            dt = self.dtable.step_us(max(int(d.rank_dec.max()), 1), kv, chunk / d.ranks) / 1e6
+            dt = self.dtable.step_us(max(int(d.rank_dec.max()), 1), kv, chunk / d.ranks / self.tp) / 1e6
         else:
             dt = self.dtable.step_us(int(d.rank_count.max()), kv) / 1e6
         d.batch_sum += d.n_active

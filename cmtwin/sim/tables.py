@@ -58,7 +58,8 @@ class Table2D:
 
 
 class DecodeTable:
-    """Decode step time (µs) over requests per die x mean context length."""
+    """Decode step time (µs) over requests per attention group (a DP rank, or a TP group: requests per die x tp)
+    x mean context length."""
 
     def __init__(self, spec, plan, hw, fabric, *, max_batch: int, max_kv: int, microbatches: int | None = None,
                  kv_points: int = 10):
@@ -70,7 +71,8 @@ class DecodeTable:
         tps = 1.0
         for a, b in enumerate(self.batches):
             for c, kv in enumerate(self.kvs):
-                r = decode_step(spec, plan, hw, fabric, batch_per_die=b, kv_len=kv, microbatches=microbatches)
+                r = decode_step(spec, plan, hw, fabric, batch_per_die=b / spec.decode.tp, kv_len=kv,
+                                microbatches=microbatches)
                 vals[a, c] = r.step_us
                 tps = r.tokens_per_step
         self.tokens_per_step = tps
@@ -82,8 +84,8 @@ class DecodeTable:
 
 
 class AggDecodeTable:
-    """Aggregated serving: decode step time (µs) over requests per die x mean context x prefill chunk tokens per
-    die mixed into the step (the twin's decode_step(..., chunk_tokens=)); linear in the chunk between grid
+    """Aggregated serving: decode step time (µs) over requests per attention group x mean context x prefill chunk
+    tokens per die mixed into the step (the twin's decode_step(..., chunk_tokens=)); linear in the chunk between grid
     points, chunk 0 being a pure decode step."""
 
     def __init__(self, spec, plan, hw, fabric, *, max_batch: int, max_kv: int, max_chunk: int,
@@ -100,8 +102,8 @@ class AggDecodeTable:
             vals = np.empty((len(self.batches), len(self.kvs)))
             for a, b in enumerate(self.batches):
                 for c, kv in enumerate(self.kvs):
-                    r = decode_step(spec, plan, hw, fabric, batch_per_die=b, kv_len=kv, microbatches=microbatches,
-                                    chunk_tokens=ch)
+                    r = decode_step(spec, plan, hw, fabric, batch_per_die=b / spec.decode.tp, kv_len=kv,
+                                    microbatches=microbatches, chunk_tokens=ch)
                     vals[a, c] = r.step_us
                     tps = r.tokens_per_step
             self.tables.append(Table2D(self.batches, self.kvs, vals))

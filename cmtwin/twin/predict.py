@@ -6,7 +6,7 @@ largest that meets it; with `slo.ttft_ms` the prefill tokens per device likewise
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cmtwin.twin.breakdown import Row
@@ -60,14 +60,9 @@ def _round(x: float, n: int = 3) -> float:
     return float(f"{x:.{n}f}")
 
 
-def agg_ttft(spec, r) -> tuple[int, float]:
-    """Aggregated serving (one pool serves both phases): every step of `r` (a DecodeResult) carries r.chunk_tokens
-    prefill tokens per die and a prompt is prefilled chunk by chunk, one prompt per die at a time:
-    (chunks per prompt, TTFT ms)."""
-    import math
-
-    steps = math.ceil(spec.workload.prompt_len / r.chunk_tokens)
-    return steps, steps * r.step_us / 1e3
+def _count(x: float) -> float | int:
+    """A request count as printed: whole when it is whole, else to 4 decimals."""
+    return int(round(x)) if abs(x - round(x)) < 1e-9 else _round(x, 4)
 
 
 def predict(spec, plan) -> Prediction:
@@ -116,10 +111,12 @@ def _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> tuple[D
         batch, note = search_decode_batch(spec, plan, hw, fabric, spec.slo.tpot_ms)
         notes.append(note)
     r = decode_step(spec, plan, hw, fabric, batch_per_die=batch)
-    agg = spec.serving.mode == "agg" and r.chunk_tokens
+    agg = spec.serving.mode == "agg"
     decode = DecodeFigures(
         tokens_per_s_per_device=_round(r.tokens_per_s_per_device, 1), tpot_ms=_round(r.tpot_ms),
-        batch_per_device=r.batch_per_device, step_ms=_round(r.step_us / 1e3), tokens_per_step=_round(r.tokens_per_step, 4),
+        batch_per_device=_count(r.batch_per_device), batch_per_group=round(r.batch_per_device / spec.hardware.dies
+                                                                            * spec.decode.tp),
+        step_ms=_round(r.step_us / 1e3), tokens_per_step=_round(r.tokens_per_step, 4),
         kv_len=r.kv_len, microbatches=spec.decode.microbatches, mtp_draft_tokens=r.draft_tokens,
         # a speculation policy's tree (PPD) verifies other than 1 + drafts tokens per request
         verify_tokens_per_request=r.verify_tokens if r.verify_tokens != 1 + r.draft_tokens else None,
@@ -128,12 +125,22 @@ def _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> tuple[D
     bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
     if not agg:
         return decode, None
-    steps, ttft_ms = agg_ttft(spec, r)
+    from cmtwin.twin.agg import agg_prefill
+
+    a = agg_prefill(spec, plan, hw, fabric, batch_per_die=r.batch_per_device / spec.hardware.dies,
+                    decode_step_us=r.step_us, tokens_per_step=r.tokens_per_step, verify_tokens=r.verify_tokens)
+    notes.append(f"agg: step budget {a.budget.per_group:,} tokens per attention group ({a.budget.label}); "
+                 f"a {spec.workload.prompt_len:,}-token prompt takes {a.chunks_per_prompt} chunk(s) of "
+                 f"{a.chunk_tokens:,}, waits {a.wait_ms:,.1f} ms for the budget (utilisation {a.budget_utilisation:.0%})")
+    decode = replace(decode, tokens_per_s_per_device=_round(a.tokens_per_s_per_device, 1))
     return decode, PrefillFigures(
         tokens_per_s_per_device=_round(r.chunk_tokens * spec.hardware.dies / (r.step_us / 1e6), 1),
-        step_ms=_round(r.step_us / 1e3), ttft_ms=_round(ttft_ms), tokens_per_device=r.chunk_tokens * spec.hardware.dies,
-        kv_transfer_ms=0.0, microbatches=spec.decode.microbatches, chunk_tokens_per_die=r.chunk_tokens,
-        chunks_per_prompt=steps)
+        step_ms=_round(a.chunk_step_us / 1e3), ttft_ms=_round(a.ttft_ms),
+        tokens_per_device=round(a.chunk_tokens * spec.hardware.dies / spec.decode.tp),
+        kv_transfer_ms=0.0, microbatches=spec.decode.microbatches, chunk_tokens_per_die=_round(r.chunk_tokens, 2),
+        chunks_per_prompt=a.chunks_per_prompt, step_budget_tokens=a.budget.per_group,
+        chunk_tokens_per_group=a.chunk_tokens, budget_wait_ms=_round(a.wait_ms),
+        budget_utilisation=_round(a.budget_utilisation, 4))
 
 
 def _policy_tables(spec, plan, hw, fabric, rows, *, with_decode: bool) -> dict[str, Any]:

@@ -13,11 +13,11 @@ class DecodeResult:
     """One decode step of the plan's decode ranks."""
 
     step_us: float
-    chunk_tokens: int  # agg: prefill tokens per die mixed into each step (0 when disaggregated)
+    chunk_tokens: float  # agg: prefill tokens per die mixed into the step (0 when disaggregated)
     tpot_ms: float
     tokens_per_step: float
     tokens_per_s_per_device: float
-    batch_per_device: int
+    batch_per_device: float  # requests per device (fractional when a TP group serves fewer than one per die)
     kv_len: int
     ledger: Ledger
     streams: dict[str, float]  # per-step busy time per stream
@@ -54,8 +54,12 @@ class PrefillFigures:
     tokens_per_device: int
     kv_transfer_ms: float
     microbatches: int
-    chunk_tokens_per_die: int | None = None  # agg: prefill tokens per die per decode step
+    chunk_tokens_per_die: float | None = None  # agg: prefill tokens per die in the mean decode step
     chunks_per_prompt: int | None = None  # agg: decode steps a prompt's prefill spans
+    step_budget_tokens: int | None = None  # agg: the engine's token budget per step of an attention group
+    chunk_tokens_per_group: int | None = None  # agg: a full chunk, the budget left after the decode tokens
+    budget_wait_ms: float | None = None  # agg: mean wait of a prompt for the budget (in TTFT)
+    budget_utilisation: float | None = None  # agg: share of steps carrying a prompt's chunks
 
     def to_dict(self) -> dict:
         return _present(self)
@@ -67,7 +71,8 @@ class DecodeFigures:
 
     tokens_per_s_per_device: float
     tpot_ms: float
-    batch_per_device: int
+    batch_per_device: float
+    batch_per_group: int  # requests per attention group (a DP rank, or a TP group)
     step_ms: float
     tokens_per_step: float
     kv_len: int

@@ -30,27 +30,32 @@ from cmtwin.twin.blocks import (
 from cmtwin.twin.results import DecodeResult, PrefillResult
 
 
-def agg_chunk_per_die(spec, batch_per_die: int) -> int:
-    """Aggregated serving: prefill tokens a die mixes into each decode step. Default: the steady-state need,
-    every request bringing prompt_len prefill tokens per output_len tokens it decodes."""
-    if spec.serving.chunk_tokens is not None:
-        return spec.serving.chunk_tokens
+def agg_chunk_per_die(spec, batch_per_die: float) -> float:
+    """Aggregated serving: prefill tokens a die mixes into the mean decode step, the steady-state need (every
+    request brings prompt_len prefill tokens per output_len tokens it decodes), at most what the step budget leaves
+    after the decode tokens (cmtwin.twin.agg)."""
+    from cmtwin.twin.agg import token_budget
+
     tps = spec.mtp.tokens_per_step if spec.mtp.draft_tokens else 1.0
     w = spec.workload
-    return max(1, math.ceil(batch_per_die * tps * w.prompt_len / w.output_len))
+    tp = spec.decode.tp
+    need = batch_per_die * tps * w.prompt_len / w.output_len
+    room = (token_budget(spec).per_group - batch_per_die * tp * (1 + spec.mtp.draft_tokens)) / tp
+    return max(0.0, min(need, room))
 
 
-def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_len: int | None = None,
-                microbatches: int | None = None, chunk_tokens: int | None = None, effect=None) -> DecodeResult:
-    """One decode step of the plan's decode ranks. batch_per_die, kv_len (mean context of the batch) and
-    microbatches default to the spec's; the simulator and the SLO search pass their own."""
+def decode_step(spec, plan, hw, fabric, *, batch_per_die: float | None = None, kv_len: int | None = None,
+                microbatches: int | None = None, chunk_tokens: float | None = None, effect=None) -> DecodeResult:
+    """One decode step of the plan's decode ranks. batch_per_die (requests per die: a TP group's requests / tp, so
+    fractional below one per die), kv_len (mean context of the batch) and microbatches default to the spec's; the
+    simulator and the SLO search pass their own. chunk_tokens: agg prefill tokens per die in the step."""
     from cmtwin.twin.effects import combined_effect
 
     eff = effect if effect is not None else combined_effect(spec, plan, hw, fabric)
     model = spec.model
     b = batch_per_die if batch_per_die is not None else plan.pools_of("decode")[0].batch_per_die
     k = spec.mtp.draft_tokens if eff.draft_tokens is None else eff.draft_tokens
-    m = max(1, min(microbatches or spec.decode.microbatches, b))
+    m = max(1, min(microbatches or spec.decode.microbatches, round(b * spec.decode.tp)))  # whole requests per group
     verify = 1 + k if eff.verify_tokens is None else eff.verify_tokens
     if chunk_tokens is None and spec.serving.mode == "agg":
         chunk_tokens = agg_chunk_per_die(spec, b)
@@ -72,7 +77,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: int | None = None, kv_
     tps = (eff.tokens_per_step if eff.tokens_per_step is not None
            else spec.mtp.tokens_per_step if k else 1.0) * eff.text_per_token
     dpd = spec.hardware.dies
-    return DecodeResult(step_us=step, chunk_tokens=int(chunk_tokens or 0), tpot_ms=step / tps / 1e3,
+    return DecodeResult(step_us=step, chunk_tokens=chunk_tokens or 0.0, tpot_ms=step / tps / 1e3,
                         tokens_per_step=tps, tokens_per_s_per_device=dpd * b * tps / (step / 1e6),
                         batch_per_device=b * dpd, kv_len=kv, ledger=ctx.ledger, streams=ctx.ledger.streams(),
                         draft_tokens=k, verify_tokens=verify)
