@@ -351,8 +351,9 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
     per_die = sorted({b // dies for b in s.decode_batches if b % dies == 0})
     layouts = phase_layouts(spec, "decode", devices)
     for prec, mode, lay in product(_precisions(spec), modes, layouts):
-        # requests per attention group: the per-device grid's share of a group, and the small batches
-        batches = sorted({b * lay["tp"] for b in per_die} | set(s.group_batches))
+        # requests per attention group: the per-device grid's share of a group, and for a TP group the small
+        # batches (a DP rank's small batches are the per-device grid's own)
+        batches = sorted({b * lay["tp"] for b in per_die} | (set(s.group_batches) if lay["tp"] > 1 else set()))
         b0 = batches[0]
         bound = None  # the batches that fit with the fewest drafts; more drafts need more memory (weights, KV)
         for k in _mtps(spec):

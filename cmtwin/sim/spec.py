@@ -73,8 +73,8 @@ class SearchSpec(Frozen):
         default_factory=lambda: [16, 32, 48, 64, 96, 128, 192, 256], min_length=1)
     """Decode batch per device to try (each layout tries its share per attention group: per die x tp)."""
     group_batches: list[_Count] = Field(default_factory=lambda: [1, 2, 4, 8])
-    """Requests per attention group (a DP rank or a TP group) tried on every layout besides decode_batches: the
-    low-latency points (TP8 at 4 requests, TP16 at 2)."""
+    """Requests per TP group tried on every layout with TP attention besides decode_batches: the low-latency points
+    (TP8 at 4 requests, TP16 at 2). A DP rank's batches are decode_batches' (list small ones there)."""
     decode_devices: list[_Count] | None = Field(default=None, min_length=1)
     """Devices per decode (or agg) instance to try (default: whole nodes; disagg up to the budget less the smallest
     prefill instance, agg for every replica count the largest instance that many fit in the budget)."""
