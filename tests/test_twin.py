@@ -63,6 +63,21 @@ def test_collective_constants_are_the_fit_of_the_operator_tables():
                 assert prof[fit.kind][f"efficiency_{role}"]["value"] == pytest.approx(eff, abs=0.0005)
 
 
+def test_scale_up_constants_are_the_fit_of_the_pplx_rows():
+    """Inside one NVLink node dispatch/combine carry pplx-kernels' cost (a fixed part and a rate from their EP8
+    rows at 1 and 128 tokens), not DeepEP's inter-node fit: the YAML carries what the calibration computes."""
+    from cmtwin.twin.calibration import h100_scale_up
+
+    fits = h100_scale_up()
+    for name in ("h100_sxm", "h200_sxm"):
+        prof = yaml.safe_load((conf_dir() / "hardware" / f"{name}.yaml").read_text())["collectives"]
+        for kind, (fixed, eff) in fits.items():
+            assert prof[kind]["fixed_us_scale_up"]["value"] == pytest.approx(fixed, abs=0.05)
+            assert prof[kind]["efficiency_scale_up"]["value"] == pytest.approx(eff, abs=0.0005)
+            assert prof[kind]["fixed_us"]["value"] > fixed  # the inter-node kernel's start-up costs more
+            assert eff < 0.5  # about 100-140 of 450 GB/s: the kernel bounds the rate
+
+
 def test_collective_fits_never_beat_the_measured_link_ceiling():
     """A dispatch/combine kernel cannot move bytes faster than the best transfer measured on the same links
     (CM384 Table 1; ISCA'25 for NVLink; IB's line rate): the fit explains the rest with the kernel's fixed cost."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmtwin.twin import comm
-from cmtwin.twin.reference import CM384_DISPATCH_COMBINE, CM384_UB, DEEPEP_LL_H800, ISCA_LINKS
+from cmtwin.twin.reference import CM384_DISPATCH_COMBINE, CM384_UB, DEEPEP_LL_H800, ISCA_LINKS, PPLX_EP8_H100
 from cmtwin.twin.load import distinct_ranks_per_token
 
 HIDDEN, EXPERTS, TOPK = 7168, 256, 8  # DeepSeek-V3 shapes the tables were measured with
@@ -148,6 +148,29 @@ def h800_fits() -> list[CollectiveFit]:
     return [fit_collective(fab, DEEPEP_LL_H800, k, p.message_bytes(k, HIDDEN)) for k in ("dispatch", "combine")]
 
 
+def h100_scale_up() -> dict[str, tuple[float, float]]:
+    """(fixed_us_scale_up, efficiency_scale_up) of a dispatch/combine kernel whose group stays inside one NVLink
+    node, solved from pplx-kernels' EP8 times at 1 and 128 tokens per rank: the volume between the two rows over
+    the time between them gives the rate the kernel reaches on NVLink (about 150 GB/s, as DeepEP's EP8 row on
+    the H800's slower NVLink: the kernel, not the link, bounds it); the 1-token time less path latency and its
+    volume at that rate is the fixed cost. A kernel on NVLink alone skips the RDMA proxy and its
+    synchronisation, which DeepEP's inter-node fit (`fixed_us`) carries."""
+    from cmtwin.model.precision import PRECISIONS
+
+    fab = _fabric("gpu_cluster", nodes=1, device_name="h100")
+    p = PRECISIONS["fp8"]
+    (t1, d1, c1), (t2, d2, c2) = PPLX_EP8_H100["rows"]
+    out = {}
+    for kind, m1, m2 in (("dispatch", d1, d2), ("combine", c1, c2)):
+        msg = p.message_bytes(kind, HIDDEN)
+        v1, _, lat, g = _volumes(fab, 8, t1, msg)
+        v2, _, _, _ = _volumes(fab, 8, t2, msg)
+        bw = g.intra_gbps / 8 * 1e3  # bytes per us
+        eff = (v2 - v1) / ((m2 - m1) * bw)
+        out[kind] = (round(m1 - lat - v1 / (eff * bw), 1), round(eff, 3))
+    return out
+
+
 def main() -> None:  # pragma: no cover - a report for people
     for title, fits in (("ascend_910c on cloudmatrix384 (paper Table 6)", cm384_fits()),
                         ("h800_sxm on gpu_cluster (DeepEP LL, 2025-06-05)", h800_fits())):
@@ -157,6 +180,9 @@ def main() -> None:  # pragma: no cover - a report for people
             print(f"{fit.kind}: fixed_us {fit.fixed_us}, {effs}; max rel err {fit.max_rel_err:.1%}")
             for ep, m, f in fit.rows:
                 print(f"  EP{ep:<4d} measured {m:7.1f} us  model {f:7.1f} us  ({(f - m) / m:+.1%})")
+    print("# h100_sxm / h200_sxm inside one NVLink node (pplx-kernels EP8, 1 and 128 tokens)")
+    for kind, (f, e) in h100_scale_up().items():
+        print(f"{kind}: fixed_us_scale_up {f}, efficiency_scale_up {e}")
 
 
 if __name__ == "__main__":  # pragma: no cover

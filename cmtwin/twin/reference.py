@@ -106,6 +106,17 @@ DEEPEP_LL_H800 = {
     ],
 }
 
+# MoE dispatch/combine kernels on NVLink only (one 8 x H100 node), NVSHMEM, 256 experts top-8, hidden 7168,
+# FP8 dispatch, BF16 combine (shared/reference/gpu_collectives_and_kernels.md section 2.1).
+PPLX_EP8_H100 = {
+    "source": "pplx-kernels README, Benchmark Results, EP8 NVLink on H100 (github.com/ppl-ai/pplx-kernels "
+              "@ 7af30594; conditions in its issue #10)",
+    "rows": [  # tokens per rank, dispatch_us, combine_us
+        (1, 41.6, 41.7),
+        (128, 83.6, 102.3),
+    ],
+}
+
 # DeepGEMM FP8 on H800 SXM5 (github.com/deepseek-ai/DeepGEMM README tables, 2025-02-25 to 2025-04-09).
 DEEPGEMM_DENSE = {
     "source": "DeepGEMM README dense FP8 GEMM table, 2025-04-09 (github.com/deepseek-ai/DeepGEMM)",

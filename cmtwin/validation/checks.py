@@ -88,7 +88,30 @@ def collective_checks() -> list[Check]:
                 out.append(Check(table.get("group", f"{hw.name} dispatch and combine"),
                                  f"EP{ep} {kind}, {table['tokens']} tokens/rank",
                                  meas, t.us, "us", table["source"], tol))
+    out += _nvlink_ep_checks()
     out += _nccl_checks()
+    return out
+
+
+def _nvlink_ep_checks() -> list[Check]:
+    """pplx-kernels on one 8 x H100 node (NVLink only): the 1-token rows set fixed_us_scale_up, the 128-token
+    rows show how the fixed + per-token split extrapolates."""
+    from cmtwin.topology.fabric import freeze_overrides, get_fabric
+    from cmtwin.twin import comm
+    from cmtwin.twin.load import distinct_ranks_per_token
+
+    spec = _load("r1_h100_ep72")
+    fab = get_fabric(spec.topology.file, freeze_overrides({**spec.topology.params, "nodes": 1}))
+    ids = tuple(d.id for d in fab.dies()[:8])
+    table = ref.PPLX_EP8_H100
+    out = []
+    for tokens, d_us, c_us in table["rows"]:
+        copies = tokens * distinct_ranks_per_token(8, 256, 8)
+        for kind, meas in (("dispatch", d_us), ("combine", c_us)):
+            t = comm.dispatch_combine(spec.hardware, fab, ids, kind=kind, send_copies=copies, recv_copies=copies,
+                                      msg_bytes=spec.prec.message_bytes(kind, spec.model.hidden))
+            out.append(Check("h100_sxm pplx-kernels EP8, one NVLink node", f"{kind}, {tokens} token(s)/rank", meas,
+                             t.us, "us", table["source"]))
     return out
 
 
