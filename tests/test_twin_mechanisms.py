@@ -289,6 +289,15 @@ def test_only_experts_that_receive_a_token_read_their_weights():
                    and r.operator.startswith("routed_experts"))
     small, large = routed_us(1), routed_us(64)
     assert small < 0.8 * large
+    # the acceptance of issue 25: at 4 requests per TP8 group fewer than 40 % of the local experts are read (no
+    # drafts: 4 decode tokens and about as many prefill tokens per mean step, x top-8 over 256), at 256 all of
+    # them; the prediction shows it
+    few = _predict("r1_h200_tp8_agg", "decode.batch_per_group=4", "mtp.draft_tokens=0").decode
+    many = _predict("r1_h200_tp8_agg", "decode.batch_per_group=256", "mtp.draft_tokens=0").decode
+    assert few.expert_slots_per_rank == many.expert_slots_per_rank == 32
+    assert few.experts_read_per_rank < 0.4 * 32
+    assert many.experts_read_per_rank == pytest.approx(32, abs=0.01)
+    assert few.tpot_ms < many.tpot_ms
 
 
 # --- MoE communication follows where the tokens are (issue 25, item 2) ----------------------------------------

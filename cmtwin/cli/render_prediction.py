@@ -24,8 +24,10 @@ def render_prediction(con, prediction, *, top: int = 12) -> None:
         d = prediction.decode
         head.add_row("decode", f"{d.tokens_per_s_per_device:,.0f}", f"{d.step_ms:,.2f}",
                      f"TPOT {d.tpot_ms:,.2f} ms", f"{d.batch_per_device:g} req")
+        hit = (f"; experts read {d.experts_read_per_rank:g} of {d.expert_slots_per_rank} per rank"
+               if d.expert_slots_per_rank else "")
         lines.append(f"decode: {d.batch_per_group:,} requests per attention group; {d.tokens_per_step:.2f} tokens/step "
-                     f"(MTP drafts {d.mtp_draft_tokens}); KV length {d.kv_len:,}; microbatches {d.microbatches}")
+                     f"(MTP drafts {d.mtp_draft_tokens}); KV length {d.kv_len:,}; microbatches {d.microbatches}{hit}")
     con.print(head)
     for line in lines:
         con.print(f"[dim]{line}[/]")

@@ -37,7 +37,7 @@ from cmtwin.twin import comm
 from cmtwin.twin import schedule as sched
 from cmtwin.twin.breakdown import Ledger
 from cmtwin.twin.cost import VECTOR_CLASSES, op_time
-from cmtwin.twin.load import critical_expert_ops, moe_load
+from cmtwin.twin.load import critical_expert_ops, moe_load, routed_experts_read
 
 Side = Literal["attention", "ffn"]
 Phases = list[tuple[str, float]]
@@ -250,6 +250,8 @@ def moe(ctx: StepContext, *, tokens: float, ffn_tokens: float, calls: int, tag: 
     copies (cmtwin.twin.load)."""
     lay, spec = ctx.layout, ctx.spec
     load = moe_load(spec, ctx.pool.placement, tokens_per_rank=ffn_tokens, noise=spec.placement.balance == "default")
+    if not ctx.ledger.experts[1]:  # the main model's layers come first (the MTP module's run fewer tokens)
+        ctx.ledger.experts = routed_experts_read(load)
     gate = compute(ctx, router_ops(ctx.model, ctx.prec, tokens=max(1, round(tokens))), "ffn", calls, tag)
     experts = compute(ctx, critical_expert_ops(spec, load, ctx.pool.placement, lay.moe_tp,
                                                lambda ops: ops_us(ctx, ops, "ffn")), "ffn", calls, tag)

@@ -28,6 +28,7 @@ class Ledger:
     def __init__(self, phase: str):
         self.phase = phase
         self._rows: OrderedDict[tuple[str, str], list] = OrderedDict()
+        self.experts = (0.0, 0)  # (experts read, expert slots) on the critical rank of a MoE layer (rule 7)
 
     def add(self, stream: str, operator: str, us: float, bound: str, calls: int = 1) -> None:
         key = (stream, operator)

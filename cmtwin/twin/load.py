@@ -119,15 +119,20 @@ def moe_load(spec, placement, *, tokens_per_rank: float, noise: bool) -> MoELoad
     return MoELoad(send, busiest, placement.routed_slots_per_rank, total, shared_tokens, recv)
 
 
+def routed_experts_read(load: MoELoad) -> tuple[float, int]:
+    """(experts that receive a token, expert slots) on the busiest routed rank of one microbatch."""
+    slots = max(1, load.routed_slots)
+    return experts_hit(slots, load.routed_tokens_busiest / slots, load.group_tokens), slots
+
+
 def critical_expert_ops(spec, load: MoELoad, placement, moe_tp: int, time_of) -> list:
     """Expert operators of the critical rank of a MoE layer: a routed rank's experts (with the colocated shared
     expert), or, with dedicated shared-expert ranks, whichever of the two rank kinds `time_of(ops)` finds slower.
     Each rank holds 1/moe_tp of every expert's intermediate (MoE-TP)."""
     p, share = spec.prec, 1 / moe_tp
-    slots = max(1, load.routed_slots)
-    per_slot = load.routed_tokens_busiest / slots
-    routed = expert_ops(spec.model, p, tokens_per_expert=[per_slot] * slots, share=share,
-                        experts_read=experts_hit(slots, per_slot, load.group_tokens))
+    read, slots = routed_experts_read(load)
+    routed = expert_ops(spec.model, p, tokens_per_expert=[load.routed_tokens_busiest / slots] * slots, share=share,
+                        experts_read=read)
     shared = (expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert", share=share)
               if spec.model.moe.shared_experts else [])
     if not placement.dedicated_shared_ranks:

@@ -120,7 +120,9 @@ def _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> tuple[D
         kv_len=r.kv_len, microbatches=spec.decode.microbatches, mtp_draft_tokens=r.draft_tokens,
         # a speculation policy's tree (PPD) verifies other than 1 + drafts tokens per request
         verify_tokens_per_request=r.verify_tokens if r.verify_tokens != 1 + r.draft_tokens else None,
-        serving_mode="agg" if agg else None)
+        serving_mode="agg" if agg else None,
+        experts_read_per_rank=_round(r.ledger.experts[0], 2) if r.ledger.experts[1] else None,
+        expert_slots_per_rank=r.ledger.experts[1] or None)
     rows += r.ledger.rows()
     bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
     if not agg:

@@ -80,6 +80,8 @@ class DecodeFigures:
     mtp_draft_tokens: int
     verify_tokens_per_request: float | None = None  # a speculation policy's tree (PPD), when not 1 + drafts
     serving_mode: str | None = None  # "agg" when the pool also prefills
+    experts_read_per_rank: float | None = None  # MoE: routed experts that receive a token, per microbatch
+    expert_slots_per_rank: int | None = None  # MoE: routed expert slots on that rank
 
     def to_dict(self) -> dict:
         return _present(self)
