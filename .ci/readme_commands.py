@@ -67,6 +67,9 @@ CHECKS = {
     "cmtwin execute": lambda out, err: "numerics" in out + err,
     "cmtwin calibrate": lambda out, err: Path("cmtwin_conf/hardware").is_dir(),
     "cmtwin export trace": lambda out, err: any(Path(".").glob("*.trace.json")),
+    "cmtwin export launch": lambda out, err: Path("launch/best/README.md").is_file()
+    and any(Path("launch/best").glob("*-0-node0.sh")),
+    "cmtwin import launch": lambda out, err: Path("cmtwin_conf/deployment/best.yaml").is_file(),
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from cmtwin.config.compose import load_spec
 from cmtwin.planner.plan import compile_plan
-from cmtwin.twin.agg import engine_default_budget, token_budget
+from cmtwin.config.budget import engine_default_budget, token_budget
 from cmtwin.twin.predict import predict
 
 AGG = "+deployment=r1_h200_tp8_agg"

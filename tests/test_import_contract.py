@@ -10,7 +10,7 @@ Layers, lowest first (a module belongs to the layer of the longest prefix that n
 - twin: the cost model, blocks, steps, predictions (it sees plans only through their attributes);
 - planner: deployment -> plan (it uses the twin's expert-load model);
 - policy: the policies, which implement the effect protocol and may run the twin for their what-if tables;
-- drivers: validation, the simulator, the search, the executor;
+- drivers: validation, the simulator, the search, the executor, the engine launch export/import;
 - store, then tui, then cli.
 """
 
@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("twin", ("cmtwin.twin",)),
     ("planner", ("cmtwin.planner",)),
     ("policy", ("cmtwin.policy",)),
-    ("drivers", ("cmtwin.validation", "cmtwin.sim", "cmtwin.search", "cmtwin.executor")),
+    ("drivers", ("cmtwin.validation", "cmtwin.sim", "cmtwin.search", "cmtwin.executor", "cmtwin.launch")),
     ("store", ("cmtwin.store",)),
     ("tui", ("cmtwin.tui",)),
     ("cli", ("cmtwin.cli",)),

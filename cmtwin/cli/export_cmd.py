@@ -1,5 +1,6 @@
 """`cmtwin export topology`: the fabric graph as GraphML or node-link JSON.
-`cmtwin export trace RUN`: an executor run's timeline as Chrome/Perfetto trace JSON."""
+`cmtwin export trace RUN`: an executor run's timeline as Chrome/Perfetto trace JSON.
+`cmtwin export launch`: an engine's launch material (cmtwin/cli/launch_cmd.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from cmtwin.cli.common import add_db
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a topology graph or an execute run's trace")
-    what = p.add_subparsers(dest="export_what", metavar="{topology,trace}")
+    from cmtwin.cli.launch_cmd import add_export
+
+    p = sub.add_parser("export", help="export a topology graph, an execute run's trace, or an engine's launch files")
+    what = p.add_subparsers(dest="export_what", metavar="{topology,trace,launch}")
     what.required = True
     t = what.add_parser("topology", help="write the topology graph as GraphML or JSON")
     t.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides selecting the topology")
@@ -23,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", metavar="FILE", help="default: run<ID>.trace.json")
     add_db(tr)
     tr.set_defaults(func=_trace)
+    add_export(what)
 
 
 def _topology(args) -> int:

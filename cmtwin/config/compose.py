@@ -43,6 +43,22 @@ def options(group: str) -> list[str]:
     return sorted(found)
 
 
+def load_group_option(group: str, name: str) -> dict:
+    """One option of a config group as a plain dict (./cmtwin_conf/<group>/ first, as Hydra's search path has it)."""
+    from pathlib import Path
+
+    import yaml
+
+    from cmtwin.config.yamlsafe import read_text
+
+    for folder in (Path(USER_CONF) / group, conf_dir() / group):
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            return yaml.safe_load(read_text(path)) or {}
+    raise ConfigError(f"{group} option {name!r} does not exist (options: {', '.join(options(group))}).", key=group,
+                      fix=f"pick one of `cmtwin config options {group}`")
+
+
 def groups() -> list[str]:
     """The config groups: the folders under conf/."""
     return sorted(p.name for p in conf_dir().iterdir() if p.is_dir())

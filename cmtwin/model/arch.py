@@ -110,6 +110,8 @@ class ModelSpec(Frozen):
     """Model name (the config file's stem)."""
     source: str = Field(min_length=3)
     """Where the architecture figures come from."""
+    hf_id: str | None = None
+    """The Hugging Face repository engines load it from (`cmtwin export launch` writes it as the model path)."""
     hidden: int = Field(ge=1)
     """Hidden size."""
     layers: int = Field(ge=1)

@@ -17,7 +17,7 @@ from cmtwin.planner.layout import Layout, layout_of
 from cmtwin.planner.memory import GIB, MemoryBreakdown, die_memory
 from cmtwin.planner.placement import ExpertPlacement, place_experts
 from cmtwin.topology.fabric import fabric_for
-from cmtwin.twin.agg import token_budget
+from cmtwin.config.budget import token_budget
 
 
 class DieRole(NamedTuple):

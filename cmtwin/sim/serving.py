@@ -303,7 +303,7 @@ class Simulator:
         # --- cost tables (the twin, sampled once), prefill lines and capacity
         self.instances: list[PrefillInstance] = []
         if self.agg:
-            from cmtwin.twin.agg import token_budget
+            from cmtwin.config.budget import token_budget
             from cmtwin.twin.step import agg_chunk_per_die
 
             # each group's step budget (the engine's), less its decode tokens, goes to its prompts' chunks

@@ -34,7 +34,7 @@ def agg_chunk_per_die(spec, batch_per_die: float) -> float:
     """Aggregated serving: prefill tokens a die mixes into the mean decode step, the steady-state need (every
     request brings prompt_len prefill tokens per output_len tokens it decodes), at most what the step budget leaves
     after the decode tokens (cmtwin.twin.agg)."""
-    from cmtwin.twin.agg import token_budget
+    from cmtwin.config.budget import token_budget
 
     tps = spec.mtp.tokens_per_step if spec.mtp.draft_tokens else 1.0
     w = spec.workload
