@@ -8,9 +8,14 @@ import sys
 from typing import Any
 
 
-def add_overrides(p: argparse.ArgumentParser) -> None:
+def add_overrides(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                    help="Hydra overrides: key=value, +group=option (e.g. +deployment=r1_ep320), ~key")
+    if sweep:
+        p.add_argument("-m", "--multirun", action="store_true",
+                       help="sweep: run once per combination of the overrides' comma-separated values, as a Hydra "
+                            "multirun (hydra/launcher=joblib for local processes); every run is recorded with the "
+                            "sweep's id")
 
 
 def add_format(p: argparse.ArgumentParser, choices=("table", "json")) -> None:

@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides or []) + extra
     try:
-        code = args.func(args)
+        if getattr(args, "multirun", False):
+            from cmtwin.cli.sweep import multirun
+
+            code = multirun(args)
+        else:
+            code = args.func(args)
     except CmtwinError as exc:
         if full_errors():
             raise

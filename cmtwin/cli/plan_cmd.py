@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="compile a deployment into a plan, predict it, record the run",
                        description="Compile a deployment into a plan (roles, ranks, expert placement, memory per "
                                    "die), predict its performance with the twin, and record the run.")
-    add_overrides(p)
+    add_overrides(p, sweep=True)
     add_format(p)
     add_db(p)
     p.add_argument("--out", metavar="FILE", help="also write the plan (and prediction) as JSON to FILE")

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "precision within search.devices; evaluate every candidate with the analytic twin, "
                                    "simulate the best few; print the Pareto frontier (tokens/s per device vs TPOT and "
                                    "TTFT) and the best candidate per layout, plot it, store every point.")
-    add_overrides(p)
+    add_overrides(p, sweep=True)
     add_format(p)
     add_db(p)
     p.add_argument("--out-dir", metavar="DIR", default="runs", help="parent of the run's folder (default: %(default)s)")

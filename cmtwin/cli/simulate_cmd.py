@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "deployment's slo.* targets (none set: no goodput), utilisation, queues, cache hits "
                                    "and whether the run reached steady state; record the time series, metrics and "
                                    "plots in the run store.")
-    add_overrides(p)
+    add_overrides(p, sweep=True)
     add_format(p)
     add_db(p)
     p.add_argument("--out-dir", metavar="DIR", default="runs",

@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (50)")
     ls.add_argument("--verb", metavar="V", help="only runs of this verb (plan, simulate...)")
     ls.add_argument("--status", choices=("running", "ok", "failed", "interrupted", "cancelled"))
+    ls.add_argument("--sweep", metavar="ID", help="only the runs of one sweep (`cmtwin plan|simulate|search -m`)")
     ls.add_argument("--format", choices=("table", "json"), default="table")
     ls.set_defaults(func=cmd_runs_ls)
     show = runs_sub.add_parser("show", help="everything stored about one run")
@@ -225,21 +226,24 @@ def cmd_runs_ls(args: argparse.Namespace) -> int:
     from cmtwin.store.repo import list_runs
 
     _count_option("--limit", args.limit, "50")
-    runs = list_runs(open_store(args.db, create=False), limit=args.limit, verb=args.verb, status=args.status)
+    runs = list_runs(open_store(args.db, create=False), limit=args.limit, verb=args.verb, status=args.status,
+                     sweep=args.sweep)
     if args.format == "json":
         _print_json(runs)
         return 0
     from rich.table import Table
 
+    swept = any(r.sweep for r in runs)
     table = Table(show_edge=False)
-    for header in ("id", "verb", "deployment", "status", "started (UTC)", "duration"):
+    for header in ("id", "verb", "deployment", "status", "started (UTC)", "duration", *(("sweep",) if swept else ())):
         table.add_column(header, no_wrap=header in ("id", "status"))
     table.add_column("metrics", overflow="fold", ratio=1)
     styles = {"ok": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "cancelled": "yellow"}
     for r in runs:
         table.add_row(
             str(r.id), r.verb, r.deployment or "", f"[{styles[r.status]}]{r.status}[/]",
-            r.started_at.strftime("%Y-%m-%d %H:%M"), _seconds(r.duration_s), _metrics_text(r.metrics),
+            r.started_at.strftime("%Y-%m-%d %H:%M"), _seconds(r.duration_s), *((r.sweep or "",) if swept else ()),
+            _metrics_text(r.metrics),
         )
     console = _console()
     console.print(table if runs else "no runs recorded yet")

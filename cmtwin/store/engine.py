@@ -33,7 +33,7 @@ log = logging.getLogger("cmtwin.store")
 DEFAULT_URL = "sqlite:///cmtwin.db"
 """The store used when neither --db nor CMTWIN_DB_URL names one: cmtwin.db in the current directory."""
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The newest Alembic revision this cmtwin knows (tests check it against migrations/versions)."""
 
 _ENGINE_OPTION = "cmtwin_sqlite_begin"

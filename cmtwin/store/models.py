@@ -97,6 +97,8 @@ class Run(Base):
     pid: Mapped[int] = mapped_column(Integer)
     message: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(Text)
+    sweep: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The sweep (one `-m` multirun) the run belongs to; null for a single run."""
 
 
 class PlanRecord(Base):

@@ -34,6 +34,8 @@ from cmtwin.store.models import (
     TimelineEntry,
 )
 
+SWEEP_ENV = "CMTWIN_SWEEP"  # set by `cmtwin ... -m`: the sweep every run of one multirun records
+
 FINAL_STATUSES = tuple(s for s in RUN_STATUSES if s != "running")
 """The statuses `finish_run` accepts."""
 
@@ -68,6 +70,7 @@ class RunSummary:
     finished_at: datetime | None
     duration_s: float | None
     metrics: dict[str, float]
+    sweep: str | None = None  # the `-m` multirun it belongs to
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ def _new_run(
         pid=os.getpid(),
         message=message,
         output_dir=output_dir,
+        sweep=os.environ.get(SWEEP_ENV) or None,
     )
     session.add(run)
     session.flush()
@@ -388,10 +392,12 @@ def _metrics_by_run(session: Session, run_ids: list[int]) -> dict[int, dict[str,
 
 
 def list_runs(
-    store: Store, limit: int = 50, verb: str | None = None, status: str | None = None
+    store: Store, limit: int = 50, verb: str | None = None, status: str | None = None, sweep: str | None = None
 ) -> list[RunSummary]:
-    """The newest runs first, optionally only one verb or status, each with its key metrics."""
+    """The newest runs first, optionally only one verb, status or sweep, each with its key metrics."""
     query = select(Run).order_by(Run.id.desc()).limit(limit)
+    if sweep is not None:
+        query = query.where(Run.sweep == sweep)
     if verb is not None:
         query = query.where(Run.verb == verb)
     if status is not None:
@@ -410,6 +416,7 @@ def list_runs(
             finished_at=r.finished_at,
             duration_s=_duration(r.started_at, r.finished_at),
             metrics=metrics[r.id],
+            sweep=r.sweep,
         )
         for r in runs
     ]
