@@ -74,3 +74,17 @@ def test_a_failing_point_fails_the_sweep_but_not_the_others(workdir, capsys):
     err = capsys.readouterr().err
     assert "HBM overflow" in err and "2 runs, 1 failed" in err
     assert [r.status for r in list_runs(open_store(db, create=False), limit=10)] == ["ok"]
+
+
+def test_the_tui_filter_lists_one_sweep():
+    from datetime import datetime, timezone
+
+    from cmtwin.store.repo import RunSummary
+    from cmtwin.tui.data import run_matches
+
+    def run(i, sweep):
+        return RunSummary(i, "plan", "d", None, "ok", datetime.now(timezone.utc), None, None, {}, sweep)
+
+    runs = [run(1, "20261207T120404-1"), run(2, "20261207T130000-2"), run(3, None)]
+    assert [r.id for r in runs if run_matches(r, "sweep:20261207T120404")] == [1]
+    assert [r.id for r in runs if run_matches(r, "sweep:2026")] == [1, 2]

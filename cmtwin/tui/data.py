@@ -186,14 +186,15 @@ def run_row(run: RunSummary) -> tuple[Any, ...]:
 
 
 def run_matches(run: RunSummary, needle: str) -> bool:
-    """Whether a run matches the filter text: every word found in its id, verb, deployment, hash or status
-    (`status:running`, `verb:plan` restrict one field)."""
+    """Whether a run matches the filter text: every word found in its id, verb, deployment, hash, status or sweep
+    (`status:running`, `verb:plan`, `sweep:<id>` restrict one field: `sweep:` lists one `-m` sweep's runs)."""
     fields = {
         "id": str(run.id),
         "verb": run.verb,
         "deployment": run.deployment or "",
         "plan": run.plan_hash or "",
         "status": run.status,
+        "sweep": run.sweep or "",
     }
     for word in needle.lower().split():
         key, sep, value = word.partition(":")
