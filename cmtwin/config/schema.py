@@ -355,7 +355,8 @@ class Spec(Frozen):
         for dtype in {self.prec.gemm, self.prec.attention}:
             if not self.hardware.supports(dtype):
                 errors.append(f"precision={self.precision} needs {dtype} but {self.hardware.name} supports "
-                              f"{sorted(self.hardware.die.peak_tflops)} (choose precision=int8 or bf16)")
+                              f"{sorted(self.hardware.die.peak_tflops)} (choose precision="
+                              f"{' or '.join(p for p in PRECISIONS if self.hardware.supports(PRECISIONS[p].gemm))})")
         if self.caching.enabled and self.host is None:
             errors.append("caching.enabled is true but no host CPU profile is selected (hardware@host=...)")
         from cmtwin.sim.spec import MAX_SIM_SAMPLES

@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-PrecisionName = Literal["int8", "fp8", "bf16"]
+PrecisionName = Literal["int8", "fp8", "bf16", "fp4"]
 
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1,
+         # NVFP4: 4-bit E2M1 values with one FP8 (E4M3) scale per 16 values = 4.5 bits per value (NVIDIA,
+         # "Introducing NVFP4 for Efficient and Accurate Low-Precision Inference", developer blog, 2025)
+         "fp4": 0.5625}
 
 
 @dataclass(frozen=True)
@@ -58,4 +61,8 @@ PRECISIONS: dict[str, Precision] = {
                      combine="bf16", embedding="bf16"),
     "bf16": Precision("bf16", gemm="bf16", attention="bf16", kv_cache="bf16", dispatch="bf16",
                       combine="bf16", embedding="bf16"),
+    # NVFP4 GEMMs (weights and activations) on Blackwell, FP8 dispatch, BF16 MLA and combine: the LMSYS GB200 NVL72
+    # setting "NVFP4 MoE" (lmsys.org/blog/2025-09-25-gb200-part-2) applied to every linear layer
+    "fp4": Precision("fp4", gemm="fp4", attention="bf16", kv_cache="bf16", dispatch="fp8",
+                     combine="bf16", embedding="bf16"),
 }

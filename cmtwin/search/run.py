@@ -32,7 +32,7 @@ from itertools import product
 from cmtwin.errors import CmtwinError, ConfigError
 from cmtwin.twin.capacity import decode_requests_per_s, prefill_requests_per_s
 
-PRECISION_CODES = ("int8", "fp8", "bf16")
+PRECISION_CODES = ("int8", "fp8", "bf16", "fp4")
 """`precision` of a stored search point is an index into this tuple."""
 MODE_CODES = ("disagg", "agg")
 """`mode` of a stored search point is an index into this tuple."""

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from cmtwin.config.base import Frozen
 
-Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
+Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp4"]
 
 PHYSICAL_RANGE = (1e-3, 1e7)
 """Bounds on a die's capacities, bandwidths (GB/s) and peaks (TFLOPS) and its core counts: far outside any

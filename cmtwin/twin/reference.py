@@ -117,6 +117,20 @@ PPLX_EP8_H100 = {
     ],
 }
 
+# NVIDIA Hybrid-EP inside one NVLink domain, kernel-only algorithm bandwidth (GB/s): 4,096 tokens per rank, hidden
+# 7168, top-8, FP8 dispatch, BF16 combine (shared/reference/gpu_oplevel.md 4.4).
+HYBRID_EP = {
+    "source": "NVIDIA Hybrid-EP, DeepEP hybrid-ep branch docs/README_Hybrid-EP.md @ 94a9f8f6 (kernel only)",
+    "tokens": 4096,
+    "rows": [  # hardware, ranks, dispatch FP8 GB/s, combine GB/s
+        ("b200_sxm", 8, 599.27, 673.84),
+        ("gb200", 8, 713.98, 737.13),
+        ("gb200", 16, 650.48, 666.26),
+        ("gb200", 32, 538.86, 605.15),
+        ("gb200", 36, 489.27, 596.99),
+    ],
+}
+
 # DeepGEMM FP8 on H800 SXM5 (github.com/deepseek-ai/DeepGEMM README tables, 2025-02-25 to 2025-04-09).
 DEEPGEMM_DENSE = {
     "source": "DeepGEMM README dense FP8 GEMM table, 2025-04-09 (github.com/deepseek-ai/DeepGEMM)",

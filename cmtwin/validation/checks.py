@@ -89,7 +89,35 @@ def collective_checks() -> list[Check]:
                                  f"EP{ep} {kind}, {table['tokens']} tokens/rank",
                                  meas, t.us, "us", table["source"], tol))
     out += _nvlink_ep_checks()
+    out += _blackwell_ep_checks()
     out += _nccl_checks()
+    return out
+
+
+def _blackwell_ep_checks() -> list[Check]:
+    """Hybrid-EP inside one NVLink 5 domain (B200 node, GB200 NVL72) as algorithm bandwidth: the twin's volume per
+    rank over its dispatch/combine time. The widest row of each system sets efficiency_scale_up; the others show
+    how the fit carries across EP degrees."""
+    from cmtwin.model.precision import PRECISIONS
+    from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin import comm
+    from cmtwin.twin.load import distinct_ranks_per_token
+
+    out = []
+    t = ref.HYBRID_EP
+    p = PRECISIONS["fp8"]
+    for hw_name, ranks, d_gbps, c_gbps in t["rows"]:
+        topology = "gb200_nvl72" if hw_name == "gb200" else "b200_cluster"
+        spec = _load("r1_gb200_nvl72", [f"hardware={hw_name}", f"topology={topology}", "prefill.instances=0",
+                                        "decode.devices=8", "decode.ep=8", "decode.redundant_experts=0"])
+        fab = fabric_for(spec)
+        ids = tuple(d.id for d in fab.dies()[:ranks])
+        copies = t["tokens"] * distinct_ranks_per_token(8, 256, ranks)
+        for kind, meas in (("dispatch", d_gbps), ("combine", c_gbps)):
+            c = comm.dispatch_combine(spec.hardware, fab, ids, kind=kind, send_copies=copies, recv_copies=copies,
+                                      msg_bytes=p.message_bytes(kind, 7168))
+            out.append(Check(f"{hw_name} Hybrid-EP, one NVLink domain", f"EP{ranks} {kind}, {t['tokens']} tokens/rank",
+                             meas, c.bytes / c.us / 1e3, "GB/s", t["source"]))
     return out
 
 
