@@ -48,6 +48,14 @@ HOME: dict[tuple[str, str], tuple[list[str], bool]] = {
     ("model", "llama3_70b"): (
         ["+deployment=r1_h100_ep72", "model=llama3_70b", "mtp.draft_tokens=0", "prefill.tokens_per_device=8192",
          "decode.batch_per_device=4"], True),
+    # the newer models: each with the deployment written for it (conf/deployment/, docs/models.md)
+    ("model", "kimi_k2"): (["+deployment=kimi_k2_h200"], True),
+    ("model", "minimax_m2"): (["+deployment=minimax_m2_h100"], True),
+    ("model", "qwen3_32b"): (["+deployment=qwen3_32b_h100"], True),
+    ("model", "llama31_8b"): (["+deployment=llama31_8b_h100"], True),
+    ("model", "llama31_70b"): (["+deployment=llama31_70b_h100"], True),
+    ("hardware", "gb200"): (["+deployment=r1_gb200_nvl72"], True),
+    ("topology", "gb200_nvl72"): (["+deployment=r1_gb200_nvl72"], True),
     ("workload", "chat_1k"): (["+deployment=r1_ep320", "workload=chat_1k"], True),
     ("workload", "chat_4k"): (["+deployment=r1_ep320", "workload=chat_4k"], True),
     ("workload", "long_128k"): (["+deployment=r1_ep320", "workload=long_128k", "decode.batch_per_device=2"], True),
