@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     prediction = predict(spec, plan)
     plan_dict = plan.to_dict()
     out = {"plan_hash": plan.plan_hash, "plan": plan_dict, "prediction": prediction.to_dict()}
+    whatif = _failure_whatif(spec, plan, prediction) if spec.failures.dies or spec.failures.devices else None
+    if whatif is not None:
+        out["prediction"]["failures"] = whatif
     out_file = _open_out(args.out) if args.out else None  # a bad path fails before anything is recorded
     run_id = None
     if not args.no_record:
@@ -58,7 +61,64 @@ def run(args: argparse.Namespace) -> int:
         from cmtwin.cli.render import render_plan
 
         render_plan(spec, plan, prediction, run_id=run_id, elapsed_s=time.perf_counter() - t0)
+        if whatif is not None:
+            _render_whatif(whatif)
     return 0
+
+
+def _failure_whatif(spec, plan, prediction) -> dict:
+    """The same deployment without the failures, beside this one: figures, bottleneck and blast radius."""
+    from cmtwin.planner.failures import blast_radius
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.twin.predict import predict
+
+    healthy_spec = spec.model_copy(update={"failures": spec.failures.model_copy(update={"dies": [], "devices": []})})
+    healthy_plan = compile_plan(healthy_spec)
+    healthy = predict(healthy_spec, healthy_plan)
+
+    def figures(pred) -> dict:
+        d, p = pred.decode, pred.prefill
+        return {"decode_tokens_per_s_per_device": d.tokens_per_s_per_device if d else None,
+                "tpot_ms": d.tpot_ms if d else None,
+                "prefill_tokens_per_s_per_device": p.tokens_per_s_per_device if p else None,
+                "ttft_ms": p.ttft_ms if p else None, "bottleneck": pred.bottleneck}
+
+    def placed(pl) -> dict:
+        return {r.die: (r.role, r.instance, r.rank) for r in pl.dies}
+
+    before, after = placed(healthy_plan), placed(plan)
+    moved = sorted(d for d in before if d not in after) if spec.failures.policy == "replan" else []
+    return {"policy": spec.failures.policy, "dies": list(spec.failures.dies), "devices": list(spec.failures.devices),
+            "healthy": figures(healthy), "failed": figures(prediction), "blast_radius": blast_radius(plan),
+            "dies_vacated": moved, "dies_taken_over": sorted(d for d in after if d not in before)}
+
+
+def _render_whatif(w: dict) -> None:
+    from rich.table import Table
+
+    from cmtwin.cli.common import console
+
+    t = Table(title=f"Failure what-if (failures.policy={w['policy']}): "
+                    + ", ".join(w["dies"] + w["devices"]), title_justify="left")
+    for col in ("", "healthy", "with the failures", "change"):
+        t.add_column(col, justify="left" if not col else "right")
+    for key, label in (("decode_tokens_per_s_per_device", "decode tokens/s/device"), ("tpot_ms", "TPOT ms"),
+                       ("prefill_tokens_per_s_per_device", "prefill tokens/s/device"), ("ttft_ms", "TTFT ms")):
+        a, b = w["healthy"][key], w["failed"][key]
+        if a is None:
+            continue
+        t.add_row(label, f"{a:,.2f}", f"{b:,.2f}", f"{(b - a) / a:+.1%}" if a else "")
+    c = console()
+    c.print(t)
+    for pool, hit in w["blast_radius"].items():
+        lost = hit["experts_lost"]
+        c.print(f"{pool}: ranks {hit['ranks_down']} down, {hit['groups_down']} of {hit['groups']} attention groups "
+                f"serve nothing, " + (f"experts {lost} lost (no replica left: their tokens are dropped)" if lost
+                                      else "every expert keeps a replica"))
+    if w["dies_vacated"]:
+        c.print(f"replanned: {len(w['dies_vacated'])} dies vacated, {len(w['dies_taken_over'])} spare dies taken "
+                f"over ({', '.join(w['dies_taken_over'][:4])}{' ...' if len(w['dies_taken_over']) > 4 else ''})")
+    c.print(f"bottleneck with the failures: {w['failed']['bottleneck']}")
 
 
 def _open_out(path: str):

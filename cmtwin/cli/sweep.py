@@ -39,6 +39,9 @@ def multirun(args: argparse.Namespace) -> int:
             "hydra/job_logging=disabled"]
     job = _Job(args)
     GlobalHydra.instance().clear()
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is not available", category=UserWarning)  # no ./cmtwin_conf
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             hydra = GlobalHydra.instance().hydra

@@ -180,6 +180,20 @@ class MemorySpec(Frozen):
     """Tokens whose activations must fit at once (default: the phase's tokens per die per forward)."""
 
 
+class FailuresSpec(Frozen):
+    """Components down for a what-if (cmtwin/planner/failures.py): the plan is recompiled on what is left."""
+
+    dies: list[str] = Field(default_factory=list)
+    """Die ids as `cmtwin plan --format json` (plan.dies) and the TUI show them, e.g. n03.npu5.d1 or n00.gpu3. A
+    device with a failed die is out as a whole (its other die cannot hold a rank's share of a 2-die layout)."""
+    devices: list[str] = Field(default_factory=list)
+    """Whole devices (packages), e.g. n03.npu5 or n00.gpu3."""
+    policy: Literal["replan", "degrade", "refuse"] = "replan"
+    """replan: the same layout on the surviving devices (spares first); degrade: the layout stays, the failed ranks'
+    attention groups stop serving and their experts fall to the other replicas (EPLB's rule), experts with no replica
+    left are lost; refuse: an error if a failure hits a device the plan uses."""
+
+
 class SloSpec(Frozen):
     """Latency targets; when set the twin searches the largest batch that meets them."""
 
@@ -309,6 +323,8 @@ class Spec(Frozen):
     """Request shape."""
     slo: SloSpec = SloSpec()
     """Latency targets."""
+    failures: FailuresSpec = FailuresSpec()
+    """Failed components for a what-if (`cmtwin plan ... failures.dies=[n03.npu5.d1]`)."""
     store: StoreSpec
     """The run store."""
     sim: SimSpec = SimSpec()

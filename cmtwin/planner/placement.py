@@ -27,6 +27,25 @@ class ExpertPlacement:
     ranks: tuple[tuple[int, ...], ...]  # per EP rank: routed expert ids (empty on a dedicated shared rank)
     replicas: tuple[int, ...]  # per routed expert: how many copies exist
     load: tuple[float, ...]  # per routed expert: relative load (mean 1.0)
+    failed: tuple[int, ...] = ()  # EP ranks down (failures.policy=degrade): they hold nothing any more
+
+    def without(self, ep_ranks) -> ExpertPlacement:
+        """The layout after these EP ranks failed: their slots are gone, each of their experts has one replica
+        fewer (the others take its load, EPLB's rule), and an expert with no replica left is lost (its load 0)."""
+        dead = set(ep_ranks) | set(self.failed)
+        replicas = list(self.replicas)
+        for r in dead - set(self.failed):
+            for e in self.ranks[r]:
+                replicas[e] -= 1
+        load = tuple(x if replicas[e] > 0 else 0.0 for e, x in enumerate(self.load))
+        ranks = tuple(() if r in dead else experts for r, experts in enumerate(self.ranks))
+        return ExpertPlacement(self.ep, self.routed_slots_per_rank, self.shared_on_every_rank,
+                               self.dedicated_shared_ranks, ranks, tuple(max(1, n) for n in replicas), load,
+                               tuple(sorted(dead)))
+
+    def lost_experts(self) -> tuple[int, ...]:
+        """Routed experts with no replica left (after `without`)."""
+        return tuple(e for e, x in enumerate(self.load) if x == 0.0) if self.failed else ()
 
     @property
     def routed_ranks(self) -> int:

@@ -18,6 +18,7 @@ from cmtwin.planner.memory import GIB, MemoryBreakdown, die_memory
 from cmtwin.planner.placement import ExpertPlacement, place_experts
 from cmtwin.topology.fabric import fabric_for
 from cmtwin.config.budget import token_budget
+from cmtwin.planner import failures
 
 
 class DieRole(NamedTuple):
@@ -54,6 +55,13 @@ class Pool:
     placement: ExpertPlacement
     memory: MemoryBreakdown  # of the most loaded die kind
     memory_by_kind: dict[str, MemoryBreakdown]
+    failed_ranks: tuple[int, ...] = ()  # failures.policy=degrade: ranks of this instance that are down
+    groups_down: int = 0  # attention groups (DP ranks, TP groups) with a failed die: they serve nothing
+
+    @property
+    def alive(self) -> float:
+        """Share of the attention groups still serving."""
+        return (self.dp - self.groups_down) / self.dp if self.dp else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +78,8 @@ class Pool:
             "batch_per_die": self.batch_per_die,
             "experts": self.placement.summary(),
             "memory_per_die": {k: v.to_dict() for k, v in self.memory_by_kind.items()},
+            **({"failed_ranks": list(self.failed_ranks), "groups_down": self.groups_down,
+                "experts_lost": list(self.placement.lost_experts())} if self.failed_ranks else {}),
         }
 
 
@@ -219,6 +229,8 @@ def compile_plan(spec: Spec) -> Plan:
             f"{spec.hardware.name} has {dpd}.", key="hardware", fix="pick a hardware profile matching the topology")
     start = next((i for i, d in enumerate(all_dies) if d.node >= spec.placement.first_node), len(all_dies))
     free = all_dies[start:]
+    failed = failures.failed_devices(spec, all_dies)
+    free = failures.survivors(spec, free, failed)
     devices_total = len(all_dies) // dpd
     p, dcfg = spec.prefill, spec.decode
     want = p.instances * p.devices_per_instance + dcfg.instances * dcfg.devices
@@ -231,8 +243,9 @@ def compile_plan(spec: Spec) -> Plan:
             f"devices_per_instance ({p.devices_per_instance}) + decode.instances ({dcfg.instances}) x decode.devices "
             f"({dcfg.devices}) = {want} devices, "
             f"but {spec.topology.name} has {len(free) // dpd} from node {spec.placement.first_node} "
-            f"({devices_total} in all).", key="decode.devices",
-            fix="shrink the pools or use a larger topology (topology.params.nodes=...)")
+            f"({devices_total} in all{f', {len(failed)} failed' if failed else ''}).", key="decode.devices",
+            fix="shrink the pools or use a larger topology (topology.params.nodes=...)"
+            + (", or keep the layout without the failed devices (failures.policy=degrade)" if failed else ""))
     pools: list[Pool] = []
     roles: list[DieRole] = []
     cursor = 0
@@ -266,6 +279,7 @@ def compile_plan(spec: Spec) -> Plan:
                         tokens_per_die=tokens, batch_per_die=batch, kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
         pools.append(pool)
         roles += r
+    pools = failures.apply(spec, pools, roles, {d.id: d for d in all_dies}, failed)
     caching = None
     if spec.caching.enabled and spec.host is not None:
         cpus = list(fabric.cpus())

@@ -97,7 +97,7 @@ def moe_load(spec, placement, *, tokens_per_rank: float, noise: bool) -> MoELoad
     routed_ranks = placement.routed_ranks
     total = tokens_per_rank * ep  # tokens in the EP group (every rank is also a DP/SP rank)
     copies = total * moe.experts_per_token
-    if spec.placement.balance == "perfect":  # the ideal EPLB: every routed rank gets the same share
+    if spec.placement.balance == "perfect" and not placement.failed:  # the ideal EPLB: equal shares
         shares = [1.0 / routed_ranks] * routed_ranks
     else:
         loads = placement.rank_loads()[:routed_ranks]

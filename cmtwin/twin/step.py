@@ -77,8 +77,9 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: float | None = None, k
     tps = (eff.tokens_per_step if eff.tokens_per_step is not None
            else spec.mtp.tokens_per_step if k else 1.0) * eff.text_per_token
     dpd = spec.hardware.dies
+    alive = plan.pools_of("decode")[0].alive  # failures.policy=degrade: only the serving groups make tokens
     return DecodeResult(step_us=step, chunk_tokens=chunk_tokens or 0.0, tpot_ms=step / tps / 1e3,
-                        tokens_per_step=tps, tokens_per_s_per_device=dpd * b * tps / (step / 1e6),
+                        tokens_per_step=tps, tokens_per_s_per_device=alive * dpd * b * tps / (step / 1e6),
                         batch_per_device=b * dpd, kv_len=kv, ledger=ctx.ledger, streams=ctx.ledger.streams(),
                         draft_tokens=k, verify_tokens=verify)
 
@@ -106,6 +107,9 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     kv_us = kv_transfer(spec, hw, fabric, dies[0], decode_dies[-1], prompt).us if decode_dies else 0.0
     if decode_dies:
         ctx.ledger.add("kv_transfer", "kv_transfer", kv_us, "comm", 1)
-    return PrefillResult(step_us=step, tokens_per_die=tpd, tokens_per_s_per_device=spec.hardware.dies * tpd / (step / 1e6),
+    pools = plan.pools_of("prefill")
+    alive = sum(p.alive for p in pools) / len(pools)  # failures.policy=degrade: instances with groups down
+    return PrefillResult(step_us=step, tokens_per_die=tpd,
+                         tokens_per_s_per_device=alive * spec.hardware.dies * tpd / (step / 1e6),
                          kv_transfer_us=kv_us, ttft_ms=(latency + kv_us) / 1e3, ledger=ctx.ledger,
                          streams=ctx.ledger.streams())

@@ -1,0 +1,93 @@
+"""Failure what-ifs (cmtwin/planner/failures.py): failed dies or devices, and the plan replanned on the survivors,
+degraded in place, or refused; `cmtwin plan` prints the healthy and the failed prediction side by side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmtwin.cli.main import main
+from cmtwin.config.compose import load_spec
+from cmtwin.errors import PlanError
+from cmtwin.planner.plan import compile_plan
+from cmtwin.twin.predict import predict
+
+
+def _plan(*overrides, deployment="r1_ep320"):
+    spec, _ = load_spec([f"+deployment={deployment}", *overrides])
+    return spec, compile_plan(spec)
+
+
+def test_replan_moves_the_failed_device_onto_a_spare():
+    """r1_ep320 uses 256 of 384 NPUs: a decode die's NPU fails, the next device takes its place, nothing is lost."""
+    spec, healthy = _plan()
+    first = next(d.die for d in healthy.dies if d.role == "decode")
+    fspec, failed = _plan(f"failures.dies=[{first}]")
+    assert first not in {d.die for d in failed.dies}
+    assert len(failed.dies) == len(healthy.dies)
+    assert predict(fspec, failed).decode.tokens_per_s_per_device == predict(spec, healthy).decode.tokens_per_s_per_device
+
+
+def test_replan_without_spares_is_refused_with_degrade_as_the_fix():
+    with pytest.raises(PlanError) as e:
+        _plan("failures.dies=[n00.gpu3]", deployment="r1_h200_tp8_agg")
+    assert "1 failed" in str(e.value) and "failures.policy=degrade" in e.value.fix
+
+
+def test_degrade_takes_the_groups_down_and_loses_unreplicated_experts():
+    spec, healthy = _plan()
+    pool = healthy.pools_of("decode")[0]
+    rank0 = next(d for d in healthy.dies if d.role == "decode" and d.rank == 0)
+    fspec, failed = _plan(f"failures.dies=[{rank0.die}]", "failures.policy=degrade")
+    fpool = failed.pools_of("decode")[0]
+    assert fpool.failed_ranks == (0, 1)  # the whole NPU: both dies
+    assert fpool.groups_down == 2 and fpool.alive == pytest.approx(318 / 320)
+    lost = fpool.placement.lost_experts()
+    assert set(lost) == {e for r in (0, 1) for e in pool.placement.ranks[r] if pool.placement.replicas[e] == 1}
+    a, b = predict(spec, healthy).decode, predict(fspec, failed).decode
+    assert b.tokens_per_s_per_device < a.tokens_per_s_per_device
+    assert b.tokens_per_s_per_device == pytest.approx(a.tokens_per_s_per_device * 318 / 320, rel=0.01)
+
+
+def test_degrade_moves_a_replicated_experts_load_to_its_other_replica():
+    spec, healthy = _plan()
+    pl = healthy.pools_of("decode")[0].placement
+    rank = next(r for r, ex in enumerate(pl.ranks) if ex and pl.replicas[ex[0]] > 1)
+    expert = pl.ranks[rank][0]
+    after = pl.without([rank])
+    assert after.replicas[expert] == pl.replicas[expert] - 1 and expert not in after.lost_experts()
+    others = [r for r, ex in enumerate(pl.ranks) if expert in ex and r != rank]
+    assert after.rank_loads()[others[0]] == pytest.approx(pl.rank_loads()[others[0]] * pl.replicas[expert])
+
+
+def test_refuse_names_the_dies_it_would_lose():
+    with pytest.raises(PlanError, match="failures.policy=refuse.*n12.npu0.d1"):
+        _plan("failures.dies=[n12.npu0.d1]", "failures.policy=refuse")
+    _plan("failures.dies=[n47.npu7.d1]", "failures.policy=refuse")  # an unused die: the plan stands
+
+
+def test_plan_prints_healthy_and_failed_side_by_side(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "+deployment=r1_ep320", "failures.devices=[n12.npu0]", "failures.policy=degrade",
+                 "--format", "json", "--no-record"]) == 0
+    w = json.loads(capsys.readouterr().out)["prediction"]["failures"]
+    assert w["policy"] == "degrade" and w["devices"] == ["n12.npu0"]
+    assert w["failed"]["decode_tokens_per_s_per_device"] < w["healthy"]["decode_tokens_per_s_per_device"]
+    assert w["blast_radius"]["decode[0]"]["groups_down"] == 2
+    assert main(["plan", "+deployment=r1_ep320", "failures.devices=[n12.npu0]", "failures.policy=degrade",
+                 "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert "Failure what-if" in out and "attention groups serve nothing" in out
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("failures.dies=[n99.npu0.d1]", "is not a die of cloudmatrix384"),
+    ("failures.devices=[n00.npu0.d0]", "is not a device"),
+    ("failures.policy=pray", "failures.policy"),
+])
+def test_bad_failures_exit_2(tmp_path, monkeypatch, capsys, override, needle):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "+deployment=r1_ep320", override, "--no-record"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
