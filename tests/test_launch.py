@@ -19,7 +19,24 @@ from cmtwin.launch.export import export_launch
 from cmtwin.launch.importer import detect, import_launch, write_deployment
 from cmtwin.launch.view import Inexpressible
 
-GPU = ["r1_h200_disagg", "r1_h200_tp8_agg", "r1_h100_tp16", "r1_h100_ep72", "r1_h800_ep144"]
+def _gpu_deployments() -> list[str]:
+    """Shipped deployments on a GPU profile (read from their `override /hardware:` line)."""
+    import re
+
+    from cmtwin.config.compose import load_group_option
+    from cmtwin.paths import conf_dir
+
+    out = []
+    for f in sorted((conf_dir() / "deployment").glob("*.yaml")):
+        m = re.search(r"override /hardware: (\w+)", f.read_text())
+        if m and load_group_option("hardware", m.group(1))["kind"] == "gpu":
+            out.append(f.stem)
+    return out
+
+
+GPU = ["r1_h200_disagg", "r1_h200_tp8_agg", "r1_h100_tp16", *sorted(set(_gpu_deployments())
+                                                                     - {"r1_h200_disagg", "r1_h200_tp8_agg",
+                                                                        "r1_h100_tp16"})]
 ENGINES = ["sglang", "vllm", "trtllm"]
 
 
@@ -131,6 +148,7 @@ def test_every_generated_flag_is_the_engines_own(workdir, deployment, engine):
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("deployment", GPU)
 def test_export_then_import_gives_back_the_plan(workdir, deployment, engine):
+    """Every shipped GPU deployment on every engine (its nearest plan where it cannot express it)."""
     """Import reads only the flags for the layout (the context line carries hardware, topology, workload):
     the same plan hash means the flags carried every layout key."""
     res = _export(deployment, engine, workdir / "out")

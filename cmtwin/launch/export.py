@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmtwin.errors import CmtwinError
 from cmtwin.launch.bundle import Bundle, write_bundle
 from cmtwin.launch.context import context_line
 from cmtwin.launch.engine import flag_list
@@ -34,7 +35,14 @@ def export_launch(overrides: list[str], engine: str, out: Path | None, *, neares
     applied, refused = [], []
     for _ in range(4):  # each round applies one refusal's nearest plan
         spec, composed = load_spec(overrides + applied)
-        plan = compile_plan(spec)
+        try:
+            plan = compile_plan(spec)
+        except CmtwinError as exc:
+            if not applied:
+                raise
+            raise CmtwinError(f"{TITLES[engine]} cannot express the plan (" + "; ".join(refused) + "), and its "
+                              f"nearest plan ({' '.join(applied)}) does not plan either: {exc}", key="--engine",
+                              fix=f"give the plan more devices, or use another engine") from None
         view = launch_view(spec, plan)
         try:
             bundle = mod.export(view)

@@ -19,11 +19,28 @@ from cmtwin.launch.view import Inexpressible, LaunchView, Role, check_common
 NAME = "trtllm"
 COMMAND = ("trtllm-serve",)
 PORT = 8001
-CHECKPOINT_PRECISION = {"deepseek-ai/DeepSeek-R1": "fp8"}  # the published checkpoints' dtype (others: bf16)
+# The published checkpoints' dtype (others: bf16), and FP8 checkpoints published beside BF16 ones (the model
+# cards of Qwen's -FP8 repositories and NVIDIA's ModelOpt FP8 Llama 3.1).
+CHECKPOINT_PRECISION = {"deepseek-ai/DeepSeek-R1": "fp8", "moonshotai/Kimi-K2-Instruct": "fp8",
+                        "MiniMaxAI/MiniMax-M2": "fp8"}
+FP8_CHECKPOINTS = {"Qwen/Qwen3-32B": "Qwen/Qwen3-32B-FP8", "Qwen/Qwen3-235B-A22B": "Qwen/Qwen3-235B-A22B-FP8",
+                   "meta-llama/Llama-3.1-8B-Instruct": "nvidia/Llama-3.1-8B-Instruct-FP8",
+                   "meta-llama/Llama-3.1-70B-Instruct": "nvidia/Llama-3.1-70B-Instruct-FP8"}
 
 
 def _checkpoint(model_path: str) -> str:
+    if model_path in FP8_CHECKPOINTS.values():
+        return "fp8"
     return CHECKPOINT_PRECISION.get(model_path, "bf16")
+
+
+def checkpoint_for(view: LaunchView) -> str | None:
+    """The checkpoint that holds the plan's precision (TensorRT-LLM runs what the checkpoint holds)."""
+    if _checkpoint(view.model_path) == view.precision:
+        return view.model_path
+    if view.precision == "fp8":
+        return FP8_CHECKPOINTS.get(view.model_path)
+    return None
 
 
 def check(view: LaunchView) -> None:
@@ -37,9 +54,10 @@ def check(view: LaunchView) -> None:
         if r.microbatches > 1:
             reasons.append(f"{r.section}.microbatches={r.microbatches}: no two-microbatch overlap")
             nearest.append(f"{r.section}.microbatches=1")
-    if view.precision != _checkpoint(view.model_path):
+    if checkpoint_for(view) is None:
         reasons.append(f"precision={view.precision}: TensorRT-LLM runs the checkpoint's precision "
-                       f"({_checkpoint(view.model_path)} for {view.model_path})")
+                       f"({_checkpoint(view.model_path)} for {view.model_path}) and no {view.precision} checkpoint "
+                       "of it is known")
         nearest.append(f"precision={_checkpoint(view.model_path)}")
     if reasons:
         raise Inexpressible("TensorRT-LLM", reasons, nearest)
@@ -69,7 +87,10 @@ def extra_options(view: LaunchView, r: Role) -> dict:
 
 
 def export(view: LaunchView) -> Bundle:
+    from dataclasses import replace
+
     check(view)
+    view = replace(view, model_path=checkpoint_for(view))
     b = Bundle(NAME, [])
     for r in view.roles:
         extra = f"extra-{r.role}.yaml"
@@ -104,7 +125,8 @@ def parse(argv: list[str], files: dict[str, str] | None = None) -> Imported:
         argv = argv[argv.index("trtllm-serve"):]
     args = read_args(NAME, argv)
     positional = [t for t in argv[1:2] if not t.startswith("-")]
-    model = positional[0] if positional else ""
+    checkpoint = positional[0] if positional else ""
+    model = {v: k for k, v in FP8_CHECKPOINTS.items()}.get(checkpoint, checkpoint)
     extra_name = args.get("--extra_llm_api_options", "--config")
     extra = {}
     if extra_name:
@@ -126,7 +148,7 @@ def parse(argv: list[str], files: dict[str, str] | None = None) -> Imported:
     lb = (extra.get("moe_config") or {}).get("load_balancer") or {}
     imp = Imported(role=role, model_path=model, ranks=world * pp, tp=world // dp, ep=ep, moe_tp=world // ep, pp=pp,
                    redundant=0, microbatches=1, drafts=int(spec.get("max_draft_len", spec.get("num_nextn_predict_layers", 0))),
-                   precision=_checkpoint(model),
+                   precision=_checkpoint(checkpoint),
                    kv_cache_dtype="fp8" if (extra.get("kv_cache_config") or {}).get("dtype") == "fp8" else "bf16",
                    unknown=args.unknown + [k for k in extra if k not in _EXTRA_KEYS])
     imp.redundant = max(0, int(lb.get("num_slots", 0)) - _experts(model)) if lb else 0
