@@ -91,3 +91,36 @@ def test_bad_failures_exit_2(tmp_path, monkeypatch, capsys, override, needle):
     assert main(["plan", "+deployment=r1_ep320", override, "--no-record"]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+# --- failures in time (cmtwin simulate) ------------------------------------------------------------------------
+
+def test_a_die_failure_in_the_simulation_requeues_its_requests_and_recovers():
+    """8 x H200 DP8 decode: one GPU's group fails at t = 40 s, its requests go back to prefill with what they have
+    generated, the group serves again 20 s later; every request completes (conservation), the event is in the
+    samples, and the requests re-queued are counted."""
+    from cmtwin.sim.serving import Simulator
+
+    spec, plan = _plan("sim.duration_s=90", "sim.warmup_s=10", "sim.drain=true", "workload.output_len=256",
+                       "failures.events=[{t_s:40,die:n01.gpu2}]", "failures.recovery_s=20",
+                       deployment="r1_h200_disagg")
+    rows = []
+    sim = Simulator(spec, plan, sink=rows.extend)
+    sim.run()
+    c = sim.census()
+    assert c["arrived"] == c["completed"] > 100
+    [(t, die, requeued)] = sim.failures_seen
+    assert (t, die) == (40.0, "n01.gpu2") and requeued > 0
+    names = {(round(t), n) for t, n, _ in rows if n.startswith("sim.")}
+    assert (40, "sim.failure") in names and (60, "sim.recovery") in names
+    group = next(d.rank for d in plan.dies if d.die == "n01.gpu2")
+    assert sim.decoders[0].rank_kv[group] < 2**62  # back in service
+
+
+def test_a_prefill_die_event_is_refused():
+    from cmtwin.errors import ConfigError
+    from cmtwin.sim.serving import Simulator
+
+    spec, plan = _plan("failures.events=[{t_s:5,die:n00.gpu0}]", deployment="r1_h200_disagg")
+    with pytest.raises(ConfigError, match="prefill die"):
+        Simulator(spec, plan).run()

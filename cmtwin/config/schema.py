@@ -180,6 +180,15 @@ class MemorySpec(Frozen):
     """Tokens whose activations must fit at once (default: the phase's tokens per die per forward)."""
 
 
+class FailureEvent(Frozen):
+    """One failure in simulated time."""
+
+    t_s: float = Field(ge=0)
+    """When it fails, seconds from the start."""
+    die: str = Field(min_length=1)
+    """The die (as plan.dies lists it); its whole attention group stops."""
+
+
 class FailuresSpec(Frozen):
     """Components down for a what-if (cmtwin/planner/failures.py): the plan is recompiled on what is left."""
 
@@ -188,6 +197,13 @@ class FailuresSpec(Frozen):
     device with a failed die is out as a whole (its other die cannot hold a rank's share of a 2-die layout)."""
     devices: list[str] = Field(default_factory=list)
     """Whole devices (packages), e.g. n03.npu5 or n00.gpu3."""
+    events: list[FailureEvent] = Field(default_factory=list)
+    """`cmtwin simulate`: failures in time, e.g. [{t_s: 600, die: n12.npu0.d1}]: the die's attention group stops,
+    its requests are re-queued with their KV recomputed, and after recovery_s the group serves again (the plan
+    switched to a spare)."""
+    recovery_s: float = Field(default=60.0, ge=0)
+    """`cmtwin simulate`: seconds from a failure to the replanned group serving again (assumption: a spare device
+    brought in and the plan switched; 60 s unless measured for the deployment)."""
     policy: Literal["replan", "degrade", "refuse"] = "replan"
     """replan: the same layout on the surviving devices (spares first); degrade: the layout stays, the failed ranks'
     attention groups stop serving and their experts fall to the other replicas (EPLB's rule), experts with no replica

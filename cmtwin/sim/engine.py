@@ -42,6 +42,23 @@ class DecodeWake:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupDown:
+    """An attention group (`rank` of the simulator's decode instance) fails (failures.events)."""
+
+    instance: int
+    rank: int
+    die: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupUp:
+    """The failed group serves again after failures.recovery_s (the plan switched to a spare)."""
+
+    instance: int
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
 class SampleTick:
     """Take a time-series sample."""
 

@@ -56,6 +56,12 @@ def throughput_plot(samples: list[tuple[float, str, float]], path: Path, title: 
                        label="warm-up (not measured)" if ax is axes[2] else None)
             ax.axvline(0.5 * (window[0] + window[1]), color="0.4", linestyle=":", linewidth=0.8,
                        label="halves compared for steady state" if ax is axes[2] else None)
+    for name, colour, label in (("sim.failure", "tab:red", "failure (failures.events)"),
+                                ("sim.recovery", "tab:green", "recovered (failures.recovery_s)")):
+        for k, t in enumerate(series.get(name, ([], []))[0]):
+            for ax in axes:
+                ax.axvline(t, color=colour, linestyle="-.", linewidth=1.2,
+                           label=label if ax is axes[0] and k == 0 else None)
     for ax in axes:  # legends beside the data, not over it
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         ax.grid(alpha=0.3)

@@ -37,6 +37,8 @@ from cmtwin.sim.engine import (
     DecodeStepDone,
     DecodeWake,
     Environment,
+    GroupDown,
+    GroupUp,
     MeasureStart,
     PrefillDone,
     SampleTick,
@@ -48,6 +50,8 @@ from cmtwin.sim.traffic import Chunk, Stream, TraceSource, check_window, chunk_w
 from cmtwin.twin.capacity import decode_requests_per_s, prefill_requests_per_s
 
 COMPLETION_RATE_TAU_S = 5.0
+FAILED_KV = 2**62
+"""rank_kv of a failed group: larger than any KV capacity, so no request is placed there until it recovers."""
 """Time constant of the decode pool's completion-rate average that admission uses to foresee freed slots and KV:
 long enough to span many decode steps (tens of ms each) and the arrivals of a burst, short enough to follow a
 load change within seconds. A smoothing choice of the simulator, not a hardware figure."""
@@ -359,7 +363,10 @@ class Simulator:
         env.on(SampleTick, self._on_sample)
         env.on(Stop, lambda ev: env.stop())
         env.on(MeasureStart, self._on_mark)
+        env.on(GroupDown, self._on_group_down)
+        env.on(GroupUp, self._on_group_up)
         self.sched = self.batching.scheduler(self)
+        self.failures_seen: list[tuple[float, str, int]] = []  # (t, die, requests re-queued)
         self.totals = Totals()
         self.rec = Recorded()
         self.next_id = 0
@@ -761,6 +768,8 @@ class Simulator:
         env.schedule(min(self.interval, self.duration), _SAMPLE)
         env.schedule(self.warmup, _MARK)
         env.schedule(self.duration, _STOP)
+        for ev in self._failure_events():
+            env.schedule(ev[0], ev[1])
         env.run()
         self._mark_end = self._snapshot(env.now)
         if self.drain:
@@ -780,6 +789,74 @@ class Simulator:
                 "dbusy": dbusy, "steps": T.decode_steps, "batch": sum(d.batch_sum for d in ds), "done": T.completed,
                 "dout": [d.out_tokens for d in ds], "dsteps": [d.steps for d in ds],
                 "dbatch": [d.batch_sum for d in ds], "dbusys": [d.busy_total(now) for d in ds]}
+
+    # ------------------------------------------------------------------ failures in time
+    def _failure_events(self) -> list[tuple[float, GroupDown]]:
+        """failures.events as (time, GroupDown) on the simulator's decode (agg) groups; a prefill die is refused."""
+        f = self.spec.failures
+        if not f.events:
+            return []
+        roles = {d.die: d for d in self.plan.dies}
+        out = []
+        for e in f.events:
+            r = roles.get(e.die)
+            if r is None or r.role == "prefill":
+                why = "not a die the plan uses" if r is None else "a prefill die (prefill failures are not simulated yet)"
+                raise ConfigError(f"failures.events: die {e.die!r} is {why}.", key="failures.events",
+                                  fix="name a decode die from `cmtwin plan --format json` (plan.dies, role decode)")
+            out.append((e.t_s, GroupDown(r.instance, r.rank // self.tp, e.die)))
+        return out
+
+    def _on_group_down(self, ev: GroupDown) -> None:
+        """The group stops: its requests give back their slot and KV and go back to the queue as prompts of what
+        they have so far (prompt + generated tokens, recomputed), with the rest of their output to produce; no new
+        request lands on it until it recovers."""
+        now = self.env.now
+        d = self.decoders[ev.instance]
+        g = ev.rank
+        victims = [r for b in d.buckets.values() for r in b if r.rank == g]
+        if victims:
+            gone = {id(r) for r in victims}
+            for k in list(d.buckets):
+                d.buckets[k] = [r for r in d.buckets[k] if id(r) not in gone]
+        prefilling = [r for r in d.prefilling if r.rank == g]
+        if prefilling:
+            d.prefilling = deque(r for r in d.prefilling if r.rank != g)
+            self.in_prefill -= len(prefilling)
+        for r in victims:
+            generated = max(0, int((d.step - r.admit_step) * self.tps))
+            self._release(d, r)
+            if self.agg:
+                d.rank_dec[g] -= 1
+            d.n_active -= 1
+            d.sum_prompt -= r.prompt
+            d.sum_admit -= r.admit_step
+            r.prompt += generated
+            r.output = max(1, r.output - generated)
+        for r in prefilling:
+            self._release(d, r)
+        requeued = victims + prefilling
+        for r in requeued:
+            r.todo, r.hit, r.rank, r.admit_step, r.end_step = -1, 0, -1, -1, -1
+        d.rank_kv[g] = FAILED_KV  # no batching policy places a request where the KV check cannot pass
+        self.failures_seen.append((now, ev.die, len(requeued)))
+        if self.sink is not None:  # the event in the run's samples: the plot and the TUI mark it
+            self.sink([(now, "sim.failure", float(len(requeued)))])
+        if requeued:
+            lines = self.lines
+            self.sched.enqueue(requeued, lines)
+            for line in lines:
+                if line.queue and not line.busy:
+                    (self._start_step if self.agg else self._try_prefill)(line)
+        self.env.schedule(now + self.spec.failures.recovery_s, GroupUp(ev.instance, g))
+
+    def _on_group_up(self, ev: GroupUp) -> None:
+        d = self.decoders[ev.instance]
+        d.rank_kv[ev.rank] = 0
+        if self.sink is not None:
+            self.sink([(self.env.now, "sim.recovery", 1.0)])
+        if not d.busy:
+            self._start_step(d)
 
     def _on_mark(self, ev) -> None:
         self._mark_start = self._snapshot(self.env.now)
