@@ -124,3 +124,18 @@ def test_a_prefill_die_event_is_refused():
     spec, plan = _plan("failures.events=[{t_s:5,die:n00.gpu0}]", deployment="r1_h200_disagg")
     with pytest.raises(ConfigError, match="prefill die"):
         Simulator(spec, plan).run()
+
+
+def test_search_can_require_the_slo_with_one_die_down():
+    """search.require_failures=1: a plan stays only if, with one attention group down and its requests spread over
+    the instance's other groups (whose KV must hold them), TPOT still meets the SLO."""
+    from cmtwin.search.run import search
+
+    base = ["+deployment=r1_h200_disagg", "search.precisions=[fp8]", "search.simulate_top=0", "slo.tpot_ms=40",
+            "search.mtp_draft_tokens=[0,1]", "search.decode_batches=[32,64,128]"]
+    loose = search(load_spec(base)[0], workers=1)
+    strict = search(load_spec([*base, "search.require_failures=1"])[0], workers=1)
+    assert 0 < len(strict.candidates) < len(loose.candidates)
+    for c in strict.candidates:
+        assert c.decode.tpot_failed_ms is not None and c.tpot_ms <= c.decode.tpot_failed_ms <= 40
+        assert c.decode.devices * c.decode.dies_per_device // c.decode.tp > 1  # a lone group has no one to absorb

@@ -60,6 +60,7 @@ class DecodeEval:
     ttft_ms: float | None = None  # agg: chunked prefill of a prompt between decode steps
     chunk_tokens: float = 0.0  # agg: prefill tokens per die in the mean step
     dies_per_device: int = 1
+    tpot_failed_ms: float | None = None  # search.require_failures: TPOT with one group down (inf: cannot absorb)
 
     @property
     def groups(self) -> int:
@@ -376,9 +377,17 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
             fits, plan = _largest_that_compiles(v, bound, "decode", "batch_per_group", tally, len(mbs), known)
             if known is not None:
                 bound = fits  # what compiles with the fewest drafts bounds what compiles with more
+            mem = plan.pools_of("decode")[0].memory
+            groups = devices * dies // (lay["tp"] * lay["pp"])
             for b, m in product(fits, mbs):
                 r = decode_step(v, plan, hw, fabric, batch_per_die=b / lay["tp"], microbatches=m)
                 tally.calls += 1
+                failed = None
+                if s.require_failures:  # one group down: its requests spread over the others, whose KV must fit
+                    b_f = -(-b * groups // (groups - 1)) if groups > 1 else None
+                    fits_kv = b_f is not None and mem.kv_cache * b_f / b <= mem.capacity - mem.fixed
+                    failed = (decode_step(v, plan, hw, fabric, batch_per_die=b_f / lay["tp"], microbatches=m).tpot_ms
+                              if fits_kv else float("inf"))
                 ttft, tps = None, r.tokens_per_s_per_device
                 if mode == "agg":
                     try:
@@ -394,7 +403,7 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
                                       mtp=k, precision=prec, tpot_ms=r.tpot_ms,
                                       tokens_per_s_per_device=tps,
                                       tokens_per_step=r.tokens_per_step, ttft_ms=ttft, chunk_tokens=r.chunk_tokens,
-                                      dies_per_device=dies))
+                                      dies_per_device=dies, tpot_failed_ms=failed))
     return out, tally
 
 
@@ -558,6 +567,9 @@ def _combine(spec, budget: int, decode: list[DecodeEval], prefill: list[PrefillE
             out.append(Candidate(d, p, k, inst, devices, rate, rate * w.output_len / devices, d.tpot_ms, p.ttft_ms,
                                  "prefill" if pre < k * dec else "decode", dies))
     slo = spec.slo
+    if spec.search.require_failures:  # the SLO (or, without one, any TPOT at all) with one group down
+        out = [c for c in out if c.decode.tpot_failed_ms is not None and c.decode.tpot_failed_ms < float("inf")
+               and (slo.tpot_ms is None or c.decode.tpot_failed_ms <= slo.tpot_ms)]
     if slo.tpot_ms is not None:
         out = [c for c in out if c.tpot_ms <= slo.tpot_ms]
     if slo.ttft_ms is not None:

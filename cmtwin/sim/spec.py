@@ -64,6 +64,9 @@ class SearchSpec(Frozen):
     """Local worker processes (0 = one per core)."""
     simulate_top: int = Field(default=3, ge=0)
     """Simulate the best few candidates of the frontier (0 = analytic only)."""
+    require_failures: int = Field(default=0, ge=0, le=1)
+    """1: keep only plans that meet the SLO with one attention group's die down, its requests spread over the
+    other groups of the instance (which must also hold their KV); 0: no such requirement."""
     sim_duration_s: float = Field(default=20.0, gt=0)
     """Simulated seconds for each simulated candidate."""
     modes: list[Literal["disagg", "agg"]] = Field(default_factory=lambda: ["disagg", "agg"], min_length=1)
