@@ -35,7 +35,10 @@ def test_replan_without_spares_is_refused_with_degrade_as_the_fix():
     assert "1 failed" in str(e.value) and "failures.policy=degrade" in e.value.fix
 
 
-def test_degrade_takes_the_groups_down_and_loses_unreplicated_experts():
+def test_degrade_takes_the_groups_down_and_moves_their_experts_to_redundant_slots():
+    """One decode NPU of r1_ep320 (two ranks of one expert each) under degrade: its two attention groups stop, and
+    EPLB's re-placement on the 286 surviving routed ranks puts its experts into slots that held replicas: every
+    expert is still served, two fewer are replicated."""
     spec, healthy = _plan()
     pool = healthy.pools_of("decode")[0]
     rank0 = next(d for d in healthy.dies if d.role == "decode" and d.rank == 0)
@@ -43,22 +46,29 @@ def test_degrade_takes_the_groups_down_and_loses_unreplicated_experts():
     fpool = failed.pools_of("decode")[0]
     assert fpool.failed_ranks == (0, 1)  # the whole NPU: both dies
     assert fpool.groups_down == 2 and fpool.alive == pytest.approx(318 / 320)
-    lost = fpool.placement.lost_experts()
-    assert set(lost) == {e for r in (0, 1) for e in pool.placement.ranks[r] if pool.placement.replicas[e] == 1}
+    after = fpool.placement
+    assert after.ranks[0] == after.ranks[1] == () and after.lost_experts() == ()
+    held = {e for r in after.ranks for e in r}
+    assert set(pool.placement.ranks[0]) | set(pool.placement.ranks[1]) <= held and len(held) == 256
+    replicated = lambda pl: sum(1 for n in pl.replicas if n > 1)  # noqa: E731
+    assert replicated(after) == replicated(pool.placement) - 2
     a, b = predict(spec, healthy).decode, predict(fspec, failed).decode
-    assert b.tokens_per_s_per_device < a.tokens_per_s_per_device
     assert b.tokens_per_s_per_device == pytest.approx(a.tokens_per_s_per_device * 318 / 320, rel=0.01)
 
 
-def test_degrade_moves_a_replicated_experts_load_to_its_other_replica():
+def test_more_failed_dies_than_the_redundancy():
+    """33 decode dies (17 NPUs, 34 ranks) down, more than the 32 redundant slots: degrade loses the two least-loaded
+    experts and lists them; replan takes 17 spare NPUs; refuse names the dies."""
     spec, healthy = _plan()
-    pl = healthy.pools_of("decode")[0].placement
-    rank = next(r for r, ex in enumerate(pl.ranks) if ex and pl.replicas[ex[0]] > 1)
-    expert = pl.ranks[rank][0]
-    after = pl.without([rank])
-    assert after.replicas[expert] == pl.replicas[expert] - 1 and expert not in after.lost_experts()
-    others = [r for r, ex in enumerate(pl.ranks) if expert in ex and r != rank]
-    assert after.rank_loads()[others[0]] == pytest.approx(pl.rank_loads()[others[0]] * pl.replicas[expert])
+    dies = [d.die for d in healthy.dies if d.role == "decode"][:33]
+    failures = "failures.dies=[" + ",".join(dies) + "]"
+    _, degraded = _plan(failures, "failures.policy=degrade")
+    pool = degraded.pools_of("decode")[0]
+    assert len(pool.failed_ranks) == 34 and len(pool.placement.lost_experts()) == 2
+    _, replanned = _plan(failures)
+    assert not {d.die for d in replanned.dies} & set(dies) and replanned.devices_used == healthy.devices_used
+    with pytest.raises(PlanError, match="failures.policy=refuse"):
+        _plan(failures, "failures.policy=refuse")
 
 
 def test_refuse_names_the_dies_it_would_lose():
@@ -139,3 +149,34 @@ def test_search_can_require_the_slo_with_one_die_down():
     for c in strict.candidates:
         assert c.decode.tpot_failed_ms is not None and c.tpot_ms <= c.decode.tpot_failed_ms <= 40
         assert c.decode.devices * c.decode.dies_per_device // c.decode.tp > 1  # a lone group has no one to absorb
+
+
+# --- failed switches and sub-planes ---------------------------------------------------------------------------
+
+def test_losing_one_of_the_seven_ub_subplanes_slows_collectives_by_the_remaining_planes():
+    """CloudMatrix384's L2 UB tier has 7 sub-planes of 16 switch chips; losing l2.p3 leaves each node 6/7 of its
+    uplink (7 x 16 x 224 -> 6 x 16 x 224 Gbps). A decode dispatch over EP320 (20 nodes, 16 ranks per node) then
+    sends its off-node share through 21,504 / 16 = 1,344 Gbps instead of 1,568: by hand, the transfer part grows by
+    (304/320 x bytes / 1,344) / (319/320 x bytes / 1,568); the fixed cost and latency do not change."""
+    from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin import comm
+
+    spec, plan = _plan()
+    fspec, _ = _plan("failures.planes=[l2.p3]")
+    f, f2 = fabric_for(spec), fabric_for(fspec)
+    assert (f.uplink_gbps(0, "ub"), f2.uplink_gbps(0, "ub")) == (7 * 16 * 224, 6 * 16 * 224)
+    ids = plan.die_ids("decode")
+    nbytes = 100 * 7680
+    c1, c2 = (comm.dispatch_combine(spec.hardware, fab, ids, kind="dispatch", send_copies=100, recv_copies=100,
+                                    msg_bytes=7680) for fab in (f, f2))
+    eff = comm._eff(spec.hardware, f, "dispatch", "ub")
+    healthy = nbytes * 319 / 320 / (1568 / 8 * 1e9 * eff) * 1e6  # every peer but itself, through its 7 links
+    failed = nbytes * (320 - 1 - 15) / 320 / (6 * 16 * 224 / 16 / 8 * 1e9 * eff) * 1e6
+    assert c2.us - c1.us == pytest.approx(failed - healthy, rel=1e-6)
+
+
+def test_a_partition_is_refused_naming_the_cut():
+    with pytest.raises(Exception, match="partition plane ub"):
+        _plan("failures.planes=[l2.p0,l2.p1,l2.p2,l2.p3,l2.p4,l2.p5,l2.p6]")
+    with pytest.raises(Exception, match="names no switch"):
+        _plan("failures.switches=[l9.p0.s0]")

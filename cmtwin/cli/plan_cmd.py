@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     prediction = predict(spec, plan)
     plan_dict = plan.to_dict()
     out = {"plan_hash": plan.plan_hash, "plan": plan_dict, "prediction": prediction.to_dict()}
-    whatif = _failure_whatif(spec, plan, prediction) if spec.failures.dies or spec.failures.devices else None
+    f = spec.failures
+    whatif = _failure_whatif(spec, plan, prediction) if f.dies or f.devices or f.switches or f.planes else None
     if whatif is not None:
         out["prediction"]["failures"] = whatif
     out_file = _open_out(args.out) if args.out else None  # a bad path fails before anything is recorded
@@ -72,7 +73,8 @@ def _failure_whatif(spec, plan, prediction) -> dict:
     from cmtwin.planner.plan import compile_plan
     from cmtwin.twin.predict import predict
 
-    healthy_spec = spec.model_copy(update={"failures": spec.failures.model_copy(update={"dies": [], "devices": []})})
+    healthy_spec = spec.model_copy(update={"failures": spec.failures.model_copy(
+        update={"dies": [], "devices": [], "switches": [], "planes": []})})
     healthy_plan = compile_plan(healthy_spec)
     healthy = predict(healthy_spec, healthy_plan)
 
@@ -88,7 +90,9 @@ def _failure_whatif(spec, plan, prediction) -> dict:
 
     before, after = placed(healthy_plan), placed(plan)
     moved = sorted(d for d in before if d not in after) if spec.failures.policy == "replan" else []
-    return {"policy": spec.failures.policy, "dies": list(spec.failures.dies), "devices": list(spec.failures.devices),
+    f = spec.failures
+    return {"policy": f.policy, "dies": list(f.dies), "devices": list(f.devices), "switches": list(f.switches),
+            "planes": list(f.planes),
             "healthy": figures(healthy), "failed": figures(prediction), "blast_radius": blast_radius(plan),
             "dies_vacated": moved, "dies_taken_over": sorted(d for d in after if d not in before)}
 
@@ -99,7 +103,7 @@ def _render_whatif(w: dict) -> None:
     from cmtwin.cli.common import console
 
     t = Table(title=f"Failure what-if (failures.policy={w['policy']}): "
-                    + ", ".join(w["dies"] + w["devices"]), title_justify="left")
+                    + ", ".join(w["dies"] + w["devices"] + w["switches"] + w["planes"]), title_justify="left")
     for col in ("", "healthy", "with the failures", "change"):
         t.add_column(col, justify="left" if not col else "right")
     for key, label in (("decode_tokens_per_s_per_device", "decode tokens/s/device"), ("tpot_ms", "TPOT ms"),
@@ -114,7 +118,7 @@ def _render_whatif(w: dict) -> None:
         lost = hit["experts_lost"]
         c.print(f"{pool}: ranks {hit['ranks_down']} down, {hit['groups_down']} of {hit['groups']} attention groups "
                 f"serve nothing, " + (f"experts {lost} lost (no replica left: their tokens are dropped)" if lost
-                                      else "every expert keeps a replica"))
+                                      else "every expert still placed (EPLB re-placement on the survivors)"))
     if w["dies_vacated"]:
         c.print(f"replanned: {len(w['dies_vacated'])} dies vacated, {len(w['dies_taken_over'])} spare dies taken "
                 f"over ({', '.join(w['dies_taken_over'][:4])}{' ...' if len(w['dies_taken_over']) > 4 else ''})")

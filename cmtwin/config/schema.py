@@ -197,6 +197,11 @@ class FailuresSpec(Frozen):
     device with a failed die is out as a whole (its other die cannot hold a rank's share of a 2-die layout)."""
     devices: list[str] = Field(default_factory=list)
     """Whole devices (packages), e.g. n03.npu5 or n00.gpu3."""
+    switches: list[str] = Field(default_factory=list)
+    """Switches down, by id as `cmtwin export topology` lists them (l2.p3.s5, n00.l1s2): collectives price the
+    surviving routes and links."""
+    planes: list[str] = Field(default_factory=list)
+    """Switch groups down by id prefix, e.g. l2.p3 (CloudMatrix384's L2 UB sub-plane 3 of 7)."""
     events: list[FailureEvent] = Field(default_factory=list)
     """`cmtwin simulate`: failures in time, e.g. [{t_s: 600, die: n12.npu0.d1}]: the die's attention group stops,
     its requests are re-queued with their KV recomputed, and after recovery_s the group serves again (the plan

@@ -10,7 +10,9 @@ plan does about them.
 - refuse: a failure that hits a device the plan uses is an error naming it.
 
 A device with a failed die is out as a whole: its other die cannot hold its share of a layout laid out by device.
-Links, switches and planes are not modelled as failures yet.
+Failed switches and switch sub-planes (failures.switches, failures.planes) act on the fabric instead: it becomes the
+view of the graph without them (cmtwin.topology.fabric.fabric_for), so collectives price the surviving links and
+routes, and a plane that no longer joins every die is refused naming the cut.
 """
 
 from __future__ import annotations

@@ -30,17 +30,26 @@ class ExpertPlacement:
     failed: tuple[int, ...] = ()  # EP ranks down (failures.policy=degrade): they hold nothing any more
 
     def without(self, ep_ranks) -> ExpertPlacement:
-        """The layout after these EP ranks failed: their slots are gone, each of their experts has one replica
-        fewer (the others take its load, EPLB's rule), and an expert with no replica left is lost (its load 0)."""
+        """The layout after these EP ranks failed, re-placed by EPLB's rule on the surviving routed ranks: their
+        slots hold every expert again, the redundant replicas shrinking to what is left (so a failed rank's expert
+        moves to a slot a replica held); when fewer slots than experts survive, the least-loaded experts are lost
+        (their load 0). A failed dedicated shared-expert rank only stops serving."""
         dead = set(ep_ranks) | set(self.failed)
-        replicas = list(self.replicas)
-        for r in dead - set(self.failed):
-            for e in self.ranks[r]:
-                replicas[e] -= 1
-        load = tuple(x if replicas[e] > 0 else 0.0 for e, x in enumerate(self.load))
-        ranks = tuple(() if r in dead else experts for r, experts in enumerate(self.ranks))
+        alive = [r for r in range(self.routed_ranks) if r not in dead]
+        slots = len(alive) * self.routed_slots_per_rank
+        order = sorted(range(len(self.load)), key=lambda e: (-self.load[e], e))
+        kept = sorted(order[:slots])
+        lists, reps = _deal([self.load[e] for e in kept], len(alive), self.routed_slots_per_rank,
+                            max(0, slots - len(kept))) if alive else ([], [])
+        ranks: list[tuple[int, ...]] = [()] * self.ep
+        for i, r in enumerate(alive):
+            ranks[r] = tuple(sorted(kept[j] for j in lists[i]))
+        replicas = [1] * len(self.load)
+        load = [0.0] * len(self.load)
+        for j, e in enumerate(kept):
+            replicas[e], load[e] = reps[j], self.load[e]
         return ExpertPlacement(self.ep, self.routed_slots_per_rank, self.shared_on_every_rank,
-                               self.dedicated_shared_ranks, ranks, tuple(max(1, n) for n in replicas), load,
+                               self.dedicated_shared_ranks, tuple(ranks), tuple(replicas), tuple(load),
                                tuple(sorted(dead)))
 
     def lost_experts(self) -> tuple[int, ...]:
@@ -81,6 +90,38 @@ class ExpertPlacement:
         }
 
 
+def _deal(load, n_ranks: int, per_rank: int, redundant: int) -> tuple[list[list[int]], list[int]]:
+    """EPLB's rule over `n_ranks` ranks of `per_rank` slots: redundant replicas greedily to the experts with the
+    highest load per replica (at most one copy per rank), then copies in descending load per copy, each dealt to the
+    least-loaded rank with a free slot that does not hold the expert yet. Returns (experts per rank, replicas)."""
+    n = len(load)
+    replicas = [1] * n
+    heap = [(-load[e], e) for e in range(n)]
+    heapq.heapify(heap)
+    for _ in range(redundant):
+        _, e = heapq.heappop(heap)
+        replicas[e] += 1
+        if replicas[e] < n_ranks:
+            heapq.heappush(heap, (-load[e] / replicas[e], e))
+    copies = sorted(((load[e] / replicas[e], e) for e in range(n) for _ in range(replicas[e])), reverse=True)
+    ranks: list[list[int]] = [[] for _ in range(n_ranks)]
+    rank_heap = [(0.0, r) for r in range(n_ranks)]
+    heapq.heapify(rank_heap)
+    for w, e in copies:
+        skipped = []
+        while True:
+            cur, r = heapq.heappop(rank_heap)
+            if len(ranks[r]) < per_rank and e not in ranks[r]:
+                break
+            skipped.append((cur, r))
+        ranks[r].append(e)
+        if len(ranks[r]) < per_rank:
+            heapq.heappush(rank_heap, (cur + w, r))
+        for item in skipped:
+            heapq.heappush(rank_heap, item)
+    return ranks, replicas
+
+
 def expert_load(model: ModelSpec, balance: str, cv: float = 0.0) -> tuple[float, ...]:
     """Relative load per routed expert (mean 1). 'perfect': uniform; 'default': the popularity profile."""
     from cmtwin.twin.load import expert_load_profile
@@ -119,33 +160,7 @@ def place_experts(model: ModelSpec, *, phase: str, ep: int, redundant: int, dedi
         raise PlanError(f"{phase}.redundant_experts ({redundant}) is more than the ranks can hold without two "
                         f"copies of an expert on one rank.", key=f"{phase}.redundant_experts")
     load = expert_load(model, balance, load_cv)
-    # Replicas: greedy on load per replica (EPLB's rule), at most one copy per routed rank (the check above
-    # guarantees the heap never runs dry: routed x routed_ranks >= routed + redundant).
-    replicas = [1] * routed
-    heap = [(-load[e], e) for e in range(routed)]
-    heapq.heapify(heap)
-    for _ in range(redundant):
-        _, e = heapq.heappop(heap)
-        replicas[e] += 1
-        if replicas[e] < routed_ranks:
-            heapq.heappush(heap, (-load[e] / replicas[e], e))
-    # Copies in descending load per copy, dealt to the least-loaded rank that has a free slot and not the expert.
-    copies = sorted(((load[e] / replicas[e], e) for e in range(routed) for _ in range(replicas[e])), reverse=True)
-    ranks: list[list[int]] = [[] for _ in range(routed_ranks)]
-    rank_heap = [(0.0, r) for r in range(routed_ranks)]
-    heapq.heapify(rank_heap)
-    for w, e in copies:
-        skipped = []
-        while True:
-            cur, r = heapq.heappop(rank_heap)
-            if len(ranks[r]) < per_rank and e not in ranks[r]:
-                break
-            skipped.append((cur, r))
-        ranks[r].append(e)
-        if len(ranks[r]) < per_rank:
-            heapq.heappush(rank_heap, (cur + w, r))
-        for item in skipped:
-            heapq.heappush(rank_heap, item)
+    ranks, replicas = _deal(load, routed_ranks, per_rank, redundant)
     layout = tuple(tuple(sorted(r)) for r in ranks) + tuple(() for _ in range(dedicated_shared))
     return ExpertPlacement(
         ep=ep,

@@ -95,11 +95,13 @@ def _us(nbytes: float, gbps: float) -> float:
 class Fabric:
     """A topology's frozen graph with fast routing and collective-time queries (see the module doc)."""
 
-    def __init__(self, spec: TopologySpec):
-        """Build the graph of `spec`, check its invariants (TopologyError) and index it."""
+    def __init__(self, spec: TopologySpec, graph: nx.MultiDiGraph | None = None):
+        """Build the graph of `spec` (or take `graph`, a view of it with failed switches removed), check its
+        invariants (TopologyError) and index it."""
         self.spec = spec
-        self.graph: nx.MultiDiGraph = build_graph(spec)
-        check_invariants(self.graph, spec)
+        self.graph: nx.MultiDiGraph = build_graph(spec) if graph is None else graph
+        if graph is None:
+            check_invariants(self.graph, spec)
         g = self.graph
         self._index_nodes()
         inj: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -732,5 +734,41 @@ def get_fabric(name: str | Path, overrides: tuple[tuple[str, Any], ...] = ()) ->
 
 
 def fabric_for(spec) -> Fabric:
-    """The built, frozen fabric of a spec's topology (its file and parameter overrides), from the cache."""
-    return get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))
+    """The built, frozen fabric of a spec's topology (its file and parameter overrides), from the cache; with
+    failed switches or sub-planes (failures.switches, failures.planes), the view of it without them."""
+    fabric = get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))
+    failures = getattr(spec, "failures", None)
+    if failures is None or not (failures.switches or failures.planes):
+        return fabric
+    return _without(fabric, tuple(sorted(failures.switches)), tuple(sorted(failures.planes)))
+
+
+@functools.lru_cache(maxsize=16)
+def _without(fabric: Fabric, switches: tuple[str, ...], planes: tuple[str, ...]) -> Fabric:
+    """The fabric without these switches and the switches of these sub-planes (a switch id's prefix, e.g. l2.p3
+    for CloudMatrix384's L2 sub-plane 3); refused when a plane no longer joins every die (naming the cut)."""
+    g = fabric.graph
+    switch_ids = [n for n, a in g.nodes(data=True) if a["kind"] == "switch"]
+    gone = set()
+    for key, names, match in (("failures.switches", switches, lambda n, x: n == x),
+                              ("failures.planes", planes, lambda n, x: n.startswith(x + "."))):
+        for x in names:
+            hit = [n for n in switch_ids if match(n, x)]
+            if not hit:
+                examples = ", ".join(sorted({n.rsplit(".", 1)[0] for n in switch_ids if not n.startswith("n")})[:4]
+                                     if key == "failures.planes" else switch_ids[-3:])
+                raise TopologyError(f"{key}: {x!r} names no switch of {fabric.name}.", key=key,
+                                    fix=f"use switch ids as `cmtwin export topology` lists them, e.g. {examples}")
+            gone.update(hit)
+    view = g.copy()
+    view.remove_nodes_from(gone)
+    dies = [d.id for d in fabric.dies()]
+    for plane in sorted({fabric.roles.scale_up, fabric.roles.inter_node}):
+        sub = nx.Graph((u, v) for u, v, p in view.edges(data="plane") if p == plane)
+        reach = nx.node_connected_component(sub, dies[0]) if dies[0] in sub else {dies[0]}
+        cut = [d for d in dies if d not in reach]
+        if cut:
+            raise TopologyError(f"the failures partition plane {plane} of {fabric.name}: {len(cut)} dies (e.g. {cut[0]}) "
+                                f"no longer reach {dies[0]}.", key="failures.switches",
+                                fix="fail fewer switches; a partitioned supernode cannot run one plan")
+    return Fabric(fabric.spec, view)

@@ -143,9 +143,11 @@ def _spread_time(hw: HardwareProfile, g: GroupShape, kind: str, send_bytes: floa
     intra_b = send_bytes * g.same_node / g.size
     inter_b = send_bytes * (g.size - 1 - g.same_node) / g.size
     pi, po = g.planes.intra, g.planes.inter
-    if pi == po:
-        bw = g.intra_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, pi)
-        return (intra_b + inter_b) / bw * 1e6, pi
+    if pi == po:  # one plane (UB): all of it through the rank's links, the off-node part also through the node's
+        eff = _eff(hw, g.fabric, kind, pi)  # uplinks, shared by the group's ranks there (binding only when a
+        t = (intra_b + inter_b) / (g.intra_gbps / 8 * 1e9 * eff)  # switch or sub-plane failed: CM384 is non-blocking)
+        t_up = inter_b / (g.inter_gbps / 8 * 1e9 * eff) if inter_b and g.inter_gbps else 0.0
+        return max(t, t_up) * 1e6, pi
     t_in = intra_b / (g.intra_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, pi)) * 1e6 if intra_b else 0.0
     t_out = inter_b / (g.inter_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, po)) * 1e6 if inter_b else 0.0
     return (t_in, pi) if t_in >= t_out else (t_out, po)
