@@ -180,3 +180,14 @@ def test_a_partition_is_refused_naming_the_cut():
         _plan("failures.planes=[l2.p0,l2.p1,l2.p2,l2.p3,l2.p4,l2.p5,l2.p6]")
     with pytest.raises(Exception, match="names no switch"):
         _plan("failures.switches=[l9.p0.s0]")
+
+
+def test_the_tui_map_marks_the_failed_devices():
+    from cmtwin.tui.data import supernode_map
+
+    _, replanned = _plan("failures.dies=[n12.npu0.d1]")
+    _, degraded = _plan("failures.dies=[n12.npu0.d1]", "failures.policy=degrade")
+    for plan in (replanned, degraded):
+        grid = supernode_map(plan.to_dict())
+        assert grid.cell(12, 0).role == "failed" and grid.role_counts()["failed"] == 1
+        assert grid.cell(12, 1).role == "decode"

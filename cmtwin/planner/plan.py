@@ -119,6 +119,7 @@ class Plan:
     kv_routes: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # prefill inst -> (first, step, count) of decode ranks
     devices_per_node: int = 0  # as the topology declares (node.devices.count); the TUI's grid width
     device_id_prefix: str = ""  # the topology's die-id stem (n03.npu5.d1: "npu")
+    failed_dies: tuple[str, ...] = ()  # failures.*: the dies down (the TUI's map marks them)
 
     def pools_of(self, role: str) -> list[Pool]:
         return [p for p in self.pools if p.role == role]
@@ -158,6 +159,7 @@ class Plan:
             "caching": self.caching.to_dict() if self.caching else None,
             "kv_routes": {str(k): {"decode_rank_first": a, "step": b, "count": c}
                           for k, (a, b, c) in self.kv_routes.items()},
+            **({"failed_dies": list(self.failed_dies)} if self.failed_dies else {}),
         }
         if with_dies:
             d["dies"] = [
@@ -310,4 +312,5 @@ def compile_plan(spec: Spec) -> Plan:
         kv_routes=kv_routes,
         devices_per_node=fabric.devices_per_node,
         device_id_prefix=fabric.device_id_prefix,
+        failed_dies=tuple(d.id for d in all_dies if (d.node, d.device) in failed),
     )

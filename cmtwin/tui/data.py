@@ -238,6 +238,8 @@ class DeviceCell:
     @property
     def role(self) -> str:
         roles = {d.role for d in self.dies}
+        if "failed" in roles:  # a device with a failed die is out as a whole
+            return "failed"
         return "idle" if not roles else roles.pop() if len(roles) == 1 else "mixed"
 
     @property
@@ -317,7 +319,9 @@ def supernode_map(plan: Mapping[str, Any]) -> SupernodeMap:
     if not dies and plan.get("pools"):
         dies = _dies_from_pools(plan, declared or _pool_devices_per_node(plan), kind)
         note = "roles from the pools (this run stored no per-die placement)"
-    for die in dies:
+    failed = set(plan.get("failed_dies") or ())
+    unplaced = [{"die": d, "role": "failed"} for d in sorted(failed - {str(x.get("die")) for x in dies})]
+    for die in [*dies, *unplaced]:
         m = _DIE_ID.match(str(die.get("die", "")))
         if not m:
             continue
@@ -327,7 +331,7 @@ def supernode_map(plan: Mapping[str, Any]) -> SupernodeMap:
         placed.setdefault((node, device), []).append(
             DieCell(
                 die=str(die["die"]),
-                role=str(die.get("role", "?")),
+                role="failed" if die["die"] in failed else str(die.get("role", "?")),
                 instance=die.get("instance"),
                 rank=die.get("rank"),
                 ep_rank=die.get("ep_rank"),

@@ -33,8 +33,9 @@ ROLE_STYLE = {
     "decode": "bold magenta",
     "idle": "grey42",
     "mixed": "bold yellow",
+    "failed": "bold red",
 }
-"""Colour per die role (any other role is green)."""
+"""Colour per die role (any other role is green; `failed`: a die the plan's failures.* took down)."""
 
 
 def role_style(role: str) -> str:
