@@ -148,3 +148,11 @@ def test_search_explores_small_batches_per_group():
     res = search(spec, workers=1)
     groups = {c.decode.batch_per_group for c in res.candidates if c.decode.tp == 8}
     assert {1, 2, 4, 8} <= groups
+
+
+def test_a_fractional_batch_still_steps_whole_tokens_per_die():
+    """TP16 at 2 requests is 0.125 requests per die, but a die runs whole tokens (the executor allocates them)."""
+    for overrides in (["+deployment=r1_h100_tp16", "serving.concurrency=2"], ["+deployment=r1_ep320"]):
+        spec, _ = load_spec(overrides)
+        pool = compile_plan(spec).pools_of("decode")[0]
+        assert isinstance(pool.tokens_per_die, int) and pool.tokens_per_die >= 1

@@ -7,6 +7,7 @@ plain, JSON-ready structure; `Plan.to_dict()` is what `--format json` prints and
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -187,7 +188,7 @@ def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> No
 
 
 def _pool(spec: Spec, *, role: str, instance: int, dies: list, layout: Layout, redundant: int,
-          dedicated: int, tokens_per_die: float, batch_per_die: float, kv_tokens: float,
+          dedicated: int, tokens_per_die: int, batch_per_die: float, kv_tokens: float,
           buffer_tokens: int) -> tuple[Pool, list[DieRole]]:
     ep, tp = layout.ep, layout.tp
     placement = place_experts(spec.model, phase=role, ep=ep, redundant=redundant, dedicated_shared=dedicated,
@@ -270,9 +271,9 @@ def compile_plan(spec: Spec) -> Plan:
         dies = free[cursor:cursor + n]
         cursor += n
         batch = spec.decode_batch_per_die
-        tokens = batch * (1 + k)
+        tokens = max(1, math.ceil(batch * (1 + k)))  # whole tokens per die (a TP group's share rounds up)
         if spec.serving.mode == "agg":  # activations of the largest step: the whole step budget
-            tokens = max(tokens, token_budget(spec).per_group / dcfg.tp)
+            tokens = max(tokens, math.ceil(token_budget(spec).per_group / dcfg.tp))
         lay = layout_of(dcfg, dcfg.devices, dpd)
         kv_tokens = batch * (spec.workload.decode_kv_len + k) * lay.kv_replication(spec.model)
         buffer_tokens = dcfg.max_tokens_per_rank or tokens

@@ -377,6 +377,8 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
             fits, plan = _largest_that_compiles(v, bound, "decode", "batch_per_group", tally, len(mbs), known)
             if known is not None:
                 bound = fits  # what compiles with the fewest drafts bounds what compiles with more
+            if plan is None:  # no batch of the grid compiles for this layout and draft count
+                continue
             mem = plan.pools_of("decode")[0].memory
             groups = devices * dies // (lay["tp"] * lay["pp"])
             for b, m in product(fits, mbs):
