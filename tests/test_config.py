@@ -50,6 +50,7 @@ HOME: dict[tuple[str, str], tuple[list[str], bool]] = {
          "decode.batch_per_device=4"], True),
     # the newer models: each with the deployment written for it (conf/deployment/, docs/models.md)
     ("model", "kimi_k2"): (["+deployment=kimi_k2_h200"], True),
+    ("model", "gpt_oss_120b"): (["+deployment=gpt_oss_120b_h100"], True),
     ("model", "minimax_m2"): (["+deployment=minimax_m2_h100"], True),
     ("model", "qwen3_32b"): (["+deployment=qwen3_32b_h100"], True),
     ("model", "llama31_8b"): (["+deployment=llama31_8b_h100"], True),

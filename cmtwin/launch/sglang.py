@@ -17,7 +17,7 @@ NAME = "sglang"
 COMMAND = ("python", "-m", "sglang.launch_server")
 ROUTER = ("python", "-m", "sglang_router.launch_router")
 PORT = 30000
-QUANT = {"fp8": "fp8", "int8": "w8a8_int8"}  # --quantization per cmtwin precision (bf16: none)
+QUANT = {"fp8": "fp8", "int8": "w8a8_int8", "mxfp4": "mxfp4", "fp4": "modelopt_fp4"}  # --quantization (bf16: none)
 
 
 def check(view: LaunchView) -> None:

@@ -22,7 +22,7 @@ PORT = 8001
 # The published checkpoints' dtype (others: bf16), and FP8 checkpoints published beside BF16 ones (the model
 # cards of Qwen's -FP8 repositories and NVIDIA's ModelOpt FP8 Llama 3.1).
 CHECKPOINT_PRECISION = {"deepseek-ai/DeepSeek-R1": "fp8", "moonshotai/Kimi-K2-Instruct": "fp8",
-                        "MiniMaxAI/MiniMax-M2": "fp8"}
+                        "MiniMaxAI/MiniMax-M2": "fp8", "openai/gpt-oss-120b": "mxfp4"}
 FP8_CHECKPOINTS = {"Qwen/Qwen3-32B": "Qwen/Qwen3-32B-FP8", "Qwen/Qwen3-235B-A22B": "Qwen/Qwen3-235B-A22B-FP8",
                    "meta-llama/Llama-3.1-8B-Instruct": "nvidia/Llama-3.1-8B-Instruct-FP8",
                    "meta-llama/Llama-3.1-70B-Instruct": "nvidia/Llama-3.1-70B-Instruct-FP8"}

@@ -16,6 +16,7 @@ from cmtwin.launch.engine import Imported, known_flags, read_args
 from cmtwin.launch.view import Inexpressible, LaunchView, Role, check_common
 
 NAME = "vllm"
+GPU_QUANT = {"fp8": "fp8", "mxfp4": "mxfp4", "fp4": "modelopt_fp4"}  # --quantization per precision (bf16: none)
 COMMAND = ("vllm", "serve")
 PORT = 8000
 RPC_PORT = 13345
@@ -56,7 +57,7 @@ def role_args(view: LaunchView, r: Role, *, quantization: dict[str, str] | None 
         a += ["--enable-eplb", "--eplb-config", dump_json({"num_redundant_experts": r.redundant})]
     if view.drafts:
         a += ["--speculative-config", dump_json({"method": "deepseek_mtp", "num_speculative_tokens": view.drafts})]
-    q = (quantization or {"fp8": "fp8"}).get(view.precision)
+    q = (quantization or GPU_QUANT).get(view.precision)
     if q:
         a += ["--quantization", q]
     if view.kv_cache_dtype == "fp8":
@@ -139,7 +140,7 @@ def parse(argv: list[str], engine: str = NAME, quantization: dict[str, str] | No
     kv_role = args.json("--kv-transfer-config").get("kv_role")
     role = {"kv_producer": "prefill", "kv_consumer": "decode"}.get(kv_role, "agg")
     spec_cfg = args.json("--speculative-config")
-    quant = {v: k for k, v in (quantization or {"fp8": "fp8"}).items()}
+    quant = {v: k for k, v in (quantization or GPU_QUANT).items()}
     imp = Imported(role=role, model_path=model, ranks=world * pp, tp=tp, ep=world if ep_on else 1,
                    moe_tp=1 if ep_on else world, pp=pp,
                    redundant=int(args.json("--eplb-config").get("num_redundant_experts", 0)) if args.flag("--enable-eplb") else 0,

@@ -44,6 +44,10 @@ class GQA(Frozen):
     """Key/value heads (query heads share them in groups)."""
     head_dim: int = Field(ge=1)
     """Per-head width."""
+    sliding_window: int | None = Field(default=None, ge=1)
+    """Tokens a sliding-window layer attends to (and keeps in its KV cache); null: every layer attends to all."""
+    sliding_layers: int = Field(default=0, ge=0)
+    """How many of the layers use the sliding window (gpt-oss: every other one)."""
 
     @model_validator(mode="after")
     def _groups(self) -> GQA:
@@ -133,6 +137,11 @@ class ModelSpec(Frozen):
     def _layers(self) -> ModelSpec:
         if self.dense.layers > self.layers:
             raise ValueError(f"dense.layers ({self.dense.layers}) > layers ({self.layers})")
+        att = self.attention
+        if getattr(att, "sliding_layers", 0) > self.layers or bool(getattr(att, "sliding_window", None)) != bool(
+                getattr(att, "sliding_layers", 0)):
+            raise ValueError("attention.sliding_window and attention.sliding_layers go together, and sliding_layers "
+                             f"({getattr(att, 'sliding_layers', 0)}) may not exceed layers ({self.layers})")
         if self.moe is None and self.dense.layers != self.layers:
             raise ValueError(
                 f"a model without moe must have every layer dense: dense.layers ({self.dense.layers}) "
@@ -147,3 +156,15 @@ class ModelSpec(Frozen):
     @property
     def is_moe(self) -> bool:
         return self.moe is not None
+
+    def attention_context(self, kv_len: float, *, prefill: bool) -> float:
+        """The context of an average layer's attention, sliding-window layers included: linear operators (FLOPs,
+        KV reads) of one layer at this context sum to the model's. Decode: a sliding layer reads min(kv, window)
+        tokens; causal prefill: a query of a sliding layer attends to at most `window`, so its half of the
+        causal square becomes min(kv, 2 x window) in the same units."""
+        window = getattr(self.attention, "sliding_window", None)
+        if not window:
+            return kv_len
+        s = self.attention.sliding_layers
+        capped = min(kv_len, 2 * window if prefill else window)
+        return ((self.layers - s) * kv_len + s * capped) / self.layers

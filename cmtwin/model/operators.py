@@ -106,10 +106,18 @@ def total_params(model: ModelSpec, *, with_mtp: bool = True) -> int:
     return n
 
 
-def kv_bytes_per_token(model: ModelSpec, precision: Precision, *, layers: int | None = None) -> int:
-    """KV-cache bytes one token occupies over `layers` layers (default: all; V3 in BF16: 70,272)."""
+def kv_bytes_per_token(model: ModelSpec, precision: Precision, *, layers: int | None = None,
+                       context: float | None = None) -> int:
+    """KV-cache bytes one token occupies over `layers` layers (default: all; V3 in BF16: 70,272). With
+    sliding-window layers and a `context` (the mean context of a request), their share counts only the window's
+    tokens per request: window / context of a token each (None: every token kept, the bound)."""
     n = model.layers if layers is None else layers
-    return n * model.attention.kv_values_per_token * BYTES[precision.kv_cache]
+    full = n * model.attention.kv_values_per_token * BYTES[precision.kv_cache]
+    window = getattr(model.attention, "sliding_window", None)
+    if not window or context is None or context <= window:
+        return round(full)
+    sliding = model.attention.sliding_layers / model.layers
+    return max(1, round(full * (1 - sliding * (1 - window / context))))
 
 
 # ------------------------------------------------------------------------------------------- operators
@@ -161,6 +169,7 @@ def _attention_ops(model: ModelSpec, p: Precision, tokens: int, requests: int, k
             ops.append(Op("mha_attention", "attention_prefill", flops, 0.0, act, 0.0, p.attention, tokens, kv_len))
         ops.append(gemm("o_proj", tokens, heads * att.v_head_dim, h, g))
     else:
+        kv_len = model.attention_context(kv_len, prefill=form != "absorbed")  # sliding-window layers (gpt-oss)
         heads = max(1, round(att.heads * head_share))
         kvh = max(1, round(att.kv_heads * head_share))
         d = att.head_dim
@@ -210,12 +219,12 @@ def expert_ops(model: ModelSpec, p: Precision, *, tokens_per_expert: list[float]
     h, i = model.hidden, max(1, round(moe.intermediate * share))
     g = len(tokens_per_expert) if experts_read is None else experts_read
     t = sum(tokens_per_expert)
-    wb = BYTES[p.gemm]
+    wb, ab = p.expert_weight_bytes, BYTES[p.gemm]  # weights (maybe weight-only quantized), activations
     busiest = max(tokens_per_expert) if tokens_per_expert else 0
     up = Op(f"{name}_gate_up", "grouped_gemm", 2.0 * t * h * 2 * i, float(g * h * 2 * i * wb),
-            t * (h * wb + 2 * i * 2.0), 0.0, p.gemm, max(1, round(busiest)))
+            t * (h * ab + 2 * i * 2.0), 0.0, p.gemm, max(1, round(busiest)))
     act = Op(f"{name}_act", "elementwise", 4.0 * t * i, 0.0, 2.0 * 3 * t * i, tokens=max(1, round(t)))
-    down = Op(f"{name}_down", "grouped_gemm", 2.0 * t * i * h, float(g * i * h * wb), t * (i * wb + h * 2.0), 0.0,
+    down = Op(f"{name}_down", "grouped_gemm", 2.0 * t * i * h, float(g * i * h * wb), t * (i * ab + h * 2.0), 0.0,
               p.gemm, max(1, round(busiest)))
     return [up, act, down]
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-PrecisionName = Literal["int8", "fp8", "bf16", "fp4"]
+PrecisionName = Literal["int8", "fp8", "bf16", "fp4", "mxfp4"]
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1,
          # NVFP4: 4-bit E2M1 values with one FP8 (E4M3) scale per 16 values = 4.5 bits per value (NVIDIA,
          # "Introducing NVFP4 for Efficient and Accurate Low-Precision Inference", developer blog, 2025)
-         "fp4": 0.5625}
+         "fp4": 0.5625,
+         # MXFP4 (OCP microscaling): 4-bit E2M1 values with one E8M0 scale per 32 values = 4.25 bits per value
+         "mxfp4": 0.53125}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,13 @@ class Precision:
     # pipeline sends): BF16 in every preset (paper v2 §4.5 keeps combine and MLA in BF16; DeepSeek's FP8
     # serving quantises only GEMM inputs and dispatch, DeepEP README).
     hidden_state: str = "bf16"
+    # The experts' weights when only they are quantized (weight-only: dequantized and computed in `gemm`), e.g.
+    # gpt-oss's MXFP4 experts beside BF16 attention; None: as `gemm`.
+    expert_weights: str | None = None
+
+    @property
+    def expert_weight_bytes(self) -> float:
+        return BYTES[self.expert_weights or self.gemm]
 
     @property
     def hidden_state_bytes(self) -> int:
@@ -65,4 +74,8 @@ PRECISIONS: dict[str, Precision] = {
     # setting "NVFP4 MoE" (lmsys.org/blog/2025-09-25-gb200-part-2) applied to every linear layer
     "fp4": Precision("fp4", gemm="fp4", attention="bf16", kv_cache="bf16", dispatch="fp8",
                      combine="bf16", embedding="bf16"),
+    # BF16 everywhere but the experts' weights, stored in MXFP4 and computed in BF16: how gpt-oss ships
+    # (openai/gpt-oss model card: MXFP4 MoE weights) and runs on Hopper
+    "mxfp4": Precision("mxfp4", gemm="bf16", attention="bf16", kv_cache="bf16", dispatch="bf16",
+                       combine="bf16", embedding="bf16", expert_weights="mxfp4"),
 }

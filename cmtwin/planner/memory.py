@@ -125,7 +125,7 @@ def die_memory(spec: Spec, *, phase: str, layout: Layout, experts_on_die: int, t
         wa = layers * per_layer * gb
         wd = dense_l * w.dense_mlp / split_mlp * gb
         moe_layers = moe_l + (mtp_l if m.is_moe else 0)
-        we = moe_layers * experts_on_die * w.expert / layout.moe_tp * gb
+        we = moe_layers * experts_on_die * w.expert / layout.moe_tp * p.expert_weight_bytes
         vocab_split = tp if layout.tp_mode == "allreduce" else 1
         wemb = ((w.embedding if has_embed else 0) + (w.lm_head if has_head else 0)) / vocab_split * BYTES[p.embedding]
         wo = moe_layers * w.router * 2 + (layers + 1) * w.norms * 2 + mtp_l * w.mtp_extra * gb
@@ -152,11 +152,17 @@ def die_memory(spec: Spec, *, phase: str, layout: Layout, experts_on_die: int, t
                                                head_share=1 / tp)]
     acts += [o.act_bytes for o in dense_mlp_ops(m, p, tokens=t, share=1 / split_mlp)]
     if m.is_moe:
-        recv = t * (m.moe.experts_per_token + m.moe.shared_experts) / max(1, ep) * max(1, experts_on_die)
+        # token copies this die's experts receive: the group's t x ep tokens x top-k, in the share of the routed
+        # experts it holds (experts_on_die / routed), plus its own tokens through a shared expert
+        moe = m.moe
+        routed_here = max(0, experts_on_die - (moe.shared_experts if experts_on_die > moe.shared_experts else 0))
+        recv = t * (moe.experts_per_token * max(1, ep) * max(1, routed_here) / moe.routed_experts
+                    + moe.shared_experts)
         acts += [o.act_bytes for o in expert_ops(m, p, tokens_per_expert=[recv])]
     logits = t * m.vocab * 4.0 if phase == "decode" else 0.0
     activations = 2.0 * max(acts) + logits
-    kvb = kv_bytes_per_token(m, p, layers=min(stage_layers, m.layers + mtp))
+    context = spec.workload.decode_kv_len if phase == "decode" else spec.workload.prompt_len
+    kvb = kv_bytes_per_token(m, p, layers=min(stage_layers, m.layers + mtp), context=context)
     if phase == "decode":  # policies that write KV for fewer layers per token (SkipDecode), via the one StepEffect
         from cmtwin.twin.effects import combined_effect
 
