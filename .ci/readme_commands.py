@@ -62,6 +62,7 @@ CHECKS = {
     "cmtwin plan +deployment=r1_ep320 --format json": lambda out, err: _json(out),
     "cmtwin query": lambda out, err: re.search(r"\b[1-9][0-9]* row\(s\)", out) is not None,
     "cmtwin runs ls": lambda out, err: "plan" in out,
+    "cmtwin compare": lambda out, err: "per kW" in out and "r1_gb200_nvl72" in out,
     "cmtwin simulate": lambda out, err: "TTFT" in out + err,
     "cmtwin search": lambda out, err: "frontier" in (out + err).lower(),
     "cmtwin execute": lambda out, err: "numerics" in out + err,

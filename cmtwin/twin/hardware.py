@@ -133,6 +133,9 @@ class HardwareProfile(Frozen):
     """Per-die figures."""
     launch_overhead_us: Sourced
     """Fixed cost per operator launch in microseconds."""
+    power_w: Sourced | None = None
+    """Board power of one device (its published maximum, TDP) in watts; null where no figure is published.
+    `cmtwin compare` divides throughput by it (accelerators only: hosts, switches and cooling are not counted)."""
     efficiency: dict[str, Efficiency] = Field(default_factory=dict)
     """Efficiency by operator class (gemm, grouped_gemm, attention_decode, attention_prefill, elementwise...)."""
     collectives: dict[str, dict[str, Sourced]] = Field(default_factory=dict)
@@ -154,6 +157,8 @@ class HardwareProfile(Frozen):
         for key, q in (("die.cube_cores", die.cube_cores), ("die.vector_cores", die.vector_cores)):
             if not 0 <= q.value <= PHYSICAL_RANGE[1]:  # a CPU has no matrix cores
                 bad.append(f"{key}.value = {q.value:g}: must lie in [0, {PHYSICAL_RANGE[1]:g}]")
+        if self.power_w is not None and not 0 < self.power_w.value <= PHYSICAL_RANGE[1]:
+            bad.append(f"power_w.value = {self.power_w.value:g}: must lie in (0, {PHYSICAL_RANGE[1]:g}]")
         if self.launch_overhead_us.value < 0:
             bad.append(f"launch_overhead_us.value = {self.launch_overhead_us.value:g}: must be >= 0")
         mb = self.microbatching
