@@ -182,6 +182,43 @@ def test_a_partition_is_refused_naming_the_cut():
         _plan("failures.switches=[l9.p0.s0]")
 
 
+def test_a_failed_link_slows_the_group_to_its_slowest_rank():
+    """One of a decode die's 7 UB links down (a die in the middle of the group, not the first rank): that rank
+    injects 6 x 224 Gbps instead of 7 x 224, and a dispatch over EP320 waits for it: by hand the transfer part
+    grows by 7/6; every other rank's links, the fixed cost and the latency do not change."""
+    from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin import comm
+
+    spec, plan = _plan()
+    ids = plan.die_ids("decode")
+    mid = ids[len(ids) // 2]
+    node = mid.split(".")[0]
+    fspec, fplan = _plan(f"failures.links=[{mid}-{node}.l1s2]")
+    f, f2 = fabric_for(spec), fabric_for(fspec)
+    assert (f.injection_gbps(mid, "ub"), f2.injection_gbps(mid, "ub")) == (7 * 224, 6 * 224)
+    assert f2.injection_gbps(ids[0], "ub") == 7 * 224
+    assert [(r.die, r.role, r.rank) for r in fplan.dies] == [(r.die, r.role, r.rank) for r in plan.dies]  # no die lost
+    c1, c2 = (comm.dispatch_combine(spec.hardware, fab, ids, kind="dispatch", send_copies=100, recv_copies=100,
+                                    msg_bytes=7680) for fab in (f, f2))
+    eff = comm._eff(spec.hardware, f, "dispatch", "ub")
+    healthy = 100 * 7680 * 319 / 320 / (7 * 224 / 8 * 1e9 * eff) * 1e6
+    assert c2.us - c1.us == pytest.approx(healthy * (7 / 6 - 1), rel=1e-6)
+    assert predict(fspec, fplan).decode.tpot_ms > predict(spec, plan).decode.tpot_ms
+
+
+@pytest.mark.parametrize("link, needle", [("frog", "names no link"), ("n00.npu0.d0-n00.l2s9", "names no link")])
+def test_a_bad_link_is_exit_2_with_an_example(tmp_path, monkeypatch, capsys, link, needle):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "+deployment=r1_ep320", f"failures.links=[{link}]", "--no-record"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "failures.links" in err and "e.g. n00" in err and "Traceback" not in err
+
+
+def test_a_gpu_whose_only_nic_link_fails_partitions_the_scale_out_plane():
+    with pytest.raises(Exception, match="partition plane"):
+        _plan("failures.links=[n00.gpu0-leaf0]", deployment="r1_h100_ep72")
+
+
 def test_the_tui_map_marks_the_failed_devices():
     from cmtwin.tui.data import supernode_map
 

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     plan_dict = plan.to_dict()
     out = {"plan_hash": plan.plan_hash, "plan": plan_dict, "prediction": prediction.to_dict()}
     f = spec.failures
-    whatif = _failure_whatif(spec, plan, prediction) if f.dies or f.devices or f.switches or f.planes else None
+    whatif = _failure_whatif(spec, plan, prediction) if f.dies or f.devices or f.switches or f.planes or f.links else None
     if whatif is not None:
         out["prediction"]["failures"] = whatif
     out_file = _open_out(args.out) if args.out else None  # a bad path fails before anything is recorded
@@ -74,7 +74,7 @@ def _failure_whatif(spec, plan, prediction) -> dict:
     from cmtwin.twin.predict import predict
 
     healthy_spec = spec.model_copy(update={"failures": spec.failures.model_copy(
-        update={"dies": [], "devices": [], "switches": [], "planes": []})})
+        update={"dies": [], "devices": [], "switches": [], "planes": [], "links": []})})
     healthy_plan = compile_plan(healthy_spec)
     healthy = predict(healthy_spec, healthy_plan)
 
@@ -92,7 +92,7 @@ def _failure_whatif(spec, plan, prediction) -> dict:
     moved = sorted(d for d in before if d not in after) if spec.failures.policy == "replan" else []
     f = spec.failures
     return {"policy": f.policy, "dies": list(f.dies), "devices": list(f.devices), "switches": list(f.switches),
-            "planes": list(f.planes),
+            "planes": list(f.planes), "links": list(f.links),
             "healthy": figures(healthy), "failed": figures(prediction), "blast_radius": blast_radius(plan),
             "dies_vacated": moved, "dies_taken_over": sorted(d for d in after if d not in before)}
 
@@ -103,7 +103,7 @@ def _render_whatif(w: dict) -> None:
     from cmtwin.cli.common import console
 
     t = Table(title=f"Failure what-if (failures.policy={w['policy']}): "
-                    + ", ".join(w["dies"] + w["devices"] + w["switches"] + w["planes"]), title_justify="left")
+                    + ", ".join(w["dies"] + w["devices"] + w["switches"] + w["planes"] + w["links"]), title_justify="left")
     for col in ("", "healthy", "with the failures", "change"):
         t.add_column(col, justify="left" if not col else "right")
     for key, label in (("decode_tokens_per_s_per_device", "decode tokens/s/device"), ("tpot_ms", "TPOT ms"),

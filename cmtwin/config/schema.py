@@ -202,6 +202,9 @@ class FailuresSpec(Frozen):
     surviving routes and links."""
     planes: list[str] = Field(default_factory=list)
     """Switch groups down by id prefix, e.g. l2.p3 (CloudMatrix384's L2 UB sub-plane 3 of 7)."""
+    links: list[str] = Field(default_factory=list)
+    """Single links down, as `source-target` with the ids `cmtwin export topology` gives an edge's ends, e.g.
+    n00.npu0.d0-n00.l1s0 (both directions go): a die with one link fewer injects less on that plane."""
     events: list[FailureEvent] = Field(default_factory=list)
     """`cmtwin simulate`: failures in time, e.g. [{t_s: 600, die: n12.npu0.d1}]: the die's attention group stops,
     its requests are re-queued with their KV recomputed, and after recovery_s the group serves again (the plan

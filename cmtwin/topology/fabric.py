@@ -735,18 +735,21 @@ def get_fabric(name: str | Path, overrides: tuple[tuple[str, Any], ...] = ()) ->
 
 def fabric_for(spec) -> Fabric:
     """The built, frozen fabric of a spec's topology (its file and parameter overrides), from the cache; with
-    failed switches or sub-planes (failures.switches, failures.planes), the view of it without them."""
+    failed switches, sub-planes or links (failures.switches, failures.planes, failures.links), the view of it
+    without them."""
     fabric = get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))
     failures = getattr(spec, "failures", None)
-    if failures is None or not (failures.switches or failures.planes):
+    if failures is None or not (failures.switches or failures.planes or failures.links):
         return fabric
-    return _without(fabric, tuple(sorted(failures.switches)), tuple(sorted(failures.planes)))
+    return _without(fabric, tuple(sorted(failures.switches)), tuple(sorted(failures.planes)),
+                    tuple(sorted(failures.links)))
 
 
 @functools.lru_cache(maxsize=16)
-def _without(fabric: Fabric, switches: tuple[str, ...], planes: tuple[str, ...]) -> Fabric:
-    """The fabric without these switches and the switches of these sub-planes (a switch id's prefix, e.g. l2.p3
-    for CloudMatrix384's L2 sub-plane 3); refused when a plane no longer joins every die (naming the cut)."""
+def _without(fabric: Fabric, switches: tuple[str, ...], planes: tuple[str, ...], links: tuple[str, ...] = ()) -> Fabric:
+    """The fabric without these switches, the switches of these sub-planes (a switch id's prefix, e.g. l2.p3
+    for CloudMatrix384's L2 sub-plane 3) and these links (source-target, both directions); refused when a plane
+    no longer joins every die (naming the cut)."""
     g = fabric.graph
     switch_ids = [n for n, a in g.nodes(data=True) if a["kind"] == "switch"]
     gone = set()
@@ -762,6 +765,18 @@ def _without(fabric: Fabric, switches: tuple[str, ...], planes: tuple[str, ...])
             gone.update(hit)
     view = g.copy()
     view.remove_nodes_from(gone)
+    for link in links:
+        ends = [(link[:i], link[i + 1:]) for i, c in enumerate(link) if c == "-"]  # ids may hold a '-' themselves
+        ends = [(a, b) for a, b in ends if a in g and b in g]
+        pairs = [(u, v, k) for a, b in ends for u, v in ((a, b), (b, a)) if view.has_edge(u, v) for k in view[u][v]]
+        if not pairs:
+            example = next(f"{u}-{v}" for u, v in g.edges() if g.nodes[u]["kind"] != "switch")
+            raise TopologyError(f"failures.links: {link!r} names no link of {fabric.name}"
+                                + (" (a switch at its end is already down)." if ends and any(g.has_edge(*e) for e in ends)
+                                   else "."), key="failures.links",
+                                fix=f"give a link as source-target with the ids `cmtwin export topology` lists, "
+                                    f"e.g. {example}")
+        view.remove_edges_from(pairs)
     dies = [d.id for d in fabric.dies()]
     for plane in sorted({fabric.roles.scale_up, fabric.roles.inter_node}):
         sub = nx.Graph((u, v) for u, v, p in view.edges(data="plane") if p == plane)
@@ -769,6 +784,6 @@ def _without(fabric: Fabric, switches: tuple[str, ...], planes: tuple[str, ...])
         cut = [d for d in dies if d not in reach]
         if cut:
             raise TopologyError(f"the failures partition plane {plane} of {fabric.name}: {len(cut)} dies (e.g. {cut[0]}) "
-                                f"no longer reach {dies[0]}.", key="failures.switches",
+                                f"no longer reach {dies[0]}.", key="failures.switches" if not links else "failures.links",
                                 fix="fail fewer switches; a partitioned supernode cannot run one plan")
     return Fabric(fabric.spec, view)

@@ -69,14 +69,21 @@ def _group_shape_cached(fabric, die_ids: tuple[str, ...]) -> GroupShape:
     other = [d for d in die_ids[1:] if fabric.domain_of(d) != node]
     intra_lat = fabric.route(rep, same[-1], pl.intra).latency_us if same else 0.0
     inter_lat = fabric.route(rep, other[-1], pl.inter).latency_us if other else 0.0
-    inter = fabric.injection_gbps(rep, pl.inter)
-    uplink = fabric.uplink_gbps(node, pl.inter) if node is not None and other else 0.0
-    if uplink > 0:  # the group's ranks on this node share its uplink towards the other nodes
-        inter = min(inter, uplink / (len(same) + 1))
+    # a collective runs at its slowest rank's pace: the group's least injection (a failed link or switch makes
+    # one rank slower than the rest; a healthy fabric is symmetric and every rank gives the same figure)
+    intra = min(fabric.injection_gbps(d, pl.intra) for d in die_ids)
+    inter = min(fabric.injection_gbps(d, pl.inter) for d in die_ids)
+    if other:  # the group's ranks on a node share its uplink towards the other nodes
+        per_node: dict = {}
+        for d in die_ids:
+            n = fabric.domain_of(d)
+            per_node[n] = per_node.get(n, 0) + 1
+        inter = min([inter] + [fabric.uplink_gbps(n, pl.inter) / k for n, k in per_node.items()
+                               if n is not None and fabric.uplink_gbps(n, pl.inter) > 0])
     return GroupShape(
         size=len(die_ids),
         same_node=len(same),
-        intra_gbps=fabric.injection_gbps(rep, pl.intra),
+        intra_gbps=intra,
         inter_gbps=inter,
         intra_latency_us=intra_lat,
         inter_latency_us=inter_lat,
