@@ -167,6 +167,10 @@ class PlacementSpec(Frozen):
     expert_load_cv: float = Field(default=0.0, ge=0, le=3)
     """Coefficient of variation of per-expert routed load (popularity skew) under `default` balance; a user
     input measured on your traffic (0 = equal popularity; finite-batch routing noise is always modelled)."""
+    load_fluctuation_cv: float = Field(default=0.12, ge=0, le=3)
+    """Under `default` balance: how much each expert slot's load varies from one iteration to the next around what
+    the placement expected (coefficient of variation). 0.12: the residual of offline EPLB on DeepSeek-R1 traffic,
+    TensorRT-LLM's statistics at EP32 and EP36 (cmtwin/twin/load.py derives it)."""
     first_node: int = Field(default=0, ge=0)
     """First node of the topology the deployment occupies."""
 

@@ -1,14 +1,20 @@
 """Expert load: how routed tokens fall on experts and ranks, and the critical rank of a MoE layer.
 
-Two mechanisms make a real MoE layer slower than a perfectly balanced one:
-1. popularity skew: some experts are chosen more often than others (a per-expert relative load);
-2. finite-batch noise: even with equal popularity, a batch of T tokens choosing k experts each is a
-   multinomial draw, so the busiest rank receives more than the mean.
-The layer waits for its busiest rank. `placement.balance=perfect` removes both (every rank gets the mean);
-`default` keeps both. The popularity skew is a user input (`placement.expert_load_cv`, the coefficient of
-variation of per-expert load measured on the user's traffic; 0 = equal popularity), because
-no published source (the CloudMatrix384 paper, DeepSeek's reports) gives per-expert load statistics to
-default it from.
+Three mechanisms make a real MoE layer slower than a perfectly balanced one:
+1. popularity skew: some experts are chosen more often than others (a per-expert relative load); EPLB's
+   replicas and placement (cmtwin/planner/placement.py) even it out across ranks as far as the slots allow;
+2. popularity fluctuation: the placement is made from long-run statistics, but each iteration's batch has its own
+   hot experts, so every slot's load varies around its expected value (`placement.load_fluctuation_cv`, per slot);
+3. finite-batch noise: a batch of T tokens choosing k experts each is a multinomial draw.
+The layer waits for its busiest rank. `placement.balance=perfect` removes all three (every rank gets the mean);
+`default` keeps them. The skew is a user input (`placement.expert_load_cv`, 0 = equal popularity): EPLB removes
+most of it, and its residual at a rank of one slot depends on the traffic. The fluctuation defaults to the
+measured residual of offline EPLB on DeepSeek-R1 (TensorRT-LLM's expert-load statistics,
+shared/reference/expert_load_and_kernels.md section 2): at EP32 with 9 slots per rank the ranks' load has
+std/mean 52.0/1,024 = 0.0508, of which the multinomial part is sqrt(1,024 x 31/32)/1,024 = 0.0304, leaving
+0.0407 from the slots' fluctuation, 0.0407 x sqrt(9) = 0.122 per slot; the EP36 row (8 slots, std 53.9) gives
+0.0426 x sqrt(8) = 0.120 independently. Extrapolating to other EP degrees and to prefill is an assumption: the
+same per-slot fluctuation, summed over a rank's slots.
 """
 
 from __future__ import annotations
@@ -52,17 +58,25 @@ def expected_max_normal(n: int) -> float:
     return NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
 
 
-def busiest_rank_tokens(shares: list[float], total_copies: float, *, noise: bool) -> float:
+def busiest_rank_tokens(shares: list[float], total_copies: float, *, noise: bool, slots: int = 1,
+                        fluctuation: float = 0.0) -> float:
     """Expected token-copies on the busiest rank when `total_copies` routed copies fall on ranks with
-    probabilities `shares` (summing to 1). With noise, the multinomial spread of a finite batch is added
-    (normal approximation of the maximum over ranks); without it, the largest mean."""
+    probabilities `shares` (summing to 1). With noise, the spread of one iteration is added (normal approximation
+    of the maximum over ranks): the multinomial draw of a finite batch and, with `fluctuation`, each of the rank's
+    `slots` slots' load varying by that coefficient of variation, independently (a rank's sum varies by
+    fluctuation / sqrt(slots)). Without noise, the largest mean."""
     if not shares or total_copies <= 0:
         return 0.0
     distinct = set(shares)  # ranks with equal shares have equal figures (most do: replicas even the load out)
     if not noise:
         return max(total_copies * s for s in distinct)
     z = expected_max_normal(len(shares))
-    return max(total_copies * s + z * math.sqrt(max(total_copies * s * (1 - s), 0.0)) for s in distinct)
+    f2 = fluctuation * fluctuation / max(slots, 1)
+
+    def busiest(mean: float, s: float) -> float:
+        return mean + z * math.sqrt(max(mean * (1 - s), 0.0) + f2 * mean * mean)
+
+    return max(busiest(total_copies * s, s) for s in distinct)
 
 
 def distinct_ranks_per_token(k: int, experts: int, ranks: int) -> float:
@@ -103,7 +117,9 @@ def moe_load(spec, placement, *, tokens_per_rank: float, noise: bool) -> MoELoad
         loads = placement.rank_loads()[:routed_ranks]
         total_load = sum(loads) or 1.0
         shares = [x / total_load for x in loads]
-    busiest = busiest_rank_tokens(shares, copies, noise=noise)
+    fluct = spec.placement.load_fluctuation_cv
+    busiest = busiest_rank_tokens(shares, copies, noise=noise, slots=placement.routed_slots_per_rank,
+                                  fluctuation=fluct)
     redundant = sum(placement.replicas) - len(placement.replicas)
     distinct = distinct_ranks_per_token(moe.experts_per_token, moe.routed_experts + redundant,
                                         routed_ranks) if routed_ranks > 1 else 1.0

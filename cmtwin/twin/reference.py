@@ -168,6 +168,18 @@ ISCA_LINKS = {
     "ib_achievable": 40.0 / 50.0,
 }
 
+EXPERT_LOAD_EPLB = {
+    "group": "DeepSeek-R1 expert load after offline EPLB (busiest rank / mean)",
+    "source": "NVIDIA/TensorRT-LLM blog4_Scaling_Expert_Parallelism_in_TensorRT-LLM.md Table 1 (commit 1d263f15), "
+              "decode, machine translation, GB200; max/mean = 1 + imbalance (shared/reference/"
+              "expert_load_and_kernels.md section 2)",
+    "rows": [  # EP ranks, slots per rank, redundant experts, routed copies per rank per iteration, max/mean
+        (32, 9, 32, 1024, 1.109),
+        (36, 8, 32, 1024, 1.115),
+    ],
+}
+
+
 # ---------------------------------------------------------------------------------------------- HEADLINES
 # Whole-deployment results. For `cmtwin validate` only: never read to set a twin constant.
 HEADLINES = [

@@ -165,6 +165,21 @@ def _nccl_checks() -> list[Check]:
     return out
 
 
+def expert_load_checks() -> list[Check]:
+    """The load model's busiest rank after EPLB beside TensorRT-LLM's statistics (the fit of
+    placement.load_fluctuation_cv: the rows' std gave it, their max/mean is reproduced here)."""
+    from cmtwin.twin.load import busiest_rank_tokens
+
+    fluct = _load("r1_ep320").placement.load_fluctuation_cv
+    t = ref.EXPERT_LOAD_EPLB
+    out = []
+    for ep, slots, redundant, per_rank, ratio in t["rows"]:
+        pred = busiest_rank_tokens([1 / ep] * ep, per_rank * ep, noise=True, slots=slots, fluctuation=fluct) / per_rank
+        out.append(Check(t["group"], f"EP{ep}, {slots} slots per rank ({redundant} redundant), {per_rank:,} copies "
+                                     f"per rank", ratio, pred, "x", t["source"]))
+    return out
+
+
 def kernel_checks() -> list[Check]:
     from cmtwin.model.operators import Op, gemm
     from cmtwin.twin.cost import op_time
@@ -234,7 +249,7 @@ def headline_checks() -> list[Check]:
 
 
 def all_checks() -> list[Check]:
-    return collective_checks() + kernel_checks() + headline_checks()
+    return collective_checks() + kernel_checks() + expert_load_checks() + headline_checks()
 
 
 EXIT_OUTSIDE_BOUNDS = 3
@@ -324,4 +339,9 @@ def constants_markdown() -> str:
                 mode += "; prefill comm on the vector cores"
             lines.append(f"| `microbatching` | {mode} | {mb.get('source')} |")
         lines.append("")
+    from cmtwin.config.schema import PlacementSpec
+
+    field = PlacementSpec.model_fields["load_fluctuation_cv"]
+    lines += ["## Traffic (conf/config.yaml)", "", "| constant | value | source |", "|---|---|---|",
+              f"| `placement.load_fluctuation_cv` | {field.default} | {' '.join(field.description.split())} |", ""]
     return "\n".join(lines)
