@@ -3,12 +3,11 @@ bad input becomes a ConfigError naming the key, the value and the fix (never ano
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from cmtwin.config.compose import compose, groups, load_spec, options
 from cmtwin.config.identity import spec_hash
@@ -223,28 +222,13 @@ def test_spec_is_frozen_and_forbids_extra_keys(workdir):
     assert Spec.model_validate(composed.config) == spec
 
 
-def _models(annotation) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for a in typing.get_args(annotation) for m in _models(a)]
-
-
 def test_every_field_of_the_spec_has_a_docstring():
-    seen: set[type] = set()
-    missing: list[str] = []
+    from cmtwin.config.fielddocs import field_docs, models_under
 
-    def walk(model: type[BaseModel]) -> None:
-        if model in seen:
-            return
-        seen.add(model)
-        for name, field in model.model_fields.items():
-            if not (field.description or "").strip():
-                missing.append(f"{model.__name__}.{name}")
-            for sub in _models(field.annotation):
-                walk(sub)
-
-    walk(Spec)
-    assert len(seen) > 10
+    models = models_under(Spec)
+    missing = [f"{m.__name__}.{name}" for m in models for name in m.model_fields
+               if not field_docs(m).get(name, "").strip()]
+    assert len(models) > 10
     assert missing == []
 
 

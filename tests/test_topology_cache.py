@@ -125,10 +125,10 @@ def test_entry_owned_by_someone_else_is_ignored_with_a_warning(cache, monkeypatc
     me = os.getuid()
     monkeypatch.setattr(os, "getuid", lambda: me + 1)  # the file now belongs to "someone else"
     builds = _count_builds(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="cmtwin.topology"):
+    with caplog.at_level(logging.WARNING, logger="cmtwin.cache"):
         fabric = _fresh()
     assert builds and len(fabric.dies()) > 0, "rebuilt instead of read"
-    lines = [r.getMessage() for r in caplog.records if r.name == "cmtwin.topology"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "cmtwin.cache"]
     assert len(lines) == 1 and "\n" not in lines[0]
     assert str(path) in lines[0] and f"owned by uid {me}" in lines[0] and "CMTWIN_CACHE_DIR" in lines[0]
 
@@ -139,7 +139,7 @@ def test_entry_writable_by_others_is_ignored(cache, monkeypatch, caplog):
     path = _entry()
     os.chmod(path, 0o666)
     builds = _count_builds(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="cmtwin.topology"):
+    with caplog.at_level(logging.WARNING, logger="cmtwin.cache"):
         _fresh()
     assert builds and any("writable by other users" in r.getMessage() for r in caplog.records)
 

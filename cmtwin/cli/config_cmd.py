@@ -58,7 +58,9 @@ def _validate(args) -> int:
 def _schema(args) -> int:
     from cmtwin.config.schema import Spec
 
-    print_json(Spec.model_json_schema())
+    from cmtwin.config.fielddocs import schema_with_docs
+
+    print_json(schema_with_docs(Spec))
     return 0
 
 

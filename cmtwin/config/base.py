@@ -9,4 +9,4 @@ class Frozen(BaseModel):
     """Immutable, validated, no unknown keys, finite numbers only (inf and nan are refused: they would reach the
     twin's arithmetic and the run store's JSON); attribute docstrings become the JSON-schema descriptions."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cmtwin.errors import ConfigError
@@ -428,7 +429,11 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
         if "${" in o and ("oc.env" in o or "eval" in o):
             raise ConfigError(f"override '{o}': interpolations that read the environment or evaluate code are "
                               "not allowed in overrides.", key=o.split("=")[0])
-    check_user_files()
+    check_user_files()  # before anything reads them (the cache key hashes them)
+    cache = _compose_cache_path(overrides)
+    hit = _read_composed(cache, overrides) if cache is not None else None
+    if hit is not None:
+        return hit
     try:
         cfg = _hydra_compose(overrides)
     except Exception as exc:  # Hydra raises several unrelated types; all are bad input here
@@ -452,7 +457,68 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
 
     check_targets(plain)
     _name_overridden_topology(plain, overrides)
-    return Composed(config=plain, choices=choices, overrides=overrides)
+    composed = Composed(config=plain, choices=choices, overrides=overrides)
+    if cache is not None:
+        _write_composed(cache, composed)
+    return composed
+
+
+# --- the composed config, cached -------------------------------------------------------------------------------
+# Hydra's composition (and importing Hydra) is a third of `cmtwin plan`. Its result depends only on the overrides,
+# the YAML files it can read (the package's conf/ and policies/, ./cmtwin_conf) and the code that composes, so it
+# is cached on disk under that key (cmtwin/cachefile.py): an edited file, a new option or another cmtwin composes
+# afresh. Only successful compositions are stored; every error still comes from Hydra and the checks above.
+
+def _compose_cache_path(overrides: tuple[str, ...]) -> Path | None:
+    import hashlib
+    import importlib.util
+    import sys
+
+    from cmtwin.paths import cache_dir, policies_dir
+
+    root = cache_dir()
+    if root is None:
+        return None
+    h = hashlib.sha256(f"{sys.version}\n{overrides!r}\n".encode())
+    for mod in ("hydra", "omegaconf", "yaml"):
+        spec = importlib.util.find_spec(mod)
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        h.update(f"{mod} {origin} {origin.stat().st_mtime_ns if origin else None}\n".encode())
+    here = Path(__file__).parent
+    files = [here / "compose.py", here / "gate.py", here / "yamlsafe.py"]
+    for folder in (conf_dir(), policies_dir(), Path(USER_CONF)):
+        if folder.is_dir():
+            files += sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    try:
+        for f in files:
+            h.update(f"{f.resolve()}\0".encode())
+            h.update(f.read_bytes())
+    except OSError:
+        return None  # a file vanished or cannot be read: compose (and let Hydra say what is wrong)
+    return root / "compose" / f"{h.hexdigest()[:40]}.json"
+
+
+def _read_composed(path: Path, overrides: tuple[str, ...]) -> Composed | None:
+    from cmtwin.cachefile import read_json
+
+    data = read_json(path, "config")
+    if not (isinstance(data, dict) and isinstance(data.get("config"), dict) and isinstance(data.get("choices"), dict)):
+        return None
+    return Composed(config=data["config"], choices=data["choices"], overrides=overrides)
+
+
+def _write_composed(path: Path, composed: Composed) -> None:
+    import json
+
+    from cmtwin.cachefile import write_text
+
+    try:
+        text = json.dumps({"config": composed.config, "choices": composed.choices}, allow_nan=False)
+    except (TypeError, ValueError):
+        return
+    if json.loads(text) != {"config": composed.config, "choices": composed.choices}:
+        return  # not JSON's own types (a non-string key): it would not come back the same
+    write_text(path, text)
 
 
 def _name_overridden_topology(plain: dict[str, Any], overrides: tuple[str, ...]) -> None:

@@ -20,9 +20,6 @@ import functools
 import hashlib
 import math
 import json
-import logging
-import os
-import stat
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -32,12 +29,12 @@ from typing import Any
 
 import networkx as nx
 
+from cmtwin.cachefile import read_json, write_text
 from cmtwin.errors import TopologyError
 from cmtwin.paths import cache_dir
 from cmtwin.topology.graph import ENDPOINT_KINDS, build_graph, check_invariants, node_label
 from cmtwin.topology.schema import ROLES, PlaneRoles, TopologySpec, load_topology
 
-log = logging.getLogger("cmtwin.topology")
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,43 +542,16 @@ class _BadCache(Exception):
 
 
 def _read_cache(path: Path, spec: TopologySpec) -> Fabric | None:
-    """The Fabric stored at `path`, or None (missing, torn, stale, malformed, or not to be trusted).
-
-    The file is JSON (the graph's nodes, adjacency in insertion order and the fabric's aggregates), so reading
-    it cannot run code whatever it holds. It is used only when the current user owns it and nobody else can
-    write to it: in a shared CMTWIN_CACHE_DIR another user's file is ignored with a one-line warning.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None  # missing (the usual first run), a symlink, or unreadable
-    try:
-        st = os.fstat(fd)
-        why = _distrust(st)
-        if why:
-            log.warning("warning: ignoring the topology cache file %s: %s; rebuilding the fabric (use a "
-                        "CMTWIN_CACHE_DIR of your own)", path, why)
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = json.loads(fh.read())
-        return _from_cache(data, spec, path.stem)
-    except (OSError, ValueError, TypeError, KeyError, IndexError, RecursionError, _BadCache):
-        return None  # torn, stale or malformed: rebuilt and rewritten
-    finally:
-        os.close(fd)
-
-
-def _distrust(st: os.stat_result) -> str | None:
-    """Why a cache file must not be used (None if it may): owned by another user, or writable by others."""
-    getuid = getattr(os, "getuid", None)
-    if getuid is None:  # no POSIX owners (Windows): the per-user cache folder is the protection
+    """The Fabric stored at `path`, or None (missing, torn, stale, malformed, or not to be trusted: see
+    cmtwin/cachefile.py). The file is JSON: the graph's nodes, adjacency in insertion order and the fabric's
+    aggregates."""
+    data = read_json(path, "topology")
+    if data is None:
         return None
-    uid = getuid()
-    if st.st_uid != uid:
-        return f"it is owned by uid {st.st_uid}, not by you (uid {uid})"
-    if st.st_mode & 0o022:
-        return f"it is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
+    try:
+        return _from_cache(data, spec, path.stem)
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError, _BadCache):
+        return None  # stale or malformed: rebuilt and rewritten
 
 
 def _to_cache(fabric: Fabric, key: str) -> dict:
@@ -697,18 +667,12 @@ def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
 
 
 def _write_cache(path: Path, fabric: Fabric) -> None:
-    """Store a built Fabric atomically (a concurrent reader sees the old entry or the whole new one), readable and
-    writable by the current user only. A read-only or full cache folder only costs the rebuild next time."""
+    """Store a built Fabric (cmtwin/cachefile.py: atomic, private to the user)."""
     try:
         text = json.dumps(_to_cache(fabric, path.stem), separators=(",", ":"), allow_nan=False)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except (OSError, ValueError, TypeError):
-        pass
+    except (ValueError, TypeError):
+        return
+    write_text(path, text)
 
 
 def _disk_path(spec: TopologySpec) -> Path | None:

@@ -339,9 +339,11 @@ def constants_markdown() -> str:
                 mode += "; prefill comm on the vector cores"
             lines.append(f"| `microbatching` | {mode} | {mb.get('source')} |")
         lines.append("")
+    from cmtwin.config.fielddocs import field_docs
     from cmtwin.config.schema import PlacementSpec
 
-    field = PlacementSpec.model_fields["load_fluctuation_cv"]
+    doc = " ".join(field_docs(PlacementSpec)["load_fluctuation_cv"].split())
+    default = PlacementSpec.model_fields["load_fluctuation_cv"].default
     lines += ["## Traffic (conf/config.yaml)", "", "| constant | value | source |", "|---|---|---|",
-              f"| `placement.load_fluctuation_cv` | {field.default} | {' '.join(field.description.split())} |", ""]
+              f"| `placement.load_fluctuation_cv` | {default} | {doc} |", ""]
     return "\n".join(lines)
