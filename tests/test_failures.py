@@ -127,12 +127,38 @@ def test_a_die_failure_in_the_simulation_requeues_its_requests_and_recovers():
     assert sim.decoders[0].rank_kv[group] < 2**62  # back in service
 
 
-def test_a_prefill_die_event_is_refused():
+def test_a_prefill_die_failure_requeues_its_prompts_on_the_other_instances_and_recovers():
+    """r1_h200_disagg's prefill: a die of instance 0 fails at t = 40 s and the whole instance stops (its EP group
+    needs every rank): the prompts of its running forward and its queue go to the other instances and are
+    computed again; it serves again 20 s later. Every request completes (conservation), and the forward the
+    failure cut never completes a request twice."""
+    from cmtwin.sim.serving import Simulator
+
+    spec, plan = _plan("topology.params.nodes=3", "prefill.instances=2", "sim.duration_s=90", "sim.warmup_s=10",
+                       "sim.drain=true", "workload.output_len=64", "failures.events=[{t_s:40,die:n00.gpu0}]",
+                       "failures.recovery_s=20", deployment="r1_h200_disagg")
+    assert len(plan.pools_of("prefill")) == 2
+    rows = []
+    sim = Simulator(spec, plan, sink=rows.extend)
+    sim.run()
+    c = sim.census()
+    assert c["arrived"] == c["completed"] > 100
+    [(t, die, requeued)] = sim.failures_seen
+    assert (t, die) == (40.0, "n00.gpu0") and requeued > 0
+    names = {(round(t), n) for t, n, _ in rows if n.startswith("sim.")}
+    assert (40, "sim.failure") in names and (60, "sim.recovery") in names
+    inst = sim.instances[0]
+    assert not inst.failed and inst.epoch == 1 and sim.in_prefill == 0
+
+
+def test_an_event_on_a_die_the_plan_does_not_use_is_refused():
     from cmtwin.errors import ConfigError
     from cmtwin.sim.serving import Simulator
 
-    spec, plan = _plan("failures.events=[{t_s:5,die:n00.gpu0}]", deployment="r1_h200_disagg")
-    with pytest.raises(ConfigError, match="prefill die"):
+    spec, plan = _plan("topology.params.nodes=3", "failures.events=[{t_s:5,die:n02.gpu7}]",
+                       deployment="r1_h200_disagg")
+    assert not any(d.die == "n02.gpu7" for d in plan.dies)
+    with pytest.raises(ConfigError, match="not a die the plan uses"):
         Simulator(spec, plan).run()
 
 

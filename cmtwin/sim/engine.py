@@ -24,6 +24,7 @@ class PrefillDone:
 
     instance: int
     done: tuple
+    epoch: int = 0  # the instance's failure count when the forward started: a forward a failure cut is void
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,22 @@ class GroupDown:
     instance: int
     rank: int
     die: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillDown:
+    """A die of prefill instance `instance` fails (failures.events): the whole instance stops (its EP group needs
+    every rank)."""
+
+    instance: int
+    die: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillUp:
+    """The failed prefill instance serves again after failures.recovery_s."""
+
+    instance: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ from cmtwin.sim.engine import (
     Environment,
     GroupDown,
     GroupUp,
+    PrefillDown,
+    PrefillUp,
     MeasureStart,
     PrefillDone,
     SampleTick,
@@ -89,7 +91,7 @@ class Request:
 
 class PrefillInstance:
     __slots__ = ("index", "dies", "devices", "queue", "queued_tokens", "busy", "busy_since", "busy_acc",
-                 "lanes", "in_forward", "in_forward_kv", "forwards", "fetch")
+                 "lanes", "in_forward", "in_forward_kv", "forwards", "fetch", "failed", "epoch")
 
     def __init__(self, index: int, dies: int, devices: int, fetch: FetchCost | None):
         self.index = index
@@ -105,10 +107,12 @@ class PrefillInstance:
         self.in_forward_kv = 0
         self.forwards = 0
         self.fetch = fetch
+        self.failed = False  # failures.events: down until it recovers; routing sends nothing here meanwhile
+        self.epoch = 0  # failures so far: a forward started before the last one is void
 
     @property
     def load(self) -> float:
-        return self.queued_tokens
+        return math.inf if self.failed else self.queued_tokens
 
     def push(self, r: Request) -> None:
         self.queue.append(r)
@@ -365,8 +369,11 @@ class Simulator:
         env.on(MeasureStart, self._on_mark)
         env.on(GroupDown, self._on_group_down)
         env.on(GroupUp, self._on_group_up)
+        env.on(PrefillDown, self._on_prefill_down)
+        env.on(PrefillUp, self._on_prefill_up)
         self.sched = self.batching.scheduler(self)
         self.failures_seen: list[tuple[float, str, int]] = []  # (t, die, requests re-queued)
+        self._in_flight: dict[int, tuple] = {}  # prefill instance -> the requests its running forward completes
         self.totals = Totals()
         self.rec = Recorded()
         self.next_id = 0
@@ -455,7 +462,7 @@ class Simulator:
         return free + self.done_kv_rate * self.full_forward_s * (1.0 + self.spec.sim.handoff_margin)
 
     def _try_prefill(self, inst: PrefillInstance) -> None:
-        if inst.busy or not inst.queue:
+        if inst.busy or inst.failed or not inst.queue:
             return
         fwd = self.sched.next_forward(inst, self.inst_budget)
         if fwd is None:
@@ -475,11 +482,16 @@ class Simulator:
         inst.in_forward_kv = sum(r.kv_need for r in fwd.done)
         inst.forwards += 1
         self.in_prefill += len(fwd.done)
-        self.env.schedule(now + step / 1e6, PrefillDone(inst.index, tuple(fwd.done)))
+        done = tuple(fwd.done)
+        self._in_flight[inst.index] = done
+        self.env.schedule(now + step / 1e6, PrefillDone(inst.index, done, inst.epoch))
 
     def _on_prefill_done(self, ev: PrefillDone) -> None:
         now = self.env.now
         inst = self.instances[ev.instance]
+        if ev.epoch != inst.epoch:
+            return  # a failure cut this forward: its requests were re-queued then
+        self._in_flight.pop(ev.instance, None)
         inst.busy = False
         inst.busy_acc += now - inst.busy_since
         self.in_prefill -= inst.in_forward
@@ -791,8 +803,9 @@ class Simulator:
                 "dbatch": [d.batch_sum for d in ds], "dbusys": [d.busy_total(now) for d in ds]}
 
     # ------------------------------------------------------------------ failures in time
-    def _failure_events(self) -> list[tuple[float, GroupDown]]:
-        """failures.events as (time, GroupDown) on the simulator's decode (agg) groups; a prefill die is refused."""
+    def _failure_events(self) -> list[tuple[float, GroupDown | PrefillDown]]:
+        """failures.events as (time, event): a decode (agg) die takes its attention group down, a prefill die its
+        whole prefill instance."""
         f = self.spec.failures
         if not f.events:
             return []
@@ -800,12 +813,47 @@ class Simulator:
         out = []
         for e in f.events:
             r = roles.get(e.die)
-            if r is None or r.role == "prefill":
-                why = "not a die the plan uses" if r is None else "a prefill die (prefill failures are not simulated yet)"
-                raise ConfigError(f"failures.events: die {e.die!r} is {why}.", key="failures.events",
-                                  fix="name a decode die from `cmtwin plan --format json` (plan.dies, role decode)")
-            out.append((e.t_s, GroupDown(r.instance, r.rank // self.tp, e.die)))
+            if r is None:
+                raise ConfigError(f"failures.events: die {e.die!r} is not a die the plan uses.", key="failures.events",
+                                  fix="name a die from `cmtwin plan --format json` (plan.dies)")
+            out.append((e.t_s, PrefillDown(r.instance, e.die) if r.role == "prefill"
+                        else GroupDown(r.instance, r.rank // self.tp, e.die)))
         return out
+
+    def _on_prefill_down(self, ev: PrefillDown) -> None:
+        """The instance stops: the prompts of the forward it was running and those queued on it go back to the
+        other instances' queues (recomputed from scratch); it takes nothing until it recovers."""
+        now = self.env.now
+        inst = self.instances[ev.instance]
+        inst.failed = True
+        inst.epoch += 1
+        if inst.busy:
+            inst.busy = False
+            inst.busy_acc += now - inst.busy_since
+            self.in_prefill -= inst.in_forward
+            inst.in_forward = inst.in_forward_kv = 0
+        cut = list(self._in_flight.pop(ev.instance, ()))
+        queued = list(inst.queue)
+        inst.queue.clear()
+        inst.queued_tokens = 0
+        requeued = cut + queued
+        for r in requeued:
+            r.todo, r.hit = -1, 0
+        self.failures_seen.append((now, ev.die, len(requeued)))
+        if self.sink is not None:
+            self.sink([(now, "sim.failure", float(len(requeued)))])
+        if requeued:
+            self.sched.enqueue(requeued, self.instances)
+            for other in self.instances:
+                self._try_prefill(other)
+        self.env.schedule(now + self.spec.failures.recovery_s, PrefillUp(ev.instance))
+
+    def _on_prefill_up(self, ev: PrefillUp) -> None:
+        inst = self.instances[ev.instance]
+        inst.failed = False
+        if self.sink is not None:
+            self.sink([(self.env.now, "sim.recovery", 1.0)])
+        self._try_prefill(inst)
 
     def _on_group_down(self, ev: GroupDown) -> None:
         """The group stops: its requests give back their slot and KV and go back to the queue as prompts of what
