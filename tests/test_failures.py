@@ -254,3 +254,13 @@ def test_the_tui_map_marks_the_failed_devices():
         grid = supernode_map(plan.to_dict())
         assert grid.cell(12, 0).role == "failed" and grid.role_counts()["failed"] == 1
         assert grid.cell(12, 1).role == "decode"
+
+
+def test_the_blast_radius_names_what_a_fabric_failure_slows(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for override, key, want in (("failures.planes=[l2.p3]", "nodes_uplink_cut", 48),
+                                ("failures.links=[n20.npu3.d1-n20.l1s2]", "dies", 1)):
+        assert main(["plan", "+deployment=r1_ep320", override, "--no-record", "--format", "json"]) == 0
+        ub = json.loads(capsys.readouterr().out)["prediction"]["failures"]["links_slowed"]["ub"]
+        assert ub[key] == want
+        assert min(ub["worst_fraction"], ub["uplink_fraction"]) == pytest.approx(6 / 7)

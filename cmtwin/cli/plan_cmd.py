@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _failure_whatif(spec, plan, prediction) -> dict:
     """The same deployment without the failures, beside this one: figures, bottleneck and blast radius."""
-    from cmtwin.planner.failures import blast_radius
+    from cmtwin.planner.failures import blast_radius, fabric_loss
     from cmtwin.planner.plan import compile_plan
     from cmtwin.twin.predict import predict
 
@@ -92,6 +92,7 @@ def _failure_whatif(spec, plan, prediction) -> dict:
     moved = sorted(d for d in before if d not in after) if spec.failures.policy == "replan" else []
     f = spec.failures
     return {"policy": f.policy, "dies": list(f.dies), "devices": list(f.devices), "switches": list(f.switches),
+            "links_slowed": fabric_loss(healthy_spec, spec, plan),
             "planes": list(f.planes), "links": list(f.links),
             "healthy": figures(healthy), "failed": figures(prediction), "blast_radius": blast_radius(plan),
             "dies_vacated": moved, "dies_taken_over": sorted(d for d in after if d not in before)}
@@ -122,6 +123,14 @@ def _render_whatif(w: dict) -> None:
     if w["dies_vacated"]:
         c.print(f"replanned: {len(w['dies_vacated'])} dies vacated, {len(w['dies_taken_over'])} spare dies taken "
                 f"over ({', '.join(w['dies_taken_over'][:4])}{' ...' if len(w['dies_taken_over']) > 4 else ''})")
+    for plane, hit in w["links_slowed"].items():
+        if hit["dies"]:
+            c.print(f"{plane}: {hit['dies']} dies the plan uses lost links or switches on this plane (e.g. "
+                    f"{', '.join(hit['examples'])}): they inject {hit['worst_fraction']:.0%} of their bandwidth at "
+                    f"worst, and each collective they join waits for them")
+        if hit["nodes_uplink_cut"]:
+            c.print(f"{plane}: {hit['nodes_uplink_cut']} nodes keep {hit['uplink_fraction']:.0%} of their uplink at "
+                    f"worst: off-node traffic of every group there shares what is left")
     c.print(f"bottleneck with the failures: {w['failed']['bottleneck']}")
 
 

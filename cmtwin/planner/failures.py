@@ -75,6 +75,36 @@ def apply(spec, pools: list, roles: list, dies_by_id: dict, failed: set[tuple[in
     return out
 
 
+def fabric_loss(healthy_spec, spec, plan) -> dict:
+    """Per plane, the dies the plan uses whose injection bandwidth the failed links, switches or sub-planes cut
+    (how many, a few of them, the smallest fraction left) and the nodes whose uplink they cut (the fabric's blast
+    radius)."""
+    from cmtwin.topology.fabric import fabric_for
+
+    before, after = fabric_for(healthy_spec), fabric_for(spec)
+    if before is after:
+        return {}
+    out: dict = {}
+    for plane in before.planes:
+        hit = []
+        for r in plan.dies:
+            full = before.injection_gbps(r.die, plane)
+            left = after.injection_gbps(r.die, plane) if plane in after.planes else 0.0
+            if full > 0 and left < full:
+                hit.append((left / full, r.die))
+        nodes = []
+        for n in range(before.nodes):
+            full = before.uplink_gbps(n, plane)
+            left = after.uplink_gbps(n, plane) if plane in after.planes else 0.0
+            if full > 0 and left < full:
+                nodes.append(left / full)
+        if hit or nodes:
+            out[plane] = {"dies": len(hit), "examples": [d for _, d in sorted(hit)[:3]],
+                          "worst_fraction": min(f for f, _ in hit) if hit else 1.0,
+                          "nodes_uplink_cut": len(nodes), "uplink_fraction": min(nodes) if nodes else 1.0}
+    return out
+
+
 def blast_radius(plan) -> dict:
     """What the failures touch in a degraded plan: per pool, the ranks down, attention groups down, experts lost."""
     return {f"{p.role}[{p.instance}]": {"ranks_down": list(p.failed_ranks), "groups_down": p.groups_down,
