@@ -94,7 +94,7 @@ def test_dispatch_combine_match_the_published_tables():
 
     checks = collective_checks()
     judged = [c for c in checks if c.tolerance is not None]
-    assert len(judged) == 24  # the tables the fits come from
+    assert len(judged) == 30  # the tables the fits come from (DeepEP normal: EP8, EP32, EP64)
     for c in judged:
         assert c.ok, f"{c.group} {c.name}: {c.predicted:.1f} vs {c.published} ({c.error:+.1%})"
     # the fixed + per-token split, fitted at 128 tokens, extrapolates to the 32-token A3 measurement within 15 %
@@ -223,3 +223,41 @@ def test_prediction_is_stored_with_the_run(workdir):
     run = get_run(store, list_runs(store)[0].id)
     assert run.prediction["decode"]["tpot_ms"] > 0
     assert run.metrics["decode.tokens_per_s_per_device"] == run.prediction["decode"]["tokens_per_s_per_device"]
+
+
+def test_node_forwarding_constants_are_the_fit_of_deepeps_normal_table():
+    """DeepEP's normal kernels: H800 carries the fit (EP32/EP64 RDMA rows, the EP8 NVLink row); H100 and H200
+    carry the same fractions, transferred; the fit reproduces EP32 and EP64 within 2 % as DeepEP counts them."""
+    from cmtwin.twin.calibration import deepep_normal
+
+    fits = deepep_normal()
+    for name in ("h800_sxm", "h100_sxm", "h200_sxm"):
+        prof = yaml.safe_load((conf_dir() / "hardware" / f"{name}.yaml").read_text())["collectives"]
+        for kind, fit in fits.items():
+            for key in ("normal_efficiency_inter_node", "normal_efficiency_scale_up"):
+                assert prof[kind][key]["value"] == fit[key]
+            for ep, measured, model in fit["rows"]:
+                if ep in (32, 64):
+                    assert model == pytest.approx(measured, rel=0.02)
+    assert fits["dispatch"]["normal_efficiency_inter_node"] == pytest.approx(0.881, abs=0.001)
+
+
+def test_prefill_dispatch_crosses_infiniband_once_per_remote_node():
+    """r1_h800_ep144's prefill (EP32 over 4 nodes, 8 of DeepSeek-R1's expert groups on each 2): a token reaches
+    4 x (1 - C(6,4)/C(8,4)) = 3.14 nodes, 3/4 of them remote, so by hand a rank's dispatch sends tokens x 2.36 x
+    7,392 bytes over its 50 GB/s NIC at 0.881, and the NVLink forwarding is not the bottleneck."""
+    from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin import comm
+    from cmtwin.twin.load import distinct_nodes_per_token
+
+    spec = load_spec(["+deployment=r1_h800_ep144"])[0]
+    nodes = distinct_nodes_per_token(spec.model.moe, 4)
+    assert nodes == pytest.approx(4 * (1 - math.comb(6, 4) / math.comb(8, 4)))
+    plan = compile_plan(spec)
+    ids = plan.die_ids("prefill", 0)
+    msg = spec.prec.message_bytes("dispatch", spec.model.hidden)
+    c = comm.dispatch_combine_forwarded(spec.hardware, fabric_for(spec), ids, kind="dispatch", tokens=8192,
+                                        remote_nodes=nodes * 0.75, recv_copies=8192 * 7.3, msg_bytes=msg)
+    by_hand = 8192 * nodes * 0.75 * msg / (50e9 * 0.881) * 1e6
+    assert c.us - by_hand == pytest.approx(49.1, abs=5)  # the fixed cost and the path latency
+    assert c.bound == "comm:ib"

@@ -37,7 +37,7 @@ from cmtwin.twin import comm
 from cmtwin.twin import schedule as sched
 from cmtwin.twin.breakdown import Ledger
 from cmtwin.twin.cost import VECTOR_CLASSES, op_time
-from cmtwin.twin.load import critical_expert_ops, moe_load, routed_experts_read
+from cmtwin.twin.load import critical_expert_ops, distinct_nodes_per_token, moe_load, routed_experts_read
 
 Side = Literal["attention", "ffn"]
 Phases = list[tuple[str, float]]
@@ -123,6 +123,9 @@ def step_context(spec, plan, hw, fabric, *, phase: str, microbatches: int, die_i
         c, v = hw.die.cube_cores.value, hw.die.vector_cores.value
         shares = Shares(mb.attention.cube_cores / c, mb.attention.vector_cores / v, mb.moe.cube_cores / c,
                         mb.moe.vector_cores / v)
+    if overlap and phase == "prefill" and mb.prefill_comm_cores:  # the comm kernel holds some SMs throughout
+        keep = 1 - mb.prefill_comm_cores.value / hw.die.cube_cores.value
+        shares = Shares(keep, keep, keep, keep)
     contend = overlap and phase == "prefill" and mb.prefill_comm_on_vector_cores
     if not overlap:
         labels = dict.fromkeys(("attention", "ffn", "comm_attention", "comm_ffn"), "serial")
@@ -265,12 +268,24 @@ def moe(ctx: StepContext, *, tokens: float, ffn_tokens: float, calls: int, tag: 
         return gate + experts + collective(ctx, c, "ffn", calls, tag)
     if lay.ep == 1:
         return gate + experts
-    moved = {kind: comm.dispatch_combine(ctx.hw, ctx.fabric, stage, kind=kind,
-                                         send_copies=load.send_copies * lay.moe_tp, recv_copies=load.recv_busiest,
-                                         msg_bytes=ctx.prec.message_bytes(kind, ctx.model.hidden))
-             for kind in ("dispatch", "combine")}
+    moved = {kind: _dispatch_combine(ctx, stage, kind, load, ffn_tokens) for kind in ("dispatch", "combine")}
     return (gate + collective(ctx, moved["dispatch"], "ffn", calls, tag) + experts
             + collective(ctx, moved["combine"], "ffn", calls, tag))
+
+
+def _dispatch_combine(ctx: StepContext, stage, kind: str, load, ffn_tokens: float):
+    """Prefill on a profile with a node-forwarding kernel (DeepEP's normal kernels): one copy per remote node,
+    forwarded inside the node; otherwise (decode's low-latency kernels, the 910C's) one copy per destination rank."""
+    msg = ctx.prec.message_bytes(kind, ctx.model.hidden)
+    lay = ctx.layout
+    if ctx.ledger.phase == "prefill" and comm.has_node_forwarding(ctx.hw, kind):
+        g = comm.group_shape(ctx.fabric, stage)
+        nodes = max(1, round(g.size / (g.same_node + 1)))
+        remote = distinct_nodes_per_token(ctx.model.moe, nodes) * (1 - 1 / nodes)
+        return comm.dispatch_combine_forwarded(ctx.hw, ctx.fabric, stage, kind=kind, tokens=ffn_tokens * lay.moe_tp,
+                                               remote_nodes=remote, recv_copies=load.recv_busiest, msg_bytes=msg)
+    return comm.dispatch_combine(ctx.hw, ctx.fabric, stage, kind=kind, send_copies=load.send_copies * lay.moe_tp,
+                                 recv_copies=load.recv_busiest, msg_bytes=msg)
 
 
 def layer(ctx: StepContext, *, moe_layer: bool, tokens: float, requests: float, kv_len: int, calls: int, form: str,

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmtwin.twin import comm
-from cmtwin.twin.reference import CM384_DISPATCH_COMBINE, CM384_UB, DEEPEP_LL_H800, ISCA_LINKS, PPLX_EP8_H100
+from cmtwin.twin.reference import (CM384_DISPATCH_COMBINE, CM384_UB, DEEPEP_LL_H800, DEEPEP_NORMAL_H800, ISCA_LINKS,
+                                   PPLX_EP8_H100)
 from cmtwin.twin.load import distinct_ranks_per_token
 
 HIDDEN, EXPERTS, TOPK = 7168, 256, 8  # DeepSeek-V3 shapes the tables were measured with
@@ -171,6 +172,48 @@ def h100_scale_up() -> dict[str, tuple[float, float]]:
     return out
 
 
+def deepep_normal_volumes(ep: int, gpus_per_node: int = 8) -> tuple[float, float, float]:
+    """Per token of a rank in DeepEP's normal-kernel benchmark (experts grouped by node, top-min(4, nodes) node
+    groups, top-8 experts uniform within them): (destination nodes as the table counts them, own node included;
+    remote nodes, which cross InfiniBand; distinct destination ranks, whose copies a rank receives over NVLink)."""
+    nodes = max(1, ep // gpus_per_node)
+    chosen = min(4, nodes)
+    remote = chosen * (1 - 1 / nodes)
+    per_rank = EXPERTS // ep
+    pool = chosen * EXPERTS // nodes  # the experts of the chosen groups
+    ranks = chosen * gpus_per_node if nodes > 1 else ep
+    miss = float(np.prod([(pool - per_rank - i) / (pool - i) for i in range(TOPK)]))  # a rank of them holds none
+    return float(chosen), remote, ranks * (1 - miss)
+
+
+def deepep_normal() -> dict[str, dict]:
+    """Node-forwarding (DeepEP normal) efficiencies on H800, per kind: `normal_efficiency_inter_node` from the RDMA
+    rows where InfiniBand binds (EP32, EP64: the physical bytes, remote nodes only, over the time the table implies,
+    as a fraction of the 50 GB/s NIC), `normal_efficiency_scale_up` from the NVLink row (EP8: bytes received over
+    the 200 GB/s NVLink); EP16 (two nodes, where NVLink forwarding binds) is left as the check. Returns per kind
+    the two efficiencies and every row's measured and modelled GB/s as the table counts them."""
+    nic, nvlink = 50.0, 200.0  # GB/s one way: CX7 400 Gb/s; H800 NVLink 400 GB/s both ways
+    out = {}
+    for col, kind in ((1, "dispatch"), (2, "combine")):
+        rows = DEEPEP_NORMAL_H800["rows"]
+        e_up = next(r[col] for r in rows if r[0] == 8) / nvlink
+        rdma = []
+        for r in rows:
+            if r[0] >= 32:
+                counted, remote, _ = deepep_normal_volumes(r[0])
+                rdma.append(r[col] * remote / counted / nic)
+        e_in = float(np.mean(rdma))
+        check = []
+        for r in rows:
+            counted, remote, ranks = deepep_normal_volumes(r[0])
+            t = max(remote / (nic * e_in), ranks / (nvlink * e_up))  # per token-byte
+            model = (ranks if r[0] == 8 else counted) / t
+            check.append((r[0], r[col], round(model, 1)))
+        out[kind] = {"normal_efficiency_inter_node": round(e_in, 3), "normal_efficiency_scale_up": round(e_up, 3),
+                     "rows": check}
+    return out
+
+
 def main() -> None:  # pragma: no cover - a report for people
     for title, fits in (("ascend_910c on cloudmatrix384 (paper Table 6)", cm384_fits()),
                         ("h800_sxm on gpu_cluster (DeepEP LL, 2025-06-05)", h800_fits())):
@@ -180,6 +223,12 @@ def main() -> None:  # pragma: no cover - a report for people
             print(f"{fit.kind}: fixed_us {fit.fixed_us}, {effs}; max rel err {fit.max_rel_err:.1%}")
             for ep, m, f in fit.rows:
                 print(f"  EP{ep:<4d} measured {m:7.1f} us  model {f:7.1f} us  ({(f - m) / m:+.1%})")
+    print("# h800_sxm node forwarding (DeepEP normal kernels, 4,096 tokens per rank)")
+    for kind, fit in deepep_normal().items():
+        print(f"{kind}: normal_efficiency_inter_node {fit['normal_efficiency_inter_node']}, "
+              f"normal_efficiency_scale_up {fit['normal_efficiency_scale_up']}")
+        for ep, m, f in fit["rows"]:
+            print(f"  EP{ep:<4d} measured {m:6.1f} GB/s  model {f:6.1f} GB/s  ({(f - m) / m:+.1%})")
     print("# h100_sxm / h200_sxm inside one NVLink node (pplx-kernels EP8, 1 and 128 tokens)")
     for kind, (f, e) in h100_scale_up().items():
         print(f"{kind}: fixed_us_scale_up {f}, efficiency_scale_up {e}")

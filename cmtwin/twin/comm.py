@@ -178,6 +178,31 @@ def dispatch_combine(hw: HardwareProfile, fabric, die_ids, *, kind: str, send_co
     return CommTime(kind, t + _fixed(hw, kind, g) + _latency(g), vol, f"comm:{plane}")
 
 
+def has_node_forwarding(hw: HardwareProfile, kind: str) -> bool:
+    """Whether the profile calibrates a node-forwarding kernel for this kind (DeepEP's normal kernels)."""
+    return "normal_efficiency_inter_node" in (hw.collectives.get(kind) or {})
+
+
+def dispatch_combine_forwarded(hw: HardwareProfile, fabric, die_ids, *, kind: str, tokens: float,
+                               remote_nodes: float, recv_copies: float, msg_bytes: float) -> CommTime:
+    """MoE dispatch or combine by node forwarding (DeepEP's normal kernels, prefill on GPUs): each of a rank's
+    `tokens` crosses the inter-node plane once per remote destination node (`remote_nodes` on average), to the
+    rank of the same index there, which forwards it over the scale-up plane to the destination ranks; the
+    busiest rank receives `recv_copies` copies that way. The rank's time is the slower of its inter-node send and
+    its scale-up receive, each at the profile's `normal_efficiency_<role>` of its links, plus the kernel's fixed
+    cost and the farthest peer's latency."""
+    g = group_shape(fabric, die_ids)
+    if g.size <= 1:
+        return CommTime(kind, 0.0, 0.0, "local")
+    entry = hw.collectives[kind]
+    rdma = tokens * remote_nodes * msg_bytes
+    nvl = recv_copies * msg_bytes
+    t_out = rdma / (g.inter_gbps / 8 * 1e9 * entry["normal_efficiency_inter_node"].value) * 1e6 if rdma else 0.0
+    t_in = nvl / (g.intra_gbps / 8 * 1e9 * entry["normal_efficiency_scale_up"].value) * 1e6
+    plane = g.planes.inter if t_out >= t_in else g.planes.intra
+    return CommTime(kind, max(t_out, t_in) + _fixed(hw, kind, g) + _latency(g), rdma + nvl, f"comm:{plane}")
+
+
 def _fixed(hw: HardwareProfile, kind: str, g: GroupShape, *, p2p_calls: int = 1) -> float:
     """A collective kernel's per-call fixed cost (launch, synchronisation, protocol start-up) beyond the path
     latency: the profile's `collectives.<kind>.fixed_us_scale_up` when the group stays inside one node,

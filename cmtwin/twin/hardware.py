@@ -116,6 +116,10 @@ class Microbatching(Frozen):
     """Prefill: a microbatch's communication (all-gather, all-to-all, dispatch, combine) runs on the vector
     cores and DMA engines while the cube cores compute the other microbatch, so that microbatch's vector
     operators (norms, activations, top-k) wait for the communication instead of overlapping it."""
+    prefill_comm_cores: Sourced | None = None
+    """Prefill: cores (SMs) a communication kernel holds while it runs beside the other microbatch's computation
+    (DeepEP's normal kernels: 24 SMs), so the computation keeps the rest of the die; null: none (low-latency
+    kernels, the 910C's DMA engines)."""
     source: str = Field(min_length=3)
     """Where the split (and the prefill placement of the communication) comes from."""
 
@@ -162,6 +166,10 @@ class HardwareProfile(Frozen):
         if self.launch_overhead_us.value < 0:
             bad.append(f"launch_overhead_us.value = {self.launch_overhead_us.value:g}: must be >= 0")
         mb = self.microbatching
+        held = mb.prefill_comm_cores.value if mb is not None and mb.prefill_comm_cores is not None else None
+        if held is not None and not 1 <= held < die.cube_cores.value:
+            bad.append(f"microbatching.prefill_comm_cores ({held:g}) must be 1 or more and leave the computation some "
+                       f"of the die's {die.cube_cores.value:g} cores")
         for stream in (mb.attention, mb.moe) if mb is not None and mb.mode == "split_cores" else ():
             if stream is not None and not (1 <= stream.cube_cores <= die.cube_cores.value
                                            and 1 <= stream.vector_cores <= die.vector_cores.value):
@@ -176,7 +184,7 @@ class HardwareProfile(Frozen):
                 bad.append(f"efficiency.{cls}.overhead_us.value = {eff.overhead_us.value:g}: must be >= 0")
         for kind, entries in self.collectives.items():
             for key, q in entries.items():
-                if key.startswith("efficiency_") and not 0 < q.value <= 1:
+                if "efficiency" in key and not 0 < q.value <= 1:
                     bad.append(f"collectives.{kind}.{key}.value = {q.value:g}: an efficiency lies in (0, 1]")
                 elif key.startswith("fixed_us") and q.value < 0:
                     bad.append(f"collectives.{kind}.{key}.value = {q.value:g}: must be >= 0")

@@ -92,6 +92,22 @@ def distinct_ranks_per_token(k: int, experts: int, ranks: int) -> float:
     return ranks * (1.0 - miss)
 
 
+def distinct_nodes_per_token(moe, nodes: int) -> float:
+    """Expected number of distinct nodes a token's routed experts land on, over an EP group spread evenly on
+    `nodes` nodes. With group-limited routing (DeepSeek-V3: the top `topk_groups` of `groups` expert groups) and
+    the groups packed onto nodes (EPLB's hierarchical policy, when the nodes divide the groups), a token reaches
+    the nodes of its chosen groups: each node holds groups/nodes of them and is missed with probability
+    C(groups - groups/nodes, topk_groups) / C(groups, topk_groups) (every chosen group assumed hit). Otherwise
+    the k experts are taken as spread uniformly."""
+    if nodes <= 1:
+        return 1.0
+    if moe.groups > 1 and moe.groups % nodes == 0:
+        per = moe.groups // nodes
+        miss = math.comb(moe.groups - per, moe.topk_groups) / math.comb(moe.groups, moe.topk_groups)
+        return nodes * (1.0 - miss)
+    return distinct_ranks_per_token(moe.experts_per_token, moe.routed_experts, nodes)
+
+
 @dataclass(frozen=True)
 class MoELoad:
     """Token copies per microbatch on the critical ranks of an EP group."""

@@ -106,6 +106,24 @@ DEEPEP_LL_H800 = {
     ],
 }
 
+# DeepEP's normal kernels (prefill): a token crosses InfiniBand once per destination node, to the GPU of the same
+# index there, which forwards it over NVLink to the destination GPUs. 4,096 tokens per rank, hidden 7168, top-8,
+# FP8 dispatch (7,168 x (1 + 4/128) bytes a token), BF16 combine (shared/reference/gpu_oplevel.md 4.1). How the
+# table counts (DeepEP tests/test_internode.py): the benchmark groups the experts by node and routes each token to
+# its top-min(4, nodes) node groups; an RDMA row is tokens x destination nodes (its own node included) x bytes
+# over the time, an NVLink row (EP8, one node) the bytes a rank receives over the time.
+DEEPEP_NORMAL_H800 = {
+    "source": "DeepEP README / docs/legacy.md, normal kernels, values after 2025-04-22 (commit 3b1045d), H800 + "
+              "CX7 400 Gb/s (github.com/deepseek-ai/DeepEP)",
+    "tokens": 4096,
+    "rows": [  # ep, dispatch GB/s, combine GB/s (NVLink at EP8, RDMA beyond)
+        (8, 153.0, 158.0),
+        (16, 43.0, 43.0),
+        (32, 58.0, 57.0),
+        (64, 51.0, 50.0),
+    ],
+}
+
 # MoE dispatch/combine kernels on NVLink only (one 8 x H100 node), NVSHMEM, 256 experts top-8, hidden 7168,
 # FP8 dispatch, BF16 combine (shared/reference/gpu_collectives_and_kernels.md section 2.1).
 PPLX_EP8_H100 = {

@@ -88,9 +88,36 @@ def collective_checks() -> list[Check]:
                 out.append(Check(table.get("group", f"{hw.name} dispatch and combine"),
                                  f"EP{ep} {kind}, {table['tokens']} tokens/rank",
                                  meas, t.us, "us", table["source"], tol))
+    out += _deepep_normal_checks()
     out += _nvlink_ep_checks()
     out += _blackwell_ep_checks()
     out += _nccl_checks()
+    return out
+
+
+def _deepep_normal_checks() -> list[Check]:
+    """DeepEP's normal (prefill) kernels on H800 through the twin's node-forwarding model, as the table counts
+    bandwidth (twin/reference.py DEEPEP_NORMAL_H800): EP8 and the RDMA-bound EP32 and EP64 rows set the two
+    efficiencies (judged within 5 %); EP16, where the NVLink forwarding binds, is the check (unjudged)."""
+    from cmtwin.topology.fabric import freeze_overrides, get_fabric
+    from cmtwin.twin import comm
+    from cmtwin.twin.calibration import deepep_normal_volumes
+
+    spec = _load("r1_h800_ep144")
+    fab = get_fabric(spec.topology.file, freeze_overrides({**spec.topology.params, "nodes": 8}))
+    hw, t = spec.hardware, ref.DEEPEP_NORMAL_H800
+    out = []
+    for ep, d_gbs, c_gbs in t["rows"]:
+        ids = tuple(d.id for d in fab.dies()[:ep])
+        counted, remote, ranks = deepep_normal_volumes(ep)
+        for kind, meas in (("dispatch", d_gbs), ("combine", c_gbs)):
+            msg = spec.prec.message_bytes(kind, spec.model.hidden)
+            c = comm.dispatch_combine_forwarded(hw, fab, ids, kind=kind, tokens=t["tokens"], remote_nodes=remote,
+                                                recv_copies=t["tokens"] * ranks, msg_bytes=msg)
+            bytes_counted = t["tokens"] * (ranks if ep == 8 else counted) * msg
+            out.append(Check("h800_sxm DeepEP normal kernels (prefill), GB/s as DeepEP counts",
+                             f"EP{ep} {kind}, {t['tokens']} tokens/rank", meas, bytes_counted / c.us / 1e3, "GB/s",
+                             t["source"], None if ep == 16 else 0.05))
     return out
 
 
