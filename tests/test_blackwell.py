@@ -61,3 +61,21 @@ def test_search_explores_wide_ep_inside_the_rack():
                          "search.simulate_top=0", "search.decode_tp=[1]", "search.moe_tp=[1]"])
     res = search(spec, workers=1)
     assert max(c.decode.ep for c in res.candidates) == 72
+
+
+def test_the_grace_cpus_back_a_caching_pool():
+    """36 Grace CPUs per rack, on NVLink by C2C (450 GB/s one way); with caching.enabled their LPDDR5X holds the KV
+    pool (dram_fraction of 36 x 440 GiB), and a prefix-heavy simulation fetches from it."""
+    from cmtwin.sim.serving import Simulator
+
+    spec, plan = _plan("caching.enabled=true")
+    fab = fabric_for(spec)
+    cpus = list(fab.cpus())
+    assert len(cpus) == 36 and spec.host.name == "grace"
+    assert fab.injection_gbps(cpus[0].id, "nvlink") == 3600
+    pool = plan.caching
+    assert pool.cpus == 36
+    assert pool.capacity_bytes == pytest.approx(36 * 440 * 2**30 * spec.caching.dram_fraction)
+    spec, plan = _plan("caching.enabled=true", "workload=offline_prefix", "sim.duration_s=30")
+    res = Simulator(spec, plan).run()
+    assert res.cache_hit_ratio > 0.5

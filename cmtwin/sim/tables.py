@@ -174,8 +174,11 @@ class FetchCost:
 
         self.dies = len(dies)
         self.nodes = max(1, len({fabric.domain_of(d) for d in dies}))
-        # the near leg (CPU DRAM -> the dies): a remote CPU's pool across nodes, or the local CPU within the node
-        self.ub_lat, self.ub_slope = line(remote.id, die0, roles.inter_node)
+        # the near leg (CPU DRAM -> the dies): a remote CPU's pool across nodes, or the local CPU within the node,
+        # over the inter-node plane where the CPUs are on it (UB on CM384), else over the scale-up plane (the Grace
+        # CPUs of an NVL72 rack, on NVLink by C2C)
+        near = roles.inter_node if _on_plane(fabric, remote.id, roles.inter_node) else roles.scale_up
+        self.ub_lat, self.ub_slope = line(remote.id, die0, near)
         self.plane = plane
         if plane == "vpc":
             front = roles.frontend
