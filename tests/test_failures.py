@@ -105,48 +105,41 @@ def test_bad_failures_exit_2(tmp_path, monkeypatch, capsys, override, needle):
 
 # --- failures in time (cmtwin simulate) ------------------------------------------------------------------------
 
-def test_a_die_failure_in_the_simulation_requeues_its_requests_and_recovers():
-    """8 x H200 DP8 decode: one GPU's group fails at t = 40 s, its requests go back to prefill with what they have
-    generated, the group serves again 20 s later; every request completes (conservation), the event is in the
-    samples, and the requests re-queued are counted."""
+def _simulate_a_failure(die: str, *overrides):
+    """r1_h200_disagg for 90 s (drained) with `die` failing at t = 40 s and recovering 20 s later: the simulator,
+    its plan, after checking what every failure must show: every request completes (conservation), one failure
+    with requests re-queued, and the failure and the recovery in the samples."""
     from cmtwin.sim.serving import Simulator
 
-    spec, plan = _plan("sim.duration_s=90", "sim.warmup_s=10", "sim.drain=true", "workload.output_len=256",
-                       "failures.events=[{t_s:40,die:n01.gpu2}]", "failures.recovery_s=20",
-                       deployment="r1_h200_disagg")
+    spec, plan = _plan("sim.duration_s=90", "sim.warmup_s=10", "sim.drain=true", f"failures.events=[{{t_s:40,die:{die}}}]",
+                       "failures.recovery_s=20", *overrides, deployment="r1_h200_disagg")
     rows = []
     sim = Simulator(spec, plan, sink=rows.extend)
     sim.run()
     c = sim.census()
     assert c["arrived"] == c["completed"] > 100
-    [(t, die, requeued)] = sim.failures_seen
-    assert (t, die) == (40.0, "n01.gpu2") and requeued > 0
+    [(t, failed, requeued)] = sim.failures_seen
+    assert (t, failed) == (40.0, die) and requeued > 0
     names = {(round(t), n) for t, n, _ in rows if n.startswith("sim.")}
     assert (40, "sim.failure") in names and (60, "sim.recovery") in names
+    return sim, plan
+
+
+def test_a_die_failure_in_the_simulation_requeues_its_requests_and_recovers():
+    """8 x H200 DP8 decode: one GPU's group fails, its requests go back to prefill with what they have generated,
+    and the group serves again after recovery."""
+    sim, plan = _simulate_a_failure("n01.gpu2", "workload.output_len=256")
     group = next(d.rank for d in plan.dies if d.die == "n01.gpu2")
     assert sim.decoders[0].rank_kv[group] < 2**62  # back in service
 
 
 def test_a_prefill_die_failure_requeues_its_prompts_on_the_other_instances_and_recovers():
-    """r1_h200_disagg's prefill: a die of instance 0 fails at t = 40 s and the whole instance stops (its EP group
-    needs every rank): the prompts of its running forward and its queue go to the other instances and are
-    computed again; it serves again 20 s later. Every request completes (conservation), and the forward the
+    """A die of prefill instance 0 fails and the whole instance stops (its EP group needs every rank): the prompts
+    of its running forward and its queue go to the other instance and are computed again; the forward the
     failure cut never completes a request twice."""
-    from cmtwin.sim.serving import Simulator
-
-    spec, plan = _plan("topology.params.nodes=3", "prefill.instances=2", "sim.duration_s=90", "sim.warmup_s=10",
-                       "sim.drain=true", "workload.output_len=64", "failures.events=[{t_s:40,die:n00.gpu0}]",
-                       "failures.recovery_s=20", deployment="r1_h200_disagg")
+    sim, plan = _simulate_a_failure("n00.gpu0", "topology.params.nodes=3", "prefill.instances=2",
+                                    "workload.output_len=64")
     assert len(plan.pools_of("prefill")) == 2
-    rows = []
-    sim = Simulator(spec, plan, sink=rows.extend)
-    sim.run()
-    c = sim.census()
-    assert c["arrived"] == c["completed"] > 100
-    [(t, die, requeued)] = sim.failures_seen
-    assert (t, die) == (40.0, "n00.gpu0") and requeued > 0
-    names = {(round(t), n) for t, n, _ in rows if n.startswith("sim.")}
-    assert (40, "sim.failure") in names and (60, "sim.recovery") in names
     inst = sim.instances[0]
     assert not inst.failed and inst.epoch == 1 and sim.in_prefill == 0
 
