@@ -166,9 +166,11 @@ def ops_us(ctx: StepContext, ops: list[Op], side: Side) -> float:
 
 
 def collective(ctx: StepContext, c, side: Side, calls: int, tag: str | None = None) -> Phases:
-    """A collective after one side's work: on the communication stream, or that side's cores when split."""
-    ctx.ledger.add(ctx.label(f"comm_{side}", tag), c.name, c.us * calls, "comm", calls)
-    return [(sched.COMPUTE if ctx.split and side == "attention" else sched.COMM, c.us)]
+    """A collective after one side's work: on the communication stream, or in line on the compute stream (that
+    side's cores when split; in prefill, the collectives the profile runs inside their stage)."""
+    inline = ctx.overlap and ctx.ledger.phase == "prefill" and c.name in ctx.hw.microbatching.prefill_inline_comm
+    ctx.ledger.add("compute" if inline else ctx.label(f"comm_{side}", tag), c.name, c.us * calls, "comm", calls)
+    return [(sched.COMPUTE if inline or (ctx.split and side == "attention") else sched.COMM, c.us)]
 
 
 # --- blocks --------------------------------------------------------------------------------------------------

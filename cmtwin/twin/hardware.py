@@ -116,6 +116,10 @@ class Microbatching(Frozen):
     """Prefill: a microbatch's communication (all-gather, all-to-all, dispatch, combine) runs on the vector
     cores and DMA engines while the cube cores compute the other microbatch, so that microbatch's vector
     operators (norms, activations, top-k) wait for the communication instead of overlapping it."""
+    prefill_inline_comm: tuple[str, ...] = ()
+    """Prefill: collectives that run inside their stage on the compute lane rather than beside the other
+    microbatch (CloudMatrix-Infer's staged-MLA all-gather and all-to-all: Fig. 18b puts only dispatch and combine
+    on the SDMA lane)."""
     prefill_comm_cores: Sourced | None = None
     """Prefill: cores (SMs) a communication kernel holds while it runs beside the other microbatch's computation
     (DeepEP's normal kernels: 24 SMs), so the computation keeps the rest of the die; null: none (low-latency
