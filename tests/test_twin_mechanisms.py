@@ -352,3 +352,15 @@ def test_expert_weights_stream_near_the_measured_copy_rate(deployment, floor):
     t = op_time(up, spec.hardware)
     achieved = up.bytes / ((t.us - t.overhead_us) * 1e-6) / (spec.hardware.die.memory_bandwidth_GB_per_s.value * 1e9)
     assert t.bound == "memory" and achieved > floor
+
+
+def test_prefill_inline_collectives_run_on_the_compute_lane():
+    """The 910C's profile puts the staged MLA's all-gather and all-to-all in line in prefill (paper Fig. 18b): the
+    breakdown records them on the compute stream, and taking them off the list (so they overlap the other
+    microbatch) can only shorten the forward."""
+    inline = _predict("r1_ep320")
+    overlapped = _predict("r1_ep320", "hardware.microbatching.prefill_inline_comm=[]")
+    rows = _rows(inline, "prefill")
+    assert ("compute", "sp_all_gather") in rows and ("compute", "tp_all_to_all") in rows
+    assert ("comm", "sp_all_gather") in _rows(overlapped, "prefill")
+    assert inline.prefill.step_ms > overlapped.prefill.step_ms

@@ -116,7 +116,8 @@ class Microbatching(Frozen):
     """Prefill: a microbatch's communication (all-gather, all-to-all, dispatch, combine) runs on the vector
     cores and DMA engines while the cube cores compute the other microbatch, so that microbatch's vector
     operators (norms, activations, top-k) wait for the communication instead of overlapping it."""
-    prefill_inline_comm: tuple[str, ...] = ()
+    prefill_inline_comm: tuple[Literal["sp_all_gather", "tp_all_to_all", "tp_all_reduce", "moe_all_reduce",
+                                       "moe_tp_all_reduce", "dispatch", "combine"], ...] = ()
     """Prefill: collectives that run inside their stage on the compute lane rather than beside the other
     microbatch (CloudMatrix-Infer's staged-MLA all-gather and all-to-all: Fig. 18b puts only dispatch and combine
     on the SDMA lane)."""
