@@ -41,9 +41,10 @@ def gib(x: float) -> str:
     return f"{x:,.2f}"
 
 
-def progress_bar():
+def progress_bar(labels: dict[str, str] | None = None):
     """A rich progress display on stderr (stdout stays clean for --format json); silent when stderr is not a
-    terminal. Returns (context manager, progress(stage, done, total))."""
+    terminal. Returns (context manager, progress(stage, done, total)); `labels` names a stage's bar (default: the
+    stage)."""
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
@@ -55,7 +56,7 @@ def progress_bar():
 
     def progress(stage: str, done: int, total: int) -> None:
         if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
+            tasks[stage] = bar.add_task((labels or {}).get(stage, stage), total=total)
         bar.update(tasks[stage], completed=done, total=total)
 
     return bar, progress

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 
 from cmtwin.cli.common import add_db, add_format, print_json
@@ -56,7 +55,6 @@ def figures(spec, plan, pred) -> dict:
                  "precision": plan.precision, "devices_in_supernode": plan.devices_total,
                  "devices_used": sum(p.devices for p in plan.pools), "power_w_per_device": watts,
                  "power_source": hw.power_w.source if hw.power_w is not None else None}
-    phases = dict(part.split(": ", 1) for part in re.split(r"; (?=\w+: )", pred.bottleneck) if ": " in part)
     for phase in ("decode", "prefill"):
         fig = getattr(pred, phase)
         if fig is None:
@@ -66,7 +64,7 @@ def figures(spec, plan, pred) -> dict:
         per_dev = fig.tokens_per_s_per_device
         row = {"tokens_per_s_per_device": per_dev, "devices": devices, "tokens_per_s_pool": per_dev * devices,
                "tokens_per_s_per_kw": per_dev / (watts / 1000) if watts else None,
-               "bottleneck": phases.get(phase, "")}
+               "bottleneck": pred.bottlenecks.get(phase, "")}
         if phase == "decode":
             row |= {"tpot_ms": fig.tpot_ms, "batch_per_device": fig.batch_per_device}
         else:
@@ -94,16 +92,12 @@ def run(args: argparse.Namespace) -> int:
         row["system"] = " ".join(o.removeprefix(_DEPLOYMENT) for o in overrides[:len(overrides) - len(common)])
         rows.append((row, spec, composed, plan, pred, started))
     if not args.no_record:
+        from cmtwin.cli.plan_cmd import record_plan
         from cmtwin.store.engine import open_store
-        from cmtwin.store.repo import record_run
 
         store = open_store(args.db or specs[0][1].store.url)
         for row, spec, composed, plan, pred, started in rows:
-            row["run_id"] = record_run(
-                store, verb="plan", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
-                overrides=list(composed.overrides), config=composed.config, status="ok", started_at=started,
-                finished_at=datetime.now(timezone.utc), plan=plan.to_dict(), prediction=pred.to_dict(),
-                metrics=pred.metrics())
+            row["run_id"] = record_plan(store, spec, composed, plan, pred, started=started)
     rows = [r[0] for r in rows]
     if args.format == "json":
         print_json({"common_overrides": common, "systems": rows})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
 
 from cmtwin.cli.common import add_db, add_format, add_overrides, print_json, progress_bar, say
 

@@ -34,22 +34,16 @@ def run(args: argparse.Namespace) -> int:
     prediction = predict(spec, plan)
     plan_dict = plan.to_dict()
     out = {"plan_hash": plan.plan_hash, "plan": plan_dict, "prediction": prediction.to_dict()}
-    f = spec.failures
-    whatif = _failure_whatif(spec, plan, prediction) if f.dies or f.devices or f.switches or f.planes or f.links else None
+    whatif = _failure_whatif(spec, plan, prediction) if spec.failures.any else None
     if whatif is not None:
         out["prediction"]["failures"] = whatif
     out_file = _open_out(args.out) if args.out else None  # a bad path fails before anything is recorded
     run_id = None
     if not args.no_record:
         from cmtwin.store.engine import open_store
-        from cmtwin.store.repo import record_run
 
-        store = open_store(args.db or spec.store.url)
-        run_id = record_run(
-            store, verb="plan", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
-            overrides=list(composed.overrides), config=composed.config, status="ok", started_at=started,
-            finished_at=datetime.now(timezone.utc), plan=plan_dict, prediction=out["prediction"],
-            metrics=prediction.metrics())
+        run_id = record_plan(open_store(args.db or spec.store.url), spec, composed, plan, prediction,
+                             started=started, plan_dict=plan_dict, prediction_dict=out["prediction"])
     out = {"run_id": run_id, **out}
     if out_file is not None:
         import json
@@ -67,14 +61,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def record_plan(store, spec, composed, plan, prediction, *, started, plan_dict=None, prediction_dict=None) -> int:
+    """Record one plan run (verb plan, status ok) with its plan, prediction and metrics; returns its id."""
+    from cmtwin.store.repo import record_run
+
+    return record_run(
+        store, verb="plan", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
+        overrides=list(composed.overrides), config=composed.config, status="ok", started_at=started,
+        finished_at=datetime.now(timezone.utc), plan=plan_dict or plan.to_dict(),
+        prediction=prediction_dict or prediction.to_dict(), metrics=prediction.metrics())
+
+
 def _failure_whatif(spec, plan, prediction) -> dict:
     """The same deployment without the failures, beside this one: figures, bottleneck and blast radius."""
     from cmtwin.planner.failures import blast_radius, fabric_loss
     from cmtwin.planner.plan import compile_plan
     from cmtwin.twin.predict import predict
 
-    healthy_spec = spec.model_copy(update={"failures": spec.failures.model_copy(
-        update={"dies": [], "devices": [], "switches": [], "planes": [], "links": []})})
+    healthy_spec = spec.model_copy(update={"failures": spec.failures.healed()})
     healthy_plan = compile_plan(healthy_spec)
     healthy = predict(healthy_spec, healthy_plan)
 

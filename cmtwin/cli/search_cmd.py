@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from cmtwin.cli.common import add_db, add_format, add_overrides, print_json
+from cmtwin.cli.common import add_db, add_format, add_overrides, print_json, progress_bar
 
 STORED = ("tokens_per_s_per_device", "tpot_ms", "ttft_ms", "requests_per_s")
 """Per-candidate figures stored as samples named search.<figure> (t = the candidate's index)."""
@@ -55,15 +55,6 @@ PREFILL_STORED = ("devices_per_instance", "tp", "moe_tp", "ep", "pp", "tokens_pe
 """Prefill parameters stored per candidate as search.prefill.<key>."""
 
 
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
-
-
 def run(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
     from pathlib import Path
@@ -74,15 +65,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)  # the run row is created after the search; its duration covers the search
     spec, composed = load_spec(args.overrides)
-    with _progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage, done, total):
-            if stage not in tasks:
-                tasks[stage] = bar.add_task("twin: candidate groups" if stage == "twin" else "simulating the best",
-                                            total=total)
-            bar.update(tasks[stage], completed=done)
-
+    bar, progress = progress_bar({"twin": "twin: candidate groups", "simulate": "simulating the best"})
+    with bar:
         result = search(spec, progress=progress)
     if not result.candidates:
         from cmtwin.errors import PlanError

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 class Frozen(BaseModel):
     """Immutable, validated, no unknown keys, finite numbers only (inf and nan are refused: they would reach the
-    twin's arithmetic and the run store's JSON); attribute docstrings become the JSON-schema descriptions."""
+    twin's arithmetic and the run store's JSON). The docstring under each field is its description, read from the
+    source only when asked for (cmtwin/config/fielddocs.py), not at import."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)

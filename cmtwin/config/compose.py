@@ -30,8 +30,6 @@ USER_CONF = "cmtwin_conf"  # extra options in the working directory (e.g. profil
 def options(group: str) -> list[str]:
     """The options of a config group: the YAML files under conf/<group>/ and ./cmtwin_conf/<group>/ (for a
     policy family `policies/<family>`: the presets under policies/<family>/ and ./cmtwin_conf/policies/<family>/)."""
-    from pathlib import Path
-
     from cmtwin.paths import policies_dir
 
     homes = [conf_dir() / group, Path(USER_CONF) / group]
@@ -46,8 +44,6 @@ def options(group: str) -> list[str]:
 
 def load_group_option(group: str, name: str) -> dict:
     """One option of a config group as a plain dict (./cmtwin_conf/<group>/ first, as Hydra's search path has it)."""
-    from pathlib import Path
-
     import yaml
 
     from cmtwin.config.yamlsafe import read_text
@@ -346,8 +342,6 @@ def check_user_files(folder: str | os.PathLike = USER_CONF) -> None:
     recurses per nesting level and converts numbers of any length): size, UTF-8, nesting depth, alias count and
     expansion, number length, and no environment interpolation (a config file's values are stored in the run
     record). Raises a ConfigError naming the file, the key, the value (truncated) and the fix."""
-    from pathlib import Path
-
     from cmtwin.config.yamlsafe import YamlLimitError, check_yaml, read_text
 
     root = Path(folder)

@@ -25,7 +25,7 @@ def spec_hash(spec) -> str:
         data["prefill"] = {"instances": 0}
     if not spec.decode.devices:
         data["decode"] = {"devices": 0}
-    if spec.decode.devices:
+    else:
         data["decode"]["batch_per_group"] = spec.decode_batch_per_group
         data["decode"]["batch_per_device"] = None
     data["serving"]["concurrency"] = None

@@ -221,6 +221,20 @@ class FailuresSpec(Frozen):
     attention groups stop serving and their experts fall to the other replicas (EPLB's rule), experts with no replica
     left are lost; refuse: an error if a failure hits a device the plan uses."""
 
+    @property
+    def in_fabric(self) -> bool:
+        """Whether links, switches or sub-planes are down (the fabric becomes a view without them)."""
+        return bool(self.switches or self.planes or self.links)
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is down (a what-if to compare with the healthy plan)."""
+        return bool(self.dies or self.devices or self.in_fabric)
+
+    def healed(self) -> FailuresSpec:
+        """The same settings with nothing down."""
+        return self.model_copy(update={"dies": [], "devices": [], "switches": [], "planes": [], "links": []})
+
 
 class SloSpec(Frozen):
     """Latency targets; when set the twin searches the largest batch that meets them."""

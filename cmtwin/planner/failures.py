@@ -10,15 +10,16 @@ plan does about them.
 - refuse: a failure that hits a device the plan uses is an error naming it.
 
 A device with a failed die is out as a whole: its other die cannot hold its share of a layout laid out by device.
-Failed switches and switch sub-planes (failures.switches, failures.planes) act on the fabric instead: it becomes the
-view of the graph without them (cmtwin.topology.fabric.fabric_for), so collectives price the surviving links and
-routes, and a plane that no longer joins every die is refused naming the cut.
+Failed switches, switch sub-planes and links (failures.switches, failures.planes, failures.links) act on the fabric
+instead: it becomes the view of the graph without them (cmtwin.topology.fabric.fabric_for), so collectives price
+the surviving links and routes, and a plane that no longer joins every die is refused naming the cut.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Any
 
 from cmtwin.errors import PlanError
 
@@ -84,24 +85,25 @@ def fabric_loss(healthy_spec, spec, plan) -> dict:
     before, after = fabric_for(healthy_spec), fabric_for(spec)
     if before is after:
         return {}
+
+    def cut(items, capacity: str, plane: str) -> list[tuple[float, Any]]:
+        """(fraction left, item) of the items whose `capacity` (a Fabric method) on the plane the failures cut."""
+        out = []
+        for x in items:
+            full = getattr(before, capacity)(x, plane)
+            left = getattr(after, capacity)(x, plane) if plane in after.planes else 0.0
+            if full > 0 and left < full:
+                out.append((left / full, x))
+        return out
+
     out: dict = {}
     for plane in before.planes:
-        hit = []
-        for r in plan.dies:
-            full = before.injection_gbps(r.die, plane)
-            left = after.injection_gbps(r.die, plane) if plane in after.planes else 0.0
-            if full > 0 and left < full:
-                hit.append((left / full, r.die))
-        nodes = []
-        for n in range(before.nodes):
-            full = before.uplink_gbps(n, plane)
-            left = after.uplink_gbps(n, plane) if plane in after.planes else 0.0
-            if full > 0 and left < full:
-                nodes.append(left / full)
+        hit = cut([r.die for r in plan.dies], "injection_gbps", plane)
+        nodes = cut(range(before.nodes), "uplink_gbps", plane)
         if hit or nodes:
             out[plane] = {"dies": len(hit), "examples": [d for _, d in sorted(hit)[:3]],
                           "worst_fraction": min(f for f, _ in hit) if hit else 1.0,
-                          "nodes_uplink_cut": len(nodes), "uplink_fraction": min(nodes) if nodes else 1.0}
+                          "nodes_uplink_cut": len(nodes), "uplink_fraction": min(f for f, _ in nodes) if nodes else 1.0}
     return out
 
 

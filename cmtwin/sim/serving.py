@@ -839,21 +839,32 @@ class Simulator:
         requeued = cut + queued
         for r in requeued:
             r.todo, r.hit = -1, 0
-        self.failures_seen.append((now, ev.die, len(requeued)))
-        if self.sink is not None:
-            self.sink([(now, "sim.failure", float(len(requeued)))])
-        if requeued:
-            self.sched.enqueue(requeued, self.instances)
-            for other in self.instances:
-                self._try_prefill(other)
-        self.env.schedule(now + self.spec.failures.recovery_s, PrefillUp(ev.instance))
+        self._failed(now, ev.die, requeued, PrefillUp(ev.instance))
 
     def _on_prefill_up(self, ev: PrefillUp) -> None:
         inst = self.instances[ev.instance]
         inst.failed = False
+        self._recovered()
+        self._try_prefill(inst)
+
+    def _failed(self, now: float, die: str, requeued: list[Request], recovery) -> None:
+        """What every failure does after taking its requests back: count them, mark the event in the samples (the
+        plot and the TUI show it), queue them again where arrivals go (a failed line takes none), start the idle
+        lines, and schedule the recovery."""
+        self.failures_seen.append((now, die, len(requeued)))
+        if self.sink is not None:
+            self.sink([(now, "sim.failure", float(len(requeued)))])
+        if requeued:
+            lines = self.lines
+            self.sched.enqueue(requeued, lines)
+            for line in lines:
+                if line.queue and not line.busy:
+                    (self._start_step if self.agg else self._try_prefill)(line)
+        self.env.schedule(now + self.spec.failures.recovery_s, recovery)
+
+    def _recovered(self) -> None:
         if self.sink is not None:
             self.sink([(self.env.now, "sim.recovery", 1.0)])
-        self._try_prefill(inst)
 
     def _on_group_down(self, ev: GroupDown) -> None:
         """The group stops: its requests give back their slot and KV and go back to the queue as prompts of what
@@ -887,22 +898,12 @@ class Simulator:
         for r in requeued:
             r.todo, r.hit, r.rank, r.admit_step, r.end_step = -1, 0, -1, -1, -1
         d.rank_kv[g] = FAILED_KV  # no batching policy places a request where the KV check cannot pass
-        self.failures_seen.append((now, ev.die, len(requeued)))
-        if self.sink is not None:  # the event in the run's samples: the plot and the TUI mark it
-            self.sink([(now, "sim.failure", float(len(requeued)))])
-        if requeued:
-            lines = self.lines
-            self.sched.enqueue(requeued, lines)
-            for line in lines:
-                if line.queue and not line.busy:
-                    (self._start_step if self.agg else self._try_prefill)(line)
-        self.env.schedule(now + self.spec.failures.recovery_s, GroupUp(ev.instance, g))
+        self._failed(now, ev.die, requeued, GroupUp(ev.instance, g))
 
     def _on_group_up(self, ev: GroupUp) -> None:
         d = self.decoders[ev.instance]
         d.rank_kv[ev.rank] = 0
-        if self.sink is not None:
-            self.sink([(self.env.now, "sim.recovery", 1.0)])
+        self._recovered()
         if not d.busy:
             self._start_step(d)
 

@@ -36,7 +36,6 @@ from cmtwin.topology.graph import ENDPOINT_KINDS, build_graph, check_invariants,
 from cmtwin.topology.schema import ROLES, PlaneRoles, TopologySpec, load_topology
 
 
-
 @dataclass(frozen=True, slots=True)
 class DieRef:
     """An accelerator die (the rank unit): its node id and position."""
@@ -703,7 +702,7 @@ def fabric_for(spec) -> Fabric:
     without them."""
     fabric = get_fabric(spec.topology.file, freeze_overrides(spec.topology.params))
     failures = getattr(spec, "failures", None)
-    if failures is None or not (failures.switches or failures.planes or failures.links):
+    if failures is None or not failures.in_fabric:
         return fabric
     return _without(fabric, tuple(sorted(failures.switches)), tuple(sorted(failures.planes)),
                     tuple(sorted(failures.links)))

@@ -72,7 +72,7 @@ _PATH_PART_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=False, populate_by_name=False
+        frozen=True, extra="forbid", allow_inf_nan=False, populate_by_name=False
     )
 
 

@@ -281,8 +281,7 @@ def _dispatch_combine(ctx: StepContext, stage, kind: str, load, ffn_tokens: floa
     msg = ctx.prec.message_bytes(kind, ctx.model.hidden)
     lay = ctx.layout
     if ctx.ledger.phase == "prefill" and comm.has_node_forwarding(ctx.hw, kind):
-        g = comm.group_shape(ctx.fabric, stage)
-        nodes = max(1, round(g.size / (g.same_node + 1)))
+        nodes = comm.group_shape(ctx.fabric, stage).nodes
         remote = distinct_nodes_per_token(ctx.model.moe, nodes) * (1 - 1 / nodes)
         return comm.dispatch_combine_forwarded(ctx.hw, ctx.fabric, stage, kind=kind, tokens=ffn_tokens * lay.moe_tp,
                                                remote_nodes=remote, recv_copies=load.recv_busiest, msg_bytes=msg)

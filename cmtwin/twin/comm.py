@@ -59,6 +59,11 @@ class GroupShape:
     planes: Planes
     fabric: object = field(default=None, compare=False, repr=False)  # whose roles name the planes
 
+    @property
+    def nodes(self) -> int:
+        """Nodes the group spans (its ranks spread evenly, as the representative rank's node holds them)."""
+        return max(1, round(self.size / (self.same_node + 1)))
+
 
 @cache
 def _group_shape_cached(fabric, die_ids: tuple[str, ...]) -> GroupShape:

@@ -18,9 +18,14 @@ class Prediction:
     prefill: PrefillFigures | None
     decode: DecodeFigures | None
     breakdown: tuple[Row, ...]
-    bottleneck: str
+    bottlenecks: dict[str, str]  # per phase: its critical stream and that stream's largest operator
     notes: tuple[str, ...] = field(default_factory=tuple)
     policies: dict[str, Any] = field(default_factory=dict)  # per selected policy family: its what-if table
+
+    @property
+    def bottleneck(self) -> str:
+        """Every phase's bottleneck on one line ("prefill: ...; decode: ...")."""
+        return "; ".join(f"{phase}: {text}" for phase, text in self.bottlenecks.items())
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -44,15 +49,15 @@ class Prediction:
         return out
 
 
-def _bottleneck(phase: str, ledger, streams: dict[str, float]) -> str:
+def _bottleneck(ledger, streams: dict[str, float]) -> str:
     rows = ledger.rows()
     if not rows:
-        return f"{phase}: nothing to run"
+        return "nothing to run"
     total = sum(streams.values()) or 1.0
     crit = max(streams, key=streams.get)
     top = max((r for r in rows if r.stream == crit), key=lambda r: r.time_us)
     share = top.time_us / (streams[crit] or 1.0)
-    return (f"{phase}: stream '{crit}' ({streams[crit] / total:.0%} of busy time); its largest operator is "
+    return (f"stream '{crit}' ({streams[crit] / total:.0%} of busy time); its largest operator is "
             f"{top.operator} ({top.bound}-bound, {share:.0%} of the stream)")
 
 
@@ -73,7 +78,7 @@ def predict(spec, plan) -> Prediction:
     hw, fabric = spec.hardware, fabric_for(spec)
     rows: list[Row] = []
     notes: list[str] = []
-    bottlenecks: list[str] = []
+    bottlenecks: dict[str, str] = {}
     prefill = decode = None
     if plan.pools_of("prefill"):
         prefill = _prefill_figures(spec, plan, hw, fabric, rows, notes, bottlenecks)
@@ -81,7 +86,7 @@ def predict(spec, plan) -> Prediction:
         decode, agg_prefill = _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks)
         prefill = agg_prefill or prefill
     policies = _policy_tables(spec, plan, hw, fabric, rows, with_decode=decode is not None)
-    return Prediction(prefill, decode, tuple(rows), "; ".join(bottlenecks), tuple(notes), policies)
+    return Prediction(prefill, decode, tuple(rows), bottlenecks, tuple(notes), policies)
 
 
 def _prefill_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> PrefillFigures:
@@ -94,7 +99,7 @@ def _prefill_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> Prefil
         notes.append(note)
     r = prefill_forward(spec, plan, hw, fabric, tokens_per_die=tokens)
     rows += r.ledger.rows()
-    bottlenecks.append(_bottleneck("prefill", r.ledger, r.streams))
+    bottlenecks["prefill"] = _bottleneck(r.ledger, r.streams)
     return PrefillFigures(
         tokens_per_s_per_device=_round(r.tokens_per_s_per_device, 1), step_ms=_round(r.step_us / 1e3),
         ttft_ms=_round(r.ttft_ms), tokens_per_device=r.tokens_per_die * spec.hardware.dies,
@@ -124,7 +129,7 @@ def _decode_figures(spec, plan, hw, fabric, rows, notes, bottlenecks) -> tuple[D
         experts_read_per_rank=_round(r.ledger.experts[0], 2) if r.ledger.experts[1] else None,
         expert_slots_per_rank=r.ledger.experts[1] or None)
     rows += r.ledger.rows()
-    bottlenecks.append(_bottleneck("decode", r.ledger, r.streams))
+    bottlenecks["decode"] = _bottleneck(r.ledger, r.streams)
     if not agg:
         return decode, None
     from cmtwin.twin.agg import agg_prefill

@@ -14,8 +14,6 @@ bubble, and the prompt's KV transfer to its decode rank.
 
 from __future__ import annotations
 
-import math
-
 from cmtwin.twin.blocks import (
     head,
     kv_transfer,
