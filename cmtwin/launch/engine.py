@@ -68,6 +68,10 @@ class Args:
     def flag(self, *names: str) -> bool:
         return bool(self.get(*names, default=False))
 
+    def kv_cache_dtype(self) -> str:
+        """cmtwin's KV dtype for --kv-cache-dtype (fp8, fp8_e4m3, fp8_e5m2: fp8; auto or absent: bf16)."""
+        return "fp8" if str(self.get("--kv-cache-dtype", default="auto")).startswith("fp8") else "bf16"
+
     def json(self, name: str) -> dict:
         v = self.get(name)
         if not v:

@@ -42,7 +42,7 @@ def export_launch(overrides: list[str], engine: str, out: Path | None, *, neares
                 raise
             raise CmtwinError(f"{TITLES[engine]} cannot express the plan (" + "; ".join(refused) + "), and its "
                               f"nearest plan ({' '.join(applied)}) does not plan either: {exc}", key="--engine",
-                              fix=f"give the plan more devices, or use another engine") from None
+                              fix="give the plan more devices, or use another engine") from None
         view = launch_view(spec, plan)
         try:
             bundle = mod.export(view)
@@ -50,10 +50,11 @@ def export_launch(overrides: list[str], engine: str, out: Path | None, *, neares
         except Inexpressible as exc:
             if not nearest:
                 raise
+            last = exc
             refused += exc.reasons
             applied += [o for o in exc.nearest if o not in applied]
     else:  # pragma: no cover - every refusal names overrides that remove it
-        raise exc
+        raise last
     result = Exported(bundle, spec, overrides + applied, nearest=applied, refused=refused)
     if out is not None:
         result.written = write_bundle(bundle, out, context_line(composed), readme(result, engine, plan))

@@ -107,12 +107,11 @@ def parse(argv: list[str]) -> Imported:
     drafts = args.int("--speculative-num-steps") if args.get("--speculative-algorithm") else 0
     quant = args.get("--quantization")
     precision = {v: k for k, v in QUANT.items()}.get(quant, "bf16")
-    kv = "fp8" if str(args.get("--kv-cache-dtype", default="auto")).startswith("fp8") else "bf16"
     chunk = args.int("--chunked-prefill-size", default=0)
     imp = Imported(role=role, model_path=model, ranks=world * pp, tp=world // dp, ep=ep, moe_tp=world // ep, pp=pp,
                    redundant=args.int("--ep-num-redundant-experts"),
                    microbatches=2 if args.flag("--enable-two-batch-overlap") else 1, drafts=drafts,
-                   precision=precision, kv_cache_dtype=kv, unknown=args.unknown)
+                   precision=precision, kv_cache_dtype=args.kv_cache_dtype(), unknown=args.unknown)
     if role != "prefill":
         imp.batch_per_group = args.int("--max-running-requests") // dp
     if role == "prefill":

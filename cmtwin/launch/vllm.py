@@ -147,7 +147,7 @@ def parse(argv: list[str], engine: str = NAME, quantization: dict[str, str] | No
                    microbatches=2 if args.flag("--enable-dbo") else 1,
                    drafts=int(spec_cfg.get("num_speculative_tokens", 0)),
                    precision=quant.get(args.get("--quantization"), "bf16"),
-                   kv_cache_dtype="fp8" if str(args.get("--kv-cache-dtype", default="auto")).startswith("fp8") else "bf16",
+                   kv_cache_dtype=args.kv_cache_dtype(),
                    unknown=args.unknown)
     batched = args.int("--max-num-batched-tokens", default=0)
     if role != "prefill":

@@ -184,16 +184,18 @@ def run_readonly_query(
     query` passes False unless --allow-superuser is given.
     Refused statements, SQL errors, timeouts and results over a budget raise StoreError (exit 2).
     """
+    from cmtwin.config.compose import short_repr
+
     if not 1000 <= max_bytes <= 2**31 - 1:
-        raise StoreError(f"--max-bytes {max_bytes} is out of range (1000 to 2147483647)", key="--max-bytes",
+        raise StoreError(f"--max-bytes {short_repr(max_bytes)} is out of range (1000 to 2147483647)", key="--max-bytes",
                          fix=f"pass e.g. --max-bytes {DEFAULT_MAX_BYTES}")
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise StoreError(
-            f"--timeout {timeout_s} is not a positive finite number of seconds", key="--timeout",
+            f"--timeout {short_repr(timeout_s)} is not a positive finite number of seconds", key="--timeout",
             fix="pass e.g. --timeout 10",
         )
     if not 1 <= max_rows <= 2**31 - 1:
-        raise StoreError(f"--max-rows {max_rows} is out of range (1 to 2147483647)", key="--max-rows",
+        raise StoreError(f"--max-rows {short_repr(max_rows)} is out of range (1 to 2147483647)", key="--max-rows",
                          fix="pass e.g. --max-rows 10000")
     parsed = normalize_url(resolve_url(url))
     dialect = parsed.get_backend_name()
