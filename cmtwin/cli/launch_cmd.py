@@ -7,8 +7,7 @@ import argparse
 from pathlib import Path
 
 from cmtwin.cli.common import add_db
-
-ENGINES = ("sglang", "vllm", "trtllm", "vllm-ascend")
+from cmtwin.launch.engine import ENGINES
 
 
 def add_export(what: argparse._SubParsersAction) -> None:

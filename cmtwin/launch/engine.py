@@ -18,6 +18,14 @@ from pathlib import Path
 from cmtwin.errors import ConfigError
 
 FLAGS_DIR = Path(__file__).resolve().parent / "flags"
+ENGINES = ("sglang", "vllm", "trtllm", "vllm-ascend")
+
+
+def engine_module(engine: str):
+    """The module that checks, exports and parses launches for `engine` (one of ENGINES)."""
+    from cmtwin.launch import sglang, trtllm, vllm, vllm_ascend
+
+    return {"sglang": sglang, "vllm": vllm, "trtllm": trtllm, "vllm-ascend": vllm_ascend}[engine]
 
 
 @cache

@@ -10,8 +10,7 @@ from pathlib import Path
 from cmtwin.errors import CmtwinError
 from cmtwin.launch.bundle import Bundle, write_bundle
 from cmtwin.launch.context import context_line
-from cmtwin.launch.engine import flag_list
-from cmtwin.launch.importer import engine_module
+from cmtwin.launch.engine import engine_module, flag_list
 from cmtwin.launch.view import Inexpressible, launch_view
 
 TITLES = {"sglang": "SGLang", "vllm": "vLLM", "trtllm": "TensorRT-LLM", "vllm-ascend": "vLLM-Ascend"}

@@ -19,16 +19,10 @@ import yaml
 from cmtwin.errors import ConfigError
 from cmtwin.launch import context as ctx
 from cmtwin.launch.bundle import read_launches
+from cmtwin.launch.engine import engine_module
 
-ENGINES = ("sglang", "vllm", "trtllm", "vllm-ascend")
 TOPOLOGY_OF = {"h100_sxm": "h100_cluster", "h200_sxm": "h200_cluster", "h800_sxm": "h800_cluster",
                "ascend_910c": "cloudmatrix384"}
-
-
-def engine_module(engine: str):
-    from cmtwin.launch import sglang, trtllm, vllm, vllm_ascend
-
-    return {"sglang": sglang, "vllm": vllm, "trtllm": trtllm, "vllm-ascend": vllm_ascend}[engine]
 
 
 def detect(argv: list[str], hint: str | None = None) -> str | None:
