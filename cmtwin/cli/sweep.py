@@ -1,9 +1,11 @@
 """`cmtwin plan|simulate|search -m key=a,b,c ...`: a sweep is a Hydra multirun. Hydra's sweeper expands the
 overrides (`a,b,c`, `range(...)`, globs) into jobs and Hydra's launcher runs them: `basic` in this process (the
 default), `hydra/launcher=joblib` in local processes (the `sweep` extra: hydra-joblib-launcher), or any launcher
-plugin installed beside cmtwin (Ray, submitit/SLURM) for other machines. Each job is the verb run as usual on its
-overrides, recorded in the store with the sweep's id (`runs ls --sweep ID`); with a shared PostgreSQL store
-(`CMTWIN_DB_URL`) every machine's runs land in one place. No scheduler of cmtwin's own.
+plugin installed beside cmtwin for other machines: `hydra/launcher=ray` (the `ray` extra: hydra-ray-launcher) as Ray
+tasks on a local Ray instance or the cluster RAY_ADDRESS names, `hydra/launcher=submitit_slurm` (the `slurm` extra:
+hydra-submitit-launcher) as SLURM jobs. Each job is the verb run as usual on its overrides, recorded in the store
+with the sweep's id (`runs ls --sweep ID`); with a shared PostgreSQL store (`CMTWIN_DB_URL`) every machine's runs
+land in one place. No scheduler of cmtwin's own.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def multirun(args: argparse.Namespace) -> int:
     base = [f"hydra.searchpath=[file://{os.path.abspath(USER_CONF)},file://{data_root()}]",
             f"hydra.sweep.dir={os.path.abspath('runs/sweeps')}/{sweep}", "hydra.output_subdir=null",
             "hydra/job_logging=disabled"]
-    job = _Job(args)
+    job = _Job(args, sweep)
     GlobalHydra.instance().clear()
     import warnings
 
@@ -63,22 +65,33 @@ def multirun(args: argparse.Namespace) -> int:
 
 
 class _Job:
-    """One job of the sweep: the verb on the job's overrides (a picklable callable, for process launchers)."""
+    """One job of the sweep: the verb on the job's overrides (a picklable callable, for process launchers). It
+    carries the sweep's id to wherever the launcher runs it: a launcher's worker may have started before this sweep
+    (Ray's, joblib's reused ones) or on another machine, so it does not inherit the variable."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, sweep: str):
         self.args = args
+        self.sweep = sweep
 
     def __call__(self, cfg) -> int:
         from hydra.core.hydra_config import HydraConfig
 
         from cmtwin.cli.main import report_error
         from cmtwin.errors import CmtwinError
+        from cmtwin.store.repo import SWEEP_ENV
 
         args = copy.copy(self.args)
         args.overrides = [o for o in HydraConfig.get().overrides.task]
         args.multirun = False
+        before = os.environ.get(SWEEP_ENV)
+        os.environ[SWEEP_ENV] = self.sweep
         try:
             return int(args.func(args) or 0)
         except CmtwinError as exc:
             report_error(exc)
             return exc.exit_code
+        finally:
+            if before is None:
+                os.environ.pop(SWEEP_ENV, None)
+            else:
+                os.environ[SWEEP_ENV] = before

@@ -14,12 +14,12 @@ def canonical_json(obj: Any) -> str:
 
 
 def spec_hash(spec) -> str:
-    """sha256 over the spec's JSON form, minus where results are stored and the deployment's name and description,
-    with each quantity in one spelling: the
-    decode batch as requests per attention group (however given: per device, per group or as a concurrency), the
-    KV cache's dtype as in effect, and the aggregated step budget as tokens per attention group (whichever engine
-    scopes it). So the same plan has the same hash however it was written, e.g. after `cmtwin export launch` and
-    `cmtwin import launch`. 16 hex digits are shown."""
+    """sha256 over the spec's JSON form, minus where results are stored, where a search runs (search.backend) and
+    the deployment's name and description, with each quantity in one spelling: the decode batch as requests per
+    attention group (however given: per device, per group or as a concurrency), the KV cache's dtype as in effect,
+    and the aggregated step budget as tokens per attention group (whichever engine scopes it). So the same plan has
+    the same hash however it was written, e.g. after `cmtwin export launch` and `cmtwin import launch`. 16 hex digits
+    are shown."""
     data = spec.model_dump(mode="json", exclude=set(_EXCLUDED))
     if not spec.prefill.instances:  # an absent pool's layout keys are no part of the plan
         data["prefill"] = {"instances": 0}
@@ -38,4 +38,5 @@ def spec_hash(spec) -> str:
     else:
         data["serving"]["max_batched_tokens"] = None
     data["serving"]["engine"] = None
+    data["search"].pop("backend", None)  # where the search runs, not what it finds
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]

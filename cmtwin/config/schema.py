@@ -16,7 +16,8 @@ from pydantic import Field, model_validator
 from cmtwin.config.base import Frozen
 from cmtwin.config.workload import WorkloadSpec
 from cmtwin.executor.spec import ExecutorSpec
-from cmtwin.sim.spec import SearchSpec, SimSpec
+from cmtwin.sim.spec import SearchSpec as SearchSpace
+from cmtwin.sim.spec import SimSpec
 from cmtwin.model.arch import ModelSpec
 from cmtwin.model.precision import PRECISIONS, Precision, PrecisionName
 from cmtwin.twin.hardware import HardwareProfile
@@ -304,6 +305,17 @@ class PoliciesSpec(Frozen):
 
         preset = getattr(self, family)
         return None if preset is None else registry(family).build(preset)
+
+
+class SearchSpec(SearchSpace):
+    """Plan-search settings: the budget, the space and how much to simulate (SearchSpace, cmtwin/sim/spec.py), and
+    where the search's work runs (an orchestration setting, no part of the plan: left out of the spec hash)."""
+
+    backend: Literal["process", "ray"] = "process"
+    """Where the search's candidate batches (one per instance size) and its simulations run: process (a local pool
+    of search.workers processes) or ray (Ray tasks on the Ray instance this process is connected to, else the one
+    RAY_ADDRESS or the latest `ray start` names, else a new local one; needs the ray extra: pip install -e ".[ray]").
+    Both give the same candidates and frontier."""
 
 
 class Spec(Frozen):

@@ -638,11 +638,12 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
                           key="search.devices", fix="raise search.devices, list search.decode_devices, or add agg to "
                           "search.modes")
     n = workers if workers is not None else (spec.search.workers or os.cpu_count() or 1)
+    backend = _backend(spec)
     tasks = [("d", (d, m)) for d, m in sorted(sizes.items(), reverse=True)] + [("p", (p,)) for p in psizes]
     decode: list[DecodeEval] = []
     prefill: list[PrefillEval] = []
     tally = _Tally()
-    for done, ((kind, _), (evals, t)) in enumerate(zip(tasks, _map(_group, tasks, n, _init, spec)), 1):
+    for done, ((kind, _), (evals, t)) in enumerate(zip(tasks, _map(_group, tasks, n, _init, spec, backend)), 1):
         (decode if kind == "d" else prefill).extend(evals)
         tally.add(t)
         if progress:
@@ -662,7 +663,8 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
                        prefill_dominated=len(prefill) - len(useful_p),
                        prune_example=tally.example, wall_s={"twin": t1 - t0, "frontier": t2 - t1})
     if simulate and spec.search.simulate_top and cands:
-        res.simulated = simulate_best(spec, cands, front[: spec.search.simulate_top], progress=progress, workers=n)
+        res.simulated = simulate_best(spec, cands, front[: spec.search.simulate_top], progress=progress, workers=n,
+                                      backend=backend)
     res.wall_s["simulate"] = time.perf_counter() - t2
     return res
 
@@ -683,8 +685,9 @@ def _simulate_one(v) -> dict:
         return {"error": str(exc)}
 
 
-def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None, workers: int = 1) -> list[dict]:
-    """Compile the picked candidates exactly and simulate each at 90% load, `workers` at a time."""
+def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None, workers: int = 1,
+                  backend: str = "process") -> list[dict]:
+    """Compile the picked candidates exactly and simulate each at 90% load, `workers` at a time (or as Ray tasks)."""
     entries, specs = [], []
     for i in picks:
         c = cands[i]
@@ -701,16 +704,20 @@ def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None,
             entries[-1]["error"] = str(exc)
             specs.append(None)
     todo = [k for k, v in enumerate(specs) if v is not None]
-    for n, (k, res) in enumerate(zip(todo, _map(_simulate_one, [specs[k] for k in todo], workers)), 1):
+    for n, (k, res) in enumerate(zip(todo, _map(_simulate_one, [specs[k] for k in todo], workers, backend=backend)), 1):
         entries[k].update(res)
         if progress:
             progress("simulate", n, len(todo))
     return entries
 
 
-def _map(fn, items: list, workers: int, init: Callable | None = None, initarg=None):
+def _map(fn, items: list, workers: int, init: Callable | None = None, initarg=None, backend: str = "process"):
     """fn over items, in order: in this process, or in a pool of `workers` processes (forked where possible, so
-    the workers start warm); yields each result as soon as it and those before it are done."""
+    the workers start warm), or as Ray tasks (backend ray); yields each result as soon as it and those before it are
+    done."""
+    if backend == "ray":
+        yield from _ray_map(fn, items, init, initarg)
+        return
     if workers <= 1 or len(items) <= 1:
         if init:
             init(initarg)
@@ -723,3 +730,44 @@ def _map(fn, items: list, workers: int, init: Callable | None = None, initarg=No
     with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx, **kw) as ex:
         for f in [ex.submit(fn, x) for x in items]:
             yield f.result()
+
+
+# ------------------------------------------------------------------ Ray (search.backend=ray)
+def _backend(spec) -> str:
+    """search.backend, checked: ray needs the ray extra (exit 2 naming the install command when it is missing)."""
+    backend = spec.search.backend
+    if backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("search.backend=ray: Ray is not installed in this environment.", key="search.backend",
+                              fix='pip install -e ".[ray]" (from a checkout; pip install "cmtwin[ray]" otherwise), or '
+                                  "set search.backend=process")
+    return backend
+
+
+def _ray_task(fn, item, init, initarg):
+    """One item on a Ray worker: the worker's globals set as a pool worker's initializer sets them, then fn."""
+    if init:
+        init(initarg)
+    return fn(item)
+
+
+def _ray_map(fn, items: list, init: Callable | None, initarg):
+    """fn over items as Ray tasks, all submitted at once, results in order: on the Ray instance this process is
+    connected to, else ray.init()'s own choice (RAY_ADDRESS, the latest `ray start` on this machine, or a new local
+    instance). initarg (the spec) goes to Ray's object store once. A CmtwinError in a task is raised as itself."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    arg = ray.put(initarg) if init else None
+    task = ray.remote(_ray_task)
+    refs = [task.remote(fn, x, init, arg) for x in items]
+    for ref in refs:
+        try:
+            yield ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, CmtwinError):
+                raise exc.cause from None
+            raise
