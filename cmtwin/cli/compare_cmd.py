@@ -93,11 +93,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append((row, spec, composed, plan, pred, started))
     if not args.no_record:
         from cmtwin.cli.plan_cmd import record_plan
-        from cmtwin.store.engine import open_store
 
-        store = open_store(args.db or specs[0][1].store.url)
+        url = args.db or specs[0][1].store.url
         for row, spec, composed, plan, pred, started in rows:
-            row["run_id"] = record_plan(store, spec, composed, plan, pred, started=started)
+            row["run_id"] = record_plan(url, spec, composed, plan, pred, started=started)
     rows = [r[0] for r in rows]
     if args.format == "json":
         print_json({"common_overrides": common, "systems": rows})

@@ -40,10 +40,8 @@ def run(args: argparse.Namespace) -> int:
     out_file = _open_out(args.out) if args.out else None  # a bad path fails before anything is recorded
     run_id = None
     if not args.no_record:
-        from cmtwin.store.engine import open_store
-
-        run_id = record_plan(open_store(args.db or spec.store.url), spec, composed, plan, prediction,
-                             started=started, plan_dict=plan_dict, prediction_dict=out["prediction"])
+        run_id = record_plan(args.db or spec.store.url, spec, composed, plan, prediction, started=started,
+                             plan_dict=plan_dict, prediction_dict=out["prediction"])
     out = {"run_id": run_id, **out}
     if out_file is not None:
         import json
@@ -61,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def record_plan(store, spec, composed, plan, prediction, *, started, plan_dict=None, prediction_dict=None) -> int:
-    """Record one plan run (verb plan, status ok) with its plan, prediction and metrics; returns its id."""
-    from cmtwin.store.repo import record_run
+def record_plan(url, spec, composed, plan, prediction, *, started, plan_dict=None, prediction_dict=None) -> int:
+    """Record one plan run (verb plan, status ok) with its plan, prediction and metrics in the store at `url`;
+    returns its id. SQLAlchemy is imported only where sqlite3 alone cannot write it (cmtwin/store/direct.py)."""
+    from cmtwin.store.direct import record_finished_run
 
-    return record_run(
-        store, verb="plan", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
+    return record_finished_run(
+        url, verb="plan", deployment=spec.deployment.name, plan_hash=plan.plan_hash,
         overrides=list(composed.overrides), config=composed.config, status="ok", started_at=started,
         finished_at=datetime.now(timezone.utc), plan=plan_dict or plan.to_dict(),
         prediction=prediction_dict or prediction.to_dict(), metrics=prediction.metrics())

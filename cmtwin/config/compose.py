@@ -412,8 +412,6 @@ def _env_interpolations(node: Any, prefix: str = "") -> list[str]:
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
     """Compose conf/config.yaml with Hydra overrides into a plain dict (no validation)."""
-    from omegaconf import OmegaConf, open_dict
-
     overrides = tuple(overrides)
     for o in overrides:
         if isinstance(o, str):
@@ -427,7 +425,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
     cache = _compose_cache_path(overrides)
     hit = _read_composed(cache, overrides) if cache is not None else None
     if hit is not None:
-        return hit
+        return hit  # neither Hydra nor OmegaConf is imported
+    from omegaconf import OmegaConf, open_dict
+
     try:
         cfg = _hydra_compose(overrides)
     except Exception as exc:  # Hydra raises several unrelated types; all are bad input here

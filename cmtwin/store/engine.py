@@ -6,7 +6,6 @@ schema revision, and Alembic is imported only when a fresh database must be stam
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -26,15 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cmtwin.errors import StoreError
 from cmtwin.paths import migrations_dir
+from cmtwin.store.direct import DEFAULT_URL, HEAD_REVISION, SQLITE_PRAGMAS, pid_alive, resolve_url, strict_json_dumps
 from cmtwin.store.models import Base, Run
 
 log = logging.getLogger("cmtwin.store")
-
-DEFAULT_URL = "sqlite:///cmtwin.db"
-"""The store used when neither --db nor CMTWIN_DB_URL names one: cmtwin.db in the current directory."""
-
-HEAD_REVISION = "0002"
-"""The newest Alembic revision this cmtwin knows (tests check it against migrations/versions)."""
 
 _ENGINE_OPTION = "cmtwin_sqlite_begin"
 _cache: dict[str, Store] = {}
@@ -86,11 +80,6 @@ class UpgradeResult:
     from_revision: str | None
     to_revision: str
     backup: Path | None
-
-
-def resolve_url(explicit: str | None = None) -> str:
-    """The store URL: `explicit` (from --db) > $CMTWIN_DB_URL > sqlite:///cmtwin.db in the current directory."""
-    return explicit or os.environ.get("CMTWIN_DB_URL") or DEFAULT_URL
 
 
 def normalize_url(url: str) -> URL:
@@ -225,12 +214,6 @@ def missing_store_error(path: Path) -> StoreError:
     )
 
 
-def strict_json_dumps(value: Any) -> str:
-    """The JSON columns' serializer: standard JSON only (inf/nan raise ValueError instead of writing the
-    non-standard `Infinity`/`NaN`); `repo.check_json_finite` names the offending key before it gets here."""
-    return json.dumps(value, allow_nan=False)
-
-
 def _make_engine(url: URL, *, create: bool) -> Engine:
     if url.get_backend_name() == "sqlite":
         path = sqlite_path(url)
@@ -260,8 +243,7 @@ def _make_engine(url: URL, *, create: bool) -> Engine:
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event emit BEGIN itself, so DDL is transactional too.
     dbapi_connection.isolation_level = None
-    # busy_timeout first: switching a fresh file to WAL takes a lock that concurrent first openers wait for.
-    for pragma in ("busy_timeout=30000", "journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):
+    for pragma in SQLITE_PRAGMAS:
         dbapi_connection.execute(f"PRAGMA {pragma}")
 
 
@@ -425,25 +407,13 @@ def _backup_sqlite(path: Path, revision: str | None) -> Path:
     return target
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _mark_interrupted(store: Store) -> None:
     host = socket.gethostname()
     with store.read() as session:
         stale = session.execute(
             select(Run.id, Run.pid).where(Run.status == "running", Run.host == host)
         ).all()
-    dead = [(run_id, pid) for run_id, pid in stale if not _pid_alive(pid)]
+    dead = [(run_id, pid) for run_id, pid in stale if not pid_alive(pid)]
     if not dead:
         return
     now = datetime.now(timezone.utc)

@@ -6,7 +6,6 @@ dataclasses (or named tuples for bulk rows), detached from any session.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from collections.abc import Iterable, Mapping
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 from cmtwin import __version__
 from cmtwin.errors import StoreError
 from cmtwin.executor.trace import TimelineEvent
+from cmtwin.store.direct import SWEEP_ENV, check_json_finite
 from cmtwin.store.engine import Store
 from cmtwin.store.models import (
     RUN_STATUSES,
@@ -33,8 +33,6 @@ from cmtwin.store.models import (
     Sample,
     TimelineEntry,
 )
-
-SWEEP_ENV = "CMTWIN_SWEEP"  # set by `cmtwin ... -m`: the sweep every run of one multirun records
 
 FINAL_STATUSES = tuple(s for s in RUN_STATUSES if s != "running")
 """The statuses `finish_run` accepts."""
@@ -104,37 +102,6 @@ def _now() -> datetime:
 
 def _duration(started: datetime, finished: datetime | None) -> float | None:
     return None if finished is None else (finished - started).total_seconds()
-
-
-def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
-    """The dotted path and value of the first non-finite float inside `value` (dicts, lists), or None."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path, value)
-    if isinstance(value, Mapping):
-        items: Iterable[tuple[Any, Any]] = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _non_finite(item, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
-
-
-def check_json_finite(what: str, value: Any) -> None:
-    """Refuse (StoreError, exit 2) a value holding inf or nan before it reaches a JSON column: JSON has no
-    such numbers, and `Infinity` in runs.config breaks json_extract and every JSON reader of the store."""
-    found = _non_finite(value, "")
-    if found is not None:
-        key, number = found
-        raise StoreError(
-            f"cannot record the run: {what} key {key or '(top level)'} is {number!r}, not a finite number, and the "
-            "run store keeps strict JSON (no Infinity or NaN); nothing was written.",
-            key=key or what,
-            fix=f"give {key or what} a finite value (e.g. {key or what}=50), or leave it out to use the default",
-        )
 
 
 def _check_status(status: str, allowed: Iterable[str]) -> None:
