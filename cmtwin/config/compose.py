@@ -46,12 +46,12 @@ def load_group_option(group: str, name: str) -> dict:
     """One option of a config group as a plain dict (./cmtwin_conf/<group>/ first, as Hydra's search path has it)."""
     import yaml
 
-    from cmtwin.config.yamlsafe import read_text
+    from cmtwin.config.yamlsafe import read_text, safe_loader
 
     for folder in (Path(USER_CONF) / group, conf_dir() / group):
         path = folder / f"{name}.yaml"
         if path.is_file():
-            return yaml.safe_load(read_text(path)) or {}
+            return yaml.load(read_text(path), Loader=safe_loader()) or {}  # noqa: S506 - a safe loader
     raise ConfigError(f"{group} option {name!r} does not exist (options: {', '.join(options(group))}).", key=group,
                       fix=f"pick one of `cmtwin config options {group}`")
 
@@ -81,8 +81,10 @@ def default_groups() -> list[str]:
     deployment, the policy families) is not there and is added with a plus: +group=option."""
     import yaml
 
+    from cmtwin.config.yamlsafe import safe_loader
+
     picked = []
-    for item in (yaml.safe_load((conf_dir() / "config.yaml").read_text()) or {}).get("defaults", []):
+    for item in (yaml.load((conf_dir() / "config.yaml").read_text(), Loader=safe_loader()) or {}).get("defaults", []):  # noqa: S506
         if isinstance(item, dict):
             picked += [str(k).split("@")[0].lstrip("/") for k in item]
     return sorted(set(picked))

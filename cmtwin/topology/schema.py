@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError
 
+from cmtwin.config.yamlsafe import safe_loader
 from cmtwin.errors import TopologyError
 from cmtwin.paths import topologies_dir
 
@@ -352,8 +353,9 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+class _Loader(safe_loader()):
+    """The safe loader (libyaml's C parser where PyYAML has it) that refuses duplicate keys (PyYAML silently keeps
+    the last one)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         self.flatten_mapping(node)
