@@ -52,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
                    loso=[{"op": n, "measured_us": m, "predicted_us": p} for n, m, p in loo])
     else:
         from cmtwin.cli.common import progress_bar, say
-        from cmtwin.executor import budget
+        from cmtwin.executor import budget, timing
         from cmtwin.executor.run import pick_device, set_threads
 
         device = pick_device(spec.executor.device)
         set_threads(spec.executor, device)
+        clock = timing.clock_for(spec.executor, device)  # CUDA graphs on CUDA, as execute times its operators
         name = args.name or f"local_{device}"
         est = budget.check_calibrate(spec, device, quick=args.quick)  # refuses at once what will not fit
         say(f"[dim]{est.memory_line()}[/]")
@@ -64,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         with bar:
             progress("peaks (matmul, copy, launch)", 0, 1)
-            peaks = C.peaks_profile(device, name, quick=args.quick)
+            try:
+                peaks = C.peaks_profile(device, name, quick=args.quick, clock=clock)
+            except timing.CaptureFailed as exc:
+                clock = timing.fallback_clock(clock, exc)
+                say(f"[yellow]warning:[/] {clock.describe()['fallback']}")
+                peaks = C.peaks_profile(device, name, quick=args.quick, clock=clock)
             progress("peaks (matmul, copy, launch)", 1, 1)
             rough, est.time_basis = budget.with_operator_cost(peaks[0], device)
             est.seconds = C.seconds(spec, device, rough, quick=args.quick)
@@ -77,7 +83,16 @@ def run(args: argparse.Namespace) -> int:
                 progress("operators over the token grid", done[0], total)
 
             progress("operators over the token grid", 0, total)
-            hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick, tick=tick, peaks=peaks)
+            try:
+                hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick, tick=tick,
+                                              peaks=peaks, clock=clock)
+            except timing.CaptureFailed as exc:  # the peaks were graphed, an operator would not be: all synchronised
+                clock = timing.fallback_clock(clock, exc)
+                say(f"[yellow]warning:[/] {clock.describe()['fallback']}")
+                done[0] = 0
+                peaks = C.peaks_profile(device, name, quick=args.quick, clock=clock)
+                hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick, tick=tick,
+                                              peaks=peaks, clock=clock)
         out["wall_s"] = round(time.perf_counter() - t0, 3)
         out["estimate"] = {**est.to_dict(), "measured_peak_bytes": est.measured_peak(device)}
         measured = out["estimate"]["measured_peak_bytes"]
@@ -91,10 +106,10 @@ def run(args: argparse.Namespace) -> int:
         worst = max(range(len(fit)), key=errs.__getitem__)
         wname, wtokens, *_ = fit[worst]
         header = (f"Measured by `cmtwin calibrate {' '.join(args.overrides)}` on {device}: {len(pairs)} operator "
-                  f"timings; in-sample median |error| {statistics.median(errs):.1%}, max {errs[worst]:.1%} "
-                  f"({wname} at {wtokens} tokens).")
+                  f"timings ({timing.method_text(clock)}); in-sample median |error| {statistics.median(errs):.1%}, "
+                  f"max {errs[worst]:.1%} ({wname} at {wtokens} tokens).")
         out.update(measurements=len(pairs), in_sample_median_abs_err=statistics.median(errs),
-                   in_sample_max_abs_err=errs[worst])
+                   in_sample_max_abs_err=errs[worst], timing=clock.describe())
     path = Path(args.out) if args.out else Path("cmtwin_conf") / "hardware" / f"{name}.yaml"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

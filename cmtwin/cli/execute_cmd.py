@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_format(p)
     add_db(p)
     p.add_argument("--no-record", action="store_true", help="do not record the run in the store")
+    p.add_argument("--compare", action="store_true",
+                   help="print the twin's predicted layer and operator times beside the measured ones for the "
+                        "deployment's shipped profile and this device's calibrated one (local_<device>, from "
+                        "`cmtwin calibrate`), with the error of each; stored with the run (metrics compare.*)")
     p.set_defaults(func=run)
 
 
@@ -27,13 +31,19 @@ def run(args: argparse.Namespace) -> int:
 
     spec, composed = load_spec(args.overrides)
     plan = compile_plan(spec)
-    from cmtwin.executor import budget
+    from cmtwin.executor import budget, timing
     from cmtwin.executor.api import execute, prediction_choice, profile_note
     from cmtwin.executor.run import pick_device, set_threads
 
     device = pick_device(spec.executor.device)
     set_threads(spec.executor, device)
     hw, why = prediction_choice(spec, device)  # an unknown executor.profile is refused before any estimate
+    clock = timing.clock_for(spec.executor, device)  # executor.timing=graph on a CPU is refused here
+    profiles = None
+    if args.compare:
+        from cmtwin.executor.compare import profiles_for
+
+        profiles = profiles_for(spec, device, chosen=hw)
     est = budget.check_execute(spec, plan, device)  # refuses at once what will not fit
     say(f"[dim]{est.memory_line()}[/]")
     est.seconds, est.time_basis = budget.execute_pilot(spec, plan, device)
@@ -60,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     bar, progress = progress_bar()
     with lifecycle:
         with bar:
-            res = execute(spec, plan=plan, progress=progress)
+            res = execute(spec, plan=plan, progress=progress, clock=clock)
         err = res.max_rel_err
         ok = err is None or err <= tol
         metrics = {"wall_s": res.wall_s}
@@ -69,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
         for ph, d in res.per_layer().items():
             metrics[f"{ph}_layer_measured_us"] = d["measured_us"]
             metrics[f"{ph}_layer_predicted_us"] = d["predicted_us"]
+            if d.get("graph_us") is not None:
+                metrics[f"{ph}_layer_graph_us"] = d["graph_us"]
+        summary = None
+        if profiles is not None:
+            from cmtwin.executor.compare import compare, measurement_of, metrics_of
+
+            summary = compare(measurement_of(res), profiles)
+            metrics.update(metrics_of(summary))
         if store is not None:
             from cmtwin.store.repo import add_timeline, finish_run, set_metrics
 
@@ -80,14 +98,66 @@ def run(args: argparse.Namespace) -> int:
     estimate = {**est.to_dict(), "measured_peak_bytes": est.measured_peak(device)}
     out = {"run_id": run_id, "device": res.device, "profile": res.profile, "prediction_profile": res.profile_note,
            "wall_s": round(res.wall_s, 3), "numerics": verdict, "max_rel_err": err, "estimate": estimate,
-           "per_layer": res.per_layer(), "ops": res.per_op(),
+           "timing": res.timing, "per_layer": res.per_layer(), "ops": res.per_op(),
            "phases": [{"phase": p.phase, "ranks": p.ranks, "tokens": p.tokens, "near_ties": p.ties}
                       for p in res.phases]}
+    if summary is not None:
+        out["compare"] = summary
     if args.format == "json":
         print_json(out)
     else:
         _render(spec, out)
+        if summary is not None:
+            from cmtwin.cli.common import console
+
+            console().print(compare_renderable(summary))
     return 0 if ok else 1
+
+
+def compare_renderable(summary: dict):
+    """The comparison as rich tables: per profile, each phase's layer (measured as the sum of its operators,
+    and as graphed segments where timed with CUDA graphs) and every operator, predicted and measured."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    def pct(e):
+        return "-" if e is None else f"{e:+.1%}"
+
+    def num(x):
+        return "-" if x is None else f"{x:,.1f}"
+
+    tm = summary.get("timing") or {}
+    how = ("CUDA graphs, median of the replays" if tm.get("method") == "cuda-graph"
+           else "synchronised per operator" + (f" ({tm['fallback']})" if tm.get("fallback") else ""))
+    parts = [Text(f"compare: measured ({how}) vs predicted, per rank and layer; error = (predicted - measured) "
+                  f"/ measured, within {summary.get('within', 0.2):.0%} claimed for a calibrated profile")]
+    layers = Table(title="layer compute per rank (us; graph: the layer's segments as CUDA graphs)")
+    for col in ("profile", "phase", "measured", "predicted", "error", "graph", "vs graph"):
+        layers.add_column(col, justify="left" if col in ("profile", "phase") else "right", no_wrap=True)
+    for p in summary["profiles"]:
+        for ph, d in p["per_layer"].items():
+            layers.add_row(f"{p['name']} ({p['role']})", ph, num(d.get("measured_us")), num(d.get("predicted_us")),
+                           pct(d.get("rel_err")), num(d.get("graph_us")), pct(d.get("graph_rel_err")))
+    parts.append(layers)
+    profs = summary["profiles"]
+    if profs:
+        ops = Table(title="operators (mean per rank and layer, us)")
+        ops.add_column("phase")
+        ops.add_column("op", no_wrap=True)
+        ops.add_column("measured", justify="right")
+        for p in profs:
+            ops.add_column(f"{p['name']}", justify="right")
+            ops.add_column("error", justify="right")
+        keyed = [{(r["phase"], r["op"]): r for r in p["ops"]} for p in profs]
+        for key, r0 in keyed[0].items():
+            row = [key[0], key[1], num(r0["measured_us"])]
+            for k in keyed:
+                r = k.get(key)
+                row += [num(r["predicted_us"]) if r else "-", pct(r["rel_err"]) if r else "-"]
+            ops.add_row(*row)
+        parts.append(ops)
+    return Group(*parts)
 
 
 def _render(spec, out) -> None:
@@ -106,6 +176,12 @@ def _render(spec, out) -> None:
     for p in out["phases"]:
         c.print(f"  {p['phase']}: {p['ranks']} ranks, {p['tokens']} tokens"
                 + (f", {p['near_ties']} near-tie routing choices adopted" if p["near_ties"] else ""))
+    tm = out.get("timing") or {}
+    if tm.get("method") == "cuda-graph":
+        c.print(f"  timing: each operator in its own CUDA graph, median of {tm['replays']} replays after "
+                f"{tm['warmup']} (median spread {tm['spread_median'] or 0:.1%}); layers also as graphed segments")
+    elif tm.get("fallback"):
+        c.print(f"  [yellow]timing:[/] {tm['fallback']}")
     t = Table(title="per operator: mean per rank and layer (comm: twin-modelled)")
     for col in ("phase", "op", "kind", "measured us", "predicted us", "pred/meas"):
         t.add_column(col, justify="right" if "us" in col or "/" in col else "left", no_wrap=True)
@@ -117,7 +193,9 @@ def _render(spec, out) -> None:
     for ph, d in out["per_layer"].items():
         e = d["rel_err"]
         c.print(f"  {ph} layer compute per rank: measured {d['measured_us']:.1f} us, predicted "
-                f"{d['predicted_us']:.1f} us ({e:+.1%})" if e is not None else f"  {ph}: no compute measured")
+                f"{d['predicted_us']:.1f} us ({e:+.1%})" + (f"; as graphed segments {d['graph_us']:.1f} us "
+                                                            f"({d['graph_rel_err']:+.1%})" if d.get("graph_us") else "")
+                if e is not None else f"  {ph}: no compute measured")
     c.print(f"numerics: {out['numerics']}")
     e = out["estimate"]
     from cmtwin.executor.budget import fmt

@@ -78,6 +78,8 @@ class ExecuteResult:
     timeline: list = field(default_factory=list)  # TimelineEvent tuples
     wall_s: float = 0.0
     profile_note: dict = field(default_factory=dict)  # profile_note(): which profile predicts, and whether it fits
+    timing: dict = field(default_factory=dict)  # how the compute was timed (cmtwin.executor.timing, describe())
+    costing: dict = field(default_factory=dict, repr=False)  # phase -> compare.Costing (re-predicting elsewhere)
 
     @property
     def max_rel_err(self) -> float | None:
@@ -109,7 +111,20 @@ class ExecuteResult:
             k = p.ranks * len(mlayers)
             out[p.phase] = {"measured_us": meas / k, "predicted_us": pred / k,
                             "rel_err": (pred - meas) / meas if meas else None}
+            graph = layer_graph_us(p.segments, mlayers)
+            if graph is not None:  # the same layers captured as graphed segments (CUDA): the serving-like figure
+                out[p.phase].update(graph_us=graph, graph_rel_err=(pred / k - graph) / graph if graph else None)
         return out
+
+
+def layer_graph_us(segments, layers) -> float | None:
+    """A layer's compute on one rank from graphed segments (rank, segment, us, layer): the mean over ranks and
+    the given layers of the sum of that rank's segments in the layer; None when nothing was graphed."""
+    per: dict = {}
+    for r, _, us, layer in segments:
+        if layer in layers:
+            per[(r, layer)] = per.get((r, layer), 0.0) + us
+    return sum(per.values()) / len(per) if per else None
 
 
 def schedule(phase_offset_rank: int, phase: str, events: list, nranks: int) -> list:
@@ -144,10 +159,14 @@ def schedule(phase_offset_rank: int, phase: str, events: list, nranks: int) -> l
     return out
 
 
-def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
+def execute(spec, *, plan=None, progress=None, clock=None) -> ExecuteResult:
     """Run the configured phases of the plan; numerics checked against the reference when enabled.
     progress(stage, done, total), if given, is called as the stages advance ('building the ranks',
-    'warm-up', 'timed passes', 'reference'; a step is a layer or the LM head of one phase's pass)."""
+    'warm-up', 'timed passes', 'reference'; a step is a layer or the LM head of one phase's pass).
+    clock: how operators are timed (default cmtwin.executor.timing.clock_for: CUDA graphs on CUDA, a
+    synchronised perf_counter on a CPU)."""
+    from cmtwin.executor import timing
+    from cmtwin.executor.compare import costing_of
     from cmtwin.executor.run import TOL, PoolRun, phases_of, pick_device, set_threads
     from cmtwin.planner.plan import compile_plan
     from cmtwin.topology.fabric import fabric_for
@@ -157,6 +176,7 @@ def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
     device = pick_device(ex.device)
     set_threads(ex, device)
     hw_pred, why = prediction_choice(spec, device)
+    clock = clock if clock is not None else timing.clock_for(ex, device)
     fabric = fabric_for(spec)
     t0 = time.perf_counter()
     phases = phases_of(spec, plan)
@@ -168,7 +188,13 @@ def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
             runs[ph] = PoolRun(spec, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
     bar("building the ranks", len(phases), len(phases))
     with _memory_is_a_limit(ex, " and ".join(phases), device):
-        measured = _run_phases(spec, plan, runs, bar)
+        try:
+            measured = _run_phases(spec, plan, runs, bar, clock)
+        except timing.CaptureFailed as exc:  # time it the old way, and say so
+            clock = timing.fallback_clock(clock, exc)
+            measured = _run_phases(spec, plan, runs, bar, clock)
+    how = clock.describe() if ex.processes == 1 else {"method": "sync", "fallback": None,
+                                                      "note": "executor.processes > 1 times each operator synchronised"}
     results, timeline, offset = [], [], 0
     steps = sum(_steps(run) for run in runs.values())
     done = 0
@@ -186,7 +212,8 @@ def execute(spec, *, plan=None, progress=None) -> ExecuteResult:
         offset += res.ranks
         results.append(res)
     return ExecuteResult(device, hw_pred.name, results, timeline, time.perf_counter() - t0,
-                         profile_note(hw_pred, why, device))
+                         profile_note(hw_pred, why, device), how,
+                         {ph: costing_of(run) for ph, run in runs.items()})
 
 
 def _steps(run) -> int:
@@ -205,13 +232,18 @@ class _Stages:
             self.progress(stage, done, total)
 
 
-def _run_phases(spec, plan, runs: dict, bar=None) -> dict:
+def _run_phases(spec, plan, runs: dict, bar=None, clock=None) -> dict:
     """Each phase's result. In one process: a warm-up of every phase (first-call costs out of the timeline,
     as calibrate leaves them out), then `executor.passes` rounds of one timed pass per phase, so the phases'
     passes interleave and spread over the same seconds, as calibrate's round-robin over its grid does: a slow
     spell of a shared machine then lands on one pass of each phase, not on every pass of one. Each operator
     keeps its fastest time over the passes; only the last pass keeps its tensors (the numerics are checked on
-    it), the earlier ones only their events."""
+    it), the earlier ones only their events.
+
+    With a graph clock (CUDA) everything runs on the clock's stream, warm-up included; the timed passes
+    capture each operator in its own graph (its time: the median of its replays), and one more round in
+    segment mode captures each rank's segments (attention, router, experts, LM head) as graphs: the layer as
+    a serving engine runs it. That last round's tensors are the ones the numerics are checked on."""
     ex = spec.executor
     bar = bar or _Stages(None)
     if ex.processes > 1:
@@ -226,7 +258,19 @@ def _run_phases(spec, plan, runs: dict, bar=None) -> dict:
             out[ph] = res
         bar("timed passes", len(runs), len(runs))
         return out
+    from cmtwin.executor.timing import SyncClock
+
+    clock = clock if clock is not None else SyncClock()
+    graphed = clock.method != "sync"
+    for run in runs.values():
+        run.clock = clock
+    with clock.session():
+        return _interleaved(ex, runs, bar, clock, graphed)
+
+
+def _interleaved(ex, runs: dict, bar, clock, graphed: bool) -> dict:
     steps = sum(_steps(run) for run in runs.values())
+    rounds = ex.passes + (1 if graphed else 0)
     done = [0]
 
     def ticker(stage, total):
@@ -239,15 +283,18 @@ def _run_phases(spec, plan, runs: dict, bar=None) -> dict:
     for run in runs.values():
         run.run(timed=False, tick=ticker("warm-up", steps))
     done[0] = 0
-    bar("timed passes", 0, steps * ex.passes)
+    bar("timed passes", 0, steps * rounds)
     events: dict = {ph: [] for ph in runs}
     last: dict = {}
-    for _ in range(ex.passes):
+    for i in range(rounds):
+        clock.mode = "segment" if graphed and i == ex.passes else "op"
         for ph, run in runs.items():
             last.pop(ph, None)  # the previous pass's tensors go before this pass allocates its own
-            res = run.run(tick=ticker("timed passes", steps * ex.passes))
-            events[ph].append(res.events)
+            res = run.run(tick=ticker("timed passes", steps * rounds))
+            if clock.mode == "op":
+                events[ph].append(res.events)
             last[ph] = res
+    clock.mode = "op"
     out = {}
     for ph, res in last.items():
         res.events = fastest_events(events[ph])

@@ -32,7 +32,11 @@ DECODE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 PREFILL_GRID = (8, 16, 32, 64, 128, 256, 512)
 
 
-def _median_time(fn, reps: int, cuda: bool) -> float:
+def _median_time(fn, reps: int, cuda: bool, clock=None, label: str = "probe") -> float:
+    """fn's time (seconds): the median of reps synchronised calls after one untimed call, or with a graph
+    clock (CUDA) the median of its graph's replays."""
+    if clock is not None and clock.method != "sync":
+        return clock.time_callable(fn, reps, label)
     fn()
     ts = []
     for _ in range(reps):
@@ -80,7 +84,7 @@ def undisturbed(per_rank) -> float:
     return sum(mins) / len(mins)
 
 
-def measure_peaks(device: str, *, quick: bool = False) -> dict:
+def measure_peaks(device: str, *, quick: bool = False, clock=None) -> dict:
     t = torch()
     cuda = device == "cuda"
     n, nel = _peak_sizes(device, quick)
@@ -88,15 +92,15 @@ def measure_peaks(device: str, *, quick: bool = False) -> dict:
     for name, dt in (("fp32", t.float32), ("bf16", t.bfloat16)):
         a = t.randn(n, n, device=device).to(dt)
         b = t.randn(n, n, device=device).to(dt)
-        sec = _median_time(lambda: a @ b, 3 if quick else 5, cuda)
+        sec = _median_time(lambda: a @ b, 3 if quick else 5, cuda, clock, f"{name} matmul")
         peaks[name] = 2 * n**3 / sec / 1e12
     src = t.randn(nel, device=device)
     dst = t.empty_like(src)
-    sec = _median_time(lambda: dst.copy_(src), 5, cuda)
+    sec = _median_time(lambda: dst.copy_(src), 5, cuda, clock, "copy")
     bw = 2 * 4 * nel / sec / 1e9
     x = t.randn(1, 8, device=device)
     w = t.randn(8, 8, device=device)
-    launch = _median_time(lambda: x @ w, 50, cuda) * 1e6
+    launch = _median_time(lambda: x @ w, 50, cuda, clock, "launch") * 1e6
     return {"peak_tflops": peaks, "bandwidth_GB_per_s": bw, "launch_us": launch, "n": n}
 
 
@@ -179,7 +183,7 @@ def grid_passes(quick: bool = False) -> int:
 
 
 def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS, max_ranks: int = 32,
-                    tick=None) -> list[tuple[Op, float]]:
+                    tick=None, clock=None) -> list[tuple[Op, float]]:
     """(catalogue op, measured us) for the executor's kernels at the scaled shapes over the token grid.
 
     Measured the way `cmtwin execute` runs them: several ranks, each with its own inputs, KV cache, expert
@@ -187,10 +191,13 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS,
     routing, experts, shared expert, LM head), so an operator meets the caches it meets in an execute, not a
     single rank's layer repeated hot. At each grid point there are enough ranks that their data overflows the
     last-level cache twice (cold_ranks), as when an execute cycles over a pool of 32 or 320 ranks; per rank
-    the fastest of the reps, then the mean over ranks (undisturbed). tick() after each grid point measured."""
-    from cmtwin.executor import layers as L
+    the fastest of the reps, then the mean over ranks (undisturbed). tick() after each grid point measured.
+    clock: how each operator is timed, as `cmtwin execute` times it (cmtwin.executor.timing; default a
+    synchronised perf_counter): on CUDA each operator is captured in a CUDA graph and timed over replays,
+    the first pass over the grid (the warm-up) running eagerly on the clock's stream."""
     from cmtwin.executor.modules import Kernels, make_weights, scaled_model
     from cmtwin.executor.run import precision_of
+    from cmtwin.executor.timing import SyncClock
 
     t = torch()
     ex = spec.executor
@@ -207,6 +214,7 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS,
     dense, lw = W.layers
     g = t.Generator().manual_seed(ex.seed)
     cuda = device == "cuda"
+    clock = clock if clock is not None else SyncClock(t.cuda if cuda else None)
     out: list[tuple[Op, float]] = []
 
     def rand(*shape):
@@ -223,10 +231,29 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS,
         cases.append((phase, T, per, xs, rows, kv, pos, {}))
     # Round-robin over the grid, a pass per rep: a burst of load on the machine slows every grid point a
     # little instead of a few a lot (which would bend the curves).
+    with clock.session():
+        _grid_passes(K, W, lw, dense, model, att, moe, per_rank, cases, reps, clock, tick)
+    for phase, T, per, *_, samples in cases:
+        ops = grid_ops(model, prec, phase, T, per, ex.kv_len)
+        by: dict[str, list] = {}
+        for o in ops:
+            by.setdefault(o.name, []).append(o)
+        for op, per_r in samples.items():
+            if op in by:  # a routed expert operator per expert, each its share
+                us = undisturbed(per_r.values())
+                out += [(o, us / len(by[op])) for o in by[op]]
+    return out
+
+
+def _grid_passes(K, W, lw, dense, model, att, moe, per_rank, cases, reps, clock, tick) -> None:
+    """reps + 1 passes over the grid (the first untimed: the warm-up), every operator for all ranks of a grid
+    point before the next; each timed operator's microseconds land in its grid point's samples."""
+    from cmtwin.executor import layers as L
+
     for rep in range(reps + 1):
         for phase, T, per, xs, rows, kv, pos, samples in cases:
             ranks = len(xs)
-            tms = [L.Timer(True, cuda) for _ in range(ranks)]
+            tms = [L.Timer(rep > 0, clock=clock) for _ in range(ranks)]  # the first pass warms up
             if phase == "decode":
                 ys = [L.attention_decode(K, lw, xs[r], pos, *kv[r], att, tms[r]) for r in range(ranks)]
             else:
@@ -241,22 +268,11 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS,
                 L.shared_expert(K, lw, ys[r], tms[r])
             for r in range(ranks):
                 L.lm_head(K, W, ys[r], tms[r])
-            if rep:  # the first pass warms up
-                for r, tm in enumerate(tms):
-                    for op, sec in tm.events:
-                        samples.setdefault(op, {}).setdefault(r, []).append(sec * 1e6)
+            for r, tm in enumerate(tms):
+                for op, sec in tm.events:
+                    samples.setdefault(op, {}).setdefault(r, []).append(sec * 1e6)
             if tick:
                 tick()
-    for phase, T, per, *_, samples in cases:
-        ops = grid_ops(model, prec, phase, T, per, ex.kv_len)
-        by: dict[str, list] = {}
-        for o in ops:
-            by.setdefault(o.name, []).append(o)
-        for op, per_r in samples.items():
-            if op in by:  # a routed expert operator per expert, each its share
-                us = undisturbed(per_r.values())
-                out += [(o, us / len(by[op])) for o in by[op]]
-    return out
 
 
 def grid_ops(model, prec, phase: str, T: int, per: int, kv_len: int) -> list[Op]:
@@ -285,13 +301,16 @@ def seconds(spec, device: str, hw: HardwareProfile, *, quick: bool = False) -> f
         for phase, T, per, ranks in grid_points(spec, device, quick=quick)) / 1e6
 
 
-def peaks_profile(device: str, name: str, *, quick: bool = False) -> tuple[HardwareProfile, dict]:
+def peaks_profile(device: str, name: str, *, quick: bool = False, clock=None) -> tuple[HardwareProfile, dict]:
     """A profile of this device's peaks (matmul per dtype, copy bandwidth, launch overhead), no efficiency
-    curves: the roofline calibrate fits its curves on, and the estimate of a run before any calibration."""
+    curves: the roofline calibrate fits its curves on, and the estimate of a run before any calibration.
+    clock: how the probes are timed (cmtwin.executor.timing; default synchronised); its method is named in
+    every constant's source."""
+    from cmtwin.executor.timing import method_text
     from cmtwin.twin.hardware import DieSpec, Sourced
 
     t = torch()
-    pk = measure_peaks(device, quick=quick)
+    pk = measure_peaks(device, quick=quick, clock=clock)
     if device == "cuda":
         dev_name = t.cuda.get_device_name()
         mem = t.cuda.get_device_properties(0).total_memory / 2**30
@@ -303,6 +322,8 @@ def peaks_profile(device: str, name: str, *, quick: bool = False) -> tuple[Hardw
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         cores = t.get_num_threads()
     src = f"cmtwin calibrate {date.today().isoformat()}, {dev_name}"
+    if clock is not None:
+        src += f", timed with {method_text(clock)}"
     hw = HardwareProfile(
         name=name, kind="gpu" if device == "cuda" else "cpu",
         dies_per_device=Sourced(value=1, source=f"{src}: one device is one rank"),
@@ -319,12 +340,13 @@ def peaks_profile(device: str, name: str, *, quick: bool = False) -> tuple[Hardw
 
 
 def calibrate_local(spec, *, device: str, name: str, quick: bool = False, tick=None,
-                    peaks=None) -> tuple[HardwareProfile, list]:
+                    peaks=None, clock=None) -> tuple[HardwareProfile, list]:
     """Measure this device: peaks (unless given, from peaks_profile), then the operator classes; returns the
-    profile and the (op, us) pairs. tick() after each grid point of each pass."""
-    hw, pk = peaks or peaks_profile(device, name, quick=quick)
+    profile and the (op, us) pairs. tick() after each grid point of each pass. clock: how every operator is
+    timed (cmtwin.executor.timing.clock_for: CUDA graphs on CUDA, as `cmtwin execute` times them)."""
+    hw, pk = peaks or peaks_profile(device, name, quick=quick, clock=clock)
     ex = spec.executor
-    pairs = measure_classes(spec, device, quick=quick, tick=tick)
+    pairs = measure_classes(spec, device, quick=quick, tick=tick, clock=clock)
     hw = fit_local(pairs, hw, f"{pk['source']}: executor kernels at scale {ex.scale:g}, {ex.dtype}, kv_len {ex.kv_len}",
                    name)
     return hw, pairs

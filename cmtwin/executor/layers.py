@@ -12,32 +12,57 @@ from cmtwin.executor.modules import ROUTED_SCALING, group_topk, rope, silu_mul, 
 
 
 class Timer:
-    """Collects (op, seconds) in order; a disabled timer only runs the code."""
+    """Collects (op, seconds) in order, and (segment, seconds) where the clock times segments; a disabled
+    timer only runs the code. Without a clock: perf_counter around each operator (with a device synchronise
+    on either side when cuda), the executor's method on a CPU; with a clock (cmtwin.executor.timing), the
+    clock's method -- on CUDA, each operator (or segment) captured in a CUDA graph and timed over replays."""
 
-    def __init__(self, enabled: bool = True, cuda: bool = False):
+    def __init__(self, enabled: bool = True, cuda: bool = False, clock=None):
         self.enabled = enabled
         self.cuda = cuda
+        self.clock = clock if clock is not None and clock.method != "sync" else None
+        api = clock.api if clock is not None and clock.method == "sync" else (torch().cuda if cuda else None)
+        self._sync = api.synchronize if api is not None else None
         self.events: list[tuple[str, float]] = []
+        self.segments: list[tuple[str, float]] = []
 
     @contextmanager
     def __call__(self, op: str):
         if not self.enabled:
             yield
             return
-        if self.cuda:
-            torch().cuda.synchronize()
+        if self.clock is not None:
+            with self.clock.op(op) as box:
+                yield
+            if box.seconds is not None:
+                self.events.append((op, box.seconds))
+            return
+        if self._sync is not None:
+            self._sync()
         t0 = time.perf_counter()
         yield
-        if self.cuda:
-            torch().cuda.synchronize()
+        if self._sync is not None:
+            self._sync()
         self.events.append((op, time.perf_counter() - t0))
+
+    @contextmanager
+    def segment(self, name: str):
+        """A rank's compute between two exchanges of tokens; timed as one graph by a clock in segment mode."""
+        if not self.enabled or self.clock is None:
+            yield
+            return
+        with self.clock.segment(name) as box:
+            yield
+        if box.seconds is not None:
+            self.segments.append((name, box.seconds))
 
 
 NULL = Timer(enabled=False)
 
 
 def _split_kv_b(K, lw, att):
-    w = K.cast(lw.kv_b).view(att.kv_lora_rank, att.heads, att.qk_nope_head_dim + att.v_head_dim)
+    # the compute-dtype copy Kernels caches (as a server holds its weights), not a cast in every step
+    w = (K.cast(lw.kv_b) if K.int8 else K.w(lw.kv_b)).view(att.kv_lora_rank, att.heads, att.qk_nope_head_dim + att.v_head_dim)
     return w[..., : att.qk_nope_head_dim], w[..., att.qk_nope_head_dim:]
 
 

@@ -81,6 +81,7 @@ class PhaseResult:
     out: object  # [tokens, h] hidden after the last layer (rank order)
     logits: object
     events: list = field(default_factory=list)  # (rank, op, kind, measured_us, predicted_us, layer)
+    segments: list = field(default_factory=list)  # (rank, segment, measured_us, layer): graphed segments (CUDA)
     max_rel_err: float | None = None
     ties: int = 0
     wall_s: float = 0.0
@@ -241,6 +242,8 @@ class PoolRun:
         self.owned = list(range(self.nranks))  # ranks this process computes (all, in one process)
         self.allreduce = None  # across processes: sum a tensor in place (each slot written by one process)
         self._predicted: dict = {}  # the twin's predictions of a layer's operators, the same every pass
+        self.layer_keys: dict = {}  # (rank, layer) -> the key of _predicted: what re-predicting with another profile needs
+        self.clock = None  # cmtwin.executor.timing clock of the timed passes (None: sync, as layers.Timer does)
         self._inputs()
 
     def _inputs(self):
@@ -264,8 +267,9 @@ class PoolRun:
     def run(self, timed: bool = True, tick=None) -> PhaseResult:
         """One pass over the executed layers and the LM head; tick() after each (progress)."""
         cuda = self.device == "cuda"
-        tms = [L.Timer(timed, cuda) for _ in range(self.nranks)]
+        tms = [L.Timer(timed, cuda, clock=self.clock) for _ in range(self.nranks)]
         events: list = []
+        self._segments: list = []
         moe = self.model.moe
         att = self.model.attention
         allowed = self.router.allowed(moe.routed_experts, self.device) if self.nranks < self.pool.dies else None
@@ -275,22 +279,28 @@ class PoolRun:
         for li, lw in enumerate(self.W.layers):
             if lw.mtp:
                 for r in self.owned:
-                    xs[r] = L.mtp_input(self.K, self.W, xs[r], self.emb[r], tms[r])
+                    with tms[r].segment("mtp_input"):
+                        xs[r] = L.mtp_input(self.K, self.W, xs[r], self.emb[r], tms[r])
             for r in self.owned:
-                if self.phase == "decode":
-                    c, pe = self.cache[li][r]
-                    xs[r] = L.attention_decode(self.K, lw, xs[r], self.pos, c, pe, att, tms[r])
-                else:
-                    xs[r] = L.attention_prefill(self.K, lw, xs[r], self.pos, att, tms[r])
+                with tms[r].segment("attention"):
+                    if self.phase == "decode":
+                        c, pe = self.cache[li][r]
+                        xs[r] = L.attention_decode(self.K, lw, xs[r], self.pos, c, pe, att, tms[r])
+                    else:
+                        xs[r] = L.attention_prefill(self.K, lw, xs[r], self.pos, att, tms[r])
             if lw.dense:
                 for r in self.owned:
-                    xs[r] = L.dense_mlp(self.K, lw, xs[r], tms[r])
+                    with tms[r].segment("mlp"):
+                        xs[r] = L.dense_mlp(self.K, lw, xs[r], tms[r])
                 self._flush(tms, events, li, {})
                 if tick:
                     tick()
                 continue
-            routed = self._routed([L.route(self.K, lw, xs[r], moe, tms[r], allowed) if r in self.owned else None
-                                   for r in range(self.nranks)])
+            routed = [None] * self.nranks
+            for r in self.owned:
+                with tms[r].segment("router"):
+                    routed[r] = L.route(self.K, lw, xs[r], moe, tms[r], allowed)
+            routed = self._routed(routed)
             self.routing.append([(ri[0], ri[1]) for ri in routed])
             loads, shared_tokens = self._moe(lw, li, routed, xs, tms, events)
             self._flush(tms, events, li, loads, shared_tokens=shared_tokens)
@@ -298,13 +308,15 @@ class PoolRun:
                 tick()
         logits = [None] * self.nranks
         for r in self.owned:
-            logits[r] = L.lm_head(self.K, self.W, xs[r], tms[r])
+            with tms[r].segment("head"):
+                logits[r] = L.lm_head(self.K, self.W, xs[r], tms[r])
         self._flush(tms, events, len(self.W.layers), {}, head=True)
         if tick:
             tick()
         wall = time.perf_counter() - t0
         out, lg = self._gather(xs), self._gather(logits)
-        return PhaseResult(self.phase, self.nranks, self.nranks * self.T, out, lg, events, wall_s=wall)
+        return PhaseResult(self.phase, self.nranks, self.nranks * self.T, out, lg, events, self._segments,
+                           wall_s=wall)
 
     def _gather(self, per_rank):
         """The ranks' tensors in rank order; across processes every slot is filled by its owner (a sum of
@@ -373,14 +385,15 @@ class PoolRun:
         for d in self.owned:
             mine = list(self.pool.placement.ranks[d])
             groups = [(e, bufs[(d, e)]) for e in mine if (d, e) in bufs]
-            ys = L.experts(self.K, lw, groups, tms[d]) if groups else []
+            with tms[d].segment("experts"):  # the rank's routed and shared experts over the rows it received
+                ys = L.experts(self.K, lw, groups, tms[d]) if groups else []
+                shared = L.shared_expert(self.K, lw, sbuf[d][1], tms[d]) if d in sbuf else None
             loads[d] = [int(bufs[(d, e)].shape[0]) if (d, e) in bufs else 0 for e in mine]
             for (e, _), y in zip(groups, ys):
                 sel, kk = spans[(d, e)]
                 out.index_add_(0, sel, (w[sel, kk][:, None] * y.float()).to(out.dtype))
-            if d in sbuf:
-                sel, rows = sbuf[d]
-                out.index_add_(0, sel, L.shared_expert(self.K, lw, rows, tms[d]))
+            if shared is not None:
+                out.index_add_(0, sbuf[d][0], shared)
         if self.allreduce is not None:  # combine across processes: each token's partial outputs are summed
             self.allreduce(out)
         self._comm(events, li, "combine", recv, send)
@@ -394,10 +407,14 @@ class PoolRun:
         from cmtwin.executor.predict import predicted_ops
 
         for r, tm in enumerate(tms):
+            for seg, sec in tm.segments:
+                self._segments.append((r, seg, sec * 1e6, layer))
+            tm.segments.clear()
             if not tm.events:
                 continue
             st = (shared_tokens or {}).get(r, 0)
             key = (layer, tuple(loads.get(r) or ()), st, head)
+            self.layer_keys[(r, layer)] = key
             pred = self._predicted.get(key)
             if pred is None:  # a rank's load repeats over the passes: cost each distinct layer once
                 pred = self._predicted[key] = predicted_ops(self, tokens=self.T, layer=layer, loads=loads.get(r),

@@ -64,3 +64,13 @@ class ExecutorSpec(Frozen):
     compute; null: a profile named local_<device> when it exists, else the deployment's hardware."""
     reference: bool = True
     """Check the distributed result against a single-device reference forward."""
+    timing: Literal["auto", "sync", "graph"] = "auto"
+    """How execute and calibrate time an operator (cmtwin/executor/timing.py): 'sync' runs it eagerly
+    between two perf_counter reads (with a device synchronise on either side on a GPU); 'graph' captures it in
+    a CUDA graph and takes the median of its replays timed by device events (CUDA only), and execute also
+    times each rank's segments between token exchanges as graphs; 'auto' is graph on CUDA, sync on a CPU. A
+    capture that fails falls back to sync, and the output says why."""
+    replays: int = Field(default=20, ge=1, le=1000)
+    """Timed replays of each CUDA graph (timing=graph); the operator's time is their median."""
+    graph_warmup: int = Field(default=3, ge=1, le=100)
+    """Replays of each CUDA graph before the timed ones (the first computes the operator's outputs)."""
