@@ -3,8 +3,10 @@
 A batching policy hands `cmtwin simulate` a `Scheduler` (`policy.scheduler(sim)`), the one hook through which
 the simulator (cmtwin/sim/serving.py) asks every scheduling question:
 
-- `enqueue(batch, lines)`: requests that arrived at the same instant -> the waiting lines (prefill instances,
-  or aggregated instances) and their order there;
+- `enqueue(batch, lines)`: requests that arrived -> the waiting lines (prefill instances, or aggregated
+  instances) and their order there; the simulator hands over the arrivals since its last call in one batch
+  (several instants, in arrival order), or, for a scheduler whose `instant_batches` is true, each instant's
+  arrivals as one batch;
 - `next_forward(line, budget)`: the tokens of the next prefill forward of an idle prefill instance (None: wait
   for decode room), with the prompt tokens each request reuses instead of computing;
 - `prefilled(r, line)`: a prompt's prefill ended (the LRU policy stores its prefix blocks in the EMS pool);
@@ -63,8 +65,13 @@ class Forward:
 class Scheduler(Protocol):
     """The simulator's scheduling hook (one object per simulation)."""
 
+    instant_batches: bool
+    """True: `enqueue` plans over a batch (BatchLLM's prefix tree), so each batch must be the requests of one instant;
+    False: it treats requests one by one, in order, so the arrivals of several instants may come in one batch."""
+
     def enqueue(self, batch: list, lines: list) -> None:
-        """Put requests that arrived together on the lines (`line.push(r)`), in the order they will be served."""
+        """Put requests that arrived (in arrival order) on the lines (`line.push(r)`), in the order they will be
+        served."""
         ...
 
     def next_forward(self, line, budget: int) -> Forward | None:
@@ -129,6 +136,8 @@ def take_tokens(line, budget: int, reuse: Callable, fits: Callable | None = None
 class _Base:
     """What both schedulers share: the simulator they serve and the KV a request holds of its own."""
 
+    instant_batches = True
+
     def __init__(self, sim):
         self.sim = sim
         self.drafts = sim.drafts
@@ -152,15 +161,30 @@ class _Base:
 class FcfsLruScheduler(_Base):
     """FCFS queues, LRU prefix blocks in EMS, whole-prompt KV per request on the least-busy decode die."""
 
+    instant_batches = False  # one request at a time
+
     def __init__(self, sim):
         super().__init__(sim)
         self.cache = sim.cache
         self.block_tokens = sim.block_tokens
 
     def enqueue(self, batch, lines) -> None:
+        """Each request to the least-loaded line (the first of equals), through a heap of (load, line) kept while the
+        batch is routed (only these pushes change the loads meanwhile); round robin with
+        sim.prefill_policy=round_robin."""
         for r in batch:
             r.kv_need = self.own_kv(r)
-            self.route(lines).push(r)
+        if self.sim.spec.sim.prefill_policy == "round_robin" or len(lines) == 1:
+            for r in batch:
+                self.route(lines).push(r)
+            return
+        heap = [(line.load, i) for i, line in enumerate(lines)]
+        heapq.heapify(heap)
+        for r in batch:
+            i = heap[0][1]
+            line = lines[i]
+            line.push(r)
+            heapq.heapreplace(heap, (line.load, i))
 
     def reuse(self, r) -> tuple[int, int, int]:
         """The leading blocks of r's prefix found in the EMS pool (the last prompt token is always computed)."""
@@ -197,7 +221,7 @@ class FcfsLruScheduler(_Base):
     def place(self, r, d):
         need = self.own_kv(r)
         counts, kvs = d.rank_count, d.rank_kv
-        rank = int(np.argmin(counts))  # the caller checked that d has a free slot
+        rank = int(counts.argmin())  # the caller checked that d has a free slot
         if kvs[rank] + need > d.kv_cap:
             ok = np.flatnonzero((counts < d.cap) & (kvs + need <= d.kv_cap))
             if len(ok) == 0:

@@ -3,11 +3,19 @@
 Events are frozen dataclasses; handlers are registered per event type. Two events at the same time fire in
 the order they were scheduled (the counter), so a run is deterministic for a seed. No global state: two
 environments never share anything.
+
+A time-ordered stream known in advance (the simulator's arrivals) need not go through the heap: `merge(pull, ...)`
+makes the environment call `pull(t)` before dispatching an event at time t whenever the stream has an element at
+or before t, so the stream's elements are taken in, in bulk, before the first event at or after their time (at
+one instant, before that instant's events), except events of the types the consumer says do not look at what the
+stream feeds. An element after the last event is never taken in; a consumer that must react at an element's own
+time schedules an event there (the simulator's `Arrival`).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +23,8 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """The next request of the stream arrives."""
+    """The next request of the stream arrives while a line is idle (a wake-up: the arrivals themselves are merged
+    in from the stream, see `Environment.merge`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +102,7 @@ class Stop:
 class Environment:
     """Clock + heap + counter. `schedule` an event at an absolute time; `run` dispatches to handlers."""
 
-    __slots__ = ("now", "_heap", "_seq", "_handlers", "events", "_stopped")
+    __slots__ = ("now", "_heap", "_seq", "_handlers", "events", "_stopped", "_pull", "_next", "_blind")
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -102,6 +111,16 @@ class Environment:
         self._handlers: dict[type, Callable[[Any], None]] = {}
         self.events = 0
         self._stopped = False
+        self._pull: Callable[[float], float] | None = None
+        self._next = math.inf
+        self._blind: frozenset[type] = frozenset()
+
+    def merge(self, pull: Callable[[float], float], first: float, *, blind: tuple[type, ...] = ()) -> None:
+        """Merge a time-ordered stream whose first element is at `first` (inf: none): before an event at time t >=
+        the stream's next time is dispatched (unless its type is in `blind`: events that neither read nor change
+        what the stream feeds), the clock is set to t and `pull(t)` takes in the stream's elements at or before t
+        and returns the stream's next time (inf once it is exhausted)."""
+        self._pull, self._next, self._blind = pull, first, frozenset(blind)
 
     def on(self, kind: type, handler: Callable[[Any], None]) -> None:
         if kind in self._handlers:
@@ -127,7 +146,7 @@ class Environment:
     def run(self, until: float | None = None) -> None:
         """Dispatch events in time order until the heap is empty, `stop()` is called, or the next event is
         later than `until` (the clock then stands at `until`)."""
-        heap, handlers, pop = self._heap, self._handlers, heapq.heappop
+        heap, handlers, pop, pull, blind = self._heap, self._handlers, heapq.heappop, self._pull, self._blind
         self._stopped = False
         n = 0
         while heap and not self._stopped:
@@ -136,6 +155,8 @@ class Environment:
                 break
             t, _, ev = pop(heap)
             self.now = t
+            if t >= self._next and type(ev) not in blind:
+                self._next = pull(t)
             n += 1
             handlers[type(ev)](ev)
         self.events += n

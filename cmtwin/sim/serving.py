@@ -27,6 +27,8 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 
 import numpy as np
 
@@ -62,6 +64,7 @@ _ARRIVAL = Arrival()
 _SAMPLE = SampleTick()
 _STOP = Stop()
 _MARK = MeasureStart()
+_ARRIVED = attrgetter("t_arrival")
 
 
 class Request:
@@ -133,6 +136,7 @@ class DecodeInstance:
                  "n_active", "sum_prompt", "sum_admit", "step", "buckets", "ready", "busy", "busy_acc", "since",
                  "wake_at", "batch_sum", "steps", "out_tokens", "queue", "prefilling", "step_chunk", "step_done",
                  "held", "waiting", "waiting_kv", "kv_sum", "kv_sum_peak", "kv_die_peak")
+    failed = False  # an instance never fails whole: its groups do (rank_kv of a failed group is FAILED_KV)
 
     def __init__(self, index: int, devices: int, ranks: int, cap: int, kv_cap: int):
         self.index, self.devices, self.ranks, self.cap, self.kv_cap = index, devices, ranks, cap, kv_cap
@@ -360,7 +364,7 @@ class Simulator:
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
         self.env = env = Environment()
-        env.on(Arrival, self._on_arrival)
+        env.on(Arrival, lambda ev: None)  # a wake-up: the engine has just pulled the arrivals in (_pull)
         env.on(PrefillDone, self._on_prefill_done)
         env.on(DecodeStepDone, self._on_decode_done)
         env.on(DecodeWake, self._on_wake)
@@ -379,8 +383,9 @@ class Simulator:
         self.next_id = 0
         self.stream = iter(Stream(self.spec.workload, rate_per_s=self.rate, until_s=self.duration, seed=self.seed,
                                   trace=self.trace))
-        self._chunk: Chunk | None = None
-        self._ci = 0
+        self._load_chunk()  # the arrivals, as columns: a Request is made when one arrives
+        self._next_t = self._cols[0][0] if self._cols[0] else math.inf
+        self._wake_at = math.inf  # when the pending Arrival wake-up fires (inf: none)
         self.in_system = 0
         self._area_t = 0.0
         self.in_prefill = 0  # requests in running forwards (agg: being prefilled) that will finish their prompt
@@ -391,55 +396,86 @@ class Simulator:
         self._win_ttft: list[float] = []
         self.samples_taken = 0
         self._stalled = False  # a prefill instance waits for decode room (decode-aware admission)
-        self._pending_arrival: Request | None = None
         self._mark_start: dict | None = None
         self._firsts: list[tuple[float, float]] = []  # (arrival, TTFT) of window arrivals once the first token is known
         self._series: list[tuple[float, int, int, float]] = []  # per sample: (t, waiting, decoding, output tokens)
 
     # ------------------------------------------------------------------ arrivals
-    def _next_request(self) -> Request | None:
-        while self._chunk is None or self._ci >= len(self._chunk):
-            try:
-                self._chunk = next(self.stream)
-            except StopIteration:
-                return None
-            self._ci = 0
-        c, i = self._chunk, self._ci
-        self._ci += 1
-        r = Request(self.next_id, float(c.t[i]), int(c.prompt[i]), int(c.output[i]), int(c.prefix[i]),
-                    int(c.prefix_len[i]))
-        self.next_id += 1
-        return r
+    def _load_chunk(self) -> bool:
+        """The stream's next non-empty chunk as columns of Python numbers; False once the stream is exhausted."""
+        for c in self.stream:
+            if len(c):
+                self._cols = (c.t.tolist(), c.prompt.tolist(), c.output.tolist(), c.prefix.tolist(),
+                              c.prefix_len.tolist())
+                self._ci = 0
+                return True
+        self._cols = ([], [], [], [], [])
+        self._ci = 0
+        return False
 
-    def _schedule_next_arrival(self, r: Request | None) -> None:
-        self._pending_arrival = r
-        if r is not None:
-            self.env.schedule(r.t_arrival, _ARRIVAL)
+    def _pull(self, now: float) -> float:
+        """The engine's merge of the arrival stream (Environment.merge): the requests that arrived at or before
+        `now` leave the pre-generated columns and join the lines, handed to the batching policy together (one
+        instant's at a time if the policy plans per instant); an idle line that receives work starts it. Returns
+        when the next request arrives.
 
-    def _area(self, now: float) -> None:
-        self.totals.in_system_area += self.in_system * (now - self._area_t)
-        self._area_t = now
+        Arrivals are taken in before every event at or after their time, so every decision is taken on the state it
+        would see at the arrival itself, with one exception made exact by the wake-up: a line that is idle starts
+        work on its arrival, so while one is idle an `Arrival` event is pending at the next request's time, and a
+        pull with an idle line holds the requests of one instant, `now`."""
+        t, prompt, output, prefix, plen = self._cols
+        i, n = self._ci, len(t)
+        rid = self.next_id
+        batch = []
+        while True:
+            while i < n and t[i] <= now:
+                batch.append(Request(rid, t[i], prompt[i], output[i], prefix[i], plen[i]))
+                rid += 1
+                i += 1
+            if i < n or not self._load_chunk():
+                break
+            t, prompt, output, prefix, plen = self._cols
+            i, n = 0, len(t)
+        self._ci = i
+        self.next_id = rid
+        self._next_t = nxt = t[i] if i < n else math.inf
+        if batch:
+            self._arrive(batch, now)
+        return nxt
 
-    def _on_arrival(self, ev) -> None:
-        now = self.env.now
-        batch = [self._pending_arrival]
-        r = self._next_request()
-        while r is not None and r.t_arrival == now:  # requests arriving together are scheduled together
-            batch.append(r)
-            r = self._next_request()
-        self._schedule_next_arrival(r)
+    def _arrive(self, batch: list[Request], now: float) -> None:
+        k = len(batch)
         self._area(now)
-        self.in_system += len(batch)
-        self.totals.arrived += len(batch)
+        self.totals.in_system_area += k * now - sum(r.t_arrival for r in batch)  # in the system since they arrived
+        self.in_system += k
+        self.totals.arrived += k
         lines = self.lines
-        before = [len(x.queue) for x in lines]
-        self.sched.enqueue(batch, lines)
-        for line, n in zip(lines, before):
-            if len(line.queue) > n and not line.busy:
+        idle = [x for x in lines if not x.busy and not x.failed]
+        before = [len(x.queue) for x in idle]
+        if self.sched.instant_batches and batch[0].t_arrival != batch[-1].t_arrival:
+            for _, same in groupby(batch, key=_ARRIVED):
+                self.sched.enqueue(list(same), lines)
+        else:
+            self.sched.enqueue(batch, lines)
+        for line, n in zip(idle, before):
+            if len(line.queue) > n:
                 if self.agg:
                     self._start_step(line)
                 else:
                     self._try_prefill(line)
+        if any(not x.busy for x in idle):
+            self._arm()
+
+    def _arm(self) -> None:
+        """A line is idle: wake up when the next request arrives, which it may take (`_pull` starts it)."""
+        nxt = self._next_t
+        if nxt != self._wake_at and nxt < math.inf:
+            self._wake_at = nxt
+            self.env.schedule(nxt, _ARRIVAL)
+
+    def _area(self, now: float) -> None:
+        self.totals.in_system_area += self.in_system * (now - self._area_t)
+        self._area_t = now
 
     # ------------------------------------------------------------------ prefill
     def decode_can_take(self, new: int) -> bool:
@@ -462,12 +498,16 @@ class Simulator:
         return free + self.done_kv_rate * self.full_forward_s * (1.0 + self.spec.sim.handoff_margin)
 
     def _try_prefill(self, inst: PrefillInstance) -> None:
-        if inst.busy or inst.failed or not inst.queue:
+        if inst.busy or inst.failed:
+            return
+        if not inst.queue:
+            self._arm()
             return
         fwd = self.sched.next_forward(inst, self.inst_budget)
         if fwd is None:
             self.totals.prefill_stalls += 1
             self._stalled = True
+            self._arm()
             return
         self.totals.computed_tokens += fwd.tokens
         tpd = fwd.tokens / inst.dies
@@ -645,6 +685,8 @@ class Simulator:
             if d.busy:
                 d.busy = False
                 d.busy_acc += now - d.since
+            if self.agg:
+                self._arm()  # a line with nothing to do
             if d.ready and d.ready[0][0] < d.wake_at:
                 d.wake_at = d.ready[0][0]
                 self.env.schedule(d.wake_at, DecodeWake(d.index))
@@ -738,7 +780,7 @@ class Simulator:
             self.sink(rows)
         if self.progress is not None:
             self.progress(min(now, self.duration), self.duration)
-        busy = self.in_system > 0 or self.env.pending > 1
+        busy = self.in_system > 0 or self.env.pending > 1 or self._next_t < math.inf
         if now + self.interval <= self.duration or (self.drain and busy):
             self.env.schedule(now + self.interval, _SAMPLE)
 
@@ -776,7 +818,11 @@ class Simulator:
     # ------------------------------------------------------------------ run
     def run(self) -> SimResult:
         env = self.env
-        self._schedule_next_arrival(self._next_request())
+        # arrivals join the lines before any event at or after their time, except the decode pool's events in
+        # disaggregated serving: these neither change a prefill line nor read one, save to retry an idle one, and
+        # while a line is idle the arrivals are taken in at their own time anyway (the wake-up)
+        env.merge(self._pull, self._next_t, blind=() if self.agg else (DecodeStepDone, DecodeWake))
+        self._arm()  # every line is idle
         env.schedule(min(self.interval, self.duration), _SAMPLE)
         env.schedule(self.warmup, _MARK)
         env.schedule(self.duration, _STOP)

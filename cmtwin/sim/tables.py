@@ -136,13 +136,17 @@ class PrefillTable:
             kv.append(r.kv_transfer_us)
         self.table = Table2D(self.tokens, self.prompts, vals)
         self.kv = Table2D(self.prompts, [0], np.array(kv)[:, None])
+        self._kv_us: dict[int, float] = {}  # memo: a workload has few distinct prompt lengths, each met many times
         self.calls = vals.size
 
     def step_us(self, tokens_per_die: float, prompt: float) -> float:
         return self.table(tokens_per_die, prompt)
 
-    def kv_transfer_us(self, prompt: float) -> float:
-        return self.kv(prompt, 0)
+    def kv_transfer_us(self, prompt: int) -> float:
+        us = self._kv_us.get(prompt)
+        if us is None:
+            us = self._kv_us[prompt] = self.kv(prompt, 0)
+        return us
 
 
 class FetchCost:
