@@ -1,33 +1,62 @@
-"""GPU check: on a CUDA machine, calibrate the GPU and execute a few DeepSeek-R1 layers at true shapes,
-printing measured vs predicted per operator. Budget: under 5 minutes.
+"""GPU check: on a CUDA machine, calibrate the GPU and execute DeepSeek-R1 layers at true shapes, compare the
+twin's predictions with the executor's measurements, and store the result so machines without a GPU can test
+against it. Installs nothing and needs no network. Budget: under 5 minutes on one H100/H200.
 
-usage: python benchmarks/gpu_check.py [--deployment r1_h100_ep72] [--layers 2] [--ranks 4] [--out DIR] [--ref JSON]
+usage: python benchmarks/gpu_check.py [--deployment r1_h100_ep72] [--layers 2] [--ranks 4] [--scale 1.0]
+                                      [--dtype bf16] [--prefill-tokens 4096] [--kv-len 128] [--out benchmarks/data]
+                                      [--name NAME] [--ref JSON] [--allow-cpu]
 
-Steps (each a `cmtwin` command, so the same code paths as a user's):
-  1. cmtwin calibrate executor.scale=1.0 executor.dtype=bf16      -> ./cmtwin_conf/hardware/local_cuda.yaml
-  2. cmtwin calibrate --import <shared/reference/h100_kernels_graph.json> (when present): LOSO error
-  3. cmtwin execute +deployment=... executor.scale=1.0 executor.dtype=bf16 executor.layers=L executor.ranks=R
-     (predictions from local_cuda; communication from the deployment's twin topology model)
+Steps (each a `cmtwin` command, so the same code paths as a user's), in a scratch directory:
+  1. cmtwin calibrate executor.scale=S executor.dtype=D executor.prefill_tokens=P executor.kv_len=K
+     -> ./cmtwin_conf/hardware/local_cuda.yaml; on CUDA every operator is timed in CUDA graphs
+     (executor.timing=auto), the grid includes the executed prefill chunk
+  2. (optional, --ref) cmtwin calibrate --import <kernel timings>: leave-one-shape-out error of the import fit
+  3. cmtwin execute +deployment=... (same scale, dtype, tokens) executor.layers=L executor.ranks=R --compare
+     --measurement FILE: per-operator CUDA graphs, then each rank's segments as graphs; predicted vs measured
+     for the deployment's shipped profile and the freshly calibrated one
+Writes OUT/<name>_check.json (name: the GPU's, e.g. nvidia_h200): environment, commands, wall times, the
+comparison, the measurement and the calibrated profile. tests/test_executor_compare.py replays every
+benchmarks/data/*_check.json with the twin as it is (cmtwin.executor.compare.replay).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def sh(args: list[str], timeout: float) -> tuple[int, str, float]:
+
+def sh(args: list[str], timeout: float, cwd: Path) -> tuple[int, str, float]:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", *args], capture_output=True, text=True,
-                       timeout=timeout)
+    try:
+        r = subprocess.run([sys.executable, "-m", "cmtwin.cli.main", *args], capture_output=True, text=True,
+                           timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        return 124, "", time.perf_counter() - t0
     dt = time.perf_counter() - t0
     if r.returncode not in (0, 1):
         print(r.stderr[-3000:], file=sys.stderr)
     return r.returncode, r.stdout, dt
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "device"
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def main() -> int:
@@ -36,11 +65,15 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--scale", default="1.0")
-    ap.add_argument("--out", default=".")
-    ap.add_argument("--ref", default=str(Path(__file__).resolve().parents[2] / "shared" / "reference"
-                                         / "h100_kernels_graph.json"),
-                    help="measured H100 kernels to import for the leave-one-shape-out check")
-    ap.add_argument("--allow-cpu", action="store_true", help="smoke-test the script on a CPU (use a small --scale)")
+    ap.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "int8"))
+    ap.add_argument("--prefill-tokens", type=int, default=4096, help="prefill chunk per rank (4K-16K on a GPU)")
+    ap.add_argument("--kv-len", type=int, default=128, help="context of every decode request")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "data"), help="folder for <name>_check.json")
+    ap.add_argument("--name", help="file stem (default: the GPU's name, e.g. nvidia_h200)")
+    ap.add_argument("--ref", default=str(ROOT.parent / "shared" / "reference" / "h100_kernels_graph.json"),
+                    help="kernel timings to import for the leave-one-shape-out check (skipped when absent)")
+    ap.add_argument("--allow-cpu", action="store_true",
+                    help="run on a CPU (a smoke test of this script; use a small --scale and --prefill-tokens)")
     a = ap.parse_args()
     import torch
 
@@ -48,34 +81,69 @@ def main() -> int:
     if not cuda and not a.allow_cpu:
         print("gpu_check: no CUDA device; nothing to do (--allow-cpu runs it on the CPU)", file=sys.stderr)
         return 0
-    profile = "local_cuda" if cuda else "local_cpu"
+    device = "cuda" if cuda else "cpu"
+    gpu = torch.cuda.get_device_name() if cuda else "cpu"
     t_all = time.perf_counter()
-    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}  torch {torch.__version__}")
-    rc, out, dt = sh(["calibrate", f"executor.scale={a.scale}", "executor.dtype=bf16", "--format", "json"], 150)
-    print(f"calibrate: rc {rc} in {dt:.1f} s: {out.strip()[:300]}")
-    ref = Path(a.ref)
-    if ref.is_file():
-        rc, out, dt = sh(["calibrate", "--import", str(ref), "--format", "json"], 60)
-        if rc == 0:
-            print(f"import {ref.name}: LOSO median |err| {json.loads(out)['loso_median_abs_err']:.1%} ({dt:.1f} s)")
-    rc, out, dt = sh(["execute", f"+deployment={a.deployment}", f"executor.scale={a.scale}", "executor.dtype=bf16",
-                      f"executor.layers={a.layers}", f"executor.ranks={a.ranks}", f"executor.profile={profile}",
-                      "--format", "json", "--no-record"], 240)
-    if rc not in (0, 1):
-        print(f"execute failed (rc {rc})")
-        return 1
-    res = json.loads(out)
-    print(f"execute: {dt:.1f} s, numerics {res['numerics']}, device {res['device']}, profile {res['profile']}")
-    print(f"{'phase':8s} {'op':26s} {'kind':8s} {'measured us':>12s} {'predicted us':>13s} {'pred/meas':>9s}")
-    for r in res["ops"]:
-        n = r["n"] or 1
-        m, p = r["measured_us"] / n, r["predicted_us"] / n
-        print(f"{r['phase']:8s} {r['op']:26s} {r['kind']:8s} {m:12.1f} {p:13.1f} {p / m if m else 0:9.2f}")
-    for ph, d in res["per_layer"].items():
-        print(f"{ph}: layer compute per rank measured {d['measured_us']:.1f} us, predicted {d['predicted_us']:.1f} us "
-              f"({(d['rel_err'] or 0):+.1%})")
-    Path(a.out, "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
-    print(f"total {time.perf_counter() - t_all:.1f} s")
+    print(f"device: {gpu}  torch {torch.__version__}  cuda {torch.version.cuda}")
+    shape = [f"executor.scale={a.scale}", f"executor.dtype={a.dtype}", f"executor.prefill_tokens={a.prefill_tokens}",
+             f"executor.kv_len={a.kv_len}"]
+    record: dict = {
+        "gpu": gpu, "device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git_commit(),
+        "measured": True, "note": None if cuda else "a CPU smoke run of benchmarks/gpu_check.py --allow-cpu, "
+                                                     "not a GPU measurement",
+        "commands": [], "wall_s": {}}
+    with tempfile.TemporaryDirectory(prefix="cmtwin-gpu-check-") as tmp:
+        work = Path(tmp)
+        cmd = ["calibrate", *shape, "--format", "json"]
+        rc, out, dt = sh(cmd, 150, work)
+        record["commands"].append("cmtwin " + " ".join(cmd))
+        record["wall_s"]["calibrate"] = round(dt, 1)
+        print(f"calibrate: rc {rc} in {dt:.1f} s")
+        if rc != 0:
+            print("calibrate failed", file=sys.stderr)
+            return 1
+        cal = json.loads(out)
+        record["calibrate"] = {k: cal.get(k) for k in ("measurements", "in_sample_median_abs_err",
+                                                        "in_sample_max_abs_err", "timing", "wall_s")}
+        print(f"  {cal['measurements']} timings ({(cal.get('timing') or {}).get('method')}), in-sample median "
+              f"|err| {cal['in_sample_median_abs_err']:.1%}, max {cal['in_sample_max_abs_err']:.1%}")
+        import yaml
+
+        record["calibrated_profile"] = yaml.safe_load(Path(cal["path"]).read_text() if Path(cal["path"]).is_absolute()
+                                                      else (work / cal["path"]).read_text())
+        ref = Path(a.ref)
+        if ref.is_file():
+            rc, out, dt = sh(["calibrate", "--import", str(ref), "--format", "json"], 60, work)
+            if rc == 0:
+                loso = json.loads(out)["loso_median_abs_err"]
+                record["import"] = {"file": ref.name, "loso_median_abs_err": loso}
+                print(f"import {ref.name}: LOSO median |err| {loso:.1%} ({dt:.1f} s)")
+        meas = work / "measurement.json"
+        cmd = ["execute", f"+deployment={a.deployment}", *shape, f"executor.layers={a.layers}",
+               f"executor.ranks={a.ranks}", "--compare", "--measurement", str(meas), "--format", "json", "--no-record"]
+        rc, out, dt = sh(cmd, 240, work)
+        record["commands"].append("cmtwin " + " ".join(cmd[:-1]).replace(str(meas), "measurement.json"))
+        record["wall_s"]["execute"] = round(dt, 1)
+        if rc not in (0, 1) or not out.strip():
+            print(f"execute failed (rc {rc})", file=sys.stderr)
+            return 1
+        res = json.loads(out)
+        record.update(numerics=res["numerics"], timing=res["timing"], estimate=res["estimate"],
+                      phases=res["phases"], compare=res["compare"], measurement=json.loads(meas.read_text()))
+        record["shipped_profile"] = next(p["name"] for p in res["compare"]["profiles"] if p["role"] == "shipped")
+    print(f"execute: {dt:.1f} s, numerics {res['numerics']}, timing {res['timing'].get('method')}"
+          + (f" (fallback: {res['timing']['fallback']})" if res["timing"].get("fallback") else ""))
+    for p in res["compare"]["profiles"]:
+        for ph, d in p["per_layer"].items():
+            graph = (f", graphed {d['graph_us']:.1f} us ({d['graph_rel_err']:+.1%})" if d.get("graph_us") else "")
+            print(f"{p['name']:>24s} ({p['role']}) {ph}: measured {d['measured_us']:.1f} us, predicted "
+                  f"{d['predicted_us']:.1f} us ({(d['rel_err'] or 0):+.1%}){graph}")
+    record["wall_s"]["total"] = round(time.perf_counter() - t_all, 1)
+    path = Path(a.out) / f"{a.name or slug(gpu)}_check.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+    print(f"wrote {path}; total {record['wall_s']['total']:.1f} s")
     return 0
 
 

@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print the twin's predicted layer and operator times beside the measured ones for the "
                         "deployment's shipped profile and this device's calibrated one (local_<device>, from "
                         "`cmtwin calibrate`), with the error of each; stored with the run (metrics compare.*)")
+    p.add_argument("--measurement", metavar="FILE",
+                   help="with --compare: also write the measurement (measured operator events, graphed segments, "
+                        "the executed operators' shapes) as JSON, which cmtwin.executor.compare.replay re-predicts "
+                        "on any machine (benchmarks/gpu_check.py stores it)")
     p.set_defaults(func=run)
 
 
@@ -30,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
     from cmtwin.planner.plan import compile_plan
 
     spec, composed = load_spec(args.overrides)
+    if args.measurement and not args.compare:
+        from cmtwin.errors import CmtwinError
+
+        raise CmtwinError("--measurement writes what --compare compares; it needs --compare.", key="--measurement",
+                          fix="add --compare")
     plan = compile_plan(spec)
     from cmtwin.executor import budget, timing
     from cmtwin.executor.api import execute, prediction_choice, profile_note
@@ -85,8 +94,11 @@ def run(args: argparse.Namespace) -> int:
         if profiles is not None:
             from cmtwin.executor.compare import compare, measurement_of, metrics_of
 
-            summary = compare(measurement_of(res), profiles)
+            measurement = measurement_of(res)
+            summary = compare(measurement, profiles)
             metrics.update(metrics_of(summary))
+            if args.measurement:
+                _write_json(args.measurement, measurement)
         if store is not None:
             from cmtwin.store.repo import add_timeline, finish_run, set_metrics
 
@@ -112,6 +124,19 @@ def run(args: argparse.Namespace) -> int:
 
             console().print(compare_renderable(summary))
     return 0 if ok else 1
+
+
+def _write_json(path: str, data) -> None:
+    import json
+    from pathlib import Path
+
+    from cmtwin.errors import CmtwinError
+
+    try:
+        Path(path).write_text(json.dumps(data, separators=(",", ":")))
+    except OSError as exc:
+        raise CmtwinError(f"--measurement {path}: cannot write the file ({exc.strerror}).", key="--measurement",
+                          fix="give a writable file path") from None
 
 
 def compare_renderable(summary: dict):

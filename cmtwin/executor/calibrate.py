@@ -29,7 +29,7 @@ from cmtwin.twin.cost import op_time
 from cmtwin.twin.hardware import HardwareProfile
 
 DECODE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-PREFILL_GRID = (8, 16, 32, 64, 128, 256, 512)
+PREFILL_GRID = (8, 16, 32, 64, 128, 256, 512)  # and executor.prefill_tokens / decode_tokens when not on the grid
 
 
 def _median_time(fn, reps: int, cuda: bool, clock=None, label: str = "probe") -> float:
@@ -118,6 +118,10 @@ def grid_points(spec, device: str, *, quick: bool = False, max_ranks: int = 32) 
     if quick:
         max_ranks = min(max_ranks, 8)
     grids = {"decode": DECODE_GRID[::3] if quick else DECODE_GRID, "prefill": PREFILL_GRID[::3] if quick else PREFILL_GRID}
+    if not quick:  # the executed token counts themselves (a 4K-token prefill chunk on a GPU), not extrapolated
+        for phase, T in (("decode", ex.decode_tokens), ("prefill", ex.prefill_tokens)):
+            if T and T not in grids[phase]:
+                grids[phase] = tuple(sorted((*grids[phase], T)))
     llc = last_level_cache_bytes(device)
     points = []
     for phase, grid in grids.items():

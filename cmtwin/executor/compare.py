@@ -52,8 +52,13 @@ def groups_of(c: Costing) -> list[dict]:
         mtp = (not head) and c.mtp[layer]
         ops = catalogue_ops(c.model, c.prec, phase=c.phase, tokens=c.tokens, kv_len=c.kv_len, dense=dense,
                             loads=loads, shared_tokens=st, head=head, mtp=mtp)
-        out.append({"members": members, "head": bool(head), "ops": [dataclasses.asdict(o) for o in ops]})
+        out.append({"members": members, "head": bool(head), "ops": [_plain(dataclasses.asdict(o)) for o in ops]})
     return out
+
+
+def _plain(d: dict) -> dict:
+    """Op fields as JSON's own types (a numpy scalar, which some operator counts are, is not JSON)."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in d.items()}
 
 
 def measurement_of(result) -> dict:

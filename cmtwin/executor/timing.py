@@ -322,10 +322,12 @@ class FakeCuda:
     during capture (the capture is invalidated and capture_end fails, as on a GPU), timing events recorded
     outside capture, and -- because on a GPU a captured body computes nothing until a replay -- a graph
     replayed at least once before the next capture begins (``strict``). Tensors are those of the CPU: the
-    captured body really runs, so numerics stay checkable."""
+    captured body really runs, so numerics stay checkable. ``fail_on``: capture indices whose capture fails
+    (as an operator that cannot be captured makes it fail)."""
 
-    def __init__(self, cost_us=None, jitter=(1.0, 1.1, 0.9, 1.0, 1.3), strict: bool = True):
+    def __init__(self, cost_us=None, jitter=(1.0, 1.1, 0.9, 1.0, 1.3), strict: bool = True, fail_on=()):
         self.cost_us = cost_us or (lambda i: 10.0)
+        self.fail_on = set(fail_on)  # capture indices that fail as an uncapturable operator's capture does
         self.jitter = tuple(jitter)
         self.strict = strict
         self.now_us = 0.0
@@ -351,13 +353,16 @@ class FakeCuda:
                     raise RuntimeError("Cannot capture while another capture is underway")
                 if fake._current.default:
                     raise RuntimeError("CUDA graphs must be captured on a non-default stream.")
-                if fake.strict and fake.graphs and not fake.graphs[-1].replayed:
+                last = fake.graphs[-1] if fake.graphs else None
+                if fake.strict and last is not None and not last.invalid and not last.replayed:
                     raise AssertionError("fake: the previous graph was never replayed, so its outputs were "
                                          "never computed (a captured body computes nothing on a GPU)")
                 self.index = fake.captures
                 fake.captures += 1
                 fake._capturing = self
                 fake.graphs.append(self)
+                if self.index in fake.fail_on:
+                    self.invalid = "an operation not permitted when stream is capturing"
 
             def capture_end(self):
                 if fake._capturing is not self:

@@ -134,6 +134,11 @@ def prediction_renderable(detail: RunDetail, *, top: int = 8) -> RenderableType:
     bottleneck and the largest operators of each phase with a bar of their share."""
     prediction = detail.prediction
     if not prediction:
+        from cmtwin.executor.compare import summary_from_metrics
+
+        summary = summary_from_metrics(detail.metrics)
+        if summary is not None:  # `cmtwin execute --compare`: the twin's prediction against the executor
+            return executor_compare_renderable(summary, top=top)
         return Text("This run stored no prediction.", style="italic")
     figures = _table("Predicted figures")
     figures.add_column("figure")
@@ -175,6 +180,45 @@ def prediction_renderable(detail: RunDetail, *, top: int = 8) -> RenderableType:
         parts += [table, Text()]
     for note in prediction.get("notes") or []:
         parts.append(Text(f"note: {note}", style="italic"))
+    return Group(*parts)
+
+
+def _pct(e: float | None) -> str:
+    return "" if e is None else f"{e:+.1%}"
+
+
+def executor_compare_renderable(summary: dict, *, top: int = 8) -> RenderableType:
+    """An executed run's prediction tab (`cmtwin execute --compare`): per profile the layer measured and
+    predicted with the error, then the operators that the calibrated (else the first) profile misses most."""
+    timing = summary.get("timing") or {}
+    how = "CUDA graphs" if timing.get("method") == "cuda-graph" else "synchronised per operator"
+    layers = _table(f"Layer compute per rank: twin vs executor (measured with {how})")
+    for name, justify in (("profile", "left"), ("phase", "left"), ("measured us", "right"),
+                          ("predicted us", "right"), ("error", "right"), ("graphed us", "right"),
+                          ("vs graphed", "right")):
+        layers.add_column(name, justify=justify, no_wrap=True)
+    within = float(summary.get("within") or 0.2)
+    for p in summary["profiles"]:
+        for phase, d in p["per_layer"].items():
+            e = d.get("rel_err")
+            style = "" if e is None else ("green" if abs(e) <= within else "red")
+            layers.add_row(f"{p['name']} ({p['role']})", phase, fmt_num(d.get("measured_us")),
+                           fmt_num(d.get("predicted_us")), Text(_pct(e), style=style),
+                           fmt_num(d.get("graph_us")) if d.get("graph_us") is not None else "",
+                           _pct(d.get("graph_rel_err")))
+    parts: list[RenderableType] = [layers, Text()]
+    profiles = summary["profiles"]
+    focus = next((p for p in profiles if p["role"] == "calibrated"), profiles[0] if profiles else None)
+    if focus is not None:
+        ops = _table(f"Operators {focus['name']} misses most (of {len(focus['ops'])})")
+        for name, justify in (("phase", "left"), ("operator", "left"), ("measured us", "right"),
+                              ("predicted us", "right"), ("error", "right")):
+            ops.add_column(name, justify=justify, no_wrap=True)
+        ranked = sorted(focus["ops"], key=lambda r: -abs(r.get("rel_err") or 0.0))
+        for r in ranked[:top]:
+            ops.add_row(r["phase"], r["op"], fmt_num(r.get("measured_us")), fmt_num(r.get("predicted_us")),
+                        _pct(r.get("rel_err")))
+        parts.append(ops)
     return Group(*parts)
 
 
