@@ -1,9 +1,17 @@
 """Wall time of `cmtwin plan` (compose + compile + predict + record), end to end as a user runs it.
 
-usage: python benchmarks/bench_plan.py [--repeat N]
-Prints the machine and its load, then per deployment the median and best wall time warm (the composed config and
-the fabric read from the cache, as every run after the first) and without the cache (CMTWIN_CACHE_DIR="": Hydra
-composes and the fabric is built each time), their ratio, and the ratio to issue 21's 0.5 s goal.
+usage: python benchmarks/bench_plan.py [--repeat N] [--against REV]
+
+Times the cmtwin of the checkout this file is in (its root goes first on PYTHONPATH), running the `cmtwin` script
+in a fresh folder with its own run store and cache folder. Prints the machine and its load (before and after),
+then per deployment the median and best of N (default 5) runs warm (the composed config and the fabric read from
+the cache and the store already at head, as every run after the first) and without the cache
+(CMTWIN_CACHE_DIR="": Hydra composes and the fabric is built each time), their ratio, and the ratio of the warm
+median to issue 21's 0.5 s goal.
+
+--against REV also times the code of git revision REV (exported with `git archive` into a temporary folder, run
+the same way, with runs of the two interleaved so that both see the same load) and prints the ratio of this
+checkout's warm median to REV's.
 """
 
 from __future__ import annotations
@@ -15,35 +23,67 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 DEPLOYMENTS = ["r1_ep320", "r1_h800_ep144", "r1_h100_ep72"]
 GOAL_S = 0.5
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def _times(dep: str, cwd: str, repeat: int, env: dict) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        subprocess.run(["cmtwin", "plan", f"+deployment={dep}", "--format", "json"], cwd=cwd, check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        out.append(time.perf_counter() - t0)
-    return out
+def _plan_s(dep: str, code: Path, work: Path, cache: str) -> float:
+    """One `cmtwin plan` run of the code at `code`, in `work`, with CMTWIN_CACHE_DIR=cache; its wall time."""
+    work.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("CMTWIN_DB_URL", "CMTWIN_FULL_ERROR")}
+    env.update(PYTHONPATH=str(code), CMTWIN_CACHE_DIR=cache)
+    t0 = time.perf_counter()
+    subprocess.run(["cmtwin", "plan", f"+deployment={dep}", "--format", "json"], cwd=work, check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _load() -> str:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def _export(rev: str, into: Path) -> Path:
+    """The tree of git revision `rev` of this checkout, written under `into`."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def main() -> None:
     repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 5
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    against = sys.argv[sys.argv.index("--against") + 1] if "--against" in sys.argv else None
+    here = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                          text=True).stdout.strip()
     print(f"machine: {platform.machine()} {platform.processor() or ''} · {os.cpu_count()} cores · "
-          f"Python {platform.python_version()} · load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"Python {platform.python_version()} · {_load()}")
+    print(f"code: {ROOT} ({here or 'not a git checkout'})" + (f", against {against}" if against else ""))
     with tempfile.TemporaryDirectory() as tmp:
-        warm_env = {**os.environ, "CMTWIN_CACHE_DIR": os.path.join(tmp, "cache")}
-        cold_env = {**os.environ, "CMTWIN_CACHE_DIR": ""}
+        tmp_path = Path(tmp)
+        codes = {"this": ROOT}
+        if against:
+            codes["against"] = _export(against, tmp_path / "against")
         for dep in DEPLOYMENTS:
-            _times(dep, tmp, 1, warm_env)  # fills the cache
-            warm, cold = _times(dep, tmp, repeat, warm_env), _times(dep, tmp, repeat, cold_env)
-            w, c = statistics.median(warm), statistics.median(cold)
-            print(f"cmtwin plan +deployment={dep:14s} warm median {w:.2f} s (best {min(warm):.2f}), no cache "
-                  f"{c:.2f} s: {w / c:.2f} x; {w / GOAL_S:.2f} x the {GOAL_S} s goal")
+            warm: dict[str, list[float]] = {name: [] for name in codes}
+            cold: list[float] = []
+            for name, code in codes.items():  # the first run fills the cache and creates the store
+                _plan_s(dep, code, tmp_path / name / dep, str(tmp_path / name / "cache"))
+            for _ in range(repeat):
+                for name, code in codes.items():
+                    warm[name].append(_plan_s(dep, code, tmp_path / name / dep, str(tmp_path / name / "cache")))
+                cold.append(_plan_s(dep, ROOT, tmp_path / "this" / dep, ""))
+            w, c = statistics.median(warm["this"]), statistics.median(cold)
+            line = (f"cmtwin plan +deployment={dep:14s} warm median {w:.3f} s (best {min(warm['this']):.3f}), "
+                    f"no cache {c:.3f} s: {w / c:.2f} x; {w / GOAL_S:.2f} x the {GOAL_S} s goal")
+            if against:
+                a = statistics.median(warm["against"])
+                line += f"; {against} warm median {a:.3f} s: this is {w / a:.2f} x that"
+            print(line)
+    print(f"after: {_load()}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pickle
 
 import pytest
 
+from cmtwin.errors import TopologyError
 from cmtwin.topology import fabric as fabric_mod
 from cmtwin.topology.fabric import Fabric, freeze_overrides, get_fabric
 from cmtwin.topology.schema import load_topology
@@ -156,3 +157,52 @@ def test_symlinked_entry_is_not_followed(cache, tmp_path, monkeypatch):
     builds = _count_builds(monkeypatch)
     _fresh()
     assert builds, "a symlinked entry is rebuilt, not followed"
+
+
+@pytest.mark.parametrize("name", ["cloudmatrix384", "gpu_cluster", "nvl72_rack", "single_host"])
+def test_routes_are_networkx_shortest_paths(name):
+    """Routes are searched on the edge form, not on the graph: the same paths as nx.shortest_path on the plane's
+    view of the graph (ties broken alike), with the fastest link of each hop as its bottleneck and latency."""
+    import random
+
+    import networkx as nx
+
+    fabric = Fabric(load_topology(name))
+    g = fabric.graph
+    rng = random.Random(7)
+    nodes = list(g.nodes)
+    for plane in fabric.planes:
+        view = nx.subgraph_view(g, filter_edge=lambda u, v, k, p=plane: g[u][v][k]["plane"] == p)
+        ends = list(fabric._inj[plane])
+        pairs = [(ends[0], b) for b in ends[1:60]] + [tuple(rng.sample(nodes, 2)) for _ in range(200)]
+        for a, b in pairs:
+            try:
+                expected = nx.shortest_path(view, a, b)
+            except nx.NetworkXNoPath:
+                with pytest.raises(TopologyError, match="no route"):
+                    fabric.route(a, b, plane)
+                continue
+            route = fabric.route(a, b, plane)
+            assert list(route.path) == expected, (a, b, plane)
+            best = [max((d for d in g[u][v].values() if d["plane"] == plane), key=lambda d: d["bandwidth_gbps"])
+                    for u, v in zip(expected, expected[1:])]
+            assert route.bottleneck_gbps == min(d["bandwidth_gbps"] for d in best)
+            assert route.latency_us == sum(d["latency_us"] for d in best)
+
+
+def test_a_cached_fabric_answers_without_networkx(tmp_path):
+    """`cmtwin plan` reads the fabric from the cache and never imports networkx; asking for the graph rebuilds it
+    (the same graph the build made, see the first test)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cmtwin.topology.fabric import get_fabric; f = get_fabric('cloudmatrix384'); "
+            "d = f.dies(); f.route(d[0], d[-1], f.roles.inter_node); f.all_to_all_time_us(d[:64], 7680, "
+            "f.roles.scale_up); print('networkx' in sys.modules, end=' '); "
+            "print(f.graph.number_of_edges(), 'networkx' in sys.modules)")
+    env = {**os.environ, "CMTWIN_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    built, cached = (r.stdout.split() for r in runs)
+    assert built[0] == "True" and cached == ["False", built[1], "True"]

@@ -11,6 +11,11 @@ Switches are taken as internally non-blocking. Latency is the sum of per-link la
 shortest path. Endpoints are grouped into wiring classes (the links an endpoint has on the plane, named
 relative to its node); a pair's route latency is computed once per (class, class, same node or not), which
 is exact for tiered fabrics whose nodes are wired alike (an extra link gives its ends classes of their own).
+
+Routes are searched on the fabric's edge form: its nodes and directed links as columns in the graph's own order
+(_edge_form_of), which is also what the on-disk cache stores. A Fabric read from the cache therefore answers every
+query without networkx; its networkx graph is rebuilt from the edge form only when something asks for `.graph`
+(an export, a failure what-if, the TUI's map).
 """
 
 from __future__ import annotations
@@ -24,16 +29,18 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from cmtwin.cachefile import read_json, write_text
 from cmtwin.errors import TopologyError
 from cmtwin.paths import cache_dir
 from cmtwin.topology.graph import ENDPOINT_KINDS, build_graph, check_invariants, node_label
 from cmtwin.topology.schema import ROLES, PlaneRoles, TopologySpec, load_topology
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +102,12 @@ class Fabric:
         """Build the graph of `spec` (or take `graph`, a view of it with failed switches removed), check its
         invariants (TopologyError) and index it."""
         self.spec = spec
-        self.graph: nx.MultiDiGraph = build_graph(spec) if graph is None else graph
+        self._graph: nx.MultiDiGraph | None = build_graph(spec) if graph is None else graph
+        self._edges: dict[str, Any] | None = None  # the edge form, derived from the graph when first needed
         if graph is None:
-            check_invariants(self.graph, spec)
-        g = self.graph
-        self._index_nodes()
+            check_invariants(self._graph, spec)
+        g = self._graph
+        self._index_nodes(g.nodes(data=True))
         inj: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         ej: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         up: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
@@ -130,13 +138,28 @@ class Fabric:
             self._class[plane] = {ep: ids.setdefault(tuple(sorted(w)), len(ids)) for ep, w in wiring[plane].items()}
         self._memos()
 
-    def _index_nodes(self) -> None:
-        """The per-element indexes (node of each element, insertion order, dies and CPUs) from the graph."""
-        g = self.graph
-        self._node_of: dict[str, int | None] = {n: a.get("node") for n, a in g.nodes(data=True)}
-        self._order = {n: i for i, n in enumerate(g.nodes)}
+    @property
+    def graph(self) -> nx.MultiDiGraph:
+        """The frozen networkx graph (dies, CPUs, switches; links with plane, bandwidth_gbps, latency_us); a fabric
+        read from the cache rebuilds it from its edge form on first use."""
+        if self._graph is None:
+            self._graph = _graph_of(self._edges)
+        return self._graph
+
+    def _edge_form(self) -> dict[str, Any]:
+        """The graph as columns (see _edge_form_of); a built fabric derives it on first use."""
+        if self._edges is None:
+            self._edges = _edge_form_of(self._graph)
+        return self._edges
+
+    def _index_nodes(self, nodes: Iterable[tuple[str, dict]]) -> None:
+        """The per-element indexes (node of each element, insertion order, dies and CPUs) from the graph's nodes
+        and their attributes, in graph order."""
+        nodes = list(nodes)
+        self._node_of: dict[str, int | None] = {n: a.get("node") for n, a in nodes}
+        self._order = {n: i for i, (n, _) in enumerate(nodes)}
         dies, cpus = [], []
-        for n, a in g.nodes(data=True):
+        for n, a in nodes:
             if a["kind"] == "die":
                 dies.append(DieRef(n, a["node"], a["device"], a["die"], a["index"]))
             elif a["kind"] == "cpu":
@@ -145,15 +168,15 @@ class Fabric:
         self._cpus = tuple(sorted(cpus, key=lambda c: (c.node, c.cpu)))
 
     def _memos(self) -> None:
-        self._views: dict[str, nx.MultiDiGraph] = {}
+        self._links: dict[str, tuple[dict, dict]] = {}  # per plane, for route searches (_plane_links)
         self._pairs: dict[tuple, tuple[float, bool]] = {}
         self._route = functools.lru_cache(maxsize=1 << 16)(self._compute_route)
 
     def __getstate__(self) -> dict:
-        """Pickled without its memos (the route cache, plane views, pair latencies): they refill on use."""
+        """Pickled without its memos (the route cache, plane links, pair latencies): they refill on use."""
         state = dict(self.__dict__)
         del state["_route"]
-        state["_views"], state["_pairs"] = {}, {}
+        state["_links"], state["_pairs"] = {}, {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -242,25 +265,25 @@ class Fabric:
         return self._route(a, b, plane)
 
     def _compute_route(self, a: str, b: str, plane: str) -> Route:
-        view = self._views.get(plane)
-        if view is None:
-            g = self.graph
-            view = self._views[plane] = nx.subgraph_view(g, filter_edge=lambda u, v, k: g[u][v][k]["plane"] == plane)
-        try:
-            path = nx.shortest_path(view, a, b)
-        except nx.NetworkXNoPath:
+        links = self._links.get(plane)
+        if links is None:
+            links = self._links[plane] = _plane_links(self._edge_form(), plane)
+        succ, pred = links
+        path = _shortest_path(succ, pred, self._order[a], self._order[b])
+        if path is None:
             planes = ", ".join(p for p in self.planes if self._inj.get(p, {}).get(a) and self._inj.get(p, {}).get(b))
             raise TopologyError(
                 f"Fabric {self.name}: no route from {a} to {b} on plane {plane}.",
                 key="plane",
                 fix=f"use a plane joining both ({planes or 'none does'})",
-            ) from None
+            )
         bottleneck, latency = math.inf, 0.0
         for u, v in zip(path, path[1:]):
-            best = max((d for d in self.graph[u][v].values() if d["plane"] == plane), key=lambda d: d["bandwidth_gbps"])
-            bottleneck = min(bottleneck, best["bandwidth_gbps"])
-            latency += best["latency_us"]
-        return Route(tuple(path), len(path) - 1, bottleneck, latency)
+            bw, lat = succ[u][v]
+            bottleneck = min(bottleneck, bw)
+            latency += lat
+        names = self._edge_form()["nodes"]
+        return Route(tuple(names[i] for i in path), len(path) - 1, bottleneck, latency)
 
     def _pair(self, a: str, b: str, plane: str) -> tuple[float, bool]:
         """(route latency, whether the route leaves a's node), cached per wiring-class pair."""
@@ -542,8 +565,8 @@ class _BadCache(Exception):
 
 def _read_cache(path: Path, spec: TopologySpec) -> Fabric | None:
     """The Fabric stored at `path`, or None (missing, torn, stale, malformed, or not to be trusted: see
-    cmtwin/cachefile.py). The file is JSON: the graph's nodes, adjacency in insertion order and the fabric's
-    aggregates."""
+    cmtwin/cachefile.py). The file is JSON: the fabric's edge form (the graph's nodes and edges as columns, in
+    graph order) and its aggregates."""
     data = read_json(path, "topology")
     if data is None:
         return None
@@ -553,17 +576,14 @@ def _read_cache(path: Path, spec: TopologySpec) -> Fabric | None:
         return None  # stale or malformed: rebuilt and rewritten
 
 
-def _to_cache(fabric: Fabric, key: str) -> dict:
-    """A JSON-able form of a built Fabric: enough to rebuild it exactly without building or checking the graph.
-
-    Edges are listed column by column in the graph's own order (each node's successors, then keys) and each
-    node's predecessor order is kept too, so the rebuilt adjacency iterates exactly like the built one (shortest
-    paths break ties the same way).
-    """
-    g = fabric.graph
+def _edge_form_of(g: nx.MultiDiGraph) -> dict[str, Any]:
+    """A graph as plain columns, enough to search its routes and to rebuild it exactly: the graph's attributes,
+    its nodes with theirs, and its edges column by column in the graph's own order (each node's successors, then
+    keys), with each node's predecessor order too, so that searches break ties between equally short paths as
+    they would on the graph, and the rebuilt graph iterates exactly like the built one."""
     nodes = list(g.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
-    planes = list(fabric.planes)
+    planes = sorted({p for _, _, p in g.edges(data="plane")})
     plane_pos = {p: i for i, p in enumerate(planes)}
     cols: dict[str, list] = {"u": [], "v": [], "k": [], "plane": [], "bw": [], "lat": []}
     for u, v, k, d in g.edges(keys=True, data=True):
@@ -574,7 +594,6 @@ def _to_cache(fabric: Fabric, key: str) -> dict:
         cols["bw"].append(float(d["bandwidth_gbps"]))
         cols["lat"].append(float(d["latency_us"]))
     return {
-        "format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key,
         "graph": dict(g.graph),
         "nodes": nodes,
         "attrs": [dict(a) for _, a in g.nodes(data=True)],
@@ -582,6 +601,99 @@ def _to_cache(fabric: Fabric, key: str) -> dict:
         "edges": cols,
         "pred": [pos[u] for v in nodes for u in g._pred[v]],
         "pred_count": [len(g._pred[v]) for v in nodes],
+    }
+
+
+def _graph_of(form: dict[str, Any]) -> nx.MultiDiGraph:
+    """The frozen graph an edge form describes (its adjacency in the same order as the graph it came from)."""
+    import networkx as nx
+
+    names, planes, cols = form["nodes"], form["planes"], form["edges"]
+    g = nx.MultiDiGraph(**form["graph"])
+    g.add_nodes_from(zip(names, form["attrs"]))
+    gsucc, gpred = g._succ, g._pred
+    for u, v, k, p, bw, lat in zip(cols["u"], cols["v"], cols["k"], cols["plane"], cols["bw"], cols["lat"]):
+        gsucc[names[u]].setdefault(names[v], {})[k] = {"plane": planes[p], "bandwidth_gbps": bw, "latency_us": lat}
+    at = 0
+    for v, c in zip(names, form["pred_count"]):
+        into = gpred[v]
+        for u in form["pred"][at:at + c]:
+            into[names[u]] = gsucc[names[u]][v]
+        at += c
+    return nx.freeze(g)
+
+
+def _plane_links(form: dict[str, Any], plane: str) -> tuple[dict[int, dict[int, tuple[float, float]]], dict[int, list[int]]]:
+    """The links of one plane of an edge form, by node index and in graph order: (successors, predecessors), the
+    successors of each node with the (bandwidth, latency) of its fastest link to each (the first of equals)."""
+    if plane not in form["planes"]:
+        return {}, {}
+    want, cols = form["planes"].index(plane), form["edges"]
+    succ: dict[int, dict[int, tuple[float, float]]] = {}
+    for u, v, p, bw, lat in zip(cols["u"], cols["v"], cols["plane"], cols["bw"], cols["lat"]):
+        if p != want:
+            continue
+        out = succ.get(u)
+        if out is None:
+            out = succ[u] = {}
+        best = out.get(v)
+        if best is None or bw > best[0]:
+            out[v] = (bw, lat)
+    pred: dict[int, list[int]] = {}
+    listed = iter(form["pred"])
+    for v, count in enumerate(form["pred_count"]):
+        into = [u for u in islice(listed, count) if v in succ.get(u, ())]
+        if into:
+            pred[v] = into
+    return succ, pred
+
+
+def _shortest_path(succ: dict[int, dict], pred: dict[int, list[int]], a: int, b: int) -> list[int] | None:
+    """A hop-count shortest path from a to b (None if there is none): networkx's bidirectional breadth-first
+    search (nx.shortest_path without weights), step for step, so that a tie between equally short paths is
+    broken as networkx breaks it on the graph (tests/test_topology_cache.py compares the two)."""
+    ahead, behind = {a: None}, {b: None}
+    forward, reverse = [a], [b]
+    meet = None
+    while forward and reverse and meet is None:
+        if len(forward) <= len(reverse):
+            level, forward = forward, []
+            meet = _grow(level, succ, ahead, behind, forward)
+        else:
+            level, reverse = reverse, []
+            meet = _grow(level, pred, behind, ahead, reverse)
+    if meet is None:
+        return None
+    path, w = [], meet
+    while w is not None:
+        path.append(w)
+        w = ahead[w]
+    path.reverse()
+    w = behind[path[-1]]
+    while w is not None:
+        path.append(w)
+        w = behind[w]
+    return path
+
+
+def _grow(level: list[int], links: dict, seen: dict, other: dict, fringe: list[int]) -> int | None:
+    """One level of one side of _shortest_path: the element where it meets the other side, or None."""
+    for v in level:
+        for w in links.get(v, ()):
+            if w not in seen:
+                fringe.append(w)
+                seen[w] = v
+            if w in other:
+                return w
+    return None
+
+
+def _to_cache(fabric: Fabric, key: str) -> dict:
+    """A JSON-able form of a built Fabric: its edge form and its aggregates, enough to answer every query without
+    building or checking the graph (and to rebuild the graph exactly when one is asked for)."""
+    return {
+        "format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key,
+        **fabric._edge_form(),
         "inj": fabric._inj, "ej": fabric._ej,
         "up": {p: [[n, bw] for n, bw in m.items()] for p, m in fabric._up.items()},
         "down": {p: [[n, bw] for n, bw in m.items()] for p, m in fabric._down.items()},
@@ -604,47 +716,34 @@ def _ints(xs: Any, below: int) -> list[int]:
 
 
 def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
-    """The Fabric that _to_cache described, checked field by field (_BadCache on anything unexpected)."""
+    """The Fabric that _to_cache described, checked field by field (_BadCache on anything unexpected): its edge
+    form must describe a graph (unique node names, unique edge keys, every predecessor listed once, exactly the
+    edges into each node), so that the graph rebuilt from it on demand is the one that was built."""
     _need(isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("version") == CACHE_VERSION
           and data.get("key") == key)
     names, attrs, planes, cols = data["nodes"], data["attrs"], data["planes"], data["edges"]
     _need(isinstance(names, list) and _types(names) <= {str} and isinstance(attrs, list)
           and len(attrs) == len(names) and _types(attrs) <= {dict}
-          and isinstance(planes, list) and _types(planes) <= {str}
+          and isinstance(planes, list) and _types(planes) <= {str} and len(set(planes)) == len(planes)
           and isinstance(cols, dict) and isinstance(data["graph"], dict))
     count = len(names)
+    _need(len(set(names)) == count)
     us, vs, ks = _ints(cols["u"], count), _ints(cols["v"], count), _ints(cols["k"], 1 << 30)
     ps, bws, lats = _ints(cols["plane"], len(planes)), cols["bw"], cols["lat"]
     _need(isinstance(bws, list) and isinstance(lats, list) and _types(bws) <= {float} and _types(lats) <= {float}
           and len(us) == len(vs) == len(ks) == len(ps) == len(bws) == len(lats))
+    _need(len(set(zip(us, vs, ks))) == len(us))
     pred, pred_count = _ints(data["pred"], count), _ints(data["pred_count"], count + 1)
     _need(len(pred_count) == count and sum(pred_count) == len(pred))
-    g = nx.MultiDiGraph(**data["graph"])
-    g.add_nodes_from(zip(names, attrs))
-    _need(g.number_of_nodes() == count)
-    gsucc, gpred = g._succ, g._pred
-    succ_of = [gsucc[n] for n in names]
-    datas = [{"plane": planes[p], "bandwidth_gbps": b, "latency_us": t} for p, b, t in zip(ps, bws, lats)]
-    for u, v, k, d in zip(us, vs, ks, datas):
-        out, vn = succ_of[u], names[v]
-        keyed = out.get(vn)
-        if keyed is None:
-            out[vn] = {k: d}
-        else:
-            keyed[k] = d
-    _need(sum(len(keyed) for out in succ_of for keyed in out.values()) == len(us))
-    at = 0
-    for v, c in zip(names, pred_count):
-        into = gpred[v]
-        for u in pred[at:at + c]:
-            un = names[u]
-            into[un] = gsucc[un][v]
-        at += c
-    _need(sum(len(out) for out in succ_of) == len(pred))
+    linked = set(zip(us, vs))
+    into = [v for v, c in enumerate(pred_count) for _ in range(c)]
+    _need(len(linked) == len(pred) and set(zip(pred, into)) == linked)
     fabric = Fabric.__new__(Fabric)
     fabric.spec = spec
-    fabric.graph = nx.freeze(g)
-    fabric._index_nodes()
+    fabric._graph = None
+    fabric._edges = {"graph": data["graph"], "nodes": names, "attrs": attrs, "planes": planes, "edges": cols,
+                     "pred": pred, "pred_count": pred_count}
+    fabric._index_nodes(zip(names, attrs))
     fabric.planes = tuple(planes)
 
     def table(m: Any, cast) -> dict:
@@ -678,13 +777,19 @@ def _disk_path(spec: TopologySpec) -> Path | None:
     """The on-disk cache entry of a validated topology's Fabric. Building the CloudMatrix384 graph (26,592
     directed links) and checking its invariants takes ~0.25-0.5 s, a sixth of `cmtwin plan`; reading the
     entry back takes a fraction of that. The key covers the validated spec, the code that builds the graph,
-    Python's and networkx's versions, so an edited topology or a changed cmtwin never reads a stale entry."""
+    Python's version and the networkx installed (found, not imported), so an edited topology or a changed
+    cmtwin never reads a stale entry."""
+    import importlib.util
+
     root = cache_dir()
     if root is None:
         return None
     from cmtwin.topology import graph, schema
 
-    h = hashlib.sha256(f"{sys.version} networkx {nx.__version__}\n{spec.model_dump_json()}".encode())
+    found = importlib.util.find_spec("networkx")
+    origin = Path(found.origin) if found is not None and found.origin else None
+    networkx = f"{origin} {origin.stat().st_mtime_ns}" if origin is not None and origin.exists() else None
+    h = hashlib.sha256(f"{sys.version} networkx {networkx}\n{spec.model_dump_json()}".encode())
     for module in (graph, schema, sys.modules[__name__]):
         h.update(Path(module.__file__).read_bytes())
     return root / "fabric" / f"{h.hexdigest()[:40]}.json"
@@ -713,6 +818,8 @@ def _without(fabric: Fabric, switches: tuple[str, ...], planes: tuple[str, ...],
     """The fabric without these switches, the switches of these sub-planes (a switch id's prefix, e.g. l2.p3
     for CloudMatrix384's L2 sub-plane 3) and these links (source-target, both directions); refused when a plane
     no longer joins every die (naming the cut)."""
+    import networkx as nx
+
     g = fabric.graph
     switch_ids = [n for n, a in g.nodes(data=True) if a["kind"] == "switch"]
     gone = set()

@@ -9,16 +9,21 @@ Node ids (stable, readable; the node number is zero-padded to at least two digit
   leaf3         switch 3 of fabric group "leaf" (one group, several switches)
   rdma          the only switch of fabric group "rdma"
 Every link is two directed edges with attrs plane, bandwidth_gbps (one way) and latency_us.
+
+networkx is imported by the functions that build or check a graph: a fabric read from the cache answers without
+it (cmtwin/topology/fabric.py), and `cmtwin plan` does not pay for its import.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from cmtwin.errors import TopologyError
 from cmtwin.topology.schema import D2D_PLANE, TopologySpec
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 ENDPOINT_KINDS = ("die", "cpu")
 """Node kinds that send and receive traffic; switches only forward."""
@@ -33,6 +38,8 @@ def node_label(node: int, nodes: int) -> str:
 
 def build_graph(spec: TopologySpec) -> nx.MultiDiGraph:
     """Expand the tiered spec into a frozen MultiDiGraph of dies, CPUs and switches (see the module doc)."""
+    import networkx as nx
+
     g = nx.MultiDiGraph(
         name=spec.name,
         nodes=spec.nodes,
@@ -209,6 +216,8 @@ def check_invariants(graph: nx.MultiDiGraph, spec: TopologySpec) -> None:
                 key="links",
                 fix="declare the element, or link an existing one",
             )
+    import networkx as nx
+
     loops = list(nx.selfloop_edges(graph))
     if loops:
         raise TopologyError(
