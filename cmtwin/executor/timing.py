@@ -145,6 +145,7 @@ class GraphClock:
         self.records: list[tuple[str, Timing]] = []
         self._stream = None
         self._pool = None
+        self._anchor = None
         self._capturing: str | None = None
 
     @contextlib.contextmanager
@@ -159,6 +160,17 @@ class GraphClock:
         outer = api.current_stream()
         try:
             with api.stream(self._stream):
+                # An empty graph holds the shared pool for the whole session: torch refuses to capture into a
+                # pool whose every graph was deleted (use count 0) while tensors allocated in it are alive,
+                # and each operator's graph is deleted once timed while its outputs live on.
+                self._anchor = api.CUDAGraph()
+                try:
+                    with _quiet_empty_graph():
+                        self._anchor.capture_begin(pool=self._pool)
+                        self._anchor.capture_end()
+                    self._anchor.replay()
+                except Exception as exc:  # noqa: BLE001 - no graph can be captured here at all
+                    raise CaptureFailed("an empty graph (the session's memory pool)", _first_line(exc)) from exc
                 yield self
         except BaseException:
             with contextlib.suppress(Exception):  # after a failed capture: do not mask the failure
@@ -169,7 +181,7 @@ class GraphClock:
             outer.wait_stream(self._stream)
             api.synchronize()
         finally:
-            self._stream = self._pool = None
+            self._stream = self._pool = self._anchor = None
             self._capturing = None
 
     @contextlib.contextmanager
@@ -213,7 +225,8 @@ class GraphClock:
             raise  # a bug, running out of memory or an interrupt is not a capture problem: it propagates
         self._capturing = None
         try:
-            g.capture_end()
+            with _quiet_empty_graph():  # a rank with no expert rows has an empty segment: fine, 0 us
+                g.capture_end()
         except Exception as exc:  # noqa: BLE001
             raise CaptureFailed(label, _first_line(exc)) from exc
         t = self.replay(g)
@@ -256,6 +269,16 @@ class GraphClock:
         return {"method": self.method, "warmup": self.warmup, "replays": self.replays, "graphs": len(self.records),
                 "spread_median": statistics.median(spreads) if spreads else None,
                 "spread_max": max(spreads) if spreads else None, "fallback": None}
+
+
+@contextlib.contextmanager
+def _quiet_empty_graph():
+    """torch warns at the end of a capture that recorded no kernel; here an empty graph is expected."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*CUDA Graph is empty.*")
+        yield
 
 
 def _capture_error(exc: BaseException) -> bool:
@@ -312,6 +335,17 @@ def fallback_clock(clock, exc: CaptureFailed):
 
 
 # ------------------------------------------------------------------------------------------- a fake device
+class GraphRecord:
+    """What FakeCuda remembers of one graph: capture index, cost per replay (us), replays, why it failed."""
+
+    def __init__(self):
+        self.index: int | None = None
+        self.cost = 0.0
+        self.replayed = 0
+        self.invalid: str | None = None
+        self.ended = False
+
+
 class FakeCuda:
     """A deterministic stand-in for the part of torch.cuda the GraphClock uses (CUDAGraph, Event, Stream,
     stream(), current_stream(), synchronize(), graph_pool_handle(), _sleep()).
@@ -320,8 +354,9 @@ class FakeCuda:
     next factor of ``jitter`` (cycled per graph), a spin by its cycles. It enforces the rules the real API
     has and the clock must follow: capture on a non-default stream, no nested capture, no host synchronise
     during capture (the capture is invalidated and capture_end fails, as on a GPU), timing events recorded
-    outside capture, and -- because on a GPU a captured body computes nothing until a replay -- a graph
-    replayed at least once before the next capture begins (``strict``). Tensors are those of the CPU: the
+    outside capture, no capture into a shared pool once every graph captured into it was deleted (torch
+    asserts), and -- because on a GPU a captured body computes nothing until a replay -- a graph replayed at
+    least once before the next capture begins (``strict``). Tensors are those of the CPU: the
     captured body really runs, so numerics stay checkable. ``fail_on``: capture indices whose capture fails
     (as an operator that cannot be captured makes it fail)."""
 
@@ -335,53 +370,67 @@ class FakeCuda:
         self.replays = 0
         self.spins = 0
         self.graphs: list = []
+        self.pools: dict = {}  # pool handle -> graphs alive that were captured into it
         self._default = self.Stream(default=True)
         self._current = self._default
         self._capturing = None
         fake = self
 
         class CUDAGraph:
+            """A graph; its record (capture index, cost, replays, failure) stays in fake.graphs after it is
+            deleted, so that deleting it is seen (the pool rule)."""
+
             def __init__(self):
-                self.index = None
-                self.cost = 0.0
-                self.replayed = 0
-                self.invalid = None
-                self.ended = False
+                self.rec = GraphRecord()
+                self.pool = None
 
             def capture_begin(self, pool=None):
                 if fake._capturing is not None:
                     raise RuntimeError("Cannot capture while another capture is underway")
                 if fake._current.default:
                     raise RuntimeError("CUDA graphs must be captured on a non-default stream.")
+                if pool is not None:
+                    if fake.pools.get(pool, None) == 0:  # torch: beginAllocateToPool asserts use_count > 0
+                        raise RuntimeError("INTERNAL ASSERT FAILED: it->second->use_count > 0 (every graph of "
+                                           "this memory pool was deleted)")
+                    fake.pools[pool] = fake.pools.get(pool, 0) + 1
+                    self.pool = pool
                 last = fake.graphs[-1] if fake.graphs else None
                 if fake.strict and last is not None and not last.invalid and not last.replayed:
                     raise AssertionError("fake: the previous graph was never replayed, so its outputs were "
                                          "never computed (a captured body computes nothing on a GPU)")
-                self.index = fake.captures
+                rec = self.rec
+                rec.index = fake.captures
                 fake.captures += 1
-                fake._capturing = self
-                fake.graphs.append(self)
-                if self.index in fake.fail_on:
-                    self.invalid = "an operation not permitted when stream is capturing"
+                fake._capturing = rec
+                fake.graphs.append(rec)
+                if rec.index in fake.fail_on:
+                    rec.invalid = "an operation not permitted when stream is capturing"
 
             def capture_end(self):
-                if fake._capturing is not self:
+                rec = self.rec
+                if fake._capturing is not rec:
                     raise RuntimeError("capture_end without capture_begin")
                 fake._capturing = None
-                self.ended = True
-                if self.invalid:
+                rec.ended = True
+                if rec.invalid:
                     raise RuntimeError(f"CUDA error: operation failed due to a previous error during capture "
-                                       f"({self.invalid})")
-                self.cost = float(fake.cost_us(self.index))
+                                       f"({rec.invalid})")
+                rec.cost = float(fake.cost_us(rec.index))
+
+            def __del__(self):
+                if self.pool is not None and fake.pools.get(self.pool):
+                    fake.pools[self.pool] -= 1
 
             def replay(self):
+                rec = self.rec
                 if fake._capturing is not None:
                     raise RuntimeError("cannot replay a graph during a capture")
-                if not self.ended or self.invalid:
+                if not rec.ended or rec.invalid:
                     raise RuntimeError("replay of a graph that was not captured")
-                j = fake.jitter[self.replayed % len(fake.jitter)] if fake.jitter else 1.0
-                fake.now_us += self.cost * j
-                self.replayed += 1
+                j = fake.jitter[rec.replayed % len(fake.jitter)] if fake.jitter else 1.0
+                fake.now_us += rec.cost * j
+                rec.replayed += 1
                 fake.replays += 1
 
         class Event:
@@ -435,7 +484,8 @@ class FakeCuda:
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
 
     def graph_pool_handle(self):
-        return ("fake-pool", id(self))
+        self._pools_made = getattr(self, "_pools_made", 0) + 1  # a new pool id per call, as torch's
+        return (0, self._pools_made)
 
     def _sleep(self, cycles: int):
         if self._capturing is not None:
