@@ -2,7 +2,7 @@
 twin's predictions with the executor's measurements, and store the result so machines without a GPU can test
 against it. Installs nothing and needs no network. Budget: under 5 minutes on one H100/H200.
 
-usage: python benchmarks/gpu_check.py [--deployment r1_h100_ep72] [--layers 2] [--ranks 4] [--scale 1.0]
+usage: python benchmarks/gpu_check.py [--deployment r1_h100_ep72] [--hardware h200_sxm] [--layers 2] [--ranks 4] [--scale 1.0]
                                       [--dtype bf16] [--prefill-tokens 4096] [--kv-len 128] [--out benchmarks/data]
                                       [--name NAME] [--ref JSON] [--allow-cpu]
 
@@ -11,7 +11,8 @@ Steps (each a `cmtwin` command, so the same code paths as a user's), in a scratc
      -> ./cmtwin_conf/hardware/local_cuda.yaml; on CUDA every operator is timed in CUDA graphs
      (executor.timing=auto), the grid includes the executed prefill chunk
   2. (optional, --ref) cmtwin calibrate --import <kernel timings>: leave-one-shape-out error of the import fit
-  3. cmtwin execute +deployment=... (same scale, dtype, tokens) executor.layers=L executor.ranks=R --compare
+  3. cmtwin execute +deployment=... [hardware=<this GPU's shipped profile>] (same scale, dtype, tokens)
+     executor.layers=L executor.ranks=R --compare
      --measurement FILE: per-operator CUDA graphs, then each rank's segments as graphs; predicted vs measured
      for the deployment's shipped profile and the freshly calibrated one
 Writes OUT/<name>_check.json (name: the GPU's, e.g. nvidia_h200): environment, commands, wall times, the
@@ -61,7 +62,10 @@ def git_commit() -> str | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--deployment", default="r1_h100_ep72")
+    ap.add_argument("--deployment", default="r1_h100_ep72",
+                    help="an EP deployment whose ranks hold few experts (EP72: 3-4 per rank), so 4 ranks fit a GPU")
+    ap.add_argument("--hardware", help="the shipped profile to compare with (default: h200_sxm on an H200, "
+                                       "h100_sxm on an H100, else the deployment's)")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--scale", default="1.0")
@@ -87,6 +91,7 @@ def main() -> int:
     print(f"device: {gpu}  torch {torch.__version__}  cuda {torch.version.cuda}")
     shape = [f"executor.scale={a.scale}", f"executor.dtype={a.dtype}", f"executor.prefill_tokens={a.prefill_tokens}",
              f"executor.kv_len={a.kv_len}"]
+    hardware = a.hardware or next((p for key, p in (("H200", "h200_sxm"), ("H100", "h100_sxm")) if key in gpu), None)
     record: dict = {
         "gpu": gpu, "device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git_commit(),
@@ -120,9 +125,10 @@ def main() -> int:
                 record["import"] = {"file": ref.name, "loso_median_abs_err": loso}
                 print(f"import {ref.name}: LOSO median |err| {loso:.1%} ({dt:.1f} s)")
         meas = work / "measurement.json"
-        cmd = ["execute", f"+deployment={a.deployment}", *shape, f"executor.layers={a.layers}",
+        cmd = ["execute", f"+deployment={a.deployment}", *([f"hardware={hardware}"] if hardware else []), *shape,
+               f"executor.layers={a.layers}",
                f"executor.ranks={a.ranks}", "--compare", "--measurement", str(meas), "--format", "json", "--no-record"]
-        rc, out, dt = sh(cmd, 240, work)
+        rc, out, dt = sh(cmd, max(60.0, 290.0 - (time.perf_counter() - t_all)), work)  # the 5-minute budget
         record["commands"].append("cmtwin " + " ".join(cmd[:-1]).replace(str(meas), "measurement.json"))
         record["wall_s"]["execute"] = round(dt, 1)
         if rc not in (0, 1) or not out.strip():
