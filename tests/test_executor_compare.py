@@ -159,6 +159,7 @@ def test_cli_execute_compare_prints_stores_and_writes_the_measurement(tmp_path, 
     assert m["phases"][0]["groups"] and m["phases"][0]["segments"]
     # --measurement without --compare is a usage error (exit 2), before anything runs
     assert main(["execute", "+deployment=r1_ep320", *TINY, "--measurement", "m.json", "--no-record"]) == 2
+    assert main(["execute", "+deployment=r1_ep320", *TINY, "executor.processes=2", "--compare", "--no-record"]) == 2
 
 
 def test_the_cpu_smoke_check_replays_on_this_machine():

@@ -39,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
 
         raise CmtwinError("--measurement writes what --compare compares; it needs --compare.", key="--measurement",
                           fix="add --compare")
+    if args.compare and spec.executor.processes > 1:
+        from cmtwin.errors import CmtwinError
+
+        raise CmtwinError(f"--compare re-predicts each rank's operators at the loads that rank saw, which the worker "
+                          f"processes of executor.processes={spec.executor.processes} do not hand back.",
+                          key="executor.processes", fix="run --compare with executor.processes=1")
     plan = compile_plan(spec)
     from cmtwin.executor import budget, timing
     from cmtwin.executor.api import execute, prediction_choice, profile_note
