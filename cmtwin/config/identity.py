@@ -7,6 +7,9 @@ import json
 from typing import Any
 
 _EXCLUDED = ("store", "deployment")  # where results go, and the name and description a plan goes by
+_MEASUREMENT_ONLY = ("timing", "replays", "graph_warmup")
+"""executor.* keys that choose how operators are timed (sync or CUDA graphs), not what the plan runs: a plan keeps
+its hash across timing methods and across the versions before they existed."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -14,7 +17,8 @@ def canonical_json(obj: Any) -> str:
 
 
 def spec_hash(spec) -> str:
-    """sha256 over the spec's JSON form, minus where results are stored, where a search runs (search.backend) and
+    """sha256 over the spec's JSON form, minus where results are stored, where a search runs (search.backend), how the executor times operators (executor.timing, replays,
+    graph_warmup) and
     the deployment's name and description, with each quantity in one spelling: the decode batch as requests per
     attention group (however given: per device, per group or as a concurrency), the KV cache's dtype as in effect,
     and the aggregated step budget as tokens per attention group (whichever engine scopes it). So the same plan has
@@ -39,4 +43,6 @@ def spec_hash(spec) -> str:
         data["serving"]["max_batched_tokens"] = None
     data["serving"]["engine"] = None
     data["search"].pop("backend", None)  # where the search runs, not what it finds
+    for key in _MEASUREMENT_ONLY:  # how the executor times a run, not what runs
+        data["executor"].pop(key, None)
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]
