@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from cmtwin.config.base import Frozen
+from cmtwin.vec import vmin
 
 
 class MLA(Frozen):
@@ -166,5 +167,5 @@ class ModelSpec(Frozen):
         if not window:
             return kv_len
         s = self.attention.sliding_layers
-        capped = min(kv_len, 2 * window if prefill else window)
+        capped = vmin(kv_len, 2 * window if prefill else window)
         return ((self.layers - s) * kv_len + s * capped) / self.layers

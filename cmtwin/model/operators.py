@@ -7,16 +7,18 @@ two never disagree. Shapes follow the reference implementations: MLA in absorbed
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
+from functools import lru_cache, reduce
 
 from cmtwin.model.arch import GQA, MLA, ModelSpec
 from cmtwin.model.precision import BYTES, Precision
+from cmtwin.vec import vmax, vround
 
 
 @dataclass(frozen=True)
 class Op:
-    """One operator at one shape. Times come from the twin; this only counts work and bytes."""
+    """One operator at one shape. Times come from the twin; this only counts work and bytes. The counts may be
+    numpy arrays, one shape per element (the twin steps a vector of batch sizes in one pass)."""
 
     name: str
     cls: str  # gemm | grouped_gemm | attention_decode | attention_prefill | norm | elementwise | router
@@ -42,9 +44,9 @@ def gemm(name: str, tokens: int, k: int, n: int, dtype: str, *, out_dtype: str =
         cls=cls,
         flops=2.0 * groups * tokens * k * n,
         weight_bytes=float(groups * k * n * wb),
-        act_bytes=float(groups * tokens * (k * wb + n * BYTES[out_dtype])),
+        act_bytes=1.0 * groups * tokens * (k * wb + n * BYTES[out_dtype]),
         dtype=dtype,
-        tokens=max(1, tokens),
+        tokens=vmax(1, tokens),
     )
 
 
@@ -129,13 +131,14 @@ def attention_ops(model: ModelSpec, p: Precision, *, tokens: int, requests: int,
     form: "absorbed" (MLA decode: weight absorption, queries over the latent) or "mha" (prefill: per-head K/V).
     head_share: fraction of the heads on this rank (tensor-parallel attention), for the per-head operators.
     """
-    return list(_attention_ops(model, p, tokens, requests, kv_len, form, head_share, causal_prefill))
+    try:
+        return list(_attention_ops_memo(model, p, tokens, requests, kv_len, form, head_share, causal_prefill))
+    except TypeError:  # counts given as arrays (a vector step): built once per step, not memoised
+        return _attention_ops(model, p, tokens, requests, kv_len, form, head_share, causal_prefill)
 
 
-@functools.lru_cache(maxsize=4096)
-def _attention_ops(model: ModelSpec, p: Precision, tokens: int, requests: int, kv_len: float, form: str,
-                   head_share: float, causal_prefill: bool) -> tuple[Op, ...]:
-    # memoised: a search builds the same attention blocks ~120,000 times (45 us each)
+def _attention_ops(model: ModelSpec, p: Precision, tokens, requests, kv_len, form: str, head_share: float,
+                   causal_prefill: bool) -> list[Op]:
     att = model.attention
     h = model.hidden
     g = p.gemm
@@ -184,7 +187,13 @@ def _attention_ops(model: ModelSpec, p: Precision, tokens: int, requests: int, k
             ops.append(Op("gqa_attention", "attention_prefill", 2.0 * heads * pairs * 2 * d, 0.0,
                           2.0 * tokens * (heads + 2 * kvh) * d * 2, 0.0, p.attention, tokens, kv_len))
         ops.append(gemm("o_proj", tokens, heads * d, h, g))
-    return tuple(ops)
+    return ops
+
+
+@lru_cache(maxsize=4096)
+def _attention_ops_memo(*args) -> tuple[Op, ...]:
+    # memoised for one shape: the simulator's tables and the SLO search build the same blocks many times
+    return tuple(_attention_ops(*args))
 
 
 def dense_mlp_ops(model: ModelSpec, p: Precision, *, tokens: int, share: float = 1.0) -> list[Op]:
@@ -220,12 +229,12 @@ def expert_ops(model: ModelSpec, p: Precision, *, tokens_per_expert: list[float]
     g = len(tokens_per_expert) if experts_read is None else experts_read
     t = sum(tokens_per_expert)
     wb, ab = p.expert_weight_bytes, BYTES[p.gemm]  # weights (maybe weight-only quantized), activations
-    busiest = max(tokens_per_expert) if tokens_per_expert else 0
-    up = Op(f"{name}_gate_up", "grouped_gemm", 2.0 * t * h * 2 * i, float(g * h * 2 * i * wb),
-            t * (h * ab + 2 * i * 2.0), 0.0, p.gemm, max(1, round(busiest)))
-    act = Op(f"{name}_act", "elementwise", 4.0 * t * i, 0.0, 2.0 * 3 * t * i, tokens=max(1, round(t)))
-    down = Op(f"{name}_down", "grouped_gemm", 2.0 * t * i * h, float(g * i * h * wb), t * (i * ab + h * 2.0), 0.0,
-              p.gemm, max(1, round(busiest)))
+    busiest = reduce(vmax, tokens_per_expert) if tokens_per_expert else 0
+    up = Op(f"{name}_gate_up", "grouped_gemm", 2.0 * t * h * 2 * i, g * h * 2 * i * wb * 1.0,
+            t * (h * ab + 2 * i * 2.0), 0.0, p.gemm, vmax(1, vround(busiest)))
+    act = Op(f"{name}_act", "elementwise", 4.0 * t * i, 0.0, 2.0 * 3 * t * i, tokens=vmax(1, vround(t)))
+    down = Op(f"{name}_down", "grouped_gemm", 2.0 * t * i * h, g * i * h * wb * 1.0, t * (i * ab + h * 2.0), 0.0,
+              p.gemm, vmax(1, vround(busiest)))
     return [up, act, down]
 
 

@@ -6,9 +6,9 @@ a prefill configuration's TTFT and tokens/s per device only on its instance (dev
 forward, MTP, precision). The layout of an instance is its attention TP degree, its MoE split (moe_tp x ep) and
 its pipeline stages (pp); every structural combination is validated by the Spec's own cross-checks
 (`layout_errors`) and compiled once by the planner (placement, memory), so an invalid or infeasible one is
-pruned by the same code `cmtwin plan` runs. The batch and the microbatching then vary on the same compiled plan
-through `decode_step(batch_per_die=, microbatches=)`, with batches that cannot hold their KV pruned before any
-twin call. A disaggregated candidate is `decode_instances` decode instances plus as many prefill instances (same
+pruned by the same code `cmtwin plan` runs. The batch and the microbatching then vary on the same compiled plan:
+the batches that can hold their KV are stepped together, one `decode_steps(batch_per_die=[...], microbatches=)`
+pass per microbatch count (one numpy pass of the twin's decode step over the vector of batches). A disaggregated candidate is `decode_instances` decode instances plus as many prefill instances (same
 precision and MTP) as the rest of the budget holds; an aggregated one is as many replicas of one pool (prefill
 chunks mixed into its decode steps) as the budget holds. Their system figures follow from the pools' rates:
 
@@ -338,8 +338,10 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
     devices, modes = args
     from cmtwin.planner.plan import compile_plan
     from cmtwin.topology.fabric import fabric_for
-    from cmtwin.twin.agg import agg_prefill
-    from cmtwin.twin.step import decode_step
+    import numpy as np
+
+    from cmtwin.twin.agg import agg_prefill, budget_error, budget_left
+    from cmtwin.twin.step import decode_steps
 
     spec = _SPEC
     s = spec.search
@@ -381,31 +383,43 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
                 continue
             mem = plan.pools_of("decode")[0].memory
             groups = devices * dies // (lay["tp"] * lay["pp"])
-            for b, m in product(fits, mbs):
-                r = decode_step(v, plan, hw, fabric, batch_per_die=b / lay["tp"], microbatches=m)
-                tally.calls += 1
-                failed = None
+            b_die = np.array(fits) / lay["tp"]  # requests per die
+            for m in mbs:  # every batch that fits in one pass of the twin
+                r = decode_steps(v, plan, hw, fabric, batch_per_die=b_die, microbatches=m)
+                tally.calls += len(fits)
+                failed = [None] * len(fits)
                 if s.require_failures:  # one group down: its requests spread over the others, whose KV must fit
-                    b_f = -(-b * groups // (groups - 1)) if groups > 1 else None
-                    fits_kv = b_f is not None and mem.kv_cache * b_f / b <= mem.capacity - mem.fixed
-                    failed = (decode_step(v, plan, hw, fabric, batch_per_die=b_f / lay["tp"], microbatches=m).tpot_ms
-                              if fits_kv else float("inf"))
-                ttft, tps = None, r.tokens_per_s_per_device
-                if mode == "agg":
-                    try:
-                        a = agg_prefill(v, plan, hw, fabric, batch_per_die=b / lay["tp"], decode_step_us=r.step_us,
-                                        tokens_per_step=r.tokens_per_step, verify_tokens=r.verify_tokens, microbatches=m)
-                    except CmtwinError as exc:  # the decodes fill the step budget
-                        tally.prune(1, exc)
-                        continue
-                    ttft, tps = a.ttft_ms, a.tokens_per_s_per_device
-                out.append(DecodeEval(mode=mode, devices=devices, tp=lay["tp"], moe_tp=lay["moe_tp"], ep=lay["ep"],
-                                      pp=lay["pp"], redundant=lay["redundant_experts"],
-                                      dedicated=lay["dedicated_shared_ranks"], batch_per_group=b, microbatches=m,
-                                      mtp=k, precision=prec, tpot_ms=r.tpot_ms,
-                                      tokens_per_s_per_device=tps,
-                                      tokens_per_step=r.tokens_per_step, ttft_ms=ttft, chunk_tokens=r.chunk_tokens,
-                                      dies_per_device=dies, tpot_failed_ms=failed))
+                    b_f = [-(-b * groups // (groups - 1)) if groups > 1 else None for b in fits]
+                    up = [i for i, (b, bf) in enumerate(zip(fits, b_f))
+                          if bf is not None and mem.kv_cache * bf / b <= mem.capacity - mem.fixed]
+                    failed = [float("inf")] * len(fits)
+                    if up:
+                        t = decode_steps(v, plan, hw, fabric, batch_per_die=np.array([b_f[i] for i in up]) / lay["tp"],
+                                         microbatches=m).tpot_ms
+                        for i, x in zip(up, t.tolist()):
+                            failed[i] = x
+                ttft, tps = [None] * len(fits), r.tokens_per_s_per_device.tolist()
+                kept = list(range(len(fits)))
+                if mode == "agg":  # batches whose decodes fill the step budget are pruned
+                    left = budget_left(v, b_die, r.verify_tokens)
+                    kept = [i for i in kept if left[i] >= 1]
+                    for i in sorted(set(range(len(fits))) - set(kept)):
+                        tally.prune(1, budget_error(v, b_die[i].item(), r.verify_tokens))
+                    if kept:
+                        a = agg_prefill(v, plan, hw, fabric, batch_per_die=b_die[kept], decode_step_us=r.step_us[kept],
+                                        tokens_per_step=r.tokens_per_step, verify_tokens=r.verify_tokens,
+                                        microbatches=m)
+                        for i, t, x in zip(kept, a.ttft_ms.tolist(), a.tokens_per_s_per_device.tolist()):
+                            ttft[i], tps[i] = t, x
+                tpot, chunk = r.tpot_ms.tolist(), r.chunk_tokens.tolist()
+                for i in kept:
+                    out.append(DecodeEval(mode=mode, devices=devices, tp=lay["tp"], moe_tp=lay["moe_tp"], ep=lay["ep"],
+                                          pp=lay["pp"], redundant=lay["redundant_experts"],
+                                          dedicated=lay["dedicated_shared_ranks"], batch_per_group=fits[i],
+                                          microbatches=m, mtp=k, precision=prec, tpot_ms=tpot[i],
+                                          tokens_per_s_per_device=tps[i], tokens_per_step=r.tokens_per_step,
+                                          ttft_ms=ttft[i], chunk_tokens=chunk[i], dies_per_device=dies,
+                                          tpot_failed_ms=failed[i]))
     return out, tally
 
 

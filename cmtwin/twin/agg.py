@@ -31,8 +31,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from cmtwin.config.budget import Budget, token_budget
 from cmtwin.errors import PlanError
+from cmtwin.vec import vceil, vmax, vmin, where
 
 @dataclass(frozen=True)
 class AggPrefill:
@@ -47,49 +50,66 @@ class AggPrefill:
     tokens_per_s_per_device: float  # output tokens of the closed loop: lambda x output_len, per device
 
 
-def agg_prefill(spec, plan, hw, fabric, *, batch_per_die: float, decode_step_us: float, tokens_per_step: float,
+def budget_left(spec, batch_per_die, verify_tokens: float):
+    """Tokens per attention group the step budget leaves for prefill after the decode tokens (a number, or an
+    array of them for an array of batches)."""
+    return token_budget(spec).per_group - vceil(batch_per_die * spec.decode.tp * verify_tokens)
+
+
+def budget_error(spec, batch_per_die: float, verify_tokens: float) -> PlanError:
+    """The error of a batch whose decodes fill the step budget (budget_left < 1)."""
+    budget = token_budget(spec)
+    g = batch_per_die * spec.decode.tp
+    key = "serving.max_batched_tokens"
+    need = math.ceil(g * verify_tokens)
+    flag = need + 1 if budget.per_group == budget.flag else (need + 1) * spec.decode_groups
+    return PlanError(
+        f"aggregated serving: the step budget of {budget.per_group} tokens per attention group ({budget.label}) "
+        f"is taken by the decodes ({g:g} requests x {verify_tokens:g} tokens), leaving none for prefill.",
+        key=key, fix=f"set {key} to {flag:,} or more (the engine flag's value), or lower the batch")
+
+
+def agg_prefill(spec, plan, hw, fabric, *, batch_per_die, decode_step_us, tokens_per_step: float,
                 verify_tokens: float, microbatches: int | None = None) -> AggPrefill:
-    """TTFT of aggregated serving at `batch_per_die` (see the module docstring)."""
-    from cmtwin.twin.step import decode_step
+    """TTFT of aggregated serving at `batch_per_die` (see the module docstring). batch_per_die and decode_step_us
+    may be arrays (one element per batch, every figure then an array); PlanError when a batch leaves no budget."""
+    from cmtwin.twin.step import decode_step, decode_steps
 
     tp = spec.decode.tp
     g = batch_per_die * tp
     budget = token_budget(spec)
-    avail = budget.per_group - math.ceil(g * verify_tokens)
-    if avail < 1:
-        key = "serving.max_batched_tokens"
-        need = math.ceil(g * verify_tokens)
-        flag = need + 1 if budget.per_group == budget.flag else (need + 1) * spec.decode_groups
-        raise PlanError(
-            f"aggregated serving: the step budget of {budget.per_group} tokens per attention group ({budget.label}) "
-            f"is taken by the decodes ({g:g} requests x {verify_tokens:g} tokens), leaving none for prefill.",
-            key=key, fix=f"set {key} to {flag:,} or more (the engine flag's value), or lower the batch")
+    avail = budget_left(spec, batch_per_die, verify_tokens)
+    if np.any(avail < 1):
+        raise budget_error(spec, np.asarray(batch_per_die).reshape(-1)[np.argmax(np.asarray(avail).reshape(-1) < 1)]
+                           .item(), verify_tokens)
     w = spec.workload
-    n = math.ceil(w.prompt_len / avail)
-    own = min(w.prompt_len, avail)  # a prompt's chunk: the whole budget, or the whole prompt when it is shorter
+    n = vceil(w.prompt_len / avail)
+    own = vmin(w.prompt_len, avail)  # a prompt's chunk: the whole budget, or the whole prompt when it is shorter
 
-    def step_with(chunk: float) -> float:
+    def step_with(chunk):
+        if isinstance(batch_per_die, np.ndarray):
+            return decode_steps(spec, plan, hw, fabric, batch_per_die=batch_per_die, chunk_tokens=chunk / tp,
+                                microbatches=microbatches).step_us
         return decode_step(spec, plan, hw, fabric, batch_per_die=batch_per_die, chunk_tokens=chunk / tp,
                            microbatches=microbatches).step_us
 
     full = step_with(own)
-    hold = w.prompt_len / avail * (full if own == avail else step_with(avail))  # its share of full-budget steps
+    short = own != avail  # the prompt is shorter than the budget: a full-budget step is another step
+    hold = w.prompt_len / avail * (where(short, step_with(avail), full) if np.any(short) else full)
     decode_us = max(0, w.output_len - 1) / tokens_per_step * decode_step_us
 
-    def wait(lam: float) -> float:
+    def wait(lam):
         rho = lam * hold
-        q = math.inf if rho >= 1 else rho * hold / (2 * (1 - rho))
-        return min(q, max(0.0, g - 1) * hold)
+        q = where(rho >= 1, math.inf, rho * hold / (2 * where(rho >= 1, 1.0, 1 - rho)))
+        return vmin(q, vmax(0.0, g - 1) * hold)
 
     # closed loop: lambda = g / (wait + n full steps + decode); lambda x (wait + ...) rises with lambda
-    lo, hi = 0.0, g / (n * full + decode_us)
+    lo, hi = 0.0 * g, g / (n * full + decode_us)
     for _ in range(60):
         mid = (lo + hi) / 2
-        if mid * (wait(mid) + n * full + decode_us) < g:
-            lo = mid
-        else:
-            hi = mid
+        below = mid * (wait(mid) + n * full + decode_us) < g
+        lo, hi = where(below, mid, lo), where(below, hi, mid)
     q = wait(lo)
     return AggPrefill(budget=budget, chunk_tokens=own, chunks_per_prompt=n, chunk_step_us=full,
-                      wait_ms=q / 1e3, ttft_ms=(q + n * full) / 1e3, budget_utilisation=min(1.0, lo * hold),
+                      wait_ms=q / 1e3, ttft_ms=(q + n * full) / 1e3, budget_utilisation=vmin(1.0, lo * hold),
                       tokens_per_s_per_device=lo * 1e6 * w.output_len / tp * spec.hardware.dies)

@@ -16,6 +16,10 @@ Layouts: attention TP in its Megatron form (`tp_mode=allreduce`: every rank of a
 tokens on heads/tp, then an all-reduce; the dense MLP split likewise) or the staged SP-TP-SP form (prefill);
 MoE over EP ranks with dispatch/combine, MoE-TP slicing every expert's intermediate (pure MoE-TP, ep = 1,
 ends with an all-reduce instead of a combine).
+
+The counts a block is given (tokens, requests, context) may be numpy arrays, one element per batch of a vector
+step (cmtwin.twin.step.decode_steps): every time is then an array, element by element the time of that batch. The
+ledger (the per-operator breakdown) is filled only when the step is asked for it, for one batch.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from cmtwin.model.operators import (
 from cmtwin.twin import comm
 from cmtwin.twin import schedule as sched
 from cmtwin.twin.breakdown import Ledger
-from cmtwin.twin.cost import VECTOR_CLASSES, op_time
-from cmtwin.twin.load import critical_expert_ops, distinct_nodes_per_token, moe_load, routed_experts_read
+from cmtwin.twin.cost import VECTOR_CLASSES, OpTime, op_time
+from cmtwin.twin.load import distinct_nodes_per_token, expert_ranks_ops, moe_load, routed_experts_read
+from cmtwin.vec import every, item, vmax, vround, where
 
 Side = Literal["attention", "ffn"]
 Phases = list[tuple[str, float]]
@@ -65,12 +70,14 @@ class Shares:
 @dataclass
 class StepContext:
     """Everything a block needs: the spec's model and precision, the hardware, the fabric, the dies of the
-    instance, the layout, how the work is spread over the streams, and the ledger it records into."""
+    instance, the layout, how the work is spread over the streams, and the ledger it records into (None: the
+    step's figures only)."""
 
     spec: object
     hw: object
     fabric: object
-    ledger: Ledger
+    phase: str  # decode | prefill
+    ledger: Ledger | None
     pool: object  # the plan's pool (layout, placement)
     die_ids: tuple[str, ...]  # the instance's dies, in rank order
     microbatches: int
@@ -109,12 +116,18 @@ class StepContext:
     def label(self, role: str, tag: str | None) -> str:
         return tag or self.labels[role]
 
+    def add(self, stream: str, operator: str, us, bound: str, calls: int = 1) -> None:
+        """Record one row in the ledger, when the step keeps one (then for one batch: `us` is one number)."""
+        if self.ledger is not None:
+            self.ledger.add(stream, operator, item(us), bound, calls)
 
-def step_context(spec, plan, hw, fabric, *, phase: str, microbatches: int, die_ids) -> StepContext:
+
+def step_context(spec, plan, hw, fabric, *, phase: str, microbatches: int, die_ids,
+                 ledger: bool = True) -> StepContext:
     """The context of one phase's step. Two microbatches overlap where the profile says how
     (`microbatching`): in decode with `split_cores` the attention and MoE sides get the profile's core shares;
     otherwise computation is one stream and communication the other (on the 910C's prefill the communication
-    runs on the vector cores, `prefill_comm_on_vector_cores`)."""
+    runs on the vector cores, `prefill_comm_on_vector_cores`). ledger: keep the per-operator breakdown."""
     mb = hw.microbatching
     overlap = microbatches >= 2 and mb is not None
     split = overlap and phase == "decode" and mb.mode == "split_cores" and bool(mb.attention and mb.moe)
@@ -134,8 +147,8 @@ def step_context(spec, plan, hw, fabric, *, phase: str, microbatches: int, die_i
         labels = {"attention": "attention", "ffn": "moe", "comm_attention": comm_a, "comm_ffn": comm_f}
     else:
         labels = {"attention": "compute", "ffn": "compute", "comm_attention": "comm", "comm_ffn": "comm"}
-    return StepContext(spec, hw, fabric, Ledger(phase), plan.pools_of(phase)[0], tuple(die_ids), microbatches,
-                       overlap, split, contend, shares, labels)
+    return StepContext(spec, hw, fabric, phase, Ledger(phase) if ledger else None, plan.pools_of(phase)[0],
+                       tuple(die_ids), microbatches, overlap, split, contend, shares, labels)
 
 
 # --- operators and collectives as phases ------------------------------------------------------------------
@@ -146,30 +159,34 @@ def _core_shares(ctx: StepContext, side: Side) -> tuple[float, float]:
     return (sh.attn_cube, sh.attn_vec) if side == "attention" else (sh.ffn_cube, sh.ffn_vec)
 
 
-def compute(ctx: StepContext, ops: list[Op], side: Side, calls: int, tag: str | None = None) -> Phases:
-    """Operators on one side's cores, in order, each recorded `calls` times."""
+def op_times(ctx: StepContext, ops: list[Op], side: Side) -> list[OpTime]:
+    """The operators' times on one side's cores."""
     cube, vec = _core_shares(ctx, side)
+    return [op_time(op, ctx.hw, cube_share=cube, vector_share=vec) for op in ops]
+
+
+def timed(ctx: StepContext, times: list[OpTime], side: Side, calls: int, tag: str | None = None) -> Phases:
+    """Timed operators of one side, in order, as phases, each recorded `calls` times."""
     stream = sched.COMM if ctx.split and side == "ffn" else sched.COMPUTE
     name = ctx.label(side, tag)
     out = []
-    for op in ops:
-        t = op_time(op, ctx.hw, cube_share=cube, vector_share=vec)
-        ctx.ledger.add(name, op.name, t.us * calls, t.bound, calls)
-        out.append((sched.VECTOR if ctx.vector_contend and op.cls in VECTOR_CLASSES else stream, t.us))
+    for t in times:
+        if ctx.ledger is not None:
+            ctx.add(name, t.name, t.us * calls, t.bound, calls)
+        out.append((sched.VECTOR if ctx.vector_contend and t.cls in VECTOR_CLASSES else stream, t.us))
     return out
 
 
-def ops_us(ctx: StepContext, ops: list[Op], side: Side) -> float:
-    """The operators' time on one side's cores, not recorded."""
-    cube, vec = _core_shares(ctx, side)
-    return sum(op_time(op, ctx.hw, cube_share=cube, vector_share=vec).us for op in ops)
+def compute(ctx: StepContext, ops: list[Op], side: Side, calls: int, tag: str | None = None) -> Phases:
+    """Operators on one side's cores, in order, each recorded `calls` times."""
+    return timed(ctx, op_times(ctx, ops, side), side, calls, tag)
 
 
 def collective(ctx: StepContext, c, side: Side, calls: int, tag: str | None = None) -> Phases:
     """A collective after one side's work: on the communication stream, or in line on the compute stream (that
     side's cores when split; in prefill, the collectives the profile runs inside their stage)."""
-    inline = ctx.overlap and ctx.ledger.phase == "prefill" and c.name in ctx.hw.microbatching.prefill_inline_comm
-    ctx.ledger.add("compute" if inline else ctx.label(f"comm_{side}", tag), c.name, c.us * calls, "comm", calls)
+    inline = ctx.overlap and ctx.phase == "prefill" and c.name in ctx.hw.microbatching.prefill_inline_comm
+    ctx.add("compute" if inline else ctx.label(f"comm_{side}", tag), c.name, c.us * calls, "comm", calls)
     return [(sched.COMPUTE if inline or (ctx.split and side == "attention") else sched.COMM, c.us)]
 
 
@@ -184,9 +201,9 @@ def attention(ctx: StepContext, *, tokens: float, requests: float, kv_len: int, 
     if ctx.tp > 1 and not ctx.megatron:
         return _staged_attention(ctx, tokens=tokens, requests=requests, kv_len=kv_len, calls=calls, tag=tag)
     g = ctx.tp  # Megatron: every rank of the group holds the group's tokens
-    ops = attention_ops(ctx.model, ctx.prec, tokens=max(1, round(tokens * g)), requests=requests * g, kv_len=kv_len,
-                        form=form, head_share=1 / g)
-    if chunk > 0:
+    ops = attention_ops(ctx.model, ctx.prec, tokens=vmax(1, vround(tokens * g)), requests=requests * g,
+                        kv_len=kv_len, form=form, head_share=1 / g)
+    if every(chunk > 0):
         ops = _with_prefill_chunk(ctx, ops, tokens=tokens * g, requests=requests * g, kv_len=kv_len,
                                   chunk=chunk * g)
     phases = compute(ctx, ops, "attention", calls, tag)
@@ -202,10 +219,10 @@ def _with_prefill_chunk(ctx: StepContext, ops: list[Op], *, tokens: float, reque
     """An aggregated step's attention: the projections over decode and chunk tokens together, the absorbed
     core over the decode tokens' KV, and the chunk's MHA-form attention over its prompt."""
     model, prec, prompt = ctx.model, ctx.prec, ctx.spec.workload.prompt_len
-    c = max(1, round(chunk))
-    both = attention_ops(model, prec, tokens=max(1, round(tokens)) + c, requests=requests, kv_len=kv_len,
+    c = vmax(1, vround(chunk))
+    both = attention_ops(model, prec, tokens=vmax(1, vround(tokens)) + c, requests=requests, kv_len=kv_len,
                          form="absorbed", head_share=1 / ctx.tp)
-    prefill = attention_ops(model, prec, tokens=c, requests=max(1.0, c / prompt), kv_len=prompt, form="mha",
+    prefill = attention_ops(model, prec, tokens=c, requests=vmax(1.0, c / prompt), kv_len=prompt, form="mha",
                             head_share=1 / ctx.tp)
     return ([o for o in both if o.name not in _ABSORBED_CORE] + [o for o in ops if o.name in _ABSORBED_CORE]
             + [o for o in prefill if o.name in _CHUNK_OPS])
@@ -216,7 +233,7 @@ def _staged_attention(ctx: StepContext, *, tokens: float, requests: float, kv_le
     """SP-TP-SP: down projections on the die's own tokens, all-gather of the latents over the TP group, up
     projections and attention for the group's tokens on heads/tp, all-to-all of the head outputs, o_proj."""
     model, prec, tp = ctx.model, ctx.prec, ctx.tp
-    t = max(1, round(tokens))
+    t = vmax(1, vround(tokens))
     own = attention_ops(model, prec, tokens=t, requests=requests, kv_len=kv_len, form="mha")
     group = attention_ops(model, prec, tokens=t * tp, requests=requests * tp, kv_len=kv_len, form="mha",
                           head_share=1 / tp)
@@ -237,9 +254,10 @@ def dense_mlp(ctx: StepContext, *, tokens: float, ffn_tokens: float, calls: int,
     """A dense SwiGLU MLP: split over the TP group with an all-reduce under Megatron TP, else on the die's
     own tokens. ffn_tokens: the tokens that reach the MLP (a routing policy may send fewer)."""
     if not ctx.megatron:
-        return compute(ctx, dense_mlp_ops(ctx.model, ctx.prec, tokens=max(1, round(ffn_tokens))), "ffn", calls, tag)
+        return compute(ctx, dense_mlp_ops(ctx.model, ctx.prec, tokens=vmax(1, vround(ffn_tokens))), "ffn",
+                       calls, tag)
     g = ctx.tp
-    ops = dense_mlp_ops(ctx.model, ctx.prec, tokens=max(1, round(ffn_tokens * g)), share=1 / g)
+    ops = dense_mlp_ops(ctx.model, ctx.prec, tokens=vmax(1, vround(ffn_tokens * g)), share=1 / g)
     c = comm.all_reduce(ctx.hw, ctx.fabric, ctx.die_ids[:g], nbytes=tokens * g * ctx.model.hidden * ctx.act_bytes,
                         name="tp_all_reduce")
     return compute(ctx, ops, "ffn", calls, tag) + collective(ctx, c, "ffn", calls, tag)
@@ -255,11 +273,11 @@ def moe(ctx: StepContext, *, tokens: float, ffn_tokens: float, calls: int, tag: 
     copies (cmtwin.twin.load)."""
     lay, spec = ctx.layout, ctx.spec
     load = moe_load(spec, ctx.pool.placement, tokens_per_rank=ffn_tokens, noise=spec.placement.balance == "default")
-    if not ctx.ledger.experts[1]:  # the main model's layers come first (the MTP module's run fewer tokens)
-        ctx.ledger.experts = routed_experts_read(load)
-    gate = compute(ctx, router_ops(ctx.model, ctx.prec, tokens=max(1, round(tokens))), "ffn", calls, tag)
-    experts = compute(ctx, critical_expert_ops(spec, load, ctx.pool.placement, lay.moe_tp,
-                                               lambda ops: ops_us(ctx, ops, "ffn")), "ffn", calls, tag)
+    if ctx.ledger is not None and not ctx.ledger.experts[1]:  # the main model's layers come first (the MTP
+        read, slots = routed_experts_read(load)  # module's run fewer tokens)
+        ctx.ledger.experts = (item(read), slots)
+    gate = compute(ctx, router_ops(ctx.model, ctx.prec, tokens=vmax(1, vround(tokens))), "ffn", calls, tag)
+    experts = _critical_experts(ctx, load, calls, tag)
     stage = ctx.die_ids[:lay.stage_ranks]
     replicated = ctx.megatron and ctx.tp >= lay.stage_ranks  # every rank of the MoE group holds every token
     if replicated or (lay.moe_tp > 1 and lay.ep == 1):
@@ -275,12 +293,27 @@ def moe(ctx: StepContext, *, tokens: float, ffn_tokens: float, calls: int, tag: 
             + collective(ctx, moved["combine"], "ffn", calls, tag))
 
 
+def _critical_experts(ctx: StepContext, load, calls: int, tag: str | None) -> Phases:
+    """The experts of the critical rank: a routed rank's, or, with dedicated shared-expert ranks, those of whichever
+    rank kind (routed, shared) is slower, batch by batch."""
+    kinds = [op_times(ctx, ops, "ffn") for ops in expert_ranks_ops(ctx.spec, load, ctx.pool.placement,
+                                                                    ctx.layout.moe_tp)]
+    if len(kinds) == 1:
+        return timed(ctx, kinds[0], "ffn", calls, tag)
+    routed, shared = kinds
+    slower = sum(t.us for t in routed) >= sum(t.us for t in shared)
+    if ctx.ledger is not None or len(routed) != len(shared):
+        return timed(ctx, routed if every(slower) else shared, "ffn", calls, tag)
+    return [(st, where(slower, r, s)) for (st, r), (_, s) in zip(timed(ctx, routed, "ffn", calls, tag),
+                                                                 timed(ctx, shared, "ffn", calls, tag))]
+
+
 def _dispatch_combine(ctx: StepContext, stage, kind: str, load, ffn_tokens: float):
     """Prefill on a profile with a node-forwarding kernel (DeepEP's normal kernels): one copy per remote node,
     forwarded inside the node; otherwise (decode's low-latency kernels, the 910C's) one copy per destination rank."""
     msg = ctx.prec.message_bytes(kind, ctx.model.hidden)
     lay = ctx.layout
-    if ctx.ledger.phase == "prefill" and comm.has_node_forwarding(ctx.hw, kind):
+    if ctx.phase == "prefill" and comm.has_node_forwarding(ctx.hw, kind):
         nodes = comm.group_shape(ctx.fabric, stage).nodes
         remote = distinct_nodes_per_token(ctx.model.moe, nodes) * (1 - 1 / nodes)
         return comm.dispatch_combine_forwarded(ctx.hw, ctx.fabric, stage, kind=kind, tokens=ffn_tokens * lay.moe_tp,
@@ -308,7 +341,7 @@ def layers(ctx: StepContext, groups: list[tuple[int, Phases]]) -> float:
         return sum(n * m * sum(us for _, us in ph) for n, ph in groups)
     step = sched.layers_time(groups, m)
     busy = sum(n * m * sum(us for st, us in ph if st != sched.COMM) for n, ph in groups)
-    ctx.ledger.add("overlap", "exposed_moe" if ctx.split else "exposed_comm", step - busy, "comm", 1)
+    ctx.add("overlap", "exposed_moe" if ctx.split else "exposed_comm", step - busy, "comm", 1)
     return step
 
 
@@ -328,7 +361,7 @@ def mtp_pass(ctx: StepContext, *, tokens: float, requests: float, kv_len: int, f
                tag="mtp")
     t += sched.layers_time([(1, ph)], ctx.microbatches) if ctx.overlap else ctx.microbatches * sum(
         us for _, us in ph)
-    if head_tokens:
+    if every(head_tokens > 0):
         t += head(ctx, tokens=head_tokens, vocab_share=vocab_share, stream="mtp")
     return t
 
@@ -353,7 +386,8 @@ def _record(ctx: StepContext, ops: list[Op], stream: str) -> Phases:
     out = []
     for op in ops:
         t = op_time(op, ctx.hw)
-        ctx.ledger.add(stream, op.name, t.us, t.bound, 1)
+        if ctx.ledger is not None:
+            ctx.add(stream, op.name, t.us, t.bound, 1)
         out.append((sched.COMPUTE, t.us))
     return out
 
@@ -367,10 +401,10 @@ def pipeline(ctx: StepContext, *, nbytes: float, forward_us: float = 0.0) -> tup
     if pp <= 1:
         return 0.0, 0.0
     c = pipeline_send(ctx, nbytes=nbytes)
-    ctx.ledger.add("pipeline", c.name, (pp - 1) * c.us, "comm", pp - 1)
+    ctx.add("pipeline", c.name, (pp - 1) * c.us, "comm", pp - 1)
     bubble = forward_us * (pp - 1) / ctx.microbatches
-    if bubble:
-        ctx.ledger.add("pipeline", "pp_bubble", bubble, "compute", 1)
+    if forward_us:  # prefill's forward (one number)
+        ctx.add("pipeline", "pp_bubble", bubble, "compute", 1)
     return (pp - 1) * c.us, bubble
 
 
@@ -379,7 +413,8 @@ def policy_operators(ctx: StepContext, extra_ops) -> float:
     total = 0.0
     for stream, op, calls in extra_ops:
         t = op_time(op, ctx.hw)
-        ctx.ledger.add(stream, op.name, calls * t.us, t.bound, calls)
+        if ctx.ledger is not None:
+            ctx.add(stream, op.name, calls * t.us, t.bound, calls)
         total += calls * t.us
     return total
 

@@ -18,8 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
+import numpy as np
+
 from cmtwin.errors import ConfigError
 from cmtwin.twin.hardware import HardwareProfile
+from cmtwin.vec import every, vmax
 
 
 @dataclass(frozen=True)
@@ -148,21 +151,23 @@ def _refuse_foreign_keys(hw: HardwareProfile, fabric, kind: str, entry: dict, pl
     )
 
 
-def _spread_time(hw: HardwareProfile, g: GroupShape, kind: str, send_bytes: float) -> tuple[float, str]:
-    """Seconds x 1e6 for a rank to send send_bytes spread evenly over the group (itself included)."""
-    if g.size <= 1 or send_bytes <= 0:
+def _spread_time(hw: HardwareProfile, g: GroupShape, kind: str, send_bytes) -> tuple[float, str]:
+    """Seconds x 1e6 for a rank to send send_bytes (a number, or an array of them) spread evenly over the group
+    (itself included), and the plane that bounds it (of an array: the scale-up plane where it bounds them all)."""
+    if g.size <= 1 or not every(send_bytes > 0):
         return 0.0, "local"
+    remote = g.size - 1 - g.same_node  # peers on other nodes
     intra_b = send_bytes * g.same_node / g.size
-    inter_b = send_bytes * (g.size - 1 - g.same_node) / g.size
+    inter_b = send_bytes * remote / g.size
     pi, po = g.planes.intra, g.planes.inter
     if pi == po:  # one plane (UB): all of it through the rank's links, the off-node part also through the node's
         eff = _eff(hw, g.fabric, kind, pi)  # uplinks, shared by the group's ranks there (binding only when a
         t = (intra_b + inter_b) / (g.intra_gbps / 8 * 1e9 * eff)  # switch or sub-plane failed: CM384 is non-blocking)
-        t_up = inter_b / (g.inter_gbps / 8 * 1e9 * eff) if inter_b and g.inter_gbps else 0.0
-        return max(t, t_up) * 1e6, pi
-    t_in = intra_b / (g.intra_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, pi)) * 1e6 if intra_b else 0.0
-    t_out = inter_b / (g.inter_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, po)) * 1e6 if inter_b else 0.0
-    return (t_in, pi) if t_in >= t_out else (t_out, po)
+        t_up = inter_b / (g.inter_gbps / 8 * 1e9 * eff) if remote and g.inter_gbps else 0.0
+        return vmax(t, t_up) * 1e6, pi
+    t_in = intra_b / (g.intra_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, pi)) * 1e6 if g.same_node else 0.0
+    t_out = inter_b / (g.inter_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, po)) * 1e6 if remote else 0.0
+    return vmax(t_in, t_out), pi if np.all(t_in >= t_out) else po
 
 
 def _latency(g: GroupShape) -> float:
@@ -178,7 +183,7 @@ def dispatch_combine(hw: HardwareProfile, fabric, die_ids, *, kind: str, send_co
     plus the kernel's fixed cost and the farthest peer's latency.
     """
     g = group_shape(fabric, die_ids)
-    vol = max(send_copies, recv_copies) * msg_bytes
+    vol = vmax(send_copies, recv_copies) * msg_bytes
     t, plane = _spread_time(hw, g, kind, vol)
     return CommTime(kind, t + _fixed(hw, kind, g) + _latency(g), vol, f"comm:{plane}")
 

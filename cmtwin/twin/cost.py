@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from cmtwin.model.operators import Op
 from cmtwin.twin.hardware import Curve, Efficiency, HardwareProfile, Sourced
+from cmtwin.vec import vmax
 
 # Operator classes whose efficiency entry falls back to another one.
 _FALLBACK = {
@@ -28,23 +31,51 @@ VECTOR_CLASSES = {"norm", "elementwise"}
 
 @dataclass(frozen=True)
 class OpTime:
-    """An operator's modelled time and what bounds it."""
+    """An operator's modelled time and what bounds it (numbers, or arrays over a vector of batch sizes)."""
 
     name: str
     cls: str
-    us: float
-    bound: str  # compute | memory
-    compute_us: float
-    memory_us: float
+    us: float | np.ndarray
+    compute_us: float | np.ndarray
+    memory_us: float | np.ndarray
     overhead_us: float
 
+    @property
+    def bound(self) -> str:
+        """compute | memory (of one shape: a step's breakdown is recorded for one batch)."""
+        return "compute" if self.compute_us >= self.memory_us else "memory"
 
-def _value(e: Sourced | Curve | None, op: Op, default: float) -> float:
+
+_CURVES: dict[int, tuple[Curve, dict]] = {}
+"""Per curve (held, so its id is not reused while the entry lives): x -> efficiency. A search reads the same few
+hundred coordinates thousands of times; Curve.at is read element by element so that a vector of shapes gives the
+very floats a single shape gives (numpy's log2 differs from math.log2 in the last bit for a few values)."""
+
+
+def _curve_at(c: Curve, x):
+    if np.ndim(x) == 0:
+        return c.at(x)
+    entry = _CURVES.get(id(c))
+    if entry is None or entry[0] is not c:
+        if len(_CURVES) >= 256:
+            _CURVES.clear()
+        entry = _CURVES[id(c)] = (c, {})
+    memo = entry[1]
+    out = []
+    for v in x.tolist():
+        e = memo.get(v)
+        if e is None:
+            e = memo[v] = c.at(v)
+        out.append(e)
+    return np.array(out)
+
+
+def _value(e: Sourced | Curve | None, op: Op, default: float):
     """A constant efficiency, or a curve read at the operator's coordinate (tokens, context length, bytes)."""
     if e is None:
         return default
     if isinstance(e, Curve):
-        return e.at({"tokens": op.tokens, "kv_len": op.kv_len, "bytes": op.bytes}[e.x])
+        return _curve_at(e, {"tokens": op.tokens, "kv_len": op.kv_len, "bytes": op.bytes}[e.x])
     return e.value
 
 
@@ -62,20 +93,24 @@ _UNKNOWN = Efficiency()  # no entry: peak fractions 1.0, the profile's launch ov
 
 
 _MEMO: dict[int, tuple[HardwareProfile, dict]] = {}
-"""Per profile (held, so its id is not reused while the entry lives): (op, shares) -> OpTime. Profiles are
-frozen; a search asks for the same few thousand operator shapes about 1.7 million times."""
+"""Per profile (held, so its id is not reused while the entry lives): (op, shares) -> OpTime of one shape. Profiles
+are frozen; the simulator's tables and the SLO search ask for the same operator shapes many times."""
 
 
 def op_time(op: Op, hw: HardwareProfile, *, cube_share: float = 1.0, vector_share: float = 1.0) -> OpTime:
-    """Time of one operator on this die (or its share of the cores)."""
+    """Time of one operator on this die (or its share of the cores). The operator's counts may be arrays (one
+    shape per batch size): the time is then an array, element by element the time of that shape."""
     entry = _MEMO.get(id(hw))
     if entry is None or entry[0] is not hw:
         if len(_MEMO) >= 64:
             _MEMO.clear()
         entry = _MEMO[id(hw)] = (hw, {})
     memo = entry[1]
-    key = (op, cube_share, vector_share)
-    t = memo.get(key)
+    try:
+        key = (op, cube_share, vector_share)
+        t = memo.get(key)
+    except TypeError:  # counts given as arrays (a vector step): computed once, not memoised
+        return _op_time(op, hw, cube_share, vector_share)
     if t is None:
         if len(memo) >= 100_000:
             memo.clear()
@@ -84,16 +119,21 @@ def op_time(op: Op, hw: HardwareProfile, *, cube_share: float = 1.0, vector_shar
 
 
 def _op_time(op: Op, hw: HardwareProfile, cube_share: float, vector_share: float) -> OpTime:
-    eff = efficiency(hw, op.cls, op.name)
-    vector = op.cls in VECTOR_CLASSES
+    eff, vector, bandwidth, peak, overhead = _constants(hw, op.cls, op.name, op.dtype)
     share = vector_share if vector else cube_share
-    bw = hw.die.memory_bandwidth_GB_per_s.value * 1e9 * _value(eff.memory, op, 1.0) * share
-    memory_us = op.bytes / bw * 1e6 if op.bytes else 0.0
-    if vector or op.flops == 0:
-        compute_us = 0.0
-    else:
-        peak = hw.peak_flops(op.dtype if hw.supports(op.dtype) else "bf16")
-        compute_us = op.flops / (peak * _value(eff.compute, op, 1.0) * share) * 1e6
-    overhead = eff.overhead_us.value if eff.overhead_us is not None else hw.launch_overhead_us.value
-    bound = "compute" if compute_us >= memory_us else "memory"
-    return OpTime(op.name, op.cls, max(compute_us, memory_us) + overhead, bound, compute_us, memory_us, overhead)
+    memory_us = op.bytes / (bandwidth * _value(eff.memory, op, 1.0) * share) * 1e6
+    compute_us = 0.0 if vector else op.flops / (peak * _value(eff.compute, op, 1.0) * share) * 1e6
+    return OpTime(op.name, op.cls, vmax(compute_us, memory_us) + overhead, compute_us, memory_us, overhead)
+
+
+def _constants(hw: HardwareProfile, cls: str, name: str, dtype: str) -> tuple:
+    """(efficiency entry, vector class, bandwidth in B/s, peak FLOP/s, fixed overhead) of an operator kind."""
+    memo = _MEMO[id(hw)][1]
+    key = ("constants", cls, name, dtype)
+    c = memo.get(key)
+    if c is None:
+        eff = efficiency(hw, cls, name)
+        peak = hw.peak_flops(dtype if hw.supports(dtype) else "bf16")
+        overhead = eff.overhead_us.value if eff.overhead_us is not None else hw.launch_overhead_us.value
+        c = memo[key] = (eff, cls in VECTOR_CLASSES, hw.die.memory_bandwidth_GB_per_s.value * 1e9, peak, overhead)
+    return c

@@ -22,9 +22,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
+from functools import reduce
 from statistics import NormalDist
 
+import numpy as np
+
 from cmtwin.model.operators import expert_ops
+from cmtwin.vec import vmax, vsqrt, where
 
 
 @cache
@@ -64,19 +68,21 @@ def busiest_rank_tokens(shares: list[float], total_copies: float, *, noise: bool
     probabilities `shares` (summing to 1). With noise, the spread of one iteration is added (normal approximation
     of the maximum over ranks): the multinomial draw of a finite batch and, with `fluctuation`, each of the rank's
     `slots` slots' load varying by that coefficient of variation, independently (a rank's sum varies by
-    fluctuation / sqrt(slots)). Without noise, the largest mean."""
-    if not shares or total_copies <= 0:
+    fluctuation / sqrt(slots)). Without noise, the largest mean. total_copies may be an array (one per batch)."""
+    if not shares:
         return 0.0
     distinct = set(shares)  # ranks with equal shares have equal figures (most do: replicas even the load out)
     if not noise:
-        return max(total_copies * s for s in distinct)
-    z = expected_max_normal(len(shares))
-    f2 = fluctuation * fluctuation / max(slots, 1)
+        most = reduce(vmax, [total_copies * s for s in distinct])
+    else:
+        z = expected_max_normal(len(shares))
+        f2 = fluctuation * fluctuation / max(slots, 1)
 
-    def busiest(mean: float, s: float) -> float:
-        return mean + z * math.sqrt(max(mean * (1 - s), 0.0) + f2 * mean * mean)
+        def busiest(mean, s: float):
+            return mean + z * vsqrt(vmax(mean * (1 - s), 0.0) + f2 * mean * mean)
 
-    return max(busiest(total_copies * s, s) for s in distinct)
+        most = reduce(vmax, [busiest(total_copies * s, s) for s in distinct])
+    return where(total_copies <= 0, 0.0, most)
 
 
 def distinct_ranks_per_token(k: int, experts: int, ranks: int) -> float:
@@ -143,7 +149,7 @@ def moe_load(spec, placement, *, tokens_per_rank: float, noise: bool) -> MoELoad
         shared_tokens = busiest_rank_tokens([1 / placement.dedicated_shared_ranks] * placement.dedicated_shared_ranks,
                                             total * moe.shared_experts, noise=noise)
         send = tokens_per_rank * (distinct + moe.shared_experts)
-        recv = max(busiest, shared_tokens)
+        recv = vmax(busiest, shared_tokens)
     else:
         shared_tokens = tokens_per_rank * moe.shared_experts  # colocated: own tokens, no dispatch
         send = tokens_per_rank * distinct
@@ -157,26 +163,28 @@ def routed_experts_read(load: MoELoad) -> tuple[float, int]:
     return experts_hit(slots, load.routed_tokens_busiest / slots, load.group_tokens), slots
 
 
-def critical_expert_ops(spec, load: MoELoad, placement, moe_tp: int, time_of) -> list:
-    """Expert operators of the critical rank of a MoE layer: a routed rank's experts (with the colocated shared
-    expert), or, with dedicated shared-expert ranks, whichever of the two rank kinds `time_of(ops)` finds slower.
-    Each rank holds 1/moe_tp of every expert's intermediate (MoE-TP)."""
+def expert_ranks_ops(spec, load: MoELoad, placement, moe_tp: int) -> list[list]:
+    """Expert operators of the ranks of a MoE layer whose slower one is critical: a routed rank's experts (with the
+    colocated shared expert), or, with dedicated shared-expert ranks, a routed rank's and a shared rank's. Each
+    rank holds 1/moe_tp of every expert's intermediate (MoE-TP)."""
     p, share = spec.prec, 1 / moe_tp
     read, slots = routed_experts_read(load)
     routed = expert_ops(spec.model, p, tokens_per_expert=[load.routed_tokens_busiest / slots] * slots, share=share,
                         experts_read=read)
     shared = (expert_ops(spec.model, p, tokens_per_expert=[load.shared_tokens], name="shared_expert", share=share)
               if spec.model.moe.shared_experts else [])
-    if not placement.dedicated_shared_ranks:
-        return routed + shared
-    return routed if time_of(routed) >= time_of(shared) else shared
+    return [routed, shared] if placement.dedicated_shared_ranks else [routed + shared]
 
 
 def experts_hit(slots: int, copies_per_slot: float, group_tokens: float) -> float:
     """Expected number of a rank's expert slots that receive at least one token (only their weights are read,
     rule 7): each of the group's tokens lands on a slot with probability copies_per_slot / group_tokens, so a
     slot stays idle with probability (1 - that)^group_tokens. At a few requests per TP group most experts are
-    idle (8 tokens x top-8 of 256: about 22 % hit); in prefill every slot is hit."""
+    idle (8 tokens x top-8 of 256: about 22 % hit); in prefill every slot is hit. Arrays (one figure per batch) are
+    taken element by element, in Python's float power (numpy's differs in the last bit for some)."""
+    if np.ndim(copies_per_slot) or np.ndim(group_tokens):
+        c, g = np.broadcast_arrays(copies_per_slot, group_tokens)
+        return np.array([experts_hit(slots, x, y) for x, y in zip(c.tolist(), g.tolist())])
     if group_tokens <= 0 or copies_per_slot <= 0:
         return 0.0
     q = min(1.0, copies_per_slot / group_tokens)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 from cmtwin.twin.breakdown import Ledger
 
 
@@ -23,6 +25,21 @@ class DecodeResult:
     streams: dict[str, float]  # per-step busy time per stream
     draft_tokens: int = 0  # MTP drafts per step actually run (the spec's, or a speculation policy's)
     verify_tokens: float = 1.0  # tokens per request the main model verifies per step
+
+
+@dataclass(frozen=True)
+class DecodeSteps:
+    """Decode steps of the plan's decode ranks at a vector of batches: arrays, one element per batch."""
+
+    step_us: np.ndarray
+    chunk_tokens: np.ndarray  # agg: prefill tokens per die mixed into the step (0 when disaggregated)
+    tpot_ms: np.ndarray
+    tokens_per_step: float
+    tokens_per_s_per_device: np.ndarray
+    batch_per_device: np.ndarray
+    kv_len: np.ndarray
+    draft_tokens: int
+    verify_tokens: float
 
 
 @dataclass(frozen=True)

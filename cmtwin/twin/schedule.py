@@ -12,9 +12,16 @@ computation, and a layer takes at least max(compute, comm) and at most their sum
 A VECTOR phase is computation that needs the cores the communication runs on (on the 910C the vector cores:
 norms, activations, top-k, while dispatch and combine run on the vector cores and DMA engines): it waits for
 both streams and holds both, so it neither overlaps the other microbatch's communication nor its cube work.
+
+A phase's time may be an array (one per batch of a vector step): the schedule is then run for every element at
+once; which phases exist and merge must be the same for all of them (cmtwin.twin.vec.Ragged otherwise).
 """
 
 from __future__ import annotations
+
+from functools import reduce
+
+from cmtwin.vec import every, vmax
 
 COMPUTE, COMM, VECTOR = "compute", "comm", "vector"
 
@@ -23,7 +30,7 @@ def merged(phases: list[tuple[str, float]]) -> list[tuple[str, float]]:
     """Adjacent phases on the same stream fused into one; zero-length phases dropped."""
     out: list[tuple[str, float]] = []
     for stream, us in phases:
-        if us <= 0:
+        if every(us <= 0):
             continue
         if out and out[-1][0] == stream:
             out[-1] = (stream, out[-1][1] + us)
@@ -41,11 +48,11 @@ def makespan(chain: list[list[tuple[str, float]]], microbatches: int) -> float:
         for stream, us in layer:
             held = (COMPUTE, COMM) if stream == VECTOR else (stream,)
             for mb in range(microbatches):
-                start = max(ready[mb], *(free[s] for s in held))
+                start = reduce(vmax, [free[s] for s in held], ready[mb])
                 ready[mb] = start + us
                 for s in held:
                     free[s] = ready[mb]
-    return max(ready)
+    return reduce(vmax, ready)
 
 
 def layers_time(groups: list[tuple[int, list[tuple[str, float]]]], microbatches: int, *, warm: int = 3) -> float:

@@ -14,6 +14,8 @@ bubble, and the prompt's KV transfer to its decode rank.
 
 from __future__ import annotations
 
+import numpy as np
+
 from cmtwin.twin.blocks import (
     head,
     kv_transfer,
@@ -25,13 +27,14 @@ from cmtwin.twin.blocks import (
     policy_operators,
     step_context,
 )
-from cmtwin.twin.results import DecodeResult, PrefillResult
+from cmtwin.twin.results import DecodeResult, DecodeSteps, PrefillResult
+from cmtwin.vec import Ragged, vmax, vmin, vround
 
 
-def agg_chunk_per_die(spec, batch_per_die: float) -> float:
+def agg_chunk_per_die(spec, batch_per_die):
     """Aggregated serving: prefill tokens a die mixes into the mean decode step, the steady-state need (every
     request brings prompt_len prefill tokens per output_len tokens it decodes), at most what the step budget leaves
-    after the decode tokens (cmtwin.twin.agg)."""
+    after the decode tokens (cmtwin.twin.agg). batch_per_die: a number or an array."""
     from cmtwin.config.budget import token_budget
 
     tps = spec.mtp.tokens_per_step if spec.mtp.draft_tokens else 1.0
@@ -39,29 +42,95 @@ def agg_chunk_per_die(spec, batch_per_die: float) -> float:
     tp = spec.decode.tp
     need = batch_per_die * tps * w.prompt_len / w.output_len
     room = (token_budget(spec).per_group - batch_per_die * tp * (1 + spec.mtp.draft_tokens)) / tp
-    return max(0.0, min(need, room))
+    return vmax(0.0, vmin(need, room))
+
+
+def decode_steps(spec, plan, hw, fabric, *, batch_per_die, kv_len=None, microbatches: int | None = None,
+                 chunk_tokens=None, effect=None) -> DecodeSteps:
+    """Decode steps of the plan's decode ranks at a vector of batches, in one pass of the same model as decode_step:
+    batch_per_die (requests per die: a TP group's requests / tp, so fractional below one per die) a sequence;
+    kv_len (mean context of the batch) and chunk_tokens (agg: prefill tokens per die in the step) numbers or
+    sequences of the same length, defaulting to the spec's; microbatches defaults to the spec's, capped by each
+    batch's whole requests per group. Every figure is an array, element by element decode_step's at that batch;
+    no breakdown is kept (the search needs the figures only)."""
+    eff, k, verify, kv, tps = _setup(spec, plan, hw, fabric, effect, kv_len)
+    b = np.asarray(batch_per_die, dtype=float).reshape(-1)
+    kv = np.broadcast_to(kv, b.shape)
+    chunk = np.broadcast_to(_chunk(spec, b, chunk_tokens), b.shape).astype(float)
+    # batches whose microbatch count (or whether a chunk rides along) differ run different blocks: stepped apart
+    kinds: dict[tuple[int, bool], list[int]] = {}
+    for i, (bi, ci) in enumerate(zip(b.tolist(), chunk.tolist())):
+        kinds.setdefault((_microbatches(spec, microbatches, bi), ci > 0), []).append(i)
+    step = np.empty(b.shape)
+    for (m, _), idx in kinds.items():
+        try:
+            step[idx] = _step_us(spec, plan, hw, fabric, eff, b[idx], kv[idx], chunk[idx], m, k, verify, False)[0]
+        except Ragged:  # a branch of the model splits these batches: one at a time
+            for i in idx:
+                step[i] = _step_us(spec, plan, hw, fabric, eff, b[i].item(), kv[i].item(), chunk[i].item(), m, k,
+                                   verify, False)[0]
+    return DecodeSteps(step_us=step, chunk_tokens=chunk, tpot_ms=step / tps / 1e3, tokens_per_step=tps,
+                       tokens_per_s_per_device=_tokens_per_s_per_device(spec, plan, b, tps, step),
+                       batch_per_device=b * spec.hardware.dies, kv_len=np.array(kv), draft_tokens=k,
+                       verify_tokens=verify)
 
 
 def decode_step(spec, plan, hw, fabric, *, batch_per_die: float | None = None, kv_len: int | None = None,
                 microbatches: int | None = None, chunk_tokens: float | None = None, effect=None) -> DecodeResult:
-    """One decode step of the plan's decode ranks. batch_per_die (requests per die: a TP group's requests / tp, so
-    fractional below one per die), kv_len (mean context of the batch) and microbatches default to the spec's; the
-    simulator and the SLO search pass their own. chunk_tokens: agg prefill tokens per die in the step."""
+    """One decode step of the plan's decode ranks, with its breakdown (the model of decode_steps, at one batch).
+    batch_per_die, kv_len and microbatches default to the spec's; the simulator and the SLO search pass their own.
+    chunk_tokens: agg prefill tokens per die in the step."""
+    eff, k, verify, kv, tps = _setup(spec, plan, hw, fabric, effect, kv_len)
+    b = batch_per_die if batch_per_die is not None else plan.pools_of("decode")[0].batch_per_die
+    chunk = _chunk(spec, b, chunk_tokens)
+    step, ledger = _step_us(spec, plan, hw, fabric, eff, b, kv, chunk, _microbatches(spec, microbatches, b), k,
+                            verify, True)
+    return DecodeResult(step_us=step, chunk_tokens=chunk, tpot_ms=step / tps / 1e3, tokens_per_step=tps,
+                        tokens_per_s_per_device=_tokens_per_s_per_device(spec, plan, b, tps, step),
+                        batch_per_device=b * spec.hardware.dies, kv_len=kv, ledger=ledger, streams=ledger.streams(),
+                        draft_tokens=k, verify_tokens=verify)
+
+
+def _setup(spec, plan, hw, fabric, effect, kv_len):
+    """(the policies' StepEffect, MTP drafts, tokens verified per request, context, tokens per step)."""
     from cmtwin.twin.effects import combined_effect
 
     eff = effect if effect is not None else combined_effect(spec, plan, hw, fabric)
-    model = spec.model
-    b = batch_per_die if batch_per_die is not None else plan.pools_of("decode")[0].batch_per_die
     k = spec.mtp.draft_tokens if eff.draft_tokens is None else eff.draft_tokens
-    m = max(1, min(microbatches or spec.decode.microbatches, round(b * spec.decode.tp)))  # whole requests per group
     verify = 1 + k if eff.verify_tokens is None else eff.verify_tokens
-    if chunk_tokens is None and spec.serving.mode == "agg":
-        chunk_tokens = agg_chunk_per_die(spec, b)
     kv = kv_len if kv_len is not None else spec.workload.decode_kv_len
-    kv = max(1, round(kv * eff.kv_len_scale)) if eff.kv_len_scale != 1.0 else kv
-    ctx = step_context(spec, plan, hw, fabric, phase="decode", microbatches=m, die_ids=plan.die_ids("decode"))
+    if eff.kv_len_scale != 1.0:
+        kv = vmax(1, vround(np.asarray(kv) * eff.kv_len_scale if np.ndim(kv) else kv * eff.kv_len_scale))
+    tps = (eff.tokens_per_step if eff.tokens_per_step is not None
+           else spec.mtp.tokens_per_step if k else 1.0) * eff.text_per_token
+    return eff, k, verify, kv, tps
+
+
+def _chunk(spec, b, chunk_tokens):
+    """Prefill tokens per die mixed into the step: as given, else (agg) the steady-state chunk, else none."""
+    if chunk_tokens is not None:
+        return chunk_tokens
+    return agg_chunk_per_die(spec, b) if spec.serving.mode == "agg" else 0.0
+
+
+def _microbatches(spec, microbatches: int | None, b: float) -> int:
+    """Microbatches of a step at b requests per die: at most the whole requests of an attention group."""
+    return max(1, min(microbatches or spec.decode.microbatches, round(b * spec.decode.tp)))
+
+
+def _tokens_per_s_per_device(spec, plan, b, tps: float, step_us):
+    alive = plan.pools_of("decode")[0].alive  # failures.policy=degrade: only the serving groups make tokens
+    return alive * spec.hardware.dies * b * tps / (step_us / 1e6)
+
+
+def _step_us(spec, plan, hw, fabric, eff, b, kv, chunk, m: int, k: int, verify: float, ledger: bool):
+    """(the step's time at b requests per die of context kv with chunk prefill tokens per die, in m microbatches,
+    and its ledger when kept): numbers, or arrays of one element per batch."""
+    model = spec.model
+    ctx = step_context(spec, plan, hw, fabric, phase="decode", microbatches=m, die_ids=plan.die_ids("decode"),
+                       ledger=ledger)
     tp = ctx.tp
-    mb = dict(tokens=b * verify / m, requests=b / m, kv_len=kv, form="absorbed", chunk=(chunk_tokens or 0) / m,
+    mb = dict(tokens=b * verify / m, requests=b / m, kv_len=kv, form="absorbed", chunk=chunk / m,
               ffn_scale=eff.ffn_scale)
     dense, moe_layers = layers_run(model, eff.layer_fraction)
     step = layers(ctx, [(n, layer(ctx, moe_layer=is_moe, calls=n, **mb))
@@ -72,14 +141,7 @@ def decode_step(spec, plan, hw, fabric, *, batch_per_die: float | None = None, k
         step += mtp_pass(ctx, tokens=b / m, requests=b / m, kv_len=kv, form="absorbed", input_tokens=b * tp,
                          head_tokens=b * tp, vocab_share=1 / tp)
     step += policy_operators(ctx, eff.extra_ops)
-    tps = (eff.tokens_per_step if eff.tokens_per_step is not None
-           else spec.mtp.tokens_per_step if k else 1.0) * eff.text_per_token
-    dpd = spec.hardware.dies
-    alive = plan.pools_of("decode")[0].alive  # failures.policy=degrade: only the serving groups make tokens
-    return DecodeResult(step_us=step, chunk_tokens=chunk_tokens or 0.0, tpot_ms=step / tps / 1e3,
-                        tokens_per_step=tps, tokens_per_s_per_device=alive * dpd * b * tps / (step / 1e6),
-                        batch_per_device=b * dpd, kv_len=kv, ledger=ctx.ledger, streams=ctx.ledger.streams(),
-                        draft_tokens=k, verify_tokens=verify)
+    return step, ctx.ledger
 
 
 def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None,
@@ -104,7 +166,7 @@ def prefill_forward(spec, plan, hw, fabric, *, tokens_per_die: int | None = None
     decode_dies = plan.die_ids("decode")
     kv_us = kv_transfer(spec, hw, fabric, dies[0], decode_dies[-1], prompt).us if decode_dies else 0.0
     if decode_dies:
-        ctx.ledger.add("kv_transfer", "kv_transfer", kv_us, "comm", 1)
+        ctx.add("kv_transfer", "kv_transfer", kv_us, "comm", 1)
     pools = plan.pools_of("prefill")
     alive = sum(p.alive for p in pools) / len(pools)  # failures.policy=degrade: instances with groups down
     return PrefillResult(step_us=step, tokens_per_die=tpd,
