@@ -219,10 +219,10 @@ class FcfsLruScheduler(_Base):
             self.cache.insert(r.prefix, min(nb, r.hit // bt), nb)
 
     def place(self, r, d):
-        need = self.own_kv(r)
-        counts, kvs = d.rank_count, d.rank_kv
-        rank = int(counts.argmin())  # the caller checked that d has a free slot
-        if kvs[rank] + need > d.kv_cap:
+        need = r.kv_need  # own_kv(r), set by enqueue
+        rank = d.least_busy()  # the caller checked that d has a free slot
+        if d.rank_kv[rank] + need > d.kv_cap:
+            counts, kvs = np.asarray(d.rank_count), np.asarray(d.rank_kv)
             ok = np.flatnonzero((counts < d.cap) & (kvs + need <= d.kv_cap))
             if len(ok) == 0:
                 return -1, 0
@@ -230,7 +230,7 @@ class FcfsLruScheduler(_Base):
         return rank, need
 
     def release(self, r, d) -> int:
-        return self.own_kv(r)
+        return r.kv_need
 
 
 # ---------------------------------------------------------------------------------------------- BatchLLM
@@ -380,7 +380,7 @@ class BatchLLMScheduler(_Base):
 
     def place(self, r, d):
         own = self.own_kv(r)
-        counts, kvs = d.rank_count, d.rank_kv
+        counts, kvs = np.asarray(d.rank_count), np.asarray(d.rank_kv)
         length = self.group_len[r.group] if r.group >= 0 else 0
         held = self.copies.get((d.index, r.group)) if length else None
         extra = np.full(d.ranks, length, dtype=np.int64)

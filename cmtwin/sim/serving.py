@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import heapq
 import math
+import statistics
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +67,7 @@ _SAMPLE = SampleTick()
 _STOP = Stop()
 _MARK = MeasureStart()
 _ARRIVED = attrgetter("t_arrival")
+_LOAD = attrgetter("load")
 
 
 class Request:
@@ -128,20 +131,25 @@ class PrefillInstance:
 class DecodeInstance:
     """One decode instance (with serving.mode=agg, one aggregated instance): DP ranks stepping in lockstep.
 
-    rank_count / rank_kv: requests and reserved KV tokens per rank (die); held / kv_sum their totals; waiting /
-    waiting_kv the requests routed here that hold no slot yet (KV in flight or landed, or, in agg, prompts queued).
+    rank_count / rank_kv: requests and reserved KV tokens per rank (die; lists, read one at a time); held / kv_sum
+    their totals; waiting / waiting_kv the requests routed here that hold no slot yet (KV in flight or landed, or,
+    in agg, prompts queued). The ranks are also kept by request count (`least_busy`, `busiest`), so neither the
+    placement of a request nor the step time scans them.
     """
 
     __slots__ = ("index", "devices", "ranks", "cap", "kv_cap", "rank_count", "rank_kv", "rank_dec",
                  "n_active", "sum_prompt", "sum_admit", "step", "buckets", "ready", "busy", "busy_acc", "since",
                  "wake_at", "batch_sum", "steps", "out_tokens", "queue", "prefilling", "step_chunk", "step_done",
-                 "held", "waiting", "waiting_kv", "kv_sum", "kv_sum_peak", "kv_die_peak")
+                 "held", "waiting", "waiting_kv", "kv_sum", "kv_sum_peak", "kv_die_peak", "levels", "low", "busiest")
     failed = False  # an instance never fails whole: its groups do (rank_kv of a failed group is FAILED_KV)
 
     def __init__(self, index: int, devices: int, ranks: int, cap: int, kv_cap: int):
         self.index, self.devices, self.ranks, self.cap, self.kv_cap = index, devices, ranks, cap, kv_cap
-        self.rank_count = np.zeros(ranks, dtype=np.int64)
-        self.rank_kv = np.zeros(ranks, dtype=np.int64)
+        self.rank_count = [0] * ranks
+        self.rank_kv = [0] * ranks
+        self.levels: list[list[int]] = [list(range(ranks))]  # levels[c]: the ranks holding c requests, in order
+        self.low = 0  # requests on the least busy rank
+        self.busiest = 0  # ... and on the busiest
         self.rank_dec = np.zeros(ranks, dtype=np.int64)  # agg: decoding requests per rank (slots minus prefill)
         self.n_active = 0  # decoding requests
         self.sum_prompt = 0
@@ -188,8 +196,8 @@ class DecodeInstance:
         self.waiting -= 1
         self.waiting_kv -= r.kv_need
         self.held += 1
-        self.rank_count[rank] += 1
-        kv = int(self.rank_kv[rank]) + added
+        self._count(rank, +1)
+        kv = self.rank_kv[rank] + added
         self.rank_kv[rank] = kv
         if kv > self.kv_die_peak:
             self.kv_die_peak = kv
@@ -200,9 +208,36 @@ class DecodeInstance:
 
     def leave(self, r: Request, freed: int) -> None:
         self.held -= 1
-        self.rank_count[r.rank] -= 1
+        self._count(r.rank, -1)
         self.rank_kv[r.rank] -= freed
         self.kv_sum -= freed
+
+    def least_busy(self) -> int:
+        """The rank holding the fewest requests (the first of equals, as numpy's argmin)."""
+        return self.levels[self.low][0]
+
+    def _count(self, rank: int, by: int) -> None:
+        """rank holds `by` (+1 or -1) more requests: it moves to its new level, and the least and most busy follow."""
+        levels = self.levels
+        c = self.rank_count[rank]
+        n = c + by
+        self.rank_count[rank] = n
+        here = levels[c]
+        del here[bisect_left(here, rank)]
+        if n == len(levels):
+            levels.append([rank])
+        else:
+            insort(levels[n], rank)
+        if by > 0:
+            if n > self.busiest:
+                self.busiest = n
+            if c == self.low and not here:
+                self.low = n
+        else:
+            if n < self.low:
+                self.low = n
+            if c == self.busiest and not here:
+                self.busiest = n
 
     def busy_total(self, now: float) -> float:
         return self.busy_acc + (now - self.since if self.busy else 0.0)
@@ -397,7 +432,10 @@ class Simulator:
         self.samples_taken = 0
         self._stalled = False  # a prefill instance waits for decode room (decode-aware admission)
         self._mark_start: dict | None = None
-        self._firsts: list[tuple[float, float]] = []  # (arrival, TTFT) of window arrivals once the first token is known
+        # arrival and TTFT of window arrivals once the first token is known (two lists of floats, not a tuple each:
+        # objects that live to the end would keep the garbage collector busy)
+        self._first_at: list[float] = []
+        self._first_ttft: list[float] = []
         self._series: list[tuple[float, int, int, float]] = []  # per sample: (t, waiting, decoding, output tokens)
 
     # ------------------------------------------------------------------ arrivals
@@ -423,30 +461,30 @@ class Simulator:
         would see at the arrival itself, with one exception made exact by the wake-up: a line that is idle starts
         work on its arrival, so while one is idle an `Arrival` event is pending at the next request's time, and a
         pull with an idle line holds the requests of one instant, `now`."""
-        t, prompt, output, prefix, plen = self._cols
-        i, n = self._ci, len(t)
-        rid = self.next_id
-        batch = []
+        batch: list[Request] = []
+        since = 0.0  # sum of their arrival times
         while True:
-            while i < n and t[i] <= now:
-                batch.append(Request(rid, t[i], prompt[i], output[i], prefix[i], plen[i]))
-                rid += 1
-                i += 1
-            if i < n or not self._load_chunk():
-                break
             t, prompt, output, prefix, plen = self._cols
-            i, n = 0, len(t)
-        self._ci = i
-        self.next_id = rid
-        self._next_t = nxt = t[i] if i < n else math.inf
+            i = self._ci
+            j = bisect_right(t, now, i)
+            if j > i:
+                rid = self.next_id
+                batch += map(Request, range(rid, rid + j - i), t[i:j], prompt[i:j], output[i:j], prefix[i:j],
+                             plen[i:j])
+                since += sum(t[i:j])
+                self.next_id = rid + j - i
+                self._ci = j
+            if j < len(t) or not self._load_chunk():
+                break
+        self._next_t = nxt = t[j] if j < len(t) else math.inf
         if batch:
-            self._arrive(batch, now)
+            self._arrive(batch, now, since)
         return nxt
 
-    def _arrive(self, batch: list[Request], now: float) -> None:
+    def _arrive(self, batch: list[Request], now: float, since: float) -> None:
         k = len(batch)
         self._area(now)
-        self.totals.in_system_area += k * now - sum(r.t_arrival for r in batch)  # in the system since they arrived
+        self.totals.in_system_area += k * now - since  # they have been in the system since they arrived
         self.in_system += k
         self.totals.arrived += k
         lines = self.lines
@@ -539,23 +577,28 @@ class Simulator:
         lanes = inst.lanes
         nl = len(lanes)
         ds = self.decoders
+        one = ds[0] if len(ds) == 1 else None
         T = self.totals
+        prefilled, transfer_us, first = self.sched.prefilled, self.ptable.kv_transfer_us, self._first
+        first_at, first_ttft, lo, hi = self._first_at, self._first_ttft, self.warmup, self.duration
         for k, r in enumerate(ev.done):
             T.prompt_tokens += r.prompt
             T.hit_tokens += r.hit
-            self.sched.prefilled(r, inst)
+            prefilled(r, inst)
             if r.output <= 1:  # the prefill's token is the whole answer
                 r.t_first = r.t_done = now
-                self._first(r)
-                self._complete(r, now)
+                first(r)
+                self._complete((r,), now)
                 continue
             lane = k % nl
             start = lanes[lane] if lanes[lane] > now else now
-            t = start + self.ptable.kv_transfer_us(r.prompt) / 1e6
+            t = start + transfer_us(r.prompt) / 1e6
             lanes[lane] = t
             r.t_first = t
-            self._first(r)
-            d = ds[0] if len(ds) == 1 else min(ds, key=lambda x: x.load)  # global scheduler: least loaded
+            if lo <= r.t_arrival <= hi:  # _first(r)
+                first_at.append(r.t_arrival)
+                first_ttft.append(t - r.t_arrival)
+            d = one or min(ds, key=_LOAD)  # global scheduler: least loaded
             d.wait(r)
             heapq.heappush(d.ready, (t, r.id, r))
             if not d.busy and t < d.wake_at:
@@ -667,7 +710,7 @@ class Simulator:
             if r.output <= 1:
                 self._release(d, r)
                 r.t_done = now
-                self._complete(r, now)
+                self._complete((r,), now)
                 continue
             d.rank_dec[r.rank] += 1
             self._decode(d, r)
@@ -701,7 +744,7 @@ class Simulator:
             self.totals.computed_tokens += chunk
             dt = self.dtable.step_us(max(int(d.rank_dec.max()), 1), kv, chunk / d.ranks / self.tp) / 1e6
         else:
-            dt = self.dtable.step_us(int(d.rank_count.max()), kv) / 1e6
+            dt = self.dtable.step_us(d.busiest, kv) / 1e6
         d.batch_sum += d.n_active
         self.env.schedule(now + dt, DecodeStepDone(d.index, d.step))
 
@@ -709,28 +752,36 @@ class Simulator:
         now = self.env.now
         d = self.decoders[ev.instance]
         k = ev.step
-        self.totals.decode_steps += 1
+        T = self.totals
+        T.decode_steps += 1
         d.steps += 1
-        emitted = d.n_active * self.tps
+        tps = self.tps
+        emitted = d.n_active * tps
         finished = d.buckets.pop(k, None)
         if finished:
-            self._area(now)
-            freed = 0
+            freed = prompts = admits = 0
+            release, leave = self.sched.release, d.leave
             for r in finished:
-                emitted -= (k - r.admit_step + 1) * self.tps - (r.output - 1)
-                freed += self._release(d, r)
-                if self.agg:
-                    d.rank_dec[r.rank] -= 1
-                d.n_active -= 1
-                d.sum_prompt -= r.prompt
-                d.sum_admit -= r.admit_step
+                emitted -= (k - r.admit_step + 1) * tps - (r.output - 1)
+                f = release(r, d)
+                leave(r, f)
+                freed += f
+                prompts += r.prompt
+                admits += r.admit_step
                 r.t_done = now
-                self._complete(r, now, area=False)
+            if self.agg:
+                for r in finished:
+                    d.rank_dec[r.rank] -= 1
+            T.kv_tokens -= freed
+            d.n_active -= len(finished)
+            d.sum_prompt -= prompts
+            d.sum_admit -= admits
+            self._complete(finished, now)
             decay = math.exp(-(now - self._rate_t) / COMPLETION_RATE_TAU_S)
             self._rate_t = now
             self.done_rate = self.done_rate * decay + len(finished) / COMPLETION_RATE_TAU_S
             self.done_kv_rate = self.done_kv_rate * decay + freed / COMPLETION_RATE_TAU_S
-        self.totals.output_tokens += emitted
+        T.output_tokens += emitted
         d.out_tokens += emitted
         d.step = k + 1
         if self.agg:
@@ -743,23 +794,26 @@ class Simulator:
     def _first(self, r: Request) -> None:
         """r's first token time is known: keep its TTFT for the steady-state check if it arrived in the window."""
         if self.warmup <= r.t_arrival <= self.duration:
-            self._firsts.append((r.t_arrival, r.t_first - r.t_arrival))
+            self._first_at.append(r.t_arrival)
+            self._first_ttft.append(r.t_first - r.t_arrival)
 
-    def _complete(self, r: Request, now: float, area: bool = True) -> None:
-        if area:
-            self._area(now)
-        self.in_system -= 1
+    def _complete(self, done, now: float) -> None:
+        """The requests `done` completed now: they leave the system; the latencies of those that arrived in the
+        measurement window are recorded."""
+        self._area(now)
+        self.in_system -= len(done)
         T = self.totals
-        T.completed += 1
+        T.completed += len(done)
         T.last_done = now
-        ttft = r.t_first - r.t_arrival
-        self._win_ttft.append(ttft)
-        if self.warmup <= r.t_arrival <= self.duration:
-            rec = self.rec
-            rec.ttft.append(ttft)
-            rec.e2e.append(r.t_done - r.t_arrival)
-            if r.output > 1:
-                rec.tpot.append((r.t_done - r.t_first) / (r.output - 1))
+        win, lo, hi, rec = self._win_ttft, self.warmup, self.duration, self.rec
+        for r in done:
+            ttft = r.t_first - r.t_arrival
+            win.append(ttft)
+            if lo <= r.t_arrival <= hi:
+                rec.ttft.append(ttft)
+                rec.e2e.append(r.t_done - r.t_arrival)
+                if r.output > 1:
+                    rec.tpot.append((r.t_done - r.t_first) / (r.output - 1))
 
     def census(self) -> dict[str, int]:
         """Where every request that arrived is now; the parts add up to `arrived`."""
@@ -810,7 +864,7 @@ class Simulator:
             (now, "decode.kv_tokens", float(T.kv_tokens)),
         ]
         if self._win_ttft:
-            rows.append((now, "ttft_ms.p50", 1e3 * float(np.median(self._win_ttft))))
+            rows.append((now, "ttft_ms.p50", 1e3 * statistics.median(self._win_ttft)))
             self._win_ttft = []
         self._last = S | {"arr": T.arrived}
         return rows
@@ -1050,7 +1104,7 @@ class Simulator:
             slo={"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
             warmup_s=self.warmup,
             load=load,
-            steady_state=steady_state(self._firsts, self._series, (self.warmup, self.duration), rate=self.rate,
+            steady_state=steady_state(zip(self._first_at, self._first_ttft), self._series, (self.warmup, self.duration), rate=self.rate,
                                       load=load, decode_devices=ddev, offline=self.offline),
         )
 

@@ -17,6 +17,7 @@ stationary state, however flat a short window looks.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), nd)
 
 
-def steady_state(firsts: list[tuple[float, float]], series: list[tuple[float, int, int, float]],
+def steady_state(firsts: Iterable[tuple[float, float]], series: list[tuple[float, int, int, float]],
                  window: tuple[float, float], *, rate: float, load: float | None,
                  decode_devices: int, offline: bool) -> dict:
     """The verdict and its figures. firsts: (arrival, TTFT s) of requests that arrived in the window; series:
