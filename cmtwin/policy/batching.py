@@ -4,9 +4,8 @@ A batching policy hands `cmtwin simulate` a `Scheduler` (`policy.scheduler(sim)`
 the simulator (cmtwin/sim/serving.py) asks every scheduling question:
 
 - `enqueue(batch, lines)`: requests that arrived -> the waiting lines (prefill instances, or aggregated
-  instances) and their order there; the simulator hands over the arrivals since its last call in one batch
-  (several instants, in arrival order), or, for a scheduler whose `instant_batches` is true, each instant's
-  arrivals as one batch;
+  instances) and their order there; each instant's arrivals come as one batch, or, for a scheduler whose
+  `bulk_arrivals` is true, the arrivals of several instants may come together, in arrival order;
 - `next_forward(line, budget)`: the tokens of the next prefill forward of an idle prefill instance (None: wait
   for decode room), with the prompt tokens each request reuses instead of computing;
 - `prefilled(r, line)`: a prompt's prefill ended (the LRU policy stores its prefix blocks in the EMS pool);
@@ -65,9 +64,12 @@ class Forward:
 class Scheduler(Protocol):
     """The simulator's scheduling hook (one object per simulation)."""
 
-    instant_batches: bool
-    """True: `enqueue` plans over a batch (BatchLLM's prefix tree), so each batch must be the requests of one instant;
-    False: it treats requests one by one, in order, so the arrivals of several instants may come in one batch."""
+    bulk_arrivals: bool
+    """True: `enqueue` treats requests one by one, in order, reading nothing but them and the lines' `load`, so the
+    simulator may hand over the arrivals of several instants together and take arrivals in only before events
+    that can change a line (not before the decode pool's steps in disaggregated serving). False: each instant's
+    arrivals come as one batch (BatchLLM plans over it), taken in before any later event (BatchLLM's KV estimate
+    reads the batch's requests still in decode)."""
 
     def enqueue(self, batch: list, lines: list) -> None:
         """Put requests that arrived (in arrival order) on the lines (`line.push(r)`), in the order they will be
@@ -136,7 +138,7 @@ def take_tokens(line, budget: int, reuse: Callable, fits: Callable | None = None
 class _Base:
     """What both schedulers share: the simulator they serve and the KV a request holds of its own."""
 
-    instant_batches = True
+    bulk_arrivals = False
 
     def __init__(self, sim):
         self.sim = sim
@@ -161,7 +163,7 @@ class _Base:
 class FcfsLruScheduler(_Base):
     """FCFS queues, LRU prefix blocks in EMS, whole-prompt KV per request on the least-busy decode die."""
 
-    instant_batches = False  # one request at a time
+    bulk_arrivals = True  # one request at a time, by the lines' queued tokens
 
     def __init__(self, sim):
         super().__init__(sim)

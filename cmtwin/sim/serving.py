@@ -411,6 +411,7 @@ class Simulator:
         env.on(PrefillDown, self._on_prefill_down)
         env.on(PrefillUp, self._on_prefill_up)
         self.sched = self.batching.scheduler(self)
+        self._bulk = getattr(self.sched, "bulk_arrivals", False)  # (a third-party scheduler may not say)
         self.failures_seen: list[tuple[float, str, int]] = []  # (t, die, requests re-queued)
         self._in_flight: dict[int, tuple] = {}  # prefill instance -> the requests its running forward completes
         self.totals = Totals()
@@ -490,7 +491,7 @@ class Simulator:
         lines = self.lines
         idle = [x for x in lines if not x.busy and not x.failed]
         before = [len(x.queue) for x in idle]
-        if self.sched.instant_batches and batch[0].t_arrival != batch[-1].t_arrival:
+        if not self._bulk and batch[0].t_arrival != batch[-1].t_arrival:
             for _, same in groupby(batch, key=_ARRIVED):
                 self.sched.enqueue(list(same), lines)
         else:
@@ -872,10 +873,12 @@ class Simulator:
     # ------------------------------------------------------------------ run
     def run(self) -> SimResult:
         env = self.env
-        # arrivals join the lines before any event at or after their time, except the decode pool's events in
-        # disaggregated serving: these neither change a prefill line nor read one, save to retry an idle one, and
-        # while a line is idle the arrivals are taken in at their own time anyway (the wake-up)
-        env.merge(self._pull, self._next_t, blind=() if self.agg else (DecodeStepDone, DecodeWake))
+        # arrivals join the lines before any event at or after their time, except, for a batching policy that routes
+        # them by the lines' queues alone (bulk_arrivals), the decode pool's events in disaggregated serving: these
+        # neither change a prefill line nor read one, save to retry an idle one, and while a line is idle the
+        # arrivals are taken in at their own time anyway (the wake-up)
+        blind = (DecodeStepDone, DecodeWake) if self._bulk and not self.agg else ()
+        env.merge(self._pull, self._next_t, blind=blind)
         self._arm()  # every line is idle
         env.schedule(min(self.interval, self.duration), _SAMPLE)
         env.schedule(self.warmup, _MARK)
