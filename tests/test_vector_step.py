@@ -22,8 +22,11 @@ def _setup(deployment: str, *overrides: str):
     return spec, compile_plan(spec), spec.hardware, fabric_for(spec)
 
 
+MIXED = np.array([1, 2, 2, 1, 2, 4, 1, 2])  # per batch, in one vector
+
+
 @pytest.mark.parametrize("deployment", DEPLOYMENTS)
-@pytest.mark.parametrize("microbatches", [1, 2])
+@pytest.mark.parametrize("microbatches", [1, 2, MIXED], ids=["mb1", "mb2", "mixed"])
 def test_vector_step_equals_scalar_step(deployment, microbatches):
     from cmtwin.twin.step import decode_step, decode_steps
 
@@ -34,7 +37,8 @@ def test_vector_step_equals_scalar_step(deployment, microbatches):
     for kv_len in (None, kvs):
         r = decode_steps(spec, plan, hw, fabric, batch_per_die=batches, kv_len=kv_len, microbatches=microbatches)
         for i, b in enumerate(batches.tolist()):
-            one = decode_step(spec, plan, hw, fabric, batch_per_die=b, microbatches=microbatches,
+            m = microbatches if np.ndim(microbatches) == 0 else int(microbatches[i])
+            one = decode_step(spec, plan, hw, fabric, batch_per_die=b, microbatches=m,
                               kv_len=None if kv_len is None else int(kvs[i]))
             got = (r.step_us[i], r.tpot_ms[i], r.tokens_per_s_per_device[i], r.chunk_tokens[i], r.batch_per_device[i])
             assert got == (one.step_us, one.tpot_ms, one.tokens_per_s_per_device, one.chunk_tokens,
@@ -68,18 +72,21 @@ def _one_by_one(monkeypatch):
     scalar_agg = agg.agg_prefill
 
     def decode_steps(spec, plan, hw, fabric, *, batch_per_die, microbatches=None, chunk_tokens=None, **kw):
-        chunks = np.broadcast_to(np.asarray(0.0 if chunk_tokens is None else chunk_tokens), np.shape(batch_per_die))
-        rs = [step.decode_step(spec, plan, hw, fabric, batch_per_die=b, microbatches=microbatches,
+        shape = np.shape(batch_per_die)
+        chunks = np.broadcast_to(np.asarray(0.0 if chunk_tokens is None else chunk_tokens), shape).tolist()
+        mbs = np.broadcast_to(np.asarray(0 if microbatches is None else microbatches), shape).tolist()
+        rs = [step.decode_step(spec, plan, hw, fabric, batch_per_die=b, microbatches=m or None,
                                chunk_tokens=None if chunk_tokens is None else c, **kw)
-              for b, c in zip(np.asarray(batch_per_die).tolist(), chunks.tolist())]
+              for b, c, m in zip(np.asarray(batch_per_die).tolist(), chunks, mbs)]
         return DecodeSteps(*(np.array([getattr(r, f) for r in rs]) for f in ("step_us", "chunk_tokens", "tpot_ms")),
                            rs[0].tokens_per_step, np.array([r.tokens_per_s_per_device for r in rs]),
                            np.array([r.batch_per_device for r in rs]), np.array([r.kv_len for r in rs]),
                            rs[0].draft_tokens, rs[0].verify_tokens)
 
-    def agg_prefill(spec, plan, hw, fabric, *, batch_per_die, decode_step_us, **kw):
-        rs = [scalar_agg(spec, plan, hw, fabric, batch_per_die=b, decode_step_us=s, **kw)
-              for b, s in zip(batch_per_die.tolist(), decode_step_us.tolist())]
+    def agg_prefill(spec, plan, hw, fabric, *, batch_per_die, decode_step_us, microbatches=None, **kw):
+        mbs = np.broadcast_to(np.asarray(0 if microbatches is None else microbatches), batch_per_die.shape).tolist()
+        rs = [scalar_agg(spec, plan, hw, fabric, batch_per_die=b, decode_step_us=s, microbatches=m or None, **kw)
+              for b, s, m in zip(batch_per_die.tolist(), decode_step_us.tolist(), mbs)]
         return type(rs[0])(rs[0].budget, *(np.array([getattr(r, f) for r in rs]) for f in (
             "chunk_tokens", "chunks_per_prompt", "chunk_step_us", "wait_ms", "ttft_ms", "budget_utilisation",
             "tokens_per_s_per_device")))

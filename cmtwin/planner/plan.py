@@ -187,12 +187,10 @@ def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> No
         f"{have:.0f} GiB. Breakdown (GiB): {rows}.", key=f"{phase}", fix=fix)
 
 
-def _pool(spec: Spec, *, role: str, instance: int, dies: list, layout: Layout, redundant: int,
-          dedicated: int, tokens_per_die: int, batch_per_die: float, kv_tokens: float,
-          buffer_tokens: int) -> tuple[Pool, list[DieRole]]:
-    ep, tp = layout.ep, layout.tp
-    placement = place_experts(spec.model, phase=role, ep=ep, redundant=redundant, dedicated_shared=dedicated,
-                              balance=spec.placement.balance, load_cv=spec.placement.expert_load_cv)
+def _checked_memory(spec: Spec, role: str, layout: Layout, placement, tokens_per_die: int, kv_tokens: float,
+                    buffer_tokens: int) -> dict[str, MemoryBreakdown]:
+    """Memory per die of each kind of a pool (routed or dense ranks, dedicated shared-expert ranks), checked
+    against the die's HBM (PlanError naming the overflow)."""
     kinds: dict[str, MemoryBreakdown] = {}
     shared_count = spec.model.moe.shared_experts if spec.model.moe else 0
     routed_kind = placement.routed_slots_per_rank + (shared_count if placement.shared_on_every_rank else 0)
@@ -204,6 +202,41 @@ def _pool(spec: Spec, *, role: str, instance: int, dies: list, layout: Layout, r
                                      tokens_per_die=tokens_per_die, kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
     for kind, mem in kinds.items():
         _check_memory(spec, role, kind, mem)
+    return kinds
+
+
+def _decode_sizes(spec: Spec, lay: Layout) -> tuple[int, float, int]:
+    """A decode die's (tokens per step, KV-cache tokens, dispatch buffer tokens) at the spec's batch."""
+    k = spec.mtp.draft_tokens
+    dcfg = spec.decode
+    batch = spec.decode_batch_per_die
+    tokens = max(1, math.ceil(batch * (1 + k)))  # whole tokens per die (a TP group's share rounds up)
+    if spec.serving.mode == "agg":  # activations of the largest step: the whole step budget
+        tokens = max(tokens, math.ceil(token_budget(spec).per_group / dcfg.tp))
+    kv_tokens = batch * (spec.workload.decode_kv_len + k) * lay.kv_replication(spec.model)
+    return tokens, kv_tokens, dcfg.max_tokens_per_rank or tokens
+
+
+def decode_memory(spec: Spec, plan: Plan) -> MemoryBreakdown:
+    """The decode pool's memory per die (its fullest kind) at the spec's batch, for a plan compiled from the same
+    spec at another batch (nothing else in a plan depends on the batch): compile_plan's own arithmetic and
+    checks (PlanError on an overflow), without placing anything again. A plan with failed dies is compiled anew."""
+    if plan.failed_dies:
+        return compile_plan(spec).pools_of("decode")[0].memory
+    pool = plan.pools_of("decode")[0]
+    tokens, kv_tokens, buffer_tokens = _decode_sizes(spec, pool.layout)
+    kinds = _checked_memory(spec, "decode", pool.layout, pool.placement, tokens, kv_tokens, buffer_tokens)
+    return max(kinds.values(), key=lambda m: m.used)
+
+
+def _pool(spec: Spec, *, role: str, instance: int, dies: list, layout: Layout, redundant: int,
+          dedicated: int, tokens_per_die: int, batch_per_die: float, kv_tokens: float,
+          buffer_tokens: int) -> tuple[Pool, list[DieRole]]:
+    ep, tp = layout.ep, layout.tp
+    placement = place_experts(spec.model, phase=role, ep=ep, redundant=redundant, dedicated_shared=dedicated,
+                              balance=spec.placement.balance, load_cv=spec.placement.expert_load_cv)
+    kinds = _checked_memory(spec, role, layout, placement, tokens_per_die, kv_tokens, buffer_tokens)
+    shared_count = spec.model.moe.shared_experts if spec.model.moe else 0
     roles = []
     moe, stage, moe_tp, held = spec.model.is_moe, layout.stage_ranks, layout.moe_tp, placement.ranks
     has_shared, everywhere = moe and shared_count > 0, placement.shared_on_every_rank
@@ -252,7 +285,6 @@ def compile_plan(spec: Spec) -> Plan:
     pools: list[Pool] = []
     roles: list[DieRole] = []
     cursor = 0
-    k = spec.mtp.draft_tokens
     for i in range(p.instances):
         n = p.devices_per_instance * dpd
         dies = free[cursor:cursor + n]
@@ -270,16 +302,12 @@ def compile_plan(spec: Spec) -> Plan:
         n = dcfg.devices * dpd
         dies = free[cursor:cursor + n]
         cursor += n
-        batch = spec.decode_batch_per_die
-        tokens = max(1, math.ceil(batch * (1 + k)))  # whole tokens per die (a TP group's share rounds up)
-        if spec.serving.mode == "agg":  # activations of the largest step: the whole step budget
-            tokens = max(tokens, math.ceil(token_budget(spec).per_group / dcfg.tp))
         lay = layout_of(dcfg, dcfg.devices, dpd)
-        kv_tokens = batch * (spec.workload.decode_kv_len + k) * lay.kv_replication(spec.model)
-        buffer_tokens = dcfg.max_tokens_per_rank or tokens
+        tokens, kv_tokens, buffer_tokens = _decode_sizes(spec, lay)
         pool, r = _pool(spec, role="decode", instance=i, dies=dies, layout=lay,
                         redundant=dcfg.redundant_experts, dedicated=dcfg.dedicated_shared_ranks,
-                        tokens_per_die=tokens, batch_per_die=batch, kv_tokens=kv_tokens, buffer_tokens=buffer_tokens)
+                        tokens_per_die=tokens, batch_per_die=spec.decode_batch_per_die, kv_tokens=kv_tokens,
+                        buffer_tokens=buffer_tokens)
         pools.append(pool)
         roles += r
     pools = failures.apply(spec, pools, roles, {d.id: d for d in all_dies}, failed)

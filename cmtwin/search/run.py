@@ -7,8 +7,8 @@ forward, MTP, precision). The layout of an instance is its attention TP degree, 
 its pipeline stages (pp); every structural combination is validated by the Spec's own cross-checks
 (`layout_errors`) and compiled once by the planner (placement, memory), so an invalid or infeasible one is
 pruned by the same code `cmtwin plan` runs. The batch and the microbatching then vary on the same compiled plan:
-the batches that can hold their KV are stepped together, one `decode_steps(batch_per_die=[...], microbatches=)`
-pass per microbatch count (one numpy pass of the twin's decode step over the vector of batches). A disaggregated candidate is `decode_instances` decode instances plus as many prefill instances (same
+every batch that can hold its KV, at every microbatch count, in one `decode_steps(batch_per_die=[...],
+microbatches=[...])` call (one numpy pass of the twin's decode step over the vector). A disaggregated candidate is `decode_instances` decode instances plus as many prefill instances (same
 precision and MTP) as the rest of the budget holds; an aggregated one is as many replicas of one pool (prefill
 chunks mixed into its decode steps) as the budget holds. Their system figures follow from the pools' rates:
 
@@ -311,16 +311,31 @@ class _Tally:
         self.example = self.example or other.example
 
 
-def _largest_that_compiles(v, values: list[int], section: str, key: str, tally: _Tally, per: int, known=None):
-    """Memory grows with the batch (prefill: the tokens per forward): compile the largest of `values` (ascending)
-    exactly and step down until one passes the planner's checks; every smaller value then fits too. Returns the
-    values that fit and the compiled plan of the largest. known: (value, plan) already compiled."""
+def _largest_that_fits(v, plan, values: list[int], tally: _Tally, per: int):
+    """Memory grows with the batch: check the largest of `values` (decode batches per group, ascending) by the
+    planner's own memory arithmetic on `plan` (compiled from v at another batch) and step down until one passes;
+    every smaller batch then fits too. Returns the batches that fit and the decode memory of the largest."""
+    from cmtwin.planner.plan import decode_memory
+
+    values = list(values)
+    while values:
+        try:
+            return values, decode_memory(v.model_copy(update={"decode": v.decode.model_copy(
+                update={"batch_per_group": values[-1]})}), plan)
+        except CmtwinError as exc:
+            values.pop()
+            tally.prune(per, exc)
+    return [], None
+
+
+def _largest_that_compiles(v, values: list[int], section: str, key: str, tally: _Tally, per: int):
+    """Memory grows with the tokens per forward: compile the largest of `values` (ascending) exactly and step down
+    until one passes the planner's checks; every smaller value then fits too. Returns the values that fit and the
+    compiled plan of the largest."""
     from cmtwin.planner.plan import compile_plan
 
     values = list(values)
     while values:
-        if known is not None and values[-1] == known[0]:
-            return values, known[1]
         try:
             # only a count changes, on a spec that passed every cross-check (the grid keeps batches whole per die)
             part = getattr(v, section).model_copy(update={key: values[-1]})
@@ -360,66 +375,66 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
         b0 = batches[0]
         bound = None  # the batches that fit with the fewest drafts; more drafts need more memory (weights, KV)
         for k in _mtps(spec):
-            known = None
-            try:
+            try:  # one compiled plan per layout and draft count: the batch changes nothing in it but the memory
                 v = _variant(spec, precision=prec, mtp={"draft_tokens": k}, prefill={"instances": 0},
                              serving={"mode": mode, "concurrency": None},
                              decode={"devices": devices, "instances": 1, **lay, "batch_per_group": b0},
                              slo={"tpot_ms": None, "ttft_ms": None})
-                if bound is None:
-                    known = (b0, compile_plan(v))
-                    tally.compiled += 1
-                    # The KV cache is linear in the batch: the batches whose KV fits what the smallest leaves free.
-                    mem = known[1].pools_of("decode")[0].memory
-                    bound = [b for b in batches if mem.kv_cache * b / b0 <= mem.capacity - mem.fixed]
+                plan = compile_plan(v)
+                tally.compiled += 1
             except CmtwinError as exc:
                 tally.prune(len(batches) * len(mbs), exc)
                 continue
+            first = bound is None
+            if first:  # The KV cache is linear in the batch: the batches whose KV fits what the smallest leaves free.
+                mem = plan.pools_of("decode")[0].memory
+                bound = [b for b in batches if mem.kv_cache * b / b0 <= mem.capacity - mem.fixed]
             tally.prune((len(batches) - len(bound)) * len(mbs))
-            fits, plan = _largest_that_compiles(v, bound, "decode", "batch_per_group", tally, len(mbs), known)
-            if known is not None:
-                bound = fits  # what compiles with the fewest drafts bounds what compiles with more
-            if plan is None:  # no batch of the grid compiles for this layout and draft count
+            fits, mem = _largest_that_fits(v, plan, bound, tally, len(mbs))
+            if first:
+                bound = fits  # what fits with the fewest drafts bounds what fits with more
+            if not fits:  # no batch of the grid fits for this layout and draft count
                 continue
-            mem = plan.pools_of("decode")[0].memory
             groups = devices * dies // (lay["tp"] * lay["pp"])
-            b_die = np.array(fits) / lay["tp"]  # requests per die
-            for m in mbs:  # every batch that fits in one pass of the twin
-                r = decode_steps(v, plan, hw, fabric, batch_per_die=b_die, microbatches=m)
-                tally.calls += len(fits)
-                failed = [None] * len(fits)
-                if s.require_failures:  # one group down: its requests spread over the others, whose KV must fit
-                    b_f = [-(-b * groups // (groups - 1)) if groups > 1 else None for b in fits]
-                    up = [i for i, (b, bf) in enumerate(zip(fits, b_f))
-                          if bf is not None and mem.kv_cache * bf / b <= mem.capacity - mem.fixed]
-                    failed = [float("inf")] * len(fits)
-                    if up:
-                        t = decode_steps(v, plan, hw, fabric, batch_per_die=np.array([b_f[i] for i in up]) / lay["tp"],
-                                         microbatches=m).tpot_ms
-                        for i, x in zip(up, t.tolist()):
-                            failed[i] = x
-                ttft, tps = [None] * len(fits), r.tokens_per_s_per_device.tolist()
-                kept = list(range(len(fits)))
-                if mode == "agg":  # batches whose decodes fill the step budget are pruned
-                    left = budget_left(v, b_die, r.verify_tokens)
-                    kept = [i for i in kept if left[i] >= 1]
-                    for i in sorted(set(range(len(fits))) - set(kept)):
-                        tally.prune(1, budget_error(v, b_die[i].item(), r.verify_tokens))
-                    if kept:
-                        a = agg_prefill(v, plan, hw, fabric, batch_per_die=b_die[kept], decode_step_us=r.step_us[kept],
-                                        tokens_per_step=r.tokens_per_step, verify_tokens=r.verify_tokens,
-                                        microbatches=m)
-                        for i, t, x in zip(kept, a.ttft_ms.tolist(), a.tokens_per_s_per_device.tolist()):
-                            ttft[i], tps[i] = t, x
-                tpot, chunk = r.tpot_ms.tolist(), r.chunk_tokens.tolist()
-                for i in kept:
-                    out.append(DecodeEval(mode=mode, devices=devices, tp=lay["tp"], moe_tp=lay["moe_tp"], ep=lay["ep"],
-                                          pp=lay["pp"], redundant=lay["redundant_experts"],
-                                          dedicated=lay["dedicated_shared_ranks"], batch_per_group=fits[i],
-                                          microbatches=m, mtp=k, precision=prec, tpot_ms=tpot[i],
-                                          tokens_per_s_per_device=tps[i], tokens_per_step=r.tokens_per_step,
-                                          ttft_ms=ttft[i], chunk_tokens=chunk[i], dies_per_device=dies,
-                                          tpot_failed_ms=failed[i]))
+            # every batch that fits, at every microbatch count, in one pass of the twin
+            batch, mb = (np.array(x) for x in zip(*product(fits, mbs)))
+            b_die = batch / lay["tp"]  # requests per die
+            n = len(batch)
+            r = decode_steps(v, plan, hw, fabric, batch_per_die=b_die, microbatches=mb)
+            tally.calls += n
+            failed = [None] * n
+            if s.require_failures:  # one group down: its requests spread over the others, whose KV must fit
+                b_f = [-(-b * groups // (groups - 1)) if groups > 1 else None for b in batch.tolist()]
+                up = [i for i, (b, bf) in enumerate(zip(batch.tolist(), b_f))
+                      if bf is not None and mem.kv_cache * bf / b <= mem.capacity - mem.fixed]
+                failed = [float("inf")] * n
+                if up:
+                    t = decode_steps(v, plan, hw, fabric, batch_per_die=np.array([b_f[i] for i in up]) / lay["tp"],
+                                     microbatches=mb[up]).tpot_ms
+                    for i, x in zip(up, t.tolist()):
+                        failed[i] = x
+            ttft, tps = [None] * n, r.tokens_per_s_per_device.tolist()
+            kept = list(range(n))
+            if mode == "agg":  # batches whose decodes fill the step budget are pruned
+                left = budget_left(v, b_die, r.verify_tokens)
+                kept = [i for i in kept if left[i] >= 1]
+                for i in sorted(set(range(n)) - set(kept)):
+                    tally.prune(1, budget_error(v, b_die[i].item(), r.verify_tokens))
+                if kept:
+                    a = agg_prefill(v, plan, hw, fabric, batch_per_die=b_die[kept], decode_step_us=r.step_us[kept],
+                                    tokens_per_step=r.tokens_per_step, verify_tokens=r.verify_tokens,
+                                    microbatches=mb[kept])
+                    for i, t, x in zip(kept, a.ttft_ms.tolist(), a.tokens_per_s_per_device.tolist()):
+                        ttft[i], tps[i] = t, x
+            tpot, chunk = r.tpot_ms.tolist(), r.chunk_tokens.tolist()
+            for i in kept:
+                out.append(DecodeEval(mode=mode, devices=devices, tp=lay["tp"], moe_tp=lay["moe_tp"], ep=lay["ep"],
+                                      pp=lay["pp"], redundant=lay["redundant_experts"],
+                                      dedicated=lay["dedicated_shared_ranks"], batch_per_group=int(batch[i]),
+                                      microbatches=int(mb[i]), mtp=k, precision=prec, tpot_ms=tpot[i],
+                                      tokens_per_s_per_device=tps[i], tokens_per_step=r.tokens_per_step,
+                                      ttft_ms=ttft[i], chunk_tokens=chunk[i], dies_per_device=dies,
+                                      tpot_failed_ms=failed[i]))
     return out, tally
 
 

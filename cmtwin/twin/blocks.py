@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from cmtwin.model.arch import MLA
 from cmtwin.model.operators import (
     Op,
@@ -80,9 +82,9 @@ class StepContext:
     ledger: Ledger | None
     pool: object  # the plan's pool (layout, placement)
     die_ids: tuple[str, ...]  # the instance's dies, in rank order
-    microbatches: int
-    overlap: bool  # microbatches run on two streams (else everything in sequence)
-    split: bool  # the two sides run on disjoint core sets (then each keeps its collectives)
+    microbatches: int  # or an array: each batch's own count in a vector step
+    overlap: bool  # microbatches run on two streams (else everything in sequence); of a vector: some batch's do
+    split: bool  # the two sides run on disjoint core sets (then each keeps its collectives); of a vector: some
     vector_contend: bool  # vector operators wait for the other microbatch's communication
     shares: Shares
     labels: dict[str, str]  # ledger stream name per role: attention, ffn, comm_attention, comm_ffn
@@ -122,20 +124,22 @@ class StepContext:
             self.ledger.add(stream, operator, item(us), bound, calls)
 
 
-def step_context(spec, plan, hw, fabric, *, phase: str, microbatches: int, die_ids,
-                 ledger: bool = True) -> StepContext:
+def step_context(spec, plan, hw, fabric, *, phase: str, microbatches, die_ids, ledger: bool = True) -> StepContext:
     """The context of one phase's step. Two microbatches overlap where the profile says how
     (`microbatching`): in decode with `split_cores` the attention and MoE sides get the profile's core shares;
     otherwise computation is one stream and communication the other (on the 910C's prefill the communication
-    runs on the vector cores, `prefill_comm_on_vector_cores`). ledger: keep the per-operator breakdown."""
+    runs on the vector cores, `prefill_comm_on_vector_cores`). microbatches: a count, or (a vector decode step) an
+    array of each batch's count: the shares are then per batch, and each batch's time is taken from its own
+    schedule (`scheduled`). ledger: keep the per-operator breakdown."""
     mb = hw.microbatching
-    overlap = microbatches >= 2 and mb is not None
+    two = microbatches >= 2
+    overlap = mb is not None and bool(np.any(two))
     split = overlap and phase == "decode" and mb.mode == "split_cores" and bool(mb.attention and mb.moe)
     shares = Shares()
     if split:
         c, v = hw.die.cube_cores.value, hw.die.vector_cores.value
-        shares = Shares(mb.attention.cube_cores / c, mb.attention.vector_cores / v, mb.moe.cube_cores / c,
-                        mb.moe.vector_cores / v)
+        shares = Shares(*(where(two, share, 1.0) for share in (
+            mb.attention.cube_cores / c, mb.attention.vector_cores / v, mb.moe.cube_cores / c, mb.moe.vector_cores / v)))
     if overlap and phase == "prefill" and mb.prefill_comm_cores:  # the comm kernel holds some SMs throughout
         keep = 1 - mb.prefill_comm_cores.value / hw.die.cube_cores.value
         shares = Shares(keep, keep, keep, keep)
@@ -339,10 +343,28 @@ def layers(ctx: StepContext, groups: list[tuple[int, Phases]]) -> float:
     m = ctx.microbatches
     if not ctx.overlap:
         return sum(n * m * sum(us for _, us in ph) for n, ph in groups)
-    step = sched.layers_time(groups, m)
-    busy = sum(n * m * sum(us for st, us in ph if st != sched.COMM) for n, ph in groups)
-    ctx.add("overlap", "exposed_moe" if ctx.split else "exposed_comm", step - busy, "comm", 1)
+    step = scheduled(ctx, lambda k: sched.layers_time(groups, k), lambda: sum(n * m * sum(us for _, us in ph)
+                                                                             for n, ph in groups))
+    if ctx.ledger is not None:
+        busy = sum(n * m * sum(us for st, us in ph if st != sched.COMM) for n, ph in groups)
+        ctx.add("overlap", "exposed_moe" if ctx.split else "exposed_comm", step - busy, "comm", 1)
     return step
+
+
+def scheduled(ctx: StepContext, schedule, in_sequence):
+    """A step's time where its microbatches overlap: schedule(m) on the two streams; of a vector step whose batches
+    have different counts, each batch's from its own count's schedule, in_sequence() for those of one microbatch."""
+    m = ctx.microbatches
+    if not isinstance(m, np.ndarray):
+        return schedule(m)
+    counts = sorted(set(m.tolist()))
+    if counts[0] >= 2 and len(counts) == 1:
+        return schedule(counts[0])
+    out = in_sequence()
+    for k in counts:
+        if k >= 2:
+            out = np.where(m == k, schedule(k), out)
+    return out
 
 
 def head(ctx: StepContext, *, tokens: int, vocab_share: float, stream: str = "head") -> float:
@@ -359,8 +381,9 @@ def mtp_pass(ctx: StepContext, *, tokens: float, requests: float, kv_len: int, f
     t = sum(us for _, us in _record(ctx, mtp_extra_ops(ctx.model, ctx.prec, tokens=input_tokens), "mtp"))
     ph = layer(ctx, moe_layer=ctx.model.is_moe, tokens=tokens, requests=requests, kv_len=kv_len, calls=1, form=form,
                tag="mtp")
-    t += sched.layers_time([(1, ph)], ctx.microbatches) if ctx.overlap else ctx.microbatches * sum(
-        us for _, us in ph)
+    m = ctx.microbatches
+    t += scheduled(ctx, lambda k: sched.layers_time([(1, ph)], k), lambda: m * sum(us for _, us in ph)) \
+        if ctx.overlap else m * sum(us for _, us in ph)
     if every(head_tokens > 0):
         t += head(ctx, tokens=head_tokens, vocab_share=vocab_share, stream="mtp")
     return t

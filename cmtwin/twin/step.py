@@ -45,30 +45,31 @@ def agg_chunk_per_die(spec, batch_per_die):
     return vmax(0.0, vmin(need, room))
 
 
-def decode_steps(spec, plan, hw, fabric, *, batch_per_die, kv_len=None, microbatches: int | None = None,
-                 chunk_tokens=None, effect=None) -> DecodeSteps:
+def decode_steps(spec, plan, hw, fabric, *, batch_per_die, kv_len=None, microbatches=None, chunk_tokens=None,
+                 effect=None) -> DecodeSteps:
     """Decode steps of the plan's decode ranks at a vector of batches, in one pass of the same model as decode_step:
     batch_per_die (requests per die: a TP group's requests / tp, so fractional below one per die) a sequence;
-    kv_len (mean context of the batch) and chunk_tokens (agg: prefill tokens per die in the step) numbers or
-    sequences of the same length, defaulting to the spec's; microbatches defaults to the spec's, capped by each
-    batch's whole requests per group. Every figure is an array, element by element decode_step's at that batch;
-    no breakdown is kept (the search needs the figures only)."""
+    kv_len (mean context of the batch), microbatches and chunk_tokens (agg: prefill tokens per die in the step)
+    numbers or sequences of the same length, defaulting to the spec's (microbatches capped by each batch's whole
+    requests per group). Every figure is an array, element by element decode_step's at that batch; no breakdown is
+    kept (the search needs the figures only)."""
     eff, k, verify, kv, tps = _setup(spec, plan, hw, fabric, effect, kv_len)
     b = np.asarray(batch_per_die, dtype=float).reshape(-1)
     kv = np.broadcast_to(kv, b.shape)
     chunk = np.broadcast_to(_chunk(spec, b, chunk_tokens), b.shape).astype(float)
-    # batches whose microbatch count (or whether a chunk rides along) differ run different blocks: stepped apart
-    kinds: dict[tuple[int, bool], list[int]] = {}
-    for i, (bi, ci) in enumerate(zip(b.tolist(), chunk.tolist())):
-        kinds.setdefault((_microbatches(spec, microbatches, bi), ci > 0), []).append(i)
+    mbs = np.broadcast_to(np.asarray(0 if microbatches is None else microbatches), b.shape).tolist()
+    m = np.array([_microbatches(spec, mi, bi) for mi, bi in zip(mbs, b.tolist())])
     step = np.empty(b.shape)
-    for (m, _), idx in kinds.items():
+    for with_chunk in (False, True):  # a step carrying a prefill chunk runs other blocks: stepped apart
+        idx = np.flatnonzero((chunk > 0) == with_chunk)
+        if not idx.size:
+            continue
         try:
-            step[idx] = _step_us(spec, plan, hw, fabric, eff, b[idx], kv[idx], chunk[idx], m, k, verify, False)[0]
+            step[idx] = _step_us(spec, plan, hw, fabric, eff, b[idx], kv[idx], chunk[idx], m[idx], k, verify, False)[0]
         except Ragged:  # a branch of the model splits these batches: one at a time
             for i in idx:
-                step[i] = _step_us(spec, plan, hw, fabric, eff, b[i].item(), kv[i].item(), chunk[i].item(), m, k,
-                                   verify, False)[0]
+                step[i] = _step_us(spec, plan, hw, fabric, eff, b[i].item(), kv[i].item(), chunk[i].item(),
+                                   m[i].item(), k, verify, False)[0]
     return DecodeSteps(step_us=step, chunk_tokens=chunk, tpot_ms=step / tps / 1e3, tokens_per_step=tps,
                        tokens_per_s_per_device=_tokens_per_s_per_device(spec, plan, b, tps, step),
                        batch_per_device=b * spec.hardware.dies, kv_len=np.array(kv), draft_tokens=k,
@@ -123,7 +124,7 @@ def _tokens_per_s_per_device(spec, plan, b, tps: float, step_us):
     return alive * spec.hardware.dies * b * tps / (step_us / 1e6)
 
 
-def _step_us(spec, plan, hw, fabric, eff, b, kv, chunk, m: int, k: int, verify: float, ledger: bool):
+def _step_us(spec, plan, hw, fabric, eff, b, kv, chunk, m, k: int, verify: float, ledger: bool):
     """(the step's time at b requests per die of context kv with chunk prefill tokens per die, in m microbatches,
     and its ledger when kept): numbers, or arrays of one element per batch."""
     model = spec.model
