@@ -15,6 +15,15 @@ default, batchllm), asked through its one `Scheduler` hook. Requests that arrive
 batch) are handed to it together. Each request finishing prefill goes to the least-loaded decode instance (the
 larger of its share of slots and of KV taken or awaited).
 
+Arrivals are no events: the pre-generated stream (cmtwin/sim/traffic.py) is merged into the engine's
+(Environment.merge, `_pull`), so the requests that arrived by an event's time join the lines in bulk just
+before it; a wake-up (`Arrival`) is scheduled only while a line is idle, at the next request's time, so a
+request that finds an idle line starts there when it arrives. A scheduler that routes by the lines' queues
+alone (`bulk_arrivals`: fcfs_lru) lets the decode pool's steps in disaggregated serving go without taking
+arrivals in: then arrivals move when prefill capacity frees up (a forward ends), at a sample, a failure or the
+end. Results are those of one event per arrival, except for requests arriving at exactly an event's time,
+which join before it.
+
 Timing conventions: TTFT = arrival -> the prompt's prefill forward ends and its KV lands on its decode rank
 (the twin's ttft = forward + KV transfer); TPOT = (completion - first token) / (output tokens - 1),
 including any wait for a decode slot; end-to-end = arrival -> last token.
@@ -68,6 +77,7 @@ _STOP = Stop()
 _MARK = MeasureStart()
 _ARRIVED = attrgetter("t_arrival")
 _LOAD = attrgetter("load")
+_KV_NEED = attrgetter("kv_need")
 
 
 class Request:
@@ -489,21 +499,22 @@ class Simulator:
         self.in_system += k
         self.totals.arrived += k
         lines = self.lines
-        idle = [x for x in lines if not x.busy and not x.failed]
+        idle = [x for x in lines if not x.busy and not x.failed]  # usually none: the lines are busy
         before = [len(x.queue) for x in idle]
         if not self._bulk and batch[0].t_arrival != batch[-1].t_arrival:
             for _, same in groupby(batch, key=_ARRIVED):
                 self.sched.enqueue(list(same), lines)
         else:
             self.sched.enqueue(batch, lines)
-        for line, n in zip(idle, before):
-            if len(line.queue) > n:
-                if self.agg:
-                    self._start_step(line)
-                else:
-                    self._try_prefill(line)
-        if any(not x.busy for x in idle):
-            self._arm()
+        if idle:
+            for line, n in zip(idle, before):
+                if len(line.queue) > n:
+                    if self.agg:
+                        self._start_step(line)
+                    else:
+                        self._try_prefill(line)
+            if any(not x.busy for x in idle):
+                self._arm()
 
     def _arm(self) -> None:
         """A line is idle: wake up when the next request arrives, which it may take (`_pull` starts it)."""
@@ -558,7 +569,7 @@ class Simulator:
         inst.busy = True
         inst.busy_since = now
         inst.in_forward = len(fwd.done)
-        inst.in_forward_kv = sum(r.kv_need for r in fwd.done)
+        inst.in_forward_kv = sum(map(_KV_NEED, fwd.done))
         inst.forwards += 1
         self.in_prefill += len(fwd.done)
         done = tuple(fwd.done)

@@ -14,6 +14,10 @@ import numpy as np
 
 from cmtwin.errors import ConfigError
 
+STEP_MEMO = 1 << 16
+"""Forward shapes (tokens per die, mean prompt) whose time the prefill table remembers: with lengths drawn from a
+distribution the shapes rarely repeat, and the memo stops growing there."""
+
 
 def _grid(lo: int, hi: int, n: int) -> list[int]:
     """About n integers from lo to hi (both included), geometrically spaced, unique, sorted."""
@@ -31,7 +35,10 @@ def _interp1(xs: list[int], x: float) -> tuple[int, float]:
     if n == 1:
         return 0, 0.0
     i = bisect.bisect_right(xs, x) - 1
-    i = min(max(i, 0), n - 2)
+    if i < 0:
+        i = 0
+    elif i > n - 2:
+        i = n - 2
     return i, (x - xs[i]) / (xs[i + 1] - xs[i])
 
 
@@ -137,10 +144,17 @@ class PrefillTable:
         self.table = Table2D(self.tokens, self.prompts, vals)
         self.kv = Table2D(self.prompts, [0], np.array(kv)[:, None])
         self._kv_us: dict[int, float] = {}  # memo: a workload has few distinct prompt lengths, each met many times
+        self._step_us: dict[tuple[float, float], float] = {}  # memo: forwards of the same shape recur (whole prompts)
         self.calls = vals.size
 
     def step_us(self, tokens_per_die: float, prompt: float) -> float:
-        return self.table(tokens_per_die, prompt)
+        key = (tokens_per_die, prompt)
+        us = self._step_us.get(key)
+        if us is None:
+            us = self.table(tokens_per_die, prompt)
+            if len(self._step_us) < STEP_MEMO:
+                self._step_us[key] = us
+        return us
 
     def kv_transfer_us(self, prompt: int) -> float:
         us = self._kv_us.get(prompt)
