@@ -45,7 +45,8 @@ def main() -> None:
             subprocess.run(["cmtwin", "simulate", *overrides, "--format", "json"], cwd=tmp, check=True,
                            stdout=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
-        print(f"cmtwin simulate {' '.join(overrides)}: {wall:.1f} s wall ({wall / GOAL_S:.2f} x the {GOAL_S:.0f} s goal)")
+        print(f"cmtwin simulate {' '.join(overrides)}: {wall:.1f} s wall ({wall / GOAL_S:.2f} x the {GOAL_S:.0f} s "
+              "goal)")
         return
     from cmtwin.config.compose import load_spec
     from cmtwin.planner.plan import compile_plan

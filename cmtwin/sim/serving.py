@@ -468,10 +468,11 @@ class Simulator:
         instant's at a time if the policy plans per instant); an idle line that receives work starts it. Returns
         when the next request arrives.
 
-        Arrivals are taken in before every event at or after their time, so every decision is taken on the state it
-        would see at the arrival itself, with one exception made exact by the wake-up: a line that is idle starts
-        work on its arrival, so while one is idle an `Arrival` event is pending at the next request's time, and a
-        pull with an idle line holds the requests of one instant, `now`."""
+        Arrivals are taken in before every event at or after their time that can read or change what routing reads
+        (with bulk_arrivals, not the decode pool's events in disaggregated serving), so routing sees the lines as
+        they were at the arrival, with one exception made exact by the wake-up: a line that is idle starts work on
+        its arrival, so while one is idle an `Arrival` event is pending at the next request's time, and a pull
+        with an idle line holds the requests of one instant, `now`."""
         batch: list[Request] = []
         since = 0.0  # sum of their arrival times
         while True:
@@ -1118,8 +1119,8 @@ class Simulator:
             slo={"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
             warmup_s=self.warmup,
             load=load,
-            steady_state=steady_state(zip(self._first_at, self._first_ttft), self._series, (self.warmup, self.duration), rate=self.rate,
-                                      load=load, decode_devices=ddev, offline=self.offline),
+            steady_state=steady_state(zip(self._first_at, self._first_ttft), self._series, (self.warmup, self.duration),
+                                      rate=self.rate, load=load, decode_devices=ddev, offline=self.offline),
         )
 
 
