@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from functools import reduce
 
-from cmtwin.vec import every, vmax
+import numpy as np
+
+from cmtwin.vec import every
 
 COMPUTE, COMM, VECTOR = "compute", "comm", "vector"
 
@@ -42,17 +44,17 @@ def merged(phases: list[tuple[str, float]]) -> list[tuple[str, float]]:
 def makespan(chain: list[list[tuple[str, float]]], microbatches: int) -> float:
     """Time to run `chain` (a list of layers, each a list of (stream, us) phases of ONE microbatch) for
     `microbatches` microbatches on the two streams."""
+    most = np.maximum if any(isinstance(us, np.ndarray) for layer in chain for _, us in layer) else max
     free = {COMPUTE: 0.0, COMM: 0.0}
     ready = [0.0] * microbatches  # when each microbatch's previous phase finished
     for layer in chain:
         for stream, us in layer:
-            held = (COMPUTE, COMM) if stream == VECTOR else (stream,)
             for mb in range(microbatches):
-                start = reduce(vmax, [free[s] for s in held], ready[mb])
-                ready[mb] = start + us
-                for s in held:
-                    free[s] = ready[mb]
-    return reduce(vmax, ready)
+                if stream == VECTOR:  # waits for and holds both streams
+                    ready[mb] = free[COMPUTE] = free[COMM] = most(most(ready[mb], free[COMPUTE]), free[COMM]) + us
+                else:
+                    ready[mb] = free[stream] = most(ready[mb], free[stream]) + us
+    return reduce(most, ready)
 
 
 def layers_time(groups: list[tuple[int, list[tuple[str, float]]]], microbatches: int, *, warm: int = 3) -> float:
