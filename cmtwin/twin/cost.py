@@ -52,15 +52,21 @@ hundred coordinates thousands of times; Curve.at is read element by element so t
 very floats a single shape gives (numpy's log2 differs from math.log2 in the last bit for a few values)."""
 
 
+def _held_memo(table: dict, owner, limit: int) -> dict:
+    """The memo kept for `owner` in `table` (keyed by id, the owner held so that its id is not reused while the
+    entry lives); the table is emptied when it holds `limit` owners."""
+    entry = table.get(id(owner))
+    if entry is None or entry[0] is not owner:
+        if len(table) >= limit:
+            table.clear()
+        entry = table[id(owner)] = (owner, {})
+    return entry[1]
+
+
 def _curve_at(c: Curve, x):
     if np.ndim(x) == 0:
         return c.at(x)
-    entry = _CURVES.get(id(c))
-    if entry is None or entry[0] is not c:
-        if len(_CURVES) >= 256:
-            _CURVES.clear()
-        entry = _CURVES[id(c)] = (c, {})
-    memo = entry[1]
+    memo = _held_memo(_CURVES, c, 256)
     out = []
     for v in x.tolist():
         e = memo.get(v)
@@ -100,12 +106,7 @@ are frozen; the simulator's tables and the SLO search ask for the same operator 
 def op_time(op: Op, hw: HardwareProfile, *, cube_share: float = 1.0, vector_share: float = 1.0) -> OpTime:
     """Time of one operator on this die (or its share of the cores). The operator's counts may be arrays (one
     shape per batch size): the time is then an array, element by element the time of that shape."""
-    entry = _MEMO.get(id(hw))
-    if entry is None or entry[0] is not hw:
-        if len(_MEMO) >= 64:
-            _MEMO.clear()
-        entry = _MEMO[id(hw)] = (hw, {})
-    memo = entry[1]
+    memo = _held_memo(_MEMO, hw, 64)
     try:
         key = (op, cube_share, vector_share)
         t = memo.get(key)
