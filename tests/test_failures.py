@@ -257,3 +257,40 @@ def test_the_blast_radius_names_what_a_fabric_failure_slows(tmp_path, monkeypatc
         ub = json.loads(capsys.readouterr().out)["prediction"]["failures"]["links_slowed"]["ub"]
         assert ub[key] == want
         assert min(ub["worst_fraction"], ub["uplink_fraction"]) == pytest.approx(6 / 7)
+
+
+def test_require_failures_checks_each_batchs_own_kv_with_one_group_down():
+    """search.require_failures: a batch's TPOT with one group down is finite exactly when the batch the other groups
+    then hold (ceil(b x groups / (groups - 1)) per group) passes the planner's memory checks, for small batches as
+    for the largest (the KV of the largest fitting batch once stood in for every batch's, refusing small ones)."""
+    import math
+
+    from cmtwin.errors import CmtwinError
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.search.run import _decode_group, _init, _variant
+
+    spec = load_spec(["+deployment=r1_h200_disagg", "search.precisions=[fp8]", "search.mtp_draft_tokens=[0]",
+                      "search.decode_batches=[32,256,384,512]", "search.microbatches=[1]",
+                      "search.require_failures=1", "search.decode_tp=[1]", "search.moe_tp=[1]"])[0]
+    _init(spec)
+    evals, _ = _decode_group((8, ("disagg",)))
+    assert len({e.batch_per_group for e in evals}) >= 3
+    finite = 0
+    for e in evals:
+        groups = e.devices * e.dies_per_device // (e.tp * e.pp)
+        assert groups > 1
+        b_f = math.ceil(e.batch_per_group * groups / (groups - 1))
+        v = _variant(spec, precision=e.precision, mtp={"draft_tokens": e.mtp}, prefill={"instances": 0},
+                     serving={"mode": "disagg", "concurrency": None},
+                     decode={"devices": e.devices, "instances": 1, "tp": e.tp, "moe_tp": e.moe_tp, "ep": e.ep,
+                             "pp": e.pp, "redundant_experts": e.redundant, "dedicated_shared_ranks": e.dedicated,
+                             "batch_per_group": b_f},
+                     slo={"tpot_ms": None, "ttft_ms": None})
+        try:
+            compile_plan(v)
+            fits = True
+        except CmtwinError:
+            fits = False
+        assert (e.tpot_failed_ms < float("inf")) == fits, (e.batch_per_group, b_f, e.tpot_failed_ms)
+        finite += fits
+    assert 0 < finite < len(evals)  # the largest batches cannot absorb a group, the smaller ones can

@@ -405,8 +405,9 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
             failed = [None] * n
             if s.require_failures:  # one group down: its requests spread over the others, whose KV must fit
                 b_f = [-(-b * groups // (groups - 1)) if groups > 1 else None for b in batch.tolist()]
-                up = [i for i, (b, bf) in enumerate(zip(batch.tolist(), b_f))
-                      if bf is not None and mem.kv_cache * bf / b <= mem.capacity - mem.fixed]
+                # mem is the largest fitting batch's (fits[-1]); the KV cache is linear in the batch
+                up = [i for i, bf in enumerate(b_f)
+                      if bf is not None and mem.kv_cache * bf / fits[-1] <= mem.capacity - mem.fixed]
                 failed = [float("inf")] * n
                 if up:
                     t = decode_steps(v, plan, hw, fabric, batch_per_die=np.array([b_f[i] for i in up]) / lay["tp"],
