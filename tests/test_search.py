@@ -141,3 +141,28 @@ def test_cli_search_stores_every_point(workdir):
 def test_cli_search_budget_over_topology_exits_2(workdir):
     p = _cli("search", "+deployment=r1_ep320", "search.devices=1000", cwd=workdir)
     assert p.returncode == 2 and "search.devices" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_frontier_simulations_run_one_of_identical_shares():
+    """simulate_best sizes a simulation to the question: k agg replicas, or k decode instances with a multiple of k
+    prefill instances, are simulated as one share (one replica; one decode instance with P / k prefill instances),
+    the entry saying so (`simulated_share`); with P not a multiple of k the whole deployment is simulated."""
+    from cmtwin.search.run import Candidate, DecodeEval, PrefillEval, _one_share
+
+    dec = DecodeEval(mode="disagg", devices=8, tp=1, moe_tp=1, ep=8, pp=1, redundant=0, dedicated=0,
+                     batch_per_group=32, microbatches=1, mtp=0, precision="fp8", tpot_ms=40.0,
+                     tokens_per_s_per_device=1000.0, tokens_per_step=1.0)
+    pre = PrefillEval(devices_per_instance=8, tp=1, moe_tp=1, ep=8, pp=1, redundant=0, tokens_per_device=8192,
+                      mtp=0, precision="fp8", ttft_ms=500.0, tokens_per_s_per_device=5000.0)
+
+    def cand(d, p, k, n):
+        return Candidate(d, p, k, n, 8 * (k + n), 1.0, 1.0, 40.0, 500.0, "decode", 1)
+
+    sec, k = _one_share(cand(dec, pre, 2, 6))
+    assert k == 2 and sec["decode"]["instances"] == 1 and sec["prefill"]["instances"] == 3
+    sec, k = _one_share(cand(dec, pre, 2, 5))  # 5 prefill instances do not split into 2 equal shares
+    assert k == 1 and sec["decode"]["instances"] == 2 and sec["prefill"]["instances"] == 5
+    agg = DecodeEval(**{**dec.__dict__, "mode": "agg"})
+    sec, k = _one_share(cand(agg, None, 4, 0))
+    assert k == 4 and sec["decode"]["instances"] == 1 and sec["prefill"] == {"instances": 0}
+    assert _one_share(cand(dec, pre, 1, 3)) == (cand(dec, pre, 1, 3).sections(), 1)

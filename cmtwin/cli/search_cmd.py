@@ -128,8 +128,11 @@ def run(args: argparse.Namespace) -> int:
     for s in result.simulated:
         sim = s.get("simulation")
         if sim:
+            k = s.get("simulated_share", 1)
+            share = f" (one of {k} identical shares simulated: {k * sim['rate_per_s']:.0f} req/s in all)" if k > 1 else ""
             c.print(f"simulated #{s['index']}: {sim['tokens_per_s_per_device']:,.0f} tok/s/dev, TPOT p50 "
-                    f"{sim['tpot_ms']['p50']} ms, TTFT p50 {sim['ttft_ms']['p50']} ms at {sim['rate_per_s']:.0f} req/s")
+                    f"{sim['tpot_ms']['p50']} ms, TTFT p50 {sim['ttft_ms']['p50']} ms at {sim['rate_per_s']:.0f} req/s"
+                    f"{share}")
         else:
             c.print(f"simulated #{s['index']}: {s.get('error')}")
     c.print(f"plot: {plot}")

@@ -715,6 +715,22 @@ def _simulate_one(v) -> dict:
         return {"error": str(exc)}
 
 
+def _one_share(c: Candidate) -> tuple[dict, int]:
+    """(the spec sections to simulate, k): a deployment of k identical shares (k agg replicas; or k decode instances
+    with P prefill instances, P a multiple of k) is simulated as one share -- one replica, or one decode instance
+    with P / k prefill instances -- at 90 % of that share's capacity. The shares do not interact, so their
+    per-device figures and latencies are the share's and the deployment's request rate is k times the simulated one
+    (the entry's `simulated_share`); otherwise (k = 1, or P not a multiple of k) the whole deployment, k = 1."""
+    sec = c.sections()
+    k = c.decode_instances
+    if k <= 1 or (c.prefill is not None and c.prefill_instances % k):
+        return sec, 1
+    sec["decode"] = {**sec["decode"], "instances": 1}
+    if c.prefill is not None:
+        sec["prefill"] = {**sec["prefill"], "instances": c.prefill_instances // k}
+    return sec, k
+
+
 def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None, workers: int = 1,
                   backend: str = "process") -> list[dict]:
     """Compile the picked candidates exactly and simulate each at 90% load, `workers` at a time (or as Ray tasks)."""
@@ -722,11 +738,14 @@ def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None,
     for i in picks:
         c = cands[i]
         entries.append({"index": i, "overrides": c.overrides()})
+        sections, share = _one_share(c)
+        if share > 1:
+            entries[-1]["simulated_share"] = share
         try:
             # long enough for requests to finish: warm-up 1.5 and horizon 3 request lifetimes (twin estimate)
             life = c.ttft_ms / 1e3 + spec.workload.output_len * c.tpot_ms / 1e3
             dur = max(spec.search.sim_duration_s, 3.0 * life)
-            specs.append(_variant(spec, **c.sections(),
+            specs.append(_variant(spec, **sections,
                                   workload={"load": 0.9, "rate_per_s": None, "arrival": "poisson"},
                                   sim={"duration_s": dur, "warmup_s": 1.5 * life if dur > 1.5 * life else None,
                                        "drain": True}))
