@@ -50,7 +50,7 @@ from cmtwin.policy.registry import Policy, registry
 REG = registry("batching")
 
 
-@dataclass
+@dataclass(slots=True)
 class Forward:
     """One prefill forward's content."""
 
@@ -109,30 +109,35 @@ def take_tokens(line, budget: int, reuse: Callable, fits: Callable | None = None
     """Fill a forward from the head of `line.queue` up to `budget` tokens (the last prompt may be split across
     forwards). `reuse(r)` -> (reused, fetched, ssd) is asked once per prompt, when its prefill starts; `fits(r)`,
     asked before a prompt is completed, stops the forward where decode could not take it."""
-    fwd = Forward()
     q = line.queue
+    done: list = []
     left = budget
+    tokens = weighted = fetched = ssd = queued = 0  # summed here, set on the Forward once (one forward per event)
     while q and left > 0:
         r = q[0]
-        if r.todo < 0:
-            hit, fetched, ssd = reuse(r)
-            r.hit, r.todo = hit, r.prompt - hit
-            fwd.fetched += fetched
-            fwd.ssd += ssd
-        take = r.todo if r.todo <= left else left
-        if take == r.todo and fits is not None and not fits(r):
+        todo = r.todo
+        if todo < 0:
+            hit, f, s = reuse(r)
+            r.hit = hit
+            todo = r.prompt - hit
+            fetched += f
+            ssd += s
+        take = todo if todo <= left else left
+        if take == todo and fits is not None and not fits(r):
+            r.todo = todo
             break
-        fwd.tokens += take
-        fwd.weighted += take * r.prompt
+        tokens += take
+        weighted += take * r.prompt
         left -= take
-        r.todo -= take
-        line.queued_tokens -= take
-        if r.todo:
+        queued += take
+        r.todo = todo = todo - take
+        if todo:
             break
         q.popleft()
-        line.queued_tokens -= r.hit
-        fwd.done.append(r)
-    return fwd
+        queued += r.hit
+        done.append(r)
+    line.queued_tokens -= queued
+    return Forward(done, tokens, weighted, fetched, ssd)
 
 
 class _Base:
@@ -174,19 +179,21 @@ class FcfsLruScheduler(_Base):
         """Each request to the least-loaded line (the first of equals), through a heap of (load, line) kept while the
         batch is routed (only these pushes change the loads meanwhile); round robin with
         sim.prefill_policy=round_robin."""
+        drafts = self.drafts
         for r in batch:
-            r.kv_need = self.own_kv(r)
+            r.kv_need = r.prompt + r.output + drafts  # own_kv(r): fcfs_lru shares no prefix on decode
         if self.sim.spec.sim.prefill_policy == "round_robin" or len(lines) == 1:
             for r in batch:
                 self.route(lines).push(r)
             return
         heap = [(line.load, i) for i, line in enumerate(lines)]
         heapq.heapify(heap)
+        replace = heapq.heapreplace
         for r in batch:
             i = heap[0][1]
             line = lines[i]
             line.push(r)
-            heapq.heapreplace(heap, (line.load, i))
+            replace(heap, (line.load, i))
 
     def reuse(self, r) -> tuple[int, int, int]:
         """The leading blocks of r's prefix found in the EMS pool (the last prompt token is always computed)."""

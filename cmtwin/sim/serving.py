@@ -206,7 +206,24 @@ class DecodeInstance:
         self.waiting -= 1
         self.waiting_kv -= r.kv_need
         self.held += 1
-        self._count(rank, +1)
+        # rank moves up a level (levels[c]: the ranks holding c requests, in order) and the least and most busy
+        # follow; written out here and in `leave`, which run once each per request
+        levels, counts = self.levels, self.rank_count
+        c = counts[rank]
+        n = counts[rank] = c + 1
+        here = levels[c]
+        if len(here) == 1:
+            here.pop()
+            if c == self.low:
+                self.low = n
+        else:
+            del here[bisect_left(here, rank)]
+        if n == len(levels):
+            levels.append([rank])
+        else:
+            insort(levels[n], rank)
+        if n > self.busiest:
+            self.busiest = n
         kv = self.rank_kv[rank] + added
         self.rank_kv[rank] = kv
         if kv > self.kv_die_peak:
@@ -218,36 +235,26 @@ class DecodeInstance:
 
     def leave(self, r: Request, freed: int) -> None:
         self.held -= 1
-        self._count(r.rank, -1)
-        self.rank_kv[r.rank] -= freed
+        rank = r.rank
+        levels, counts = self.levels, self.rank_count
+        c = counts[rank]
+        n = counts[rank] = c - 1
+        here = levels[c]
+        if len(here) == 1:
+            here.pop()
+            if c == self.busiest:
+                self.busiest = n
+        else:
+            del here[bisect_left(here, rank)]
+        insort(levels[n], rank)
+        if n < self.low:
+            self.low = n
+        self.rank_kv[rank] -= freed
         self.kv_sum -= freed
 
     def least_busy(self) -> int:
         """The rank holding the fewest requests (the first of equals, as numpy's argmin)."""
         return self.levels[self.low][0]
-
-    def _count(self, rank: int, by: int) -> None:
-        """rank holds `by` (+1 or -1) more requests: it moves to its new level, and the least and most busy follow."""
-        levels = self.levels
-        c = self.rank_count[rank]
-        n = c + by
-        self.rank_count[rank] = n
-        here = levels[c]
-        del here[bisect_left(here, rank)]
-        if n == len(levels):
-            levels.append([rank])
-        else:
-            insort(levels[n], rank)
-        if by > 0:
-            if n > self.busiest:
-                self.busiest = n
-            if c == self.low and not here:
-                self.low = n
-        else:
-            if n < self.low:
-                self.low = n
-            if c == self.busiest and not here:
-                self.busiest = n
 
     def busy_total(self, now: float) -> float:
         return self.busy_acc + (now - self.since if self.busy else 0.0)
@@ -531,9 +538,10 @@ class Simulator:
     # ------------------------------------------------------------------ prefill
     def decode_can_take(self, new: int) -> bool:
         """Decode-aware admission by request slots: can decode absorb `new` more requests finishing prefill?"""
-        ds = self.decoders
-        free = sum(d.ranks * d.cap - d.n_active for d in ds)
-        outstanding = sum(len(d.ready) for d in ds) + self.in_prefill + new
+        free, outstanding = 0, self.in_prefill + new
+        for d in self.decoders:
+            free += d.ranks * d.cap - d.n_active
+            outstanding += len(d.ready)
         if outstanding <= free:
             return True
         frees = self.done_rate * self.full_forward_s * (1.0 + self.spec.sim.handoff_margin)
@@ -560,22 +568,24 @@ class Simulator:
             self._stalled = True
             self._arm()
             return
-        self.totals.computed_tokens += fwd.tokens
-        tpd = fwd.tokens / inst.dies
-        step = self.ptable.step_us(tpd if tpd >= 1 else 1, fwd.weighted / fwd.tokens)
+        tokens = fwd.tokens
+        self.totals.computed_tokens += tokens
+        tpd = tokens / inst.dies
+        step = self.ptable.step_us(tpd if tpd >= 1 else 1, fwd.weighted / tokens)
         if inst.fetch is not None and fwd.fetched:
             per_token = self.block_bytes / self.block_tokens
             step += inst.fetch.us(fwd.fetched * per_token, fwd.ssd * per_token)
-        now = self.env.now
+        env = self.env
+        now = env.now
+        done = tuple(fwd.done)
         inst.busy = True
         inst.busy_since = now
-        inst.in_forward = len(fwd.done)
-        inst.in_forward_kv = sum(map(_KV_NEED, fwd.done))
+        inst.in_forward = n = len(done)
+        inst.in_forward_kv = done[0].kv_need if n == 1 else sum(map(_KV_NEED, done))
         inst.forwards += 1
-        self.in_prefill += len(fwd.done)
-        done = tuple(fwd.done)
+        self.in_prefill += n
         self._in_flight[inst.index] = done
-        self.env.schedule(now + step / 1e6, PrefillDone(inst.index, done, inst.epoch))
+        env.schedule(now + step / 1e6, PrefillDone(inst.index, done, inst.epoch))
 
     def _on_prefill_done(self, ev: PrefillDone) -> None:
         now = self.env.now
@@ -594,9 +604,12 @@ class Simulator:
         T = self.totals
         prefilled, transfer_us, first = self.sched.prefilled, self.ptable.kv_transfer_us, self._first
         first_at, first_ttft, lo, hi = self._first_at, self._first_ttft, self.warmup, self.duration
+        push = heapq.heappush
+        prompts = hits = 0
         for k, r in enumerate(ev.done):
-            T.prompt_tokens += r.prompt
-            T.hit_tokens += r.hit
+            prompt = r.prompt
+            prompts += prompt
+            hits += r.hit
             prefilled(r, inst)
             if r.output <= 1:  # the prefill's token is the whole answer
                 r.t_first = r.t_done = now
@@ -604,19 +617,23 @@ class Simulator:
                 self._complete((r,), now)
                 continue
             lane = k % nl
-            start = lanes[lane] if lanes[lane] > now else now
-            t = start + transfer_us(r.prompt) / 1e6
+            start = lanes[lane]
+            t = (start if start > now else now) + transfer_us(prompt) / 1e6
             lanes[lane] = t
             r.t_first = t
-            if lo <= r.t_arrival <= hi:  # _first(r)
-                first_at.append(r.t_arrival)
-                first_ttft.append(t - r.t_arrival)
+            arrived = r.t_arrival
+            if lo <= arrived <= hi:  # _first(r)
+                first_at.append(arrived)
+                first_ttft.append(t - arrived)
             d = one or min(ds, key=_LOAD)  # global scheduler: least loaded
-            d.wait(r)
-            heapq.heappush(d.ready, (t, r.id, r))
-            if not d.busy and t < d.wake_at:
+            d.waiting += 1  # d.wait(r)
+            d.waiting_kv += r.kv_need
+            push(d.ready, (t, r.id, r))
+            if t < d.wake_at and not d.busy:
                 d.wake_at = t
                 self.env.schedule(t, DecodeWake(d.index))
+        T.prompt_tokens += prompts
+        T.hit_tokens += hits
         self._try_prefill(inst)
         self._retry_stalled()
 
@@ -640,13 +657,7 @@ class Simulator:
         room (the caller checked that a slot is free)."""
         rank, added = self.sched.place(r, d)
         if rank < 0:
-            if d.held == 0:  # an empty instance cannot take it: it would wait forever
-                raise ConfigError(
-                    f"a request of {r.prompt:,} prompt + {r.output:,} output tokens needs more KV than a decode die "
-                    f"holds ({d.kv_cap:,} tokens): it can never be admitted.", key="workload.max_len",
-                    fix="lower workload.max_len (or the prompt/output lengths), or give decode dies more KV room "
-                        "(a smaller decode.batch_per_device frees activation memory, more decode.devices spread weights)")
-            self.totals.kv_blocked += 1
+            self._blocked(d, r)
             return False
         d.take(r, rank, added)
         T = self.totals
@@ -654,6 +665,16 @@ class Simulator:
         if T.kv_tokens > T.kv_tokens_peak:
             T.kv_tokens_peak = T.kv_tokens
         return True
+
+    def _blocked(self, d: DecodeInstance, r: Request) -> None:
+        """No die of d with a free slot has KV room for r: it waits (an admission deferred), unless d is empty."""
+        if d.held == 0:  # an empty instance cannot take it: it would wait forever
+            raise ConfigError(
+                f"a request of {r.prompt:,} prompt + {r.output:,} output tokens needs more KV than a decode die "
+                f"holds ({d.kv_cap:,} tokens): it can never be admitted.", key="workload.max_len",
+                fix="lower workload.max_len (or the prompt/output lengths), or give decode dies more KV room "
+                    "(a smaller decode.batch_per_device frees activation memory, more decode.devices spread weights)")
+        self.totals.kv_blocked += 1
 
     def _release(self, d: DecodeInstance, r: Request) -> int:
         """r gives its slot and its KV back (the batching policy says how much KV that frees)."""
@@ -664,24 +685,49 @@ class Simulator:
 
     def _decode(self, d: DecodeInstance, r: Request) -> None:
         """r starts decoding on its rank at d's current step."""
-        r.admit_step = d.step
-        r.end_step = d.step + math.ceil((r.output - 1) / self.tps) - 1
-        b = d.buckets.get(r.end_step)
+        step = d.step
+        r.admit_step = step
+        r.end_step = end = step + math.ceil((r.output - 1) / self.tps) - 1
+        b = d.buckets.get(end)
         if b is None:
-            d.buckets[r.end_step] = [r]
+            d.buckets[end] = [r]
         else:
             b.append(r)
         d.n_active += 1
         d.sum_prompt += r.prompt
-        d.sum_admit += d.step
+        d.sum_admit += step
 
     def _admit(self, d: DecodeInstance, now: float) -> None:
+        """Requests whose KV has landed take a slot and start decoding, in order of landing, while a slot is free
+        and the batching policy finds a die with KV room (the steps of `_slot` and `_decode`, written out: this
+        runs once per request)."""
         ready = d.ready
         slots = d.ranks * d.cap
+        pop, place, T, tps, step, buckets = heapq.heappop, self.sched.place, self.totals, self.tps, d.step, d.buckets
+        admitted = prompts = 0
         while ready and ready[0][0] <= now and d.held < slots:
-            if not self._slot(d, ready[0][2]):
-                return
-            self._decode(d, heapq.heappop(ready)[2])
+            r = ready[0][2]
+            rank, added = place(r, d)
+            if rank < 0:
+                self._blocked(d, r)
+                break
+            d.take(r, rank, added)
+            kv = T.kv_tokens = T.kv_tokens + added
+            if kv > T.kv_tokens_peak:
+                T.kv_tokens_peak = kv
+            pop(ready)
+            r.admit_step = step
+            r.end_step = end = step + math.ceil((r.output - 1) / tps) - 1
+            b = buckets.get(end)
+            if b is None:
+                buckets[end] = [r]
+            else:
+                b.append(r)
+            admitted += 1
+            prompts += r.prompt
+        d.n_active += admitted
+        d.sum_prompt += prompts
+        d.sum_admit += admitted * step
 
     def _agg_plan_step(self, d: DecodeInstance) -> int:
         """Aggregated serving: give waiting prompts a slot (FCFS; the batching policy picks the group), then spend
