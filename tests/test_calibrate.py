@@ -74,7 +74,7 @@ def test_cli_local_calibration_profile_validates_and_predicts(tmp_path):
     assert note["chosen_by"] == "calibrated" and note["describes_device"] and note["warning"] is None
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "fp8"])
 def test_catalogue_dtypes_are_the_executed_dtypes(dtype):
     """The operators the executor times are costed in the dtypes it runs them in: its router is FP32 in every
     mode, and under fp32 every matmul-class operator is FP32 (a BF16 roofline on a CPU without fast BF16 made

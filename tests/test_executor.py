@@ -42,12 +42,54 @@ def test_redundant_experts_and_skewed_routing_are_exercised():
     assert {"mlp_gate_up", "routed_experts_gate_up", "shared_expert_down", "dispatch", "combine"} <= ops
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "fp8"])
 def test_low_precision_within_tolerance(dtype):
     from cmtwin.executor.run import TOL
 
     res = execute(_spec("+deployment=r1_h800_ep144", f"executor.dtype={dtype}", "executor.ranks=8"))
-    assert res.max_rel_err <= TOL[dtype] <= 5e-2
+    assert res.max_rel_err <= TOL[dtype] <= (2e-1 if dtype == "fp8" else 5e-2)
+
+
+def test_fp8_linear_is_one_scaled_mm_with_row_wise_scales(monkeypatch):
+    """executor.dtype=fp8: every linear layer is torch._scaled_mm over float8 e4m3 operands (per-token and
+    per-output-channel scales, bf16 out), within fp8's rounding of the fp32 product; torch 2.13's CPU build runs
+    the kernel, so this is the call a GPU makes (which also needs widths that are multiples of 16)."""
+    from cmtwin.executor.modules import Kernels
+
+    calls = []
+    real = torch._scaled_mm
+
+    def spy(a, b, **kw):
+        calls.append((a.dtype, b.dtype, tuple(kw["scale_a"].shape), tuple(kw["scale_b"].shape), kw["out_dtype"]))
+        return real(a, b, **kw)
+
+    monkeypatch.setattr(torch, "_scaled_mm", spy)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 24, 64, generator=g), torch.randn(64, 48, generator=g)
+    K = Kernels("fp8", 1e-6)
+    y = K.linear(x.to(torch.bfloat16), w)
+    assert y.shape == (2, 24, 48) and y.dtype == torch.bfloat16
+    f8 = torch.float8_e4m3fn
+    assert calls == [(f8, f8, (48, 1), (1, 48), torch.bfloat16)]
+    ref = x @ w
+    assert 1e-3 < ((y.float() - ref).norm() / ref.norm()).item() < 0.06  # quantised, and only by fp8's rounding
+
+
+def test_fp8_refused_before_start_where_torch_has_no_kernel(monkeypatch):
+    """A device (or torch build) without float8 scaled matmuls refuses executor.dtype=fp8 at once, exit 2,
+    naming the key and the fix, for execute and calibrate alike (both pick the device through pick_device)."""
+    from cmtwin.errors import CmtwinError
+    from cmtwin.executor.run import pick_device
+
+    def refuse(*a, **k):
+        raise RuntimeError("_scaled_mm is not supported on this device")
+
+    monkeypatch.setattr(torch, "_scaled_mm", refuse)
+    assert pick_device("cpu", "bf16") == "cpu"
+    with pytest.raises(CmtwinError) as e:
+        execute(_spec("+deployment=r1_h800_ep144", "executor.dtype=fp8", "executor.ranks=2"))
+    assert e.value.exit_code == 2 and e.value.key == "executor.dtype"
+    assert "torch._scaled_mm" in str(e.value) and "executor.dtype=bf16" in str(e.value)
 
 
 def test_rank_subset_restricts_routing():

@@ -39,7 +39,7 @@ def test_parse_size():
         parse_size("lots")
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "fp8"])
 def test_weight_bytes_are_the_bytes_make_weights_and_the_kernel_casts_allocate(dtype):
     from cmtwin.executor.modules import LINEAR, Kernels, make_weights, scaled_model, weight_bytes
 

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         from cmtwin.executor import budget, timing
         from cmtwin.executor.run import pick_device, set_threads
 
-        device = pick_device(spec.executor.device)
+        device = pick_device(spec.executor.device, spec.executor.dtype)
         set_threads(spec.executor, device)
         clock = timing.clock_for(spec.executor, device)  # CUDA graphs on CUDA, as execute times its operators
         name = args.name or f"local_{device}"

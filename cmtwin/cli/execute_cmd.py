@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from cmtwin.executor.api import execute, prediction_choice, profile_note
     from cmtwin.executor.run import pick_device, set_threads
 
-    device = pick_device(spec.executor.device)
+    device = pick_device(spec.executor.device, spec.executor.dtype)
     set_threads(spec.executor, device)
     hw, why = prediction_choice(spec, device)  # an unknown executor.profile is refused before any estimate
     clock = timing.clock_for(spec.executor, device)  # executor.timing=graph on a CPU is refused here

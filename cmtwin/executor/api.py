@@ -173,7 +173,7 @@ def execute(spec, *, plan=None, progress=None, clock=None) -> ExecuteResult:
 
     ex = spec.executor
     plan = plan or compile_plan(spec)
-    device = pick_device(ex.device)
+    device = pick_device(ex.device, ex.dtype)
     set_threads(ex, device)
     hw_pred, why = prediction_choice(spec, device)
     clock = clock if clock is not None else timing.clock_for(ex, device)

@@ -30,7 +30,7 @@ def _worker(pid: int, world: int, port: int, spec, plan, phase: str, out_path: s
 
     t = torch()
     t.set_num_threads(threads)
-    device = pick_device(spec.executor.device)
+    device = pick_device(spec.executor.device, spec.executor.dtype)
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":
         t.cuda.set_device(pid % t.cuda.device_count())

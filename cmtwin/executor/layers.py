@@ -62,7 +62,7 @@ NULL = Timer(enabled=False)
 
 def _split_kv_b(K, lw, att):
     # the compute-dtype copy Kernels caches (as a server holds its weights), not a cast in every step
-    w = (K.cast(lw.kv_b) if K.int8 else K.w(lw.kv_b)).view(att.kv_lora_rank, att.heads, att.qk_nope_head_dim + att.v_head_dim)
+    w = (K.cast(lw.kv_b) if K.quant else K.w(lw.kv_b)).view(att.kv_lora_rank, att.heads, att.qk_nope_head_dim + att.v_head_dim)
     return w[..., : att.qk_nope_head_dim], w[..., att.qk_nope_head_dim:]
 
 

@@ -2,7 +2,8 @@
 
 Every function is a plain kernel over tensors so the executor can time each one, run it on any rank, and
 run the very same math as a single-device reference. Linear layers take fp32 master weights cast to the
-compute dtype; dtype 'int8' is W8A8 (per-token activation scales, per-output-channel weight scales).
+compute dtype; dtype 'int8' is W8A8 (per-token activation scales, per-output-channel weight scales), 'fp8' the
+same in float8 e4m3 through torch._scaled_mm (row-wise scales, bf16 out), bf16 elsewhere.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def make_weights(model: ModelSpec, *, layers: int, dense_layers: int, seed: int,
 
 def weight_bytes(model: ModelSpec, *, layers: int, dense_layers: int, experts: int, mtp: bool, dtype: str) -> dict:
     """Bytes make_weights allocates (fp32 masters) and Kernels caches (the compute-dtype copies of the weights
-    used through Kernels.linear: bf16 2 bytes, int8 1 byte plus an fp32 scale per output channel; fp32 uses
+    used through Kernels.linear: bf16 2 bytes, int8 and fp8 1 byte plus an fp32 scale per output channel; fp32 uses
     the master itself), for `experts` materialised routed experts per MoE layer."""
     import numpy as np
 
@@ -177,7 +178,7 @@ def weight_bytes(model: ModelSpec, *, layers: int, dense_layers: int, experts: i
         master += 4 * size(shape) * count
         if name in LINEAR and dtype == "bf16":
             cache += 2 * size(shape) * count
-        elif name in LINEAR and dtype == "int8":
+        elif name in LINEAR and dtype in ("int8", "fp8"):
             cache += (size(shape) + 4 * shape[-1]) * count
 
     for li in range(layers + (1 if mtp else 0)):
@@ -202,25 +203,53 @@ def largest_weight_bytes(model: ModelSpec) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ kernels
+FP8_MAX = 448.0  # largest finite float8 e4m3fn
+
+
+def fp8_supported(device: str) -> str | None:
+    """None when torch runs float8 scaled matmuls (torch._scaled_mm, row-wise scales, bf16 out) on `device`,
+    else torch's reason: tried on a 16x16x16 product, as builds and devices differ (CUDA needs sm89+; torch
+    2.13's CPU build has a kernel)."""
+    t = torch()
+    if not hasattr(t, "_scaled_mm") or not hasattr(t, "float8_e4m3fn"):
+        return f"torch {t.__version__} has no torch._scaled_mm / float8_e4m3fn"
+    try:
+        a = t.ones(16, 16, device=device).to(t.float8_e4m3fn)
+        b = t.ones(16, 16, device=device).to(t.float8_e4m3fn).t()
+        t._scaled_mm(a, b, scale_a=t.ones(16, 1, device=device), scale_b=t.ones(1, 16, device=device),
+                     out_dtype=t.bfloat16)
+    except Exception as e:  # noqa: BLE001 - any refusal of the kernel is the answer
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+    return None
+
+
 class Kernels:
-    """The compute dtype's kernels (fp32, bf16, or int8 W8A8 linear layers with bf16/fp32 elsewhere)."""
+    """The compute dtype's kernels (fp32, bf16, or W8A8 linear layers: int8 with fp32 elsewhere, fp8 e4m3 with
+    bf16 elsewhere)."""
 
     def __init__(self, dtype: str, eps: float):
         t = torch()
         self.name = dtype
-        self.dt = {"fp32": t.float32, "bf16": t.bfloat16, "int8": t.float32}[dtype]
+        self.dt = {"fp32": t.float32, "bf16": t.bfloat16, "int8": t.float32, "fp8": t.bfloat16}[dtype]
         self.int8 = dtype == "int8"
+        self.fp8 = dtype == "fp8"
+        self.quant = self.int8 or self.fp8  # W8A8: linear weights held quantised, with their scales
         self.eps = eps
         self._cache: dict[int, object] = {}
 
     def w(self, weight):
-        """A weight in the compute dtype (cached), or (int8 values, per-channel scale) for W8A8."""
+        """A weight in the compute dtype (cached), or (quantised values, per-channel scale) for W8A8 (fp8: the
+        values [in, out] column-major, as torch._scaled_mm takes its second operand)."""
         key = id(weight)
         got = self._cache.get(key)
         if got is None:
+            t = torch()
             if self.int8:
                 s = weight.abs().amax(dim=-2, keepdim=True).clamp_min(1e-8) / 127.0
-                got = ((weight / s).round().clamp(-127, 127).to(torch().int8), s)
+                got = ((weight / s).round().clamp(-127, 127).to(t.int8), s)
+            elif self.fp8:
+                s = weight.abs().amax(dim=-2, keepdim=True).clamp_min(1e-8) / FP8_MAX
+                got = ((weight / s).t().contiguous().to(t.float8_e4m3fn).t(), s.float())
             else:
                 got = weight.to(self.dt)
             self._cache[key] = (got, weight)  # keep the master alive so its id is not reused
@@ -228,6 +257,8 @@ class Kernels:
         return got[0]
 
     def linear(self, x, weight):
+        if self.fp8:
+            return self._linear_fp8(x, weight)
         if not self.int8:
             return x @ self.w(weight)
         t = torch()
@@ -239,6 +270,23 @@ class Kernels:
         else:  # exact: int8 x int8 products summed in fp32 stay integers below 2^24 for these widths
             acc = xq.float() @ wq.float()
         return (acc * xs * ws).to(x.dtype)
+
+    def _linear_fp8(self, x, weight):
+        """W8A8 in float8 e4m3: per-token activation scales, per-output-channel weight scales, one
+        torch._scaled_mm (fp32 accumulation, bf16 out). On CUDA the kernel wants both widths multiples of 16;
+        other widths (reduced shapes) take the same quantised operands through an fp32 matmul."""
+        t = torch()
+        wq, ws = self.w(weight)
+        lead, k = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, k).float()
+        xs = x2.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / FP8_MAX
+        xq = (x2 / xs).to(t.float8_e4m3fn)
+        n = wq.shape[1]
+        if not x.is_cuda or (k % 16 == 0 and n % 16 == 0):
+            y = t._scaled_mm(xq, wq, scale_a=xs, scale_b=ws, out_dtype=t.bfloat16)
+        else:
+            y = ((xq.float() @ wq.float()) * xs * ws).to(t.bfloat16)
+        return y.to(x.dtype).reshape(*lead, n)
 
     def rmsnorm(self, x, weight):
         t = torch()

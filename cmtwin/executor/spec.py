@@ -28,9 +28,10 @@ class ExecutorSpec(Frozen):
     will not fit in the available memory, naming the largest scale that does)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run: auto picks CUDA when present."""
-    dtype: Literal["fp32", "bf16", "int8"] = "fp32"
+    dtype: Literal["fp32", "bf16", "int8", "fp8"] = "fp32"
     """Compute dtype of the real kernels (int8: W8A8 linear layers, per-token activation and per-channel
-    weight scales, bf16/fp32 elsewhere; needs int8 matmul on the device)."""
+    weight scales, fp32 elsewhere, torch._int_mm on CUDA; fp8: the same in float8 e4m3 through
+    torch._scaled_mm, bf16 elsewhere, refused at once where torch has no such kernel for the device)."""
     seed: int = Field(default=0, ge=0)
     """Seed of the random weights and inputs."""
     phase: Literal["decode", "prefill", "both"] = "both"
