@@ -236,3 +236,34 @@ def test_calibrate_uses_enough_ranks_to_overflow_the_last_level_cache():
     assert cold_ranks(14 * mib, 32 * mib, 32) == 5  # 5 x 14 MiB >= 2 x 32 MiB
     assert cold_ranks(1 * mib, 32 * mib, 32) == 32  # capped
     assert cold_ranks(200 * mib, 32 * mib, 32) == 4  # at least four ranks
+
+
+def test_routed_experts_are_pre_dispatched_at_the_plans_tokens_per_expert():
+    """executor.expert_tokens=plan (the default): each executed rank's routed experts compute the busiest rank's
+    tokens per expert from the twin's load model, also in a subset of ranks (whose router alone would send
+    them fewer); the routed rows are still combined and checked against the reference; 'routed' keeps the
+    router's rows only."""
+    from cmtwin.executor.run import PoolRun, PoolShape
+    from cmtwin.planner.plan import compile_plan
+    from cmtwin.topology.fabric import fabric_for
+    from cmtwin.twin.load import moe_load
+
+    spec = _spec("+deployment=r1_ep320", "executor.phase=decode", "executor.ranks=4", "executor.layers=1")
+    plan = compile_plan(spec)
+    pool = plan.pools_of("decode")[0]
+    twin = moe_load(spec, pool.placement, tokens_per_rank=2, noise=True)
+    P = round(twin.routed_tokens_busiest / twin.routed_slots)
+    assert PoolShape.of(spec, plan, "decode").expert_rows == P >= 2
+    res = execute(spec)
+    assert res.max_rel_err <= 1e-5 and res.phases[0].expert_rows == P  # the fill rows change no output
+
+    def loads(s):
+        run = PoolRun(s, plan, "decode", device="cpu", hw_pred=None, hw_comm=s.hardware, fabric=fabric_for(s))
+        run.run()
+        return [run.layer_keys[(r, 0)][1] for r in range(4)]
+
+    planned, routed = loads(spec), loads(spec.model_copy(update={"executor": spec.executor.model_copy(
+        update={"expert_tokens": "routed"})}))
+    for p, q in zip(planned, routed):
+        assert len(p) == len(pool.placement.ranks[0]) and all(x == max(y, P) for x, y in zip(p, q))
+    assert sum(map(sum, routed)) < sum(map(sum, planned))  # the subset's router alone under-loads the experts

@@ -75,7 +75,7 @@ def test_pool_shape_counts_exactly_the_weights_and_inputs_a_pool_run_holds():
         shape = PoolShape.of(spec, plan, phase)
         run = PoolRun(spec, plan, phase, device="cpu", hw_pred=None, hw_comm=spec.hardware, fabric=None)
         assert (run.nranks, run.T, tuple(sorted(run.router.holders))) == (shape.nranks, shape.tokens, shape.experts)
-        tensors = [run.W.final_norm, run.W.lm_head, run.W.eh_proj, *run.W.mtp_norms, *run.x, *run.emb]
+        tensors = [run.W.final_norm, run.W.lm_head, run.W.eh_proj, *run.W.mtp_norms, *run.x, *run.emb, run.fill]
         for lw in run.W.layers:
             for v in vars(lw).values():
                 tensors += list(v.values()) if isinstance(v, dict) else [v] if isinstance(v, torch.Tensor) else []

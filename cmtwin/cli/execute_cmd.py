@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     out = {"run_id": run_id, "device": res.device, "profile": res.profile, "prediction_profile": res.profile_note,
            "wall_s": round(res.wall_s, 3), "numerics": verdict, "max_rel_err": err, "estimate": estimate,
            "timing": res.timing, "per_layer": res.per_layer(), "ops": res.per_op(),
-           "phases": [{"phase": p.phase, "ranks": p.ranks, "tokens": p.tokens, "near_ties": p.ties}
+           "phases": [{"phase": p.phase, "ranks": p.ranks, "tokens": p.tokens, "near_ties": p.ties,
+                       "expert_rows": p.expert_rows}
                       for p in res.phases]}
     if summary is not None:
         out["compare"] = summary

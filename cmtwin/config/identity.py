@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 _EXCLUDED = ("store", "deployment")  # where results go, and the name and description a plan goes by
-_MEASUREMENT_ONLY = ("timing", "replays", "graph_warmup")
-"""executor.* keys that choose how operators are timed (sync or CUDA graphs), not what the plan runs: a plan keeps
-its hash across timing methods and across the versions before they existed."""
+_MEASUREMENT_ONLY = ("timing", "replays", "graph_warmup", "expert_tokens")
+"""executor.* keys that choose how operators are timed (sync or CUDA graphs) and how the measured experts are
+loaded (the plan's tokens per expert or the rows routed in a subset of ranks), not what the plan runs: a plan
+keeps its hash across them and across the versions before they existed."""
 
 
 def canonical_json(obj: Any) -> str:

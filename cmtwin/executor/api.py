@@ -253,7 +253,7 @@ def _run_phases(spec, plan, runs: dict, bar=None, clock=None) -> dict:
         for i, (ph, run) in enumerate(runs.items()):
             bar("timed passes", i, len(runs))
             res, run.routing = run_processes(spec, plan, ph, ex.processes)
-            res.ranks, res.tokens = run.nranks, run.nranks * run.T
+            res.ranks, res.tokens, res.expert_rows = run.nranks, run.nranks * run.T, run.expert_rows
             res.out, res.logits = res.out.to(run.device), res.logits.to(run.device)
             out[ph] = res
         bar("timed passes", len(runs), len(runs))

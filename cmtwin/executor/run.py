@@ -101,6 +101,7 @@ class PhaseResult:
     max_rel_err: float | None = None
     ties: int = 0
     wall_s: float = 0.0
+    expert_rows: int = 0  # executor.expert_tokens=plan: the plan's tokens per routed expert every rank computed
 
 
 # --------------------------------------------------------------------------------------------- routing
@@ -155,6 +156,19 @@ def phases_of(spec, plan) -> list[str]:
             if not (p == "prefill" and ph == "both" and not plan.pools_of("prefill"))]
 
 
+def planned_expert_rows(spec, pool, tokens_per_rank: int) -> int:
+    """The plan's tokens per routed expert on the busiest rank: the twin's load model (cmtwin.twin.load.moe_load,
+    noise as the twin runs it) for `tokens_per_rank` tokens on every rank of the pool, its busiest rank's
+    routed copies spread over that rank's slots, as the twin costs that rank's experts (expert_ranks_ops)."""
+    from cmtwin.twin.load import moe_load
+
+    if spec.model.moe.routed_experts <= 0:
+        return 0
+    load = moe_load(spec, pool.placement, tokens_per_rank=tokens_per_rank,
+                    noise=spec.placement.balance == "default")
+    return max(1, round(float(load.routed_tokens_busiest) / max(1, load.routed_slots)))
+
+
 @dataclass(frozen=True)
 class PoolShape:
     """What one pool's execution holds, known before anything is allocated: PoolRun builds exactly these
@@ -169,6 +183,8 @@ class PoolShape:
     mtp: bool
     experts: tuple  # routed expert ids materialised (held by the executed ranks)
     pool_dies: int
+    expert_rows: int = 0  # executor.expert_tokens=plan: rows per routed expert slot (planned_expert_rows); 0: routed
+    slots: int = 0  # routed expert slots of the executed ranks
 
     @classmethod
     def of(cls, spec, plan, phase: str, *, scale: float | None = None) -> "PoolShape":
@@ -181,8 +197,11 @@ class PoolShape:
         nranks = min(pool.dies, ex.ranks or pool.dies)
         router = Router(pool.placement, nranks)
         T = (ex.decode_tokens or pool.tokens_per_die) if phase == "decode" else ex.prefill_tokens
+        rows = planned_expert_rows(spec, pool, T) if ex.expert_tokens == "plan" else 0
+        slots = sum(len(pool.placement.ranks[d]) for d in range(nranks)) if rows else 0
         return cls(phase, scaled_model(spec.model, ex.scale if scale is None else scale), nranks, T, ex.layers,
-                   ex.dense_layers, ex.mtp and spec.model.mtp_layers > 0, tuple(sorted(router.holders)), pool.dies)
+                   ex.dense_layers, ex.mtp and spec.model.mtp_layers > 0, tuple(sorted(router.holders)), pool.dies,
+                   rows, slots)
 
     def memory(self, dtype: str, kv_len: int) -> dict[str, int]:
         """Bytes of what this pool's execution allocates, from the shapes it allocates them with:
@@ -204,17 +223,20 @@ class PoolShape:
                            mtp=self.mtp, dtype=dtype)
         decode = self.phase == "decode"
         L = kv_len + 1  # the cache and the new token
-        out["inputs"] = 2 * N * h * es + (nl * N * kv_len * (c + r) * es if decode else 0)  # x, emb, latent cache
+        P = self.expert_rows  # planned rows per expert: their pre-drawn fill rows are an input
+        out["inputs"] = 2 * N * h * es + (nl * N * kv_len * (c + r) * es if decode else 0) + P * h * es  # x, emb,
+        # latent cache, fill rows
         out["routing kept"] = moe_layers * N * (h * es + 8 * k)  # per MoE layer: normed hidden, expert ids
         out["result kept"] = N * (h * es + 4 * V)  # the last pass's hidden state and fp32 logits
         held = max(1, len(self.experts))  # expert rows spread over the experts held (replicas alike)
-        rows = -(-N * k // held)
+        rows = max(-(-N * k // held), P)
         attn = max(transient_bytes(m, es, phase=self.phase, tokens=T, kv_len=kv_len, dense=li < self.dense_layers,
                                    expert_rows=[rows] if li >= self.dense_layers else ()) for li in range(2))
         routed = N * (h * es + 12 * k + 4 * E)  # per rank: normed hidden, ids (int64), weights, biased scores
         exchange = (N * (h * es + 12 * k)  # concatenated hidden, ids, weights
                     + 8 * N * (3 + 5 * k) + N * n  # token/source/shared-rank, destination/key/order/rows; one-hot
-                    + N * k * h * es + 2 * N * h * es)  # routed and shared rows received, the combined output
+                    + max(N * k, self.slots * P) * h * es + 2 * N * h * es)  # routed rows received (filled up
+        # to the plan's count: most experts receive fewer than the busiest rank's share), shared rows, output
         head = N * (4 * V + (2 * V if es == 2 else 0)) + 4 * N * V + N * h * es  # per-rank logits, concatenated
         out["pass peak"] = max(N * h * es + max(attn, routed + exchange, head), largest_weight_bytes(m))
         proj = N * (h + a.q_lora_rank + c + r + 2 * H * qk) * es  # normed hidden, q latent, kv latent, q
@@ -255,6 +277,7 @@ class PoolRun:
                               device=device, load=self.pool.placement.load, skew=ex.skew,
                               experts=list(shape.experts), mtp=shape.mtp)
         self.T = shape.tokens
+        self.expert_rows = shape.expert_rows
         self.owned = list(range(self.nranks))  # ranks this process computes (all, in one process)
         self.allreduce = None  # across processes: sum a tensor in place (each slot written by one process)
         self._predicted: dict = {}  # the twin's predictions of a layer's operators, the same every pass
@@ -278,6 +301,9 @@ class PoolRun:
                            for _ in range(n)] for _ in range(len(self.W.layers))]
         else:
             self.pos = t.arange(T, device=self.device)
+        # expert_tokens=plan: the rows that fill each routed expert up to the plan's count, drawn before any pass
+        P = self.expert_rows
+        self.fill = t.randn(P, m.hidden, generator=g, device=self.device).to(dt) if P else None
 
     # ------------------------------------------------------------------ distributed (ranks as buffers)
     def run(self, timed: bool = True, tick=None) -> PhaseResult:
@@ -332,7 +358,7 @@ class PoolRun:
         wall = time.perf_counter() - t0
         out, lg = self._gather(xs), self._gather(logits)
         return PhaseResult(self.phase, self.nranks, self.nranks * self.T, out, lg, events, self._segments,
-                           wall_s=wall)
+                           wall_s=wall, expert_rows=self.expert_rows)
 
     def _gather(self, per_rank):
         """The ranks' tensors in rank order; across processes every slot is filled by its owner (a sum of
@@ -390,6 +416,14 @@ class PoolRun:
                 bufs[divmod(kk, E)] = hn.index_select(0, sel).clone()
                 spans[divmod(kk, E)] = (sel, rows_k[off:off + c])
                 off += c
+        if self.fill is not None:  # pre-dispatched up to the plan's tokens per expert; routed rows first
+            P = self.expert_rows
+            for d in self.owned:
+                for e in self.pool.placement.ranks[d]:
+                    have = bufs.get((d, e))
+                    c = 0 if have is None else int(have.shape[0])
+                    if c < P:
+                        bufs[(d, e)] = self.fill[:P].clone() if have is None else t.cat([have, self.fill[:P - c]])
         sbuf = {}
         for d in range(n):
             sel = (sdest == d).nonzero().flatten()
@@ -406,8 +440,10 @@ class PoolRun:
                 shared = L.shared_expert(self.K, lw, sbuf[d][1], tms[d]) if d in sbuf else None
             loads[d] = [int(bufs[(d, e)].shape[0]) if (d, e) in bufs else 0 for e in mine]
             for (e, _), y in zip(groups, ys):
+                if (d, e) not in spans:  # fill rows only
+                    continue
                 sel, kk = spans[(d, e)]
-                out.index_add_(0, sel, (w[sel, kk][:, None] * y.float()).to(out.dtype))
+                out.index_add_(0, sel, (w[sel, kk][:, None] * y[: len(sel)].float()).to(out.dtype))
             if shared is not None:
                 out.index_add_(0, sbuf[d][0], shared)
         if self.allreduce is not None:  # combine across processes: each token's partial outputs are summed

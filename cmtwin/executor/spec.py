@@ -38,6 +38,13 @@ class ExecutorSpec(Frozen):
     """What to run: a decode step on the decode pool, a prefill chunk on prefill instance 0, or both."""
     decode_tokens: int | None = Field(default=None, ge=1)
     """Decode tokens per rank (null: the plan's tokens per die)."""
+    expert_tokens: Literal["plan", "routed"] = "plan"
+    """Rows each routed expert of an executed rank computes. 'plan': pre-dispatched at the plan's tokens per
+    expert, the busiest rank's routed copies over its slots from the twin's load model
+    (cmtwin.twin.load.moe_load at the executed tokens per rank, over the whole pool), so the executor measures
+    the expert GEMMs the twin predicts, also when only a few ranks are executed: the rows routed to the expert
+    come first (they are combined and checked), pre-drawn rows fill it up to the plan's count (an expert that
+    was routed more keeps all its rows). 'routed': only the rows the router sent."""
     kv_len: int = Field(default=128, ge=1)
     """Context length of every decode request (its random latent KV cache)."""
     prefill_tokens: int = Field(default=32, ge=1)
