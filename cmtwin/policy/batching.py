@@ -8,7 +8,8 @@ the simulator (cmtwin/sim/serving.py) asks every scheduling question:
   `bulk_arrivals` is true, the arrivals of several instants may come together, in arrival order;
 - `next_forward(line, budget)`: the tokens of the next prefill forward of an idle prefill instance (None: wait
   for decode room), with the prompt tokens each request reuses instead of computing;
-- `prefilled(r, line)`: a prompt's prefill ended (the LRU policy stores its prefix blocks in the EMS pool);
+- `prefilled(done, line)`: a forward ended, completing the prompts `done` (the LRU policy stores their prefix blocks
+  in the EMS pool);
 - `place(r, d)` / `release(r, d)`: the decode die (rank) of decode instance `d` a request occupies and the KV
   tokens it adds there, and the KV freed when it ends.
 
@@ -80,8 +81,8 @@ class Scheduler(Protocol):
         """The next forward of an idle prefill instance with a non-empty queue; None = wait for decode room."""
         ...
 
-    def prefilled(self, r, line) -> None:
-        """r's prompt has been prefilled on `line`."""
+    def prefilled(self, done, line) -> None:
+        """A forward on `line` completed the prompts of `done` (requests, in the forward's order)."""
         ...
 
     def place(self, r, d) -> tuple[int, int]:
@@ -105,10 +106,11 @@ class BatchingPolicy(Protocol):
         ...
 
 
-def take_tokens(line, budget: int, reuse: Callable, fits: Callable | None = None) -> Forward:
+def take_tokens(line, budget: int, reuse: Callable | None, fits: Callable | None = None) -> Forward:
     """Fill a forward from the head of `line.queue` up to `budget` tokens (the last prompt may be split across
-    forwards). `reuse(r)` -> (reused, fetched, ssd) is asked once per prompt, when its prefill starts; `fits(r)`,
-    asked before a prompt is completed, stops the forward where decode could not take it."""
+    forwards). `reuse(r)` -> (reused, fetched, ssd) is asked once per prompt, when its prefill starts (None: nothing
+    is reused, every prompt is computed whole); `fits(r)`, asked before a prompt is completed, stops the forward
+    where decode could not take it."""
     q = line.queue
     done: list = []
     left = budget
@@ -117,11 +119,14 @@ def take_tokens(line, budget: int, reuse: Callable, fits: Callable | None = None
         r = q[0]
         todo = r.todo
         if todo < 0:
-            hit, f, s = reuse(r)
-            r.hit = hit
-            todo = r.prompt - hit
-            fetched += f
-            ssd += s
+            if reuse is None:
+                todo = r.prompt  # (r.hit is 0)
+            else:
+                hit, f, s = reuse(r)
+                r.hit = hit
+                todo = r.prompt - hit
+                fetched += f
+                ssd += s
         take = todo if todo <= left else left
         if take == todo and fits is not None and not fits(r):
             r.todo = todo
@@ -148,6 +153,7 @@ class _Base:
     def __init__(self, sim):
         self.sim = sim
         self.drafts = sim.drafts
+        self.round_robin = sim.spec.sim.prefill_policy == "round_robin"
         self.rr = 0
 
     def own_kv(self, r) -> int:
@@ -156,12 +162,12 @@ class _Base:
 
     def route(self, lines: list):
         """The least-loaded line (round robin with sim.prefill_policy=round_robin)."""
-        if self.sim.spec.sim.prefill_policy == "round_robin":
+        if self.round_robin:
             self.rr += 1
             return lines[(self.rr - 1) % len(lines)]
         return min(lines, key=lambda x: x.load)
 
-    def prefilled(self, r, line) -> None:
+    def prefilled(self, done, line) -> None:
         pass
 
 
@@ -176,24 +182,21 @@ class FcfsLruScheduler(_Base):
         self.block_tokens = sim.block_tokens
 
     def enqueue(self, batch, lines) -> None:
-        """Each request to the least-loaded line (the first of equals), through a heap of (load, line) kept while the
-        batch is routed (only these pushes change the loads meanwhile); round robin with
-        sim.prefill_policy=round_robin."""
+        """Each request to the least-loaded line (the first of equals), by the lines' loads kept in a list while the
+        batch is routed (only these pushes change them meanwhile); round robin with sim.prefill_policy=round_robin."""
         drafts = self.drafts
         for r in batch:
             r.kv_need = r.prompt + r.output + drafts  # own_kv(r): fcfs_lru shares no prefix on decode
-        if self.sim.spec.sim.prefill_policy == "round_robin" or len(lines) == 1:
+        if self.round_robin or len(lines) == 1:
             for r in batch:
                 self.route(lines).push(r)
             return
-        heap = [(line.load, i) for i, line in enumerate(lines)]
-        heapq.heapify(heap)
-        replace = heapq.heapreplace
+        loads = [line.load for line in lines]
         for r in batch:
-            i = heap[0][1]
+            i = loads.index(min(loads))
             line = lines[i]
             line.push(r)
-            replace(heap, (line.load, i))
+            loads[i] = line.load
 
     def reuse(self, r) -> tuple[int, int, int]:
         """The leading blocks of r's prefix found in the EMS pool (the last prompt token is always computed)."""
@@ -219,17 +222,20 @@ class FcfsLruScheduler(_Base):
                 break
         if finishing and not self.sim.decode_can_take(finishing):
             return None
-        return take_tokens(line, budget, self.reuse)
+        return take_tokens(line, budget, self.reuse if self.cache is not None else None)
 
-    def prefilled(self, r, line) -> None:
+    def prefilled(self, done, line) -> None:
+        if self.cache is None:
+            return
         bt = self.block_tokens
-        if self.cache is not None and r.prefix >= 0 and r.prefix_len >= bt:
-            nb = r.prefix_len // bt
-            self.cache.insert(r.prefix, min(nb, r.hit // bt), nb)
+        for r in done:
+            if r.prefix >= 0 and r.prefix_len >= bt:
+                nb = r.prefix_len // bt
+                self.cache.insert(r.prefix, min(nb, r.hit // bt), nb)
 
     def place(self, r, d):
         need = r.kv_need  # own_kv(r), set by enqueue
-        rank = d.least_busy()  # the caller checked that d has a free slot
+        rank = d.levels[d.low][0]  # d.least_busy() (a call fewer per request); the caller checked a slot is free
         if d.rank_kv[rank] + need > d.kv_cap:
             counts, kvs = np.asarray(d.rank_count), np.asarray(d.rank_kv)
             ok = np.flatnonzero((counts < d.cap) & (kvs + need <= d.kv_cap))
@@ -413,9 +419,10 @@ class BatchLLMScheduler(_Base):
             held[rank] = held.get(rank, 0) + 1
         return rank, own + int(extra[rank])
 
-    def prefilled(self, r, line) -> None:
-        if r.output <= 1:  # answered by prefill: never reaches decode
-            self.outstanding -= 1
+    def prefilled(self, done, line) -> None:
+        for r in done:
+            if r.output <= 1:  # answered by prefill: never reaches decode
+                self.outstanding -= 1
 
     def release(self, r, d) -> int:
         self.outstanding -= 1

@@ -602,15 +602,15 @@ class Simulator:
         ds = self.decoders
         one = ds[0] if len(ds) == 1 else None
         T = self.totals
-        prefilled, transfer_us, first = self.sched.prefilled, self.ptable.kv_transfer_us, self._first
+        transfer_us, first = self.ptable.kv_us, self._first  # kv_us[prompt]: kv_transfer_us(prompt), memoised
         first_at, first_ttft, lo, hi = self._first_at, self._first_ttft, self.warmup, self.duration
         push = heapq.heappush
         prompts = hits = 0
+        self.sched.prefilled(ev.done, inst)
         for k, r in enumerate(ev.done):
             prompt = r.prompt
             prompts += prompt
             hits += r.hit
-            prefilled(r, inst)
             if r.output <= 1:  # the prefill's token is the whole answer
                 r.t_first = r.t_done = now
                 first(r)
@@ -618,7 +618,7 @@ class Simulator:
                 continue
             lane = k % nl
             start = lanes[lane]
-            t = (start if start > now else now) + transfer_us(prompt) / 1e6
+            t = (start if start > now else now) + transfer_us[prompt] / 1e6
             lanes[lane] = t
             r.t_first = t
             arrived = r.t_arrival

@@ -19,6 +19,20 @@ STEP_MEMO = 1 << 16
 distribution the shapes rarely repeat, and the memo stops growing there."""
 
 
+class Memo(dict):
+    """A dict of fn(key) that computes what it lacks on first use."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, key):
+        value = self[key] = self.fn(key)
+        return value
+
+
 def _grid(lo: int, hi: int, n: int) -> list[int]:
     """About n integers from lo to hi (both included), geometrically spaced, unique, sorted."""
     if hi <= lo:
@@ -143,7 +157,8 @@ class PrefillTable:
             kv.append(r.kv_transfer_us)
         self.table = Table2D(self.tokens, self.prompts, vals)
         self.kv = Table2D(self.prompts, [0], np.array(kv)[:, None])
-        self._kv_us: dict[int, float] = {}  # memo: a workload has few distinct prompt lengths, each met many times
+        self.kv_us = Memo(lambda prompt: self.kv(prompt, 0))  # kv_us[prompt] = kv_transfer_us(prompt): a workload
+        # has few distinct prompt lengths, each met many times (the simulator indexes it: no call per request)
         self._step_us: dict[tuple[float, float], float] = {}  # memo: forwards of the same shape recur (whole prompts)
         self.calls = vals.size
 
@@ -157,10 +172,7 @@ class PrefillTable:
         return us
 
     def kv_transfer_us(self, prompt: int) -> float:
-        us = self._kv_us.get(prompt)
-        if us is None:
-            us = self._kv_us[prompt] = self.kv(prompt, 0)
-        return us
+        return self.kv_us[prompt]
 
 
 class FetchCost:
