@@ -197,3 +197,24 @@ def test_cli_execute_says_the_device_is_uncalibrated_and_keeps_json_stdout_clean
     text = " ".join(r.stdout.split())  # rich wraps the lines at the console's width
     assert r.returncode == 0, r.stderr[-2000:]
     assert "NOT this device" in text and "warning: this cpu has no calibrated profile" in text, text
+
+
+def test_cuda_graph_timing_counts_its_private_pool_and_refuses_before_start(monkeypatch):
+    """On CUDA with graph timing, the graphs' private pool is counted (a pass's transient again plus the
+    allocator's 2 + 20 MiB segments), so a run that fits synchronised can be refused graphed, at once; a CPU
+    run and executor.timing=sync count nothing for it."""
+    from cmtwin.errors import CmtwinError
+    from cmtwin.executor import budget
+
+    spec = load_spec(["+deployment=r1_h800_ep144", "executor.scale=0.05", "executor.ranks=4"])[0]
+    plan = compile_plan(spec)
+    cpu, cuda = budget.execute_parts(spec, plan, "cpu"), budget.execute_parts(spec, plan, "cuda")
+    sync = budget.execute_parts(spec.model_copy(update={"executor": spec.executor.model_copy(
+        update={"timing": "sync"})}), plan, "cuda")
+    assert cpu["CUDA graph pool"] == sync["CUDA graph pool"] == 0
+    assert cuda["CUDA graph pool"] == cuda["pass transient"] + (22 << 20)
+    between = (sum(sync.values()) + sum(cuda.values())) // 2
+    monkeypatch.setenv(budget.ENV, str(int(between / budget.USABLE)))
+    budget.check_execute(spec, plan, "cpu")  # fits without graphs
+    with pytest.raises(CmtwinError, match="CUDA graph pool"):
+        budget.check_execute(spec, plan, "cuda")

@@ -28,6 +28,21 @@ USABLE = 0.9
 """The share of the available memory a run may plan to use: the rest is left for what the estimate does not
 count -- the allocator's slack (peak resident memory measured 2-10% above the estimated tensors) and the
 other processes of the machine, whose use moves while the run goes."""
+GRAPH_SEGMENTS = 22 << 20
+"""Segment slack of a CUDA graph pool: one 2 MiB small-allocation segment and one 20 MiB large-allocation segment
+(PyTorch's caching allocator, c10/cuda/CUDACachingAllocator.cpp: small requests are packed into 2 MB buffers,
+requests of 1-10 MB split a 20 MB block), which a private pool cuts afresh from the device."""
+
+
+def graph_pool_bytes(ex, device: str, transient: int) -> int:
+    """What timing with CUDA graphs adds (cmtwin.executor.timing.GraphClock; 0 for a synchronised run): every
+    capture allocates from the session's private graph pool, which eager allocations (the token exchange, the
+    reference, the next phase's eager warm-up) cannot reuse, so the largest transient can be held twice, once
+    there and once in the ordinary pool, plus the pool's own segments (GRAPH_SEGMENTS). A stated conservative
+    assumption, not a measurement: no GPU run has measured it yet (the GPU check records torch's peak)."""
+    if device != "cuda" or ex.timing == "sync" or ex.processes > 1:
+        return 0
+    return int(transient) + GRAPH_SEGMENTS
 
 
 def parse_size(text: str) -> int:
@@ -147,10 +162,11 @@ def _with(spec, **executor):
     return spec.model_copy(update={"executor": spec.executor.model_copy(update=executor)})
 
 
-def execute_parts(spec, plan) -> dict[str, int]:
+def execute_parts(spec, plan, device: str = "cpu") -> dict[str, int]:
     """Bytes of an execute by part: every phase's pool is built before the passes (weights, their casts,
     inputs), each keeps its routing and last result between passes, and the largest transient of one pass
-    or reference comes on top. With executor.processes=P, each worker builds one phase's pool again."""
+    or reference comes on top. With executor.processes=P, each worker builds one phase's pool again. On CUDA
+    with graph timing, the graphs' private pool (graph_pool_bytes) comes on top."""
     from cmtwin.executor.run import PoolShape, phases_of
 
     ex = spec.executor
@@ -166,12 +182,13 @@ def execute_parts(spec, plan) -> dict[str, int]:
     if ex.processes > 1:
         parts["worker processes"] = ex.processes * max(
             m["weights"] + m["weight casts"] + m["inputs"] + m["routing kept"] + m["pass peak"] for m in mems)
+    parts["CUDA graph pool"] = graph_pool_bytes(ex, device, parts["pass transient"])
     return parts
 
 
 def execute_estimate(spec, plan, device: str) -> Estimate:
     avail, source = available_memory(device)
-    return Estimate("execute", execute_parts(spec, plan), avail, source)
+    return Estimate("execute", execute_parts(spec, plan, device), avail, source)
 
 
 def check_execute(spec, plan, device: str) -> Estimate:
@@ -183,7 +200,7 @@ def check_execute(spec, plan, device: str) -> Estimate:
     avail = est.usable_bytes
 
     def need(**kw) -> int:
-        return sum(execute_parts(_with(spec, **kw), plan).values())
+        return sum(execute_parts(_with(spec, **kw), plan, device).values())
 
     fixes = []
     s = _largest_scale(lambda x: need(scale=x) <= avail, ex.scale)

@@ -143,7 +143,8 @@ def memory(spec, device: str, *, quick: bool = False) -> dict[str, int]:
     """Bytes calibrate allocates, from the shapes measure_peaks and measure_classes allocate: the peak probes
     (transient), the weights (two layers, PER_RANK routed experts per rank of the widest grid point; drawing
     the largest one is transient), every grid point's inputs (made once, kept to the end) and one grid point's
-    largest transient (every rank's attention output and one rank's largest operator, layers.transient_bytes)."""
+    largest transient (every rank's attention output and one rank's largest operator, layers.transient_bytes);
+    on CUDA with graph timing, the graphs' private pool (budget.graph_pool_bytes)."""
     from cmtwin.executor.modules import Kernels, largest_weight_bytes, scaled_model, weight_bytes
 
     ex = spec.executor
@@ -167,6 +168,9 @@ def memory(spec, device: str, *, quick: bool = False) -> dict[str, int]:
                                      expert_rows=[] if d else [per] * PER_RANK) for d in (True, False))
                for phase, T, per, ranks in points)
     out["largest transient"] = max(probes, grid, largest_weight_bytes(model))
+    from cmtwin.executor.budget import graph_pool_bytes
+
+    out["CUDA graph pool"] = graph_pool_bytes(ex, device, max(probes, grid))  # probes and grid are captured
     return out
 
 
