@@ -155,4 +155,4 @@ def test_kv_transfer_cost_is_memoised_per_prompt_length():
     t = Simulator(spec, plan).ptable
     for p in (1, 100, 4096, 4097, 131072):
         assert t.kv_transfer_us(p) == t.kv(p, 0) and t.kv_transfer_us(p) == t.kv_transfer_us(p)
-    assert set(t._kv_us) == {1, 100, 4096, 4097, 131072}
+    assert set(t.kv_us) == {1, 100, 4096, 4097, 131072} and t.kv_us[4096] == t.kv(4096, 0)

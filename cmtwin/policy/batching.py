@@ -153,19 +153,10 @@ class _Base:
     def __init__(self, sim):
         self.sim = sim
         self.drafts = sim.drafts
-        self.round_robin = sim.spec.sim.prefill_policy == "round_robin"
-        self.rr = 0
 
     def own_kv(self, r) -> int:
         """KV tokens of r no other request shares: its prompt beyond a shared prefix, its output and drafts."""
         return r.prompt - r.shared + r.output + self.drafts
-
-    def route(self, lines: list):
-        """The least-loaded line (round robin with sim.prefill_policy=round_robin)."""
-        if self.round_robin:
-            self.rr += 1
-            return lines[(self.rr - 1) % len(lines)]
-        return min(lines, key=lambda x: x.load)
 
     def prefilled(self, done, line) -> None:
         pass
@@ -180,6 +171,15 @@ class FcfsLruScheduler(_Base):
         super().__init__(sim)
         self.cache = sim.cache
         self.block_tokens = sim.block_tokens
+        self.round_robin = sim.spec.sim.prefill_policy == "round_robin"
+        self.rr = 0
+
+    def route(self, lines: list):
+        """The least-loaded line (round robin with sim.prefill_policy=round_robin)."""
+        if self.round_robin:
+            self.rr += 1
+            return lines[(self.rr - 1) % len(lines)]
+        return min(lines, key=lambda x: x.load)
 
     def enqueue(self, batch, lines) -> None:
         """Each request to the least-loaded line (the first of equals), by the lines' loads kept in a list while the
