@@ -63,6 +63,8 @@ def test_cli_local_calibration_profile_validates_and_predicts(tmp_path):
     hw = HardwareProfile.model_validate(yaml.safe_load(f.read_text()))
     assert hw.kind == "cpu" and "calibrate" in hw.launch_overhead_us.source
     assert {"gemm", "grouped_gemm", "attention_decode", "attention_prefill"} <= set(hw.efficiency)
+    att = hw.efficiency["op:mla_attention"].compute  # measured over context lengths too: the axis chosen says so
+    assert att.x in ("tokens", "kv_len", "bytes") and "leave-one-out median |error| tokens" in att.source
     # execute picks local_cpu for its predictions
     r = _cli("execute", "+deployment=r1_h800_ep144", "executor.scale=0.01", "executor.decode_tokens=2",
              "executor.kv_len=8", "executor.prefill_tokens=8", "executor.ranks=4", "--no-record", "--format", "json",
@@ -134,3 +136,65 @@ def test_local_fit_reproduces_each_operator_at_the_measured_shapes_and_classes_f
 
     assert efficiency(hw, "gemm", "o_proj") is hw.efficiency["gemm"]
     assert op_time(other, hw).us > 0
+
+
+def _attention_pairs(eff):
+    """(mla_attention op, measured us) over a grid like calibrate's (batches at one kv_len, then a kv_len sweep at
+    two batches), the measurement being roofline / eff(op) on the h100_sxm profile's peaks."""
+    from cmtwin.config.compose import load_spec
+    from cmtwin.executor.api import load_profile
+    from cmtwin.executor.calibrate import _roofline_only
+    from cmtwin.executor.modules import scaled_model
+    from cmtwin.executor.run import precision_of
+    from cmtwin.model.operators import attention_ops
+    from cmtwin.twin.cost import op_time
+
+    base = _roofline_only(load_profile("h100_sxm"))  # no launch overhead: the efficiency alone shapes the time
+    zero = base
+    model = scaled_model(load_spec(["+deployment=r1_ep320"])[0].model, 0.02)
+    shapes = [(T, 129) for T in (1, 2, 4, 8, 16, 32, 64)] + [(T, kv + 1) for T in (4, 32) for kv in (16, 64, 256, 1024)]
+    pairs = []
+    for i, (T, kv) in enumerate(shapes):
+        noise = 1 + 0.05 * (i * 7 % 3 - 1)  # +-5%, deterministic: a curve with a point per row fits it in-sample
+        op = next(o for o in attention_ops(model, precision_of("bf16"), tokens=T, requests=T, kv_len=kv,
+                                           form="absorbed") if o.name == "mla_attention")
+        ot = op_time(op, zero)
+        pairs.append((op, noise * max(ot.compute_us, ot.memory_us) / eff(op)))
+    return pairs, base
+
+
+@pytest.mark.parametrize("axis", ["kv_len", "tokens"])
+def test_decode_attention_curve_takes_the_axis_its_measurements_support(axis):
+    """calibrate measures decode attention by batch and by context length (its 'kv' grid points); the fit
+    writes attention_decode's efficiency over the coordinate whose curve predicts the held-out measurements
+    best (a curve with a point per measurement, e.g. over bytes, would fit itself exactly in-sample): here an
+    efficiency that depends on kv_len alone, or on the batch alone; other classes stay over tokens."""
+    from cmtwin.executor.calibrate import fit_local
+    from cmtwin.twin.cost import op_time
+
+    if axis == "kv_len":
+        pairs, base = _attention_pairs(lambda op: 0.05 if op.kv_len < 100 else 0.4 if op.kv_len < 1000 else 0.8)
+    else:
+        pairs, base = _attention_pairs(lambda op: 0.05 if op.tokens < 8 else 0.6)
+    hw = fit_local(pairs, base, "test", "t")
+    for key in ("op:mla_attention", "attention_decode"):
+        curve = hw.efficiency[key].compute
+        assert curve.x == axis, curve.source
+        assert "leave-one-out" in curve.source
+    for op, us in pairs:  # the chosen curve reproduces every measurement within its noise
+        assert op_time(op, hw).us == pytest.approx(us, rel=0.12)
+
+
+def test_calibrate_grid_sweeps_decode_attention_over_context_lengths():
+    from cmtwin.config.compose import load_spec
+    from cmtwin.executor import calibrate as C
+
+    spec = load_spec(["+deployment=r1_ep320", "executor.kv_len=300"])[0]
+    kv = [(T, L) for phase, T, L, _ in C.grid_points(spec, "cpu") if phase == "kv"]
+    assert kv == [(T, L) for T in C.KV_BATCHES for L in sorted((*C.KV_GRID, 300))]
+    quick = [p for p in C.grid_points(spec, "cpu", quick=True) if p[0] == "kv"]
+    assert 1 < len(quick) < len(kv)
+    # every kv point's operator is the executed mla_attention at that context (the new token included)
+    ops = C.grid_ops(__import__("cmtwin.executor.modules", fromlist=["x"]).scaled_model(spec.model, 0.02),
+                     __import__("cmtwin.executor.run", fromlist=["x"]).precision_of("fp32"), "kv", 4, 1024, 1024)
+    assert [(o.name, o.tokens, o.kv_len) for o in ops] == [("mla_attention", 4, 1025)]

@@ -30,6 +30,8 @@ from cmtwin.twin.hardware import HardwareProfile
 
 DECODE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 PREFILL_GRID = (8, 16, 32, 64, 128, 256, 512)  # and executor.prefill_tokens / decode_tokens when not on the grid
+KV_GRID = (16, 64, 256, 1024, 4096)  # decode attention alone by context length (and executor.kv_len)
+KV_BATCHES = (4, 32)  # ... at these decode batches (tokens, one request each)
 
 
 def _median_time(fn, reps: int, cuda: bool, clock=None, label: str = "probe") -> float:
@@ -108,8 +110,10 @@ PER_RANK = 9  # routed experts on a calibrated rank (EP32: 8 routed + 1 redundan
 
 
 def grid_points(spec, device: str, *, quick: bool = False, max_ranks: int = 32) -> list[tuple[str, int, int, int]]:
-    """The grid measure_classes measures: (phase, tokens, rows per local expert, ranks) per point. At each point
-    there are enough ranks that their data overflows the last-level cache twice (cold_ranks)."""
+    """The grid measure_classes measures: (phase, tokens, rows per local expert, ranks) per point; phase 'kv'
+    is decode attention alone (mla_attention) at a context length, ('kv', batch, kv_len, ranks), over
+    KV_BATCHES x KV_GRID. At each point there are enough ranks that their data overflows the last-level cache
+    twice (cold_ranks)."""
     from cmtwin.executor.modules import Kernels, scaled_model
 
     ex = spec.executor
@@ -129,12 +133,22 @@ def grid_points(spec, device: str, *, quick: bool = False, max_ranks: int = 32) 
             per = max(1, T * model.moe.experts_per_token // 2)
             points.append((phase, T, per, cold_ranks(_point_elements(model, phase, T, per, ex.kv_len) * itemsize,
                                                      llc, max_ranks)))
+    kvs = KV_GRID[::2] if quick else KV_GRID
+    if ex.kv_len not in kvs:
+        kvs = tuple(sorted((*kvs, ex.kv_len)))
+    for T in KV_BATCHES[:1] if quick else KV_BATCHES:
+        for kv in kvs:
+            points.append(("kv", T, kv, cold_ranks(_point_elements(model, "kv", T, kv, kv) * itemsize, llc,
+                                                   max_ranks)))
     return points
 
 
 def _point_elements(model, phase: str, T: int, per: int, kv_len: int) -> int:
-    """Elements one rank of a grid point holds: its input, its experts' rows and weights, its latent cache."""
+    """Elements one rank of a grid point holds: its input, its experts' rows and weights, its latent cache (a
+    'kv' point: its latent and rope queries and its cache with the new token)."""
     att, moe = model.attention, model.moe
+    if phase == "kv":
+        return T * (att.heads + kv_len + 1) * (att.kv_lora_rank + att.qk_rope_head_dim)
     return (T * model.hidden + PER_RANK * per * model.hidden + PER_RANK * 3 * model.hidden * moe.intermediate
             + (T * kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0))
 
@@ -156,6 +170,9 @@ def memory(spec, device: str, *, quick: bool = False) -> dict[str, int]:
                        dtype=ex.dtype)
     inputs = 0
     for phase, T, per, ranks in points:
+        if phase == "kv":
+            inputs += ranks * es * _point_elements(model, "kv", T, per, per)
+            continue
         cache = T * ex.kv_len * (att.kv_lora_rank + att.qk_rope_head_dim) if phase == "decode" else 0
         inputs += ranks * es * (T * model.hidden + PER_RANK * per * model.hidden + cache)
     out["inputs"] = inputs
@@ -166,7 +183,11 @@ def memory(spec, device: str, *, quick: bool = False) -> dict[str, int]:
     grid = max(ranks * T * model.hidden * es  # every rank's attention output
                + max(transient_bytes(model, es, phase=phase, tokens=T, kv_len=ex.kv_len, dense=d,
                                      expert_rows=[] if d else [per] * PER_RANK) for d in (True, False))
-               for phase, T, per, ranks in points)
+               for phase, T, per, ranks in points if phase != "kv")
+    for phase, T, kv, ranks in points:  # decode attention alone: every rank's output, one rank's scores
+        if phase == "kv":
+            grid = max(grid, ranks * T * att.heads * att.kv_lora_rank * es
+                       + T * att.heads * (kv + 1) * (3 * es + 4) + T * att.heads * att.kv_lora_rank * es)
     out["largest transient"] = max(probes, grid, largest_weight_bytes(model))
     from cmtwin.executor.budget import graph_pool_bytes
 
@@ -229,7 +250,12 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS,
         return t.randn(*shape, generator=g).to(device, K.dt)
 
     cases = []  # (phase, T, per, inputs): every grid point's inputs, made once
+    H, c, r = att.heads, att.kv_lora_rank, att.qk_rope_head_dim
     for phase, T, per, ranks in points:
+        if phase == "kv":  # latent and rope queries, the cache with the new token; per is the kv_len
+            cases.append((phase, T, per, [(rand(T, H, c), rand(T, H, r)) for _ in range(ranks)], None,
+                          [(rand(T, per + 1, c), rand(T, per + 1, r)) for _ in range(ranks)], None, {}))
+            continue
         xs = [rand(T, model.hidden) for _ in range(ranks)]
         rows = [[rand(per, model.hidden) for _ in range(per_rank)] for _ in range(ranks)]
         kv = ([(rand(T, ex.kv_len, att.kv_lora_rank), rand(T, ex.kv_len, att.qk_rope_head_dim))
@@ -242,7 +268,7 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS,
     with clock.session():
         _grid_passes(K, W, lw, dense, model, att, moe, per_rank, cases, reps, clock, tick)
     for phase, T, per, *_, samples in cases:
-        ops = grid_ops(model, prec, phase, T, per, ex.kv_len)
+        ops = grid_ops(model, prec, phase, T, per, per if phase == "kv" else ex.kv_len)
         by: dict[str, list] = {}
         for o in ops:
             by.setdefault(o.name, []).append(o)
@@ -258,24 +284,30 @@ def _grid_passes(K, W, lw, dense, model, att, moe, per_rank, cases, reps, clock,
     point before the next; each timed operator's microseconds land in its grid point's samples."""
     from cmtwin.executor import layers as L
 
+    scale = (att.qk_nope_head_dim + att.qk_rope_head_dim) ** -0.5
     for rep in range(reps + 1):
         for phase, T, per, xs, rows, kv, pos, samples in cases:
             ranks = len(xs)
             tms = [L.Timer(rep > 0, clock=clock) for _ in range(ranks)]  # the first pass warms up
-            if phase == "decode":
+            if phase == "kv":  # decode attention alone at this context length
+                for r in range(ranks):
+                    with tms[r]("mla_attention"):
+                        L.mla_core(*xs[r], *kv[r], scale)
+            elif phase == "decode":
                 ys = [L.attention_decode(K, lw, xs[r], pos, *kv[r], att, tms[r]) for r in range(ranks)]
             else:
                 ys = [L.attention_prefill(K, lw, xs[r], pos, att, tms[r]) for r in range(ranks)]
-            for r in range(ranks):
-                L.dense_mlp(K, dense, ys[r], tms[r])
-            for r in range(ranks):
-                L.route(K, lw, ys[r], moe, tms[r])
-            for r in range(ranks):
-                L.experts(K, lw, [(r * per_rank + e, rows[r][e]) for e in range(per_rank)], tms[r])
-            for r in range(ranks):
-                L.shared_expert(K, lw, ys[r], tms[r])
-            for r in range(ranks):
-                L.lm_head(K, W, ys[r], tms[r])
+            if phase != "kv":
+                for r in range(ranks):
+                    L.dense_mlp(K, dense, ys[r], tms[r])
+                for r in range(ranks):
+                    L.route(K, lw, ys[r], moe, tms[r])
+                for r in range(ranks):
+                    L.experts(K, lw, [(r * per_rank + e, rows[r][e]) for e in range(per_rank)], tms[r])
+                for r in range(ranks):
+                    L.shared_expert(K, lw, ys[r], tms[r])
+                for r in range(ranks):
+                    L.lm_head(K, W, ys[r], tms[r])
             for r, tm in enumerate(tms):
                 for op, sec in tm.events:
                     samples.setdefault(op, {}).setdefault(r, []).append(sec * 1e6)
@@ -285,9 +317,14 @@ def _grid_passes(K, W, lw, dense, model, att, moe, per_rank, cases, reps, clock,
 
 def grid_ops(model, prec, phase: str, T: int, per: int, kv_len: int) -> list[Op]:
     """The catalogue operators one rank runs at a grid point: attention, the dense MLP, the MoE with
-    PER_RANK experts of `per` rows each and the shared expert over T tokens, the LM head."""
+    PER_RANK experts of `per` rows each and the shared expert over T tokens, the LM head; at a 'kv' point the
+    decode attention alone (mla_attention over kv_len cached tokens and the new one)."""
     from cmtwin.executor.predict import catalogue_ops
+    from cmtwin.model.operators import attention_ops
 
+    if phase == "kv":
+        return [o for o in attention_ops(model, prec, tokens=T, requests=T, kv_len=kv_len + 1, form="absorbed")
+                if o.name == "mla_attention"]
     ops = catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=kv_len, dense=False,
                         loads=[per] * PER_RANK, shared_tokens=T)
     ops += catalogue_ops(model, prec, phase=phase, tokens=T, kv_len=kv_len, dense=True)[-4:]
@@ -305,7 +342,7 @@ def seconds(spec, device: str, hw: HardwareProfile, *, quick: bool = False) -> f
     model = scaled_model(spec.model, ex.scale)
     prec = precision_of(ex.dtype)
     return grid_passes(quick) * sum(
-        ranks * sum(op_time(o, hw).us for o in grid_ops(model, prec, phase, T, per, ex.kv_len))
+        ranks * sum(op_time(o, hw).us for o in grid_ops(model, prec, phase, T, per, per if phase == "kv" else ex.kv_len))
         for phase, T, per, ranks in grid_points(spec, device, quick=quick)) / 1e6
 
 
@@ -417,23 +454,59 @@ def fit_local(pairs, base: HardwareProfile, source: str, name: str) -> HardwareP
 
     base = lift_peaks(pairs, base)
     zero = _roofline_only(base)
-    cells: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    cells: dict[str, list[tuple[Op, float, float]]] = {}  # key -> (op, roofline at efficiency 1, measured us)
     for op, us in pairs:
         ot = op_time(op, zero)
         for key in (f"op:{op.name}", op.cls):
-            cells.setdefault(key, {}).setdefault(op.tokens, []).append((max(ot.compute_us, ot.memory_us), us))
+            cells.setdefault(key, []).append((op, max(ot.compute_us, ot.memory_us), us))
     eff = {}
-    for key, xs in sorted(cells.items()):
-        o = min(base.launch_overhead_us.value, 0.5 * min(us for rows in xs.values() for _, us in rows))
-        pts = []
-        for x, rows in sorted(xs.items()):
-            roof, busy = sum(r for r, _ in rows), sum(us - o for _, us in rows)
-            pts.append((float(x), min(1.0, max(1e-6, roof / busy)) if roof > 0 else 1.0))
-        curve = Curve(x="tokens", points=tuple(pts), source=source)
+    for key, rows in sorted(cells.items()):
+        o = min(base.launch_overhead_us.value, 0.5 * min(us for *_, us in rows))
+        axes = ["tokens"]
+        if rows[0][0].cls == "attention_decode" and len({op.kv_len for op, *_ in rows}) > 1:
+            axes += ["kv_len", "bytes"]  # measured at several context lengths: the axis that fits them best
+        curve = _curve(rows, "tokens", o, source)
+        if len(axes) > 1:  # each row predicted by the curve fitted without it: a curve with a point per row
+            errs = {a: _leave_one_out_error(rows, a, o) for a in axes}  # would fit itself exactly in-sample
+            axis = min(axes, key=lambda a: (round(errs[a], 9), axes.index(a)))  # ties: tokens, as before
+            curve = _curve(rows, axis, o, f"{source}; x = {axis}, leave-one-out median |error| "
+                           + ", ".join(f"{a} {100 * (math.exp(e) - 1):.1f}%" for a, e in errs.items()))
         eff[key] = Efficiency(compute=curve, memory=curve,
                               overhead_us=Sourced(value=round(o, 3), source=f"{source}: launch overhead, capped at "
                                                   "half the operator's fastest time"))
     return base.model_copy(update={"name": name, "efficiency": eff})
+
+
+def _coord(op: Op, axis: str) -> float:
+    return {"tokens": op.tokens, "kv_len": op.kv_len, "bytes": op.bytes}[axis]
+
+
+def _curve(rows, axis: str, o: float, source: str):
+    """The efficiency curve over `axis` that reproduces the measurements: at each coordinate,
+    eff = sum roofline at efficiency 1 / sum (measured - overhead) of the rows there."""
+    from cmtwin.twin.hardware import Curve
+
+    at: dict[float, list[tuple[float, float]]] = {}
+    for op, roof, us in rows:
+        at.setdefault(float(_coord(op, axis)), []).append((roof, us))
+    pts = []
+    for x, rs in sorted(at.items()):
+        roof, busy = sum(r for r, _ in rs), sum(us - o for _, us in rs)
+        pts.append((x, min(1.0, max(1e-6, roof / busy)) if roof > 0 else 1.0))
+    return Curve(x=axis, points=tuple(pts), source=source)
+
+
+def _leave_one_out_error(rows, axis: str, o: float) -> float:
+    """Median over rows of |log(predicted / measured)|, each row predicted (overhead + roofline / efficiency) by
+    the curve over `axis` fitted to the other rows."""
+    errs = []
+    for i, (op, roof, us) in enumerate(rows):
+        rest = rows[:i] + rows[i + 1:]
+        if not rest:
+            return 0.0
+        c = _curve(rest, axis, o, "leave-one-out")
+        errs.append(abs(math.log(max(1e-12, o + roof / c.at(_coord(op, axis))) / max(1e-12, us))))
+    return statistics.median(errs)
 
 
 def profile_yaml(hw: HardwareProfile, header: str = "") -> str:

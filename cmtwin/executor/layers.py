@@ -83,6 +83,15 @@ def _projections(K, lw, x, pos, att, tm):
     return qn, qpe, c, kpe
 
 
+def mla_core(ql, qpe, ckv, kp, scale: float):
+    """Absorbed MLA decode attention over the latent cache (the catalogue's mla_attention): latent queries
+    ql[T, H, c] and rope queries qpe[T, H, r] against each request's cache ckv[T, L, c] and kp[T, L, r]."""
+    t = torch()
+    s = (t.einsum("thc,tlc->thl", ql, ckv) + t.einsum("thr,tlr->thl", qpe, kp)) * scale
+    p = t.softmax(s.float(), -1).to(ckv.dtype)
+    return t.einsum("thl,tlc->thc", p, ckv)
+
+
 def attention_decode(K, lw, x, pos, cache_c, cache_pe, att, tm=NULL, *, absorbed=True):
     """MLA for decode tokens x[T, h] at positions pos, each its own request with a latent cache [T, L, .];
     absorbed form (the executor) or MHA form (the reference)."""
@@ -97,9 +106,7 @@ def attention_decode(K, lw, x, pos, cache_c, cache_pe, att, tm=NULL, *, absorbed
         with tm("q_absorb"):
             ql = t.einsum("thn,chn->thc", qn, wk)
         with tm("mla_attention"):
-            s = (t.einsum("thc,tlc->thl", ql, ckv) + t.einsum("thr,tlr->thl", qpe, kp)) * scale
-            p = t.softmax(s.float(), -1).to(ckv.dtype)
-            ol = t.einsum("thl,tlc->thc", p, ckv)
+            ol = mla_core(ql, qpe, ckv, kp, scale)
         with tm("v_absorb"):
             o = t.einsum("thc,chv->thv", ol, wv)
     else:
