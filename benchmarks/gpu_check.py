@@ -69,7 +69,10 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--scale", default="1.0")
-    ap.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "int8"))
+    ap.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "int8", "fp8"))
+    ap.add_argument("--no-fp8", action="store_true",
+                    help="skip the short fp8 step (a decode layer on 2 ranks, executor.dtype=fp8: numerics, or the "
+                         "refusal where torch has no float8 scaled matmul for this device)")
     ap.add_argument("--prefill-tokens", type=int, default=4096, help="prefill chunk per rank (4K-16K on a GPU)")
     ap.add_argument("--kv-len", type=int, default=128, help="context of every decode request")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "data"), help="folder for <name>_check.json")
@@ -145,6 +148,23 @@ def main() -> int:
             graph = (f", graphed {d['graph_us']:.1f} us ({d['graph_rel_err']:+.1%})" if d.get("graph_us") else "")
             print(f"{p['name']:>24s} ({p['role']}) {ph}: measured {d['measured_us']:.1f} us, predicted "
                   f"{d['predicted_us']:.1f} us ({(d['rel_err'] or 0):+.1%}){graph}")
+    left = 290.0 - (time.perf_counter() - t_all)
+    if not a.no_fp8 and a.dtype != "fp8" and left > 40:  # W8A8 fp8 through torch._scaled_mm, at the same shapes
+        cmd = ["execute", f"+deployment={a.deployment}", *[x for x in shape if "dtype" not in x],
+               "executor.dtype=fp8", "executor.phase=decode", "executor.layers=1", "executor.ranks=2",
+               "executor.timing=sync", "--format", "json", "--no-record"]
+        with tempfile.TemporaryDirectory(prefix="cmtwin-gpu-check-fp8-") as tmp8:
+            rc, out, dt = sh(cmd, left - 10, Path(tmp8))
+        record["commands"].append("cmtwin " + " ".join(cmd))
+        record["wall_s"]["execute_fp8"] = round(dt, 1)
+        fp8 = {"rc": rc}
+        if out.strip().startswith("{"):
+            r8 = json.loads(out)
+            fp8.update(numerics=r8.get("numerics"), max_rel_err=r8.get("max_rel_err"), phases=r8.get("phases"),
+                       per_layer=r8.get("per_layer"))
+        record["fp8"] = fp8
+        print(f"execute fp8: rc {rc} in {dt:.1f} s" + (f", numerics {fp8.get('numerics')}" if "numerics" in fp8
+                                                       else " (exit 2: refused, see stderr above)" if rc == 2 else ""))
     record["wall_s"]["total"] = round(time.perf_counter() - t_all, 1)
     path = Path(a.out) / f"{a.name or slug(gpu)}_check.json"
     path.parent.mkdir(parents=True, exist_ok=True)
