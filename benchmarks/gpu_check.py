@@ -4,7 +4,7 @@ against it. Installs nothing and needs no network. Budget: under 5 minutes on on
 
 usage: python benchmarks/gpu_check.py [--deployment r1_h100_ep72] [--hardware h200_sxm] [--layers 2] [--ranks 4] [--scale 1.0]
                                       [--dtype bf16] [--prefill-tokens 4096] [--kv-len 128] [--out benchmarks/data]
-                                      [--name NAME] [--ref JSON] [--allow-cpu]
+                                      [--name NAME] [--ref JSON] [--no-fp8] [--allow-cpu]
 
 Steps (each a `cmtwin` command, so the same code paths as a user's), in a scratch directory:
   1. cmtwin calibrate executor.scale=S executor.dtype=D executor.prefill_tokens=P executor.kv_len=K
@@ -14,7 +14,10 @@ Steps (each a `cmtwin` command, so the same code paths as a user's), in a scratc
   3. cmtwin execute +deployment=... [hardware=<this GPU's shipped profile>] (same scale, dtype, tokens)
      executor.layers=L executor.ranks=R --compare
      --measurement FILE: per-operator CUDA graphs, then each rank's segments as graphs; predicted vs measured
-     for the deployment's shipped profile and the freshly calibrated one
+     for the deployment's shipped profile and the freshly calibrated one. R is the most ranks up to --ranks
+     that the memory estimate lets start (4 on an H200; an H100's 80 GB refuses 4 ranks' 4K-token prefill)
+  4. (unless --no-fp8) cmtwin execute ... executor.dtype=fp8 executor.phase=decode executor.layers=1
+     executor.ranks=2: fp8 numerics through torch._scaled_mm, or the refusal where the device has no kernel
 Writes OUT/<name>_check.json (name: the GPU's, e.g. nvidia_h200): environment, commands, wall times, the
 comparison, the measurement and the calibrated profile. tests/test_executor_compare.py replays every
 benchmarks/data/*_check.json with the twin as it is (cmtwin.executor.compare.replay).
@@ -58,6 +61,24 @@ def git_commit() -> str | None:
                               timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def fitting_ranks(overrides: list[str], most: int, device: str) -> tuple[int, list[str]]:
+    """The most ranks (at most `most`) whose execute the memory estimate lets start on this device (the same
+    check execute makes before it allocates, graph pool included), and a line per count refused."""
+    from cmtwin.config.compose import load_spec
+    from cmtwin.executor import budget
+    from cmtwin.planner.plan import compile_plan
+
+    notes = []
+    for r in range(most, 0, -1):
+        spec = load_spec([*overrides, f"executor.ranks={r}"])[0]
+        est = budget.execute_estimate(spec, compile_plan(spec), device)
+        if est.fits or r == 1:
+            return r, notes
+        notes.append(f"executor.ranks={r} needs about {budget.fmt(est.peak_bytes)}, "
+                     f"{budget.fmt(est.usable_bytes)} usable")
+    return 1, notes
 
 
 def main() -> int:
@@ -128,9 +149,14 @@ def main() -> int:
                 record["import"] = {"file": ref.name, "loso_median_abs_err": loso}
                 print(f"import {ref.name}: LOSO median |err| {loso:.1%} ({dt:.1f} s)")
         meas = work / "measurement.json"
-        cmd = ["execute", f"+deployment={a.deployment}", *([f"hardware={hardware}"] if hardware else []), *shape,
-               f"executor.layers={a.layers}",
-               f"executor.ranks={a.ranks}", "--compare", "--measurement", str(meas), "--format", "json", "--no-record"]
+        over = [f"+deployment={a.deployment}", *([f"hardware={hardware}"] if hardware else []), *shape,
+                f"executor.layers={a.layers}"]
+        ranks, refused = fitting_ranks(over, a.ranks, device)  # e.g. 4 ranks' 4K-token prefill logits on an H100
+        for line in refused:
+            print(f"memory: {line}; fewer ranks")
+        record["ranks"] = {"asked": a.ranks, "ran": ranks, "refused": refused}
+        cmd = ["execute", *over,
+               f"executor.ranks={ranks}", "--compare", "--measurement", str(meas), "--format", "json", "--no-record"]
         rc, out, dt = sh(cmd, max(60.0, 290.0 - (time.perf_counter() - t_all)), work)  # the 5-minute budget
         record["commands"].append("cmtwin " + " ".join(cmd[:-1]).replace(str(meas), "measurement.json"))
         record["wall_s"]["execute"] = round(dt, 1)

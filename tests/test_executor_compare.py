@@ -196,3 +196,30 @@ def test_a_gpu_check_meets_the_calibrated_layer_claim(path):
     cal = next(p for p in replay(check)["profiles"] if p["role"] == "calibrated")
     for ph, d in cal["per_layer"].items():
         assert abs(d["rel_err"]) <= WITHIN, (ph, d)
+
+
+def test_gpu_check_runs_the_most_ranks_the_memory_estimate_lets_start(monkeypatch):
+    """gpu_check's true-shape execute (r1_h100_ep72, 4K-token prefill, graph timing on CUDA) asks for 4 ranks;
+    on an 80 GB H100 the estimate refuses that (the 4 ranks' fp32 logits of 16K prefill tokens, kept and in the
+    reference, and the CUDA graph pool), so the check steps down to the most ranks that fit instead of failing."""
+    import importlib.util
+
+    from cmtwin.config.compose import load_spec
+    from cmtwin.executor import budget
+    from cmtwin.planner.plan import compile_plan
+
+    spec_ = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gc = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(gc)
+    over = ["+deployment=r1_h100_ep72", "hardware=h100_sxm", "executor.scale=1.0", "executor.dtype=bf16",
+            "executor.prefill_tokens=4096", "executor.kv_len=128", "executor.layers=2"]
+    monkeypatch.setenv(budget.ENV, "79G")  # an H100's free memory
+    ranks, refused = gc.fitting_ranks(over, 4, "cuda")
+
+    def fits(r):
+        spec = load_spec([*over, f"executor.ranks={r}"])[0]
+        return budget.execute_estimate(spec, compile_plan(spec), "cuda").fits
+
+    assert 1 <= ranks < 4 and fits(ranks) and not fits(ranks + 1) and len(refused) == 4 - ranks
+    monkeypatch.setenv(budget.ENV, "139G")  # an H200's
+    assert gc.fitting_ranks(over, 4, "cuda") == (4, [])
