@@ -78,6 +78,9 @@ _MARK = MeasureStart()
 _ARRIVED = attrgetter("t_arrival")
 _LOAD = attrgetter("load")
 _KV_NEED = attrgetter("kv_need")
+_FIRST = attrgetter("t_first")
+_DONE = attrgetter("t_done")
+_OUTPUT = attrgetter("output")
 
 
 class Request:
@@ -103,6 +106,19 @@ class Request:
         self.group = -1  # prefix group the batching policy put it in (-1: none)
         self.shared = 0  # leading prompt tokens whose KV it shares with its group on a decode die
         self.kv_need = 0  # KV tokens it is expected to hold on decode (the batching policy's estimate)
+
+
+class _Span(dict):
+    """output tokens -> the decode steps after its admission step in which a request ends (memoised: a dict lookup
+    per request rather than a division and a ceil)."""
+
+    def __init__(self, tps: float):
+        super().__init__()
+        self.tps = tps
+
+    def __missing__(self, output: int) -> int:
+        k = self[output] = math.ceil((output - 1) / self.tps) - 1
+        return k
 
 
 class PrefillInstance:
@@ -402,6 +418,7 @@ class Simulator:
             self.prefill_capacity = prefill_requests_per_s(
                 tokens_per_s=len(self.instances) * self.inst_budget / self.full_forward_s, prompt_len=w.prompt_len)
         self.tps = self.dtable.tokens_per_step
+        self._span = _Span(self.tps)
         self.decode_capacity = decode_requests_per_s(slots=len(self.decoders) * self.ranks * self.batch_cap,
                                                      step_s=dstep, tokens_per_step=self.tps, output_len=w.output_len)
         self.capacity = min(self.decode_capacity, self.prefill_capacity)
@@ -447,6 +464,7 @@ class Simulator:
         self._rate_t = 0.0
         self._last = self._snapshot(0.0) | {"arr": 0}
         self._win_ttft: list[float] = []
+        self._done: list[Request] = []  # completed since the last sample, latencies not yet recorded (`_record`)
         self.samples_taken = 0
         self._stalled = False  # a prefill instance waits for decode room (decode-aware admission)
         self._mark_start: dict | None = None
@@ -687,7 +705,7 @@ class Simulator:
         """r starts decoding on its rank at d's current step."""
         step = d.step
         r.admit_step = step
-        r.end_step = end = step + math.ceil((r.output - 1) / self.tps) - 1
+        r.end_step = end = step + self._span[r.output]
         b = d.buckets.get(end)
         if b is None:
             d.buckets[end] = [r]
@@ -699,25 +717,51 @@ class Simulator:
 
     def _admit(self, d: DecodeInstance, now: float) -> None:
         """Requests whose KV has landed take a slot and start decoding, in order of landing, while a slot is free
-        and the batching policy finds a die with KV room (the steps of `_slot` and `_decode`, written out: this
-        runs once per request)."""
+        and the batching policy finds a die with KV room (the steps of `_slot`, `DecodeInstance.take` and
+        `_decode`, written out: this runs once per request). Within the round the KV totals only grow, so their
+        peaks are taken once at its end; the ranks' counts, levels and KV, which placement reads, move per request."""
         ready = d.ready
+        if not ready or ready[0][0] > now:
+            return
         slots = d.ranks * d.cap
-        pop, place, T, tps, step, buckets = heapq.heappop, self.sched.place, self.totals, self.tps, d.step, d.buckets
-        admitted = prompts = 0
-        while ready and ready[0][0] <= now and d.held < slots:
+        pop, place, step, buckets, span = heapq.heappop, self.sched.place, d.step, d.buckets, self._span
+        levels, counts, rank_kv = d.levels, d.rank_count, d.rank_kv
+        held, die_peak = d.held, d.kv_die_peak
+        admitted = prompts = kv_added = kv_left = 0
+        while held < slots:
             r = ready[0][2]
             rank, added = place(r, d)
             if rank < 0:
+                d.held = held
                 self._blocked(d, r)
                 break
-            d.take(r, rank, added)
-            kv = T.kv_tokens = T.kv_tokens + added
-            if kv > T.kv_tokens_peak:
-                T.kv_tokens_peak = kv
             pop(ready)
+            kv_left += r.kv_need
+            held += 1
+            # d.take(r, rank, added): the rank moves up a level, the least and most busy follow
+            c = counts[rank]
+            n = counts[rank] = c + 1
+            here = levels[c]
+            if len(here) == 1:
+                here.pop()
+                if c == d.low:
+                    d.low = n
+            else:
+                del here[bisect_left(here, rank)]
+            if n == len(levels):
+                levels.append([rank])
+            else:
+                insort(levels[n], rank)
+            if n > d.busiest:
+                d.busiest = n
+            kv = rank_kv[rank] + added
+            rank_kv[rank] = kv
+            if kv > die_peak:
+                die_peak = kv
+            kv_added += added
+            r.rank = rank
             r.admit_step = step
-            r.end_step = end = step + math.ceil((r.output - 1) / tps) - 1
+            r.end_step = end = step + span[r.output]
             b = buckets.get(end)
             if b is None:
                 buckets[end] = [r]
@@ -725,6 +769,19 @@ class Simulator:
                 b.append(r)
             admitted += 1
             prompts += r.prompt
+            if not ready or ready[0][0] > now:
+                break
+        d.held = held
+        d.kv_die_peak = die_peak
+        d.waiting -= admitted
+        d.waiting_kv -= kv_left
+        kv = d.kv_sum = d.kv_sum + kv_added
+        if kv > d.kv_sum_peak:
+            d.kv_sum_peak = kv
+        T = self.totals
+        kv = T.kv_tokens = T.kv_tokens + kv_added
+        if kv > T.kv_tokens_peak:
+            T.kv_tokens_peak = kv
         d.n_active += admitted
         d.sum_prompt += prompts
         d.sum_admit += admitted * step
@@ -819,15 +876,31 @@ class Simulator:
         finished = d.buckets.pop(k, None)
         if finished:
             freed = prompts = admits = 0
-            release, leave = self.sched.release, d.leave
+            release, levels, counts, rank_kv = self.sched.release, d.levels, d.rank_count, d.rank_kv
             for r in finished:
                 emitted -= (k - r.admit_step + 1) * tps - (r.output - 1)
                 f = release(r, d)
-                leave(r, f)
+                # d.leave(r, f), written out: the rank moves down a level, the least and most busy follow
+                rank = r.rank
+                c = counts[rank]
+                n = counts[rank] = c - 1
+                here = levels[c]
+                if len(here) == 1:
+                    here.pop()
+                    if c == d.busiest:
+                        d.busiest = n
+                else:
+                    del here[bisect_left(here, rank)]
+                insort(levels[n], rank)
+                if n < d.low:
+                    d.low = n
+                rank_kv[rank] -= f
                 freed += f
                 prompts += r.prompt
                 admits += r.admit_step
                 r.t_done = now
+            d.held -= len(finished)
+            d.kv_sum -= freed
             if self.agg:
                 for r in finished:
                     d.rank_dec[r.rank] -= 1
@@ -864,15 +937,33 @@ class Simulator:
         T = self.totals
         T.completed += len(done)
         T.last_done = now
-        win, lo, hi, rec = self._win_ttft, self.warmup, self.duration, self.rec
-        for r in done:
-            ttft = r.t_first - r.t_arrival
-            win.append(ttft)
-            if lo <= r.t_arrival <= hi:
-                rec.ttft.append(ttft)
-                rec.e2e.append(r.t_done - r.t_arrival)
-                if r.output > 1:
-                    rec.tpot.append((r.t_done - r.t_first) / (r.output - 1))
+        self._done += done  # their latencies are computed together, as columns, at the next sample (`_record`)
+
+    def _record(self) -> None:
+        """The latencies of the requests completed since the last call, computed on their columns (in completion
+        order): every TTFT to the sample window's median, those of requests that arrived in the measurement
+        window to `rec` (TPOT for those with more than one output token)."""
+        done = self._done
+        if not done:
+            return
+        self._done = []
+        n = len(done)
+        arrived = np.fromiter(map(_ARRIVED, done), float, n)
+        first = np.fromiter(map(_FIRST, done), float, n)
+        end = np.fromiter(map(_DONE, done), float, n)
+        ttft = first - arrived
+        self._win_ttft += ttft.tolist()
+        inside = (arrived >= self.warmup) & (arrived <= self.duration)
+        rec = self.rec
+        if inside.all():
+            rec.ttft += ttft.tolist()
+            rec.e2e += (end - arrived).tolist()
+        else:
+            rec.ttft += ttft[inside].tolist()
+            rec.e2e += (end - arrived)[inside].tolist()
+        out = np.fromiter(map(_OUTPUT, done), np.int64, n)
+        more = inside & (out > 1)
+        rec.tpot += ((end - first)[more] / (out[more] - 1)).tolist()
 
     def census(self) -> dict[str, int]:
         """Where every request that arrived is now; the parts add up to `arrived`."""
@@ -922,6 +1013,7 @@ class Simulator:
             (now, "cache.hit_ratio", (S["hit"] - L["hit"]) / prompt if prompt else 0.0),
             (now, "decode.kv_tokens", float(T.kv_tokens)),
         ]
+        self._record()
         if self._win_ttft:
             rows.append((now, "ttft_ms.p50", 1e3 * statistics.median(self._win_ttft)))
             self._win_ttft = []
@@ -951,6 +1043,7 @@ class Simulator:
                 self._mark_end = self._snapshot(self.totals.last_done)
         now = env.now
         self._area(now)
+        self._record()
         return self._result(now)
 
     def _snapshot(self, now: float) -> dict[str, float]:

@@ -64,6 +64,26 @@ class Table2D:
         self.v = [list(map(float, row)) for row in values]
 
     def __call__(self, x: float, y: float) -> float:
+        xs, ys = self.xs, self.ys
+        n, m = len(xs), len(ys)
+        if n > 1 and m > 1:  # the usual case, with `_interp1` written out (a step's time: once per event)
+            i = bisect.bisect_right(xs, x) - 1
+            if i < 0:
+                i = 0
+            elif i > n - 2:
+                i = n - 2
+            wx = (x - xs[i]) / (xs[i + 1] - xs[i])
+            j = bisect.bisect_right(ys, y) - 1
+            if j < 0:
+                j = 0
+            elif j > m - 2:
+                j = m - 2
+            wy = (y - ys[j]) / (ys[j + 1] - ys[j])
+            lo, hi = self.v[i], self.v[i + 1]
+            a = lo[j] * (1 - wy) + lo[j + 1] * wy
+            b = hi[j] * (1 - wy) + hi[j + 1] * wy
+            t = a * (1 - wx) + b * wx
+            return t if t > 0.0 else 0.0  # max(0.0, t)
         i, wx = _interp1(self.xs, x)
         v = self.v
         if len(self.ys) == 1:
@@ -99,6 +119,7 @@ class DecodeTable:
         self.tokens_per_step = tps
         self.table = Table2D(self.batches, self.kvs, vals)
         self.calls = vals.size
+        self.step_us = self.table  # step_us(batch, kv), without a call in between (once per decode step)
 
     def step_us(self, batch: float, kv: float) -> float:
         return self.table(batch, kv)
