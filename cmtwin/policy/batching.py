@@ -185,14 +185,14 @@ class FcfsLruScheduler(_Base):
         """Each request to the least-loaded line (the first of equals), by the lines' loads kept in a list while the
         batch is routed (only these pushes change them meanwhile); round robin with sim.prefill_policy=round_robin."""
         drafts = self.drafts
-        for r in batch:
-            r.kv_need = r.prompt + r.output + drafts  # own_kv(r): fcfs_lru shares no prefix on decode
         if self.round_robin or len(lines) == 1:
             for r in batch:
+                r.kv_need = r.prompt + r.output + drafts  # own_kv(r): fcfs_lru shares no prefix on decode
                 self.route(lines).push(r)
             return
         loads = [line.load for line in lines]
         for r in batch:
+            r.kv_need = r.prompt + r.output + drafts
             i = loads.index(min(loads))
             line = lines[i]
             line.push(r)
@@ -210,18 +210,21 @@ class FcfsLruScheduler(_Base):
 
     def next_forward(self, line, budget):
         # decode-aware admission by request slots: the forward waits, whole, while decode could not take the
-        # requests it would finish (counted before the cache lookup: an upper bound)
-        finishing, left = 0, budget
-        for r in line.queue:
-            need = r.todo if r.todo >= 0 else r.prompt
-            if need > left:
-                break
-            left -= need
-            finishing += 1
-            if left <= 0:
-                break
-        if finishing and not self.sim.decode_can_take(finishing):
-            return None
+        # requests it would finish (counted before the cache lookup: an upper bound); when decode could take the
+        # whole queue (usually, below saturation) it can take them, uncounted (decode_can_take grows with fewer)
+        can_take = self.sim.decode_can_take
+        if not can_take(len(line.queue)):
+            finishing, left = 0, budget
+            for r in line.queue:
+                need = r.todo if r.todo >= 0 else r.prompt
+                if need > left:
+                    break
+                left -= need
+                finishing += 1
+                if left <= 0:
+                    break
+            if finishing and not can_take(finishing):
+                return None
         return take_tokens(line, budget, self.reuse if self.cache is not None else None)
 
     def prefilled(self, done, line) -> None:

@@ -123,7 +123,7 @@ class _Span(dict):
 
 class PrefillInstance:
     __slots__ = ("index", "dies", "devices", "queue", "queued_tokens", "busy", "busy_since", "busy_acc",
-                 "lanes", "in_forward", "in_forward_kv", "forwards", "fetch", "failed", "epoch")
+                 "lanes", "in_forward", "running", "forwards", "fetch", "failed", "epoch")
 
     def __init__(self, index: int, dies: int, devices: int, fetch: FetchCost | None):
         self.index = index
@@ -135,8 +135,8 @@ class PrefillInstance:
         self.busy_since = 0.0
         self.busy_acc = 0.0
         self.lanes = [0.0] * dies  # RDMA port of each die: free at
-        self.in_forward = 0  # requests the running forward completes, and their KV tokens on decode
-        self.in_forward_kv = 0
+        self.in_forward = 0  # requests the running forward completes (`running`: which; () when idle)
+        self.running: tuple = ()
         self.forwards = 0
         self.fetch = fetch
         self.failed = False  # failures.events: down until it recovers; routing sends nothing here meanwhile
@@ -145,6 +145,12 @@ class PrefillInstance:
     @property
     def load(self) -> float:
         return math.inf if self.failed else self.queued_tokens
+
+    @property
+    def in_forward_kv(self) -> int:
+        """KV tokens on decode of the requests the running forward completes (summed when asked: decode-aware
+        admission by KV asks it, once per forward at most, and only some batching policies do)."""
+        return sum(map(_KV_NEED, self.running))
 
     def push(self, r: Request) -> None:
         self.queue.append(r)
@@ -447,14 +453,13 @@ class Simulator:
         self.sched = self.batching.scheduler(self)
         self._bulk = getattr(self.sched, "bulk_arrivals", False)  # (a third-party scheduler may not say)
         self.failures_seen: list[tuple[float, str, int]] = []  # (t, die, requests re-queued)
-        self._in_flight: dict[int, tuple] = {}  # prefill instance -> the requests its running forward completes
         self.totals = Totals()
         self.rec = Recorded()
         self.next_id = 0
         self.stream = iter(Stream(self.spec.workload, rate_per_s=self.rate, until_s=self.duration, seed=self.seed,
                                   trace=self.trace))
-        self._load_chunk()  # the arrivals, as columns: a Request is made when one arrives
-        self._next_t = self._cols[0][0] if self._cols[0] else math.inf
+        self._load_chunk()  # the arrivals: times as a list (bisected), requests made a chunk at a time
+        self._next_t = self._t[0] if self._t else math.inf
         self._wake_at = math.inf  # when the pending Arrival wake-up fires (inf: none)
         self.in_system = 0
         self._area_t = 0.0
@@ -476,14 +481,17 @@ class Simulator:
 
     # ------------------------------------------------------------------ arrivals
     def _load_chunk(self) -> bool:
-        """The stream's next non-empty chunk as columns of Python numbers; False once the stream is exhausted."""
+        """The stream's next non-empty chunk: its arrival times as a list of floats and its requests, made together
+        (ids in arrival order, following the previous chunk's); False once the stream is exhausted."""
         for c in self.stream:
             if len(c):
-                self._cols = (c.t.tolist(), c.prompt.tolist(), c.output.tolist(), c.prefix.tolist(),
-                              c.prefix_len.tolist())
+                self._t = c.t.tolist()
+                base = self.next_id
+                self._reqs = list(map(Request, range(base, base + len(c)), self._t, c.prompt.tolist(),
+                                      c.output.tolist(), c.prefix.tolist(), c.prefix_len.tolist()))
                 self._ci = 0
                 return True
-        self._cols = ([], [], [], [], [])
+        self._t, self._reqs = [], []
         self._ci = 0
         return False
 
@@ -501,15 +509,13 @@ class Simulator:
         batch: list[Request] = []
         since = 0.0  # sum of their arrival times
         while True:
-            t, prompt, output, prefix, plen = self._cols
+            t = self._t
             i = self._ci
             j = bisect_right(t, now, i)
             if j > i:
-                rid = self.next_id
-                batch += map(Request, range(rid, rid + j - i), t[i:j], prompt[i:j], output[i:j], prefix[i:j],
-                             plen[i:j])
+                batch += self._reqs[i:j]
                 since += sum(t[i:j])
-                self.next_id = rid + j - i
+                self.next_id += j - i
                 self._ci = j
             if j < len(t) or not self._load_chunk():
                 break
@@ -599,10 +605,9 @@ class Simulator:
         inst.busy = True
         inst.busy_since = now
         inst.in_forward = n = len(done)
-        inst.in_forward_kv = done[0].kv_need if n == 1 else sum(map(_KV_NEED, done))
+        inst.running = done
         inst.forwards += 1
         self.in_prefill += n
-        self._in_flight[inst.index] = done
         env.schedule(now + step / 1e6, PrefillDone(inst.index, done, inst.epoch))
 
     def _on_prefill_done(self, ev: PrefillDone) -> None:
@@ -610,11 +615,11 @@ class Simulator:
         inst = self.instances[ev.instance]
         if ev.epoch != inst.epoch:
             return  # a failure cut this forward: its requests were re-queued then
-        self._in_flight.pop(ev.instance, None)
         inst.busy = False
         inst.busy_acc += now - inst.busy_since
         self.in_prefill -= inst.in_forward
-        inst.in_forward = inst.in_forward_kv = 0
+        inst.in_forward = 0
+        inst.running = ()
         lanes = inst.lanes
         nl = len(lanes)
         ds = self.decoders
@@ -653,7 +658,8 @@ class Simulator:
         T.prompt_tokens += prompts
         T.hit_tokens += hits
         self._try_prefill(inst)
-        self._retry_stalled()
+        if self._stalled:
+            self._retry_stalled()
 
     def _retry_stalled(self) -> None:
         if self._stalled:
@@ -1081,12 +1087,13 @@ class Simulator:
         inst = self.instances[ev.instance]
         inst.failed = True
         inst.epoch += 1
+        cut = list(inst.running)  # the forward it was running (none when idle)
         if inst.busy:
             inst.busy = False
             inst.busy_acc += now - inst.busy_since
             self.in_prefill -= inst.in_forward
-            inst.in_forward = inst.in_forward_kv = 0
-        cut = list(self._in_flight.pop(ev.instance, ()))
+            inst.in_forward = 0
+            inst.running = ()
         queued = list(inst.queue)
         inst.queue.clear()
         inst.queued_tokens = 0
