@@ -31,6 +31,7 @@ including any wait for a decode slot; end-to-end = arrival -> last token.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import statistics
@@ -487,8 +488,16 @@ class Simulator:
             if len(c):
                 self._t = c.t.tolist()
                 base = self.next_id
-                self._reqs = list(map(Request, range(base, base + len(c)), self._t, c.prompt.tolist(),
-                                      c.output.tolist(), c.prefix.tolist(), c.prefix_len.tolist()))
+                # tens of thousands of objects that all live on: the cyclic garbage collector, which would scan the
+                # young ones every 700 allocations, waits until they are made (a pause, not a change of policy)
+                collect = gc.isenabled()
+                gc.disable()
+                try:
+                    self._reqs = list(map(Request, range(base, base + len(c)), self._t, c.prompt.tolist(),
+                                          c.output.tolist(), c.prefix.tolist(), c.prefix_len.tolist()))
+                finally:
+                    if collect:
+                        gc.enable()
                 self._ci = 0
                 return True
         self._t, self._reqs = [], []
@@ -752,12 +761,18 @@ class Simulator:
                 here.pop()
                 if c == d.low:
                     d.low = n
+            elif here[0] == rank:  # the least busy rank, the first of its level (fcfs_lru's choice)
+                del here[0]
             else:
                 del here[bisect_left(here, rank)]
             if n == len(levels):
                 levels.append([rank])
             else:
-                insort(levels[n], rank)
+                up = levels[n]
+                if not up or up[-1] < rank:  # ranks fill in order: usually the last of the level above
+                    up.append(rank)
+                else:
+                    insort(up, rank)
             if n > d.busiest:
                 d.busiest = n
             kv = rank_kv[rank] + added
