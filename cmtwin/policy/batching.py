@@ -166,6 +166,7 @@ class FcfsLruScheduler(_Base):
     """FCFS queues, LRU prefix blocks in EMS, whole-prompt KV per request on the least-busy decode die."""
 
     bulk_arrivals = True  # one request at a time, by the lines' queued tokens
+    releases_kv_need = True  # release(r, d) is r.kv_need and changes nothing: the simulator may read it instead
 
     def __init__(self, sim):
         super().__init__(sim)
@@ -173,6 +174,9 @@ class FcfsLruScheduler(_Base):
         self.block_tokens = sim.block_tokens
         self.round_robin = sim.spec.sim.prefill_policy == "round_robin"
         self.rr = 0
+        # the lines are prefill instances (not aggregated ones): a line's load is its queued tokens (inf while it is
+        # failed), so a push adds the prompt to it
+        self.queued_load = not getattr(sim, "agg", False)
 
     def route(self, lines: list):
         """The least-loaded line (round robin with sim.prefill_policy=round_robin)."""
@@ -191,6 +195,17 @@ class FcfsLruScheduler(_Base):
                 self.route(lines).push(r)
             return
         loads = [line.load for line in lines]
+        if self.queued_load:  # line.push(r) and line.load written out (a PrefillInstance's)
+            for r in batch:
+                prompt = r.prompt
+                r.kv_need = prompt + r.output + drafts
+                least = min(loads)
+                i = loads.index(least)
+                line = lines[i]
+                line.queue.append(r)
+                line.queued_tokens += prompt
+                loads[i] = least + prompt  # its queued tokens now (inf + prompt: still inf where failed)
+            return
         for r in batch:
             r.kv_need = r.prompt + r.output + drafts
             i = loads.index(min(loads))

@@ -72,6 +72,10 @@ FAILED_KV = 2**62
 long enough to span many decode steps (tens of ms each) and the arrivals of a burst, short enough to follow a
 load change within seconds. A smoothing choice of the simulator, not a hardware figure."""
 
+RECORD_BATCH = 8192
+"""Completed requests whose latencies are recorded together when the samples' rows go nowhere (no sink): fewer
+rounds of column work than one per sample, and a bounded number of requests kept."""
+
 _ARRIVAL = Arrival()
 _SAMPLE = SampleTick()
 _STOP = Stop()
@@ -453,6 +457,7 @@ class Simulator:
         env.on(PrefillUp, self._on_prefill_up)
         self.sched = self.batching.scheduler(self)
         self._bulk = getattr(self.sched, "bulk_arrivals", False)  # (a third-party scheduler may not say)
+        self._releases_need = getattr(self.sched, "releases_kv_need", False)  # release(r, d) is r.kv_need
         self.failures_seen: list[tuple[float, str, int]] = []  # (t, die, requests re-queued)
         self.totals = Totals()
         self.rec = Recorded()
@@ -898,9 +903,10 @@ class Simulator:
         if finished:
             freed = prompts = admits = 0
             release, levels, counts, rank_kv = self.sched.release, d.levels, d.rank_count, d.rank_kv
+            need = self._releases_need
             for r in finished:
                 emitted -= (k - r.admit_step + 1) * tps - (r.output - 1)
-                f = release(r, d)
+                f = r.kv_need if need else release(r, d)
                 # d.leave(r, f), written out: the rank moves down a level, the least and most busy follow
                 rank = r.rank
                 c = counts[rank]
@@ -973,7 +979,8 @@ class Simulator:
         first = np.fromiter(map(_FIRST, done), float, n)
         end = np.fromiter(map(_DONE, done), float, n)
         ttft = first - arrived
-        self._win_ttft += ttft.tolist()
+        if self.sink is not None:  # the samples' TTFT median
+            self._win_ttft += ttft.tolist()
         inside = (arrived >= self.warmup) & (arrived <= self.duration)
         rec = self.rec
         if inside.all():
@@ -999,10 +1006,13 @@ class Simulator:
         ds = self.decoders
         waiting = (sum(len(i.queue) for i in self.instances) + sum(len(d.queue) + len(d.ready) for d in ds))
         self._series.append((now, waiting, sum(d.n_active for d in ds), self.totals.output_tokens))
-        rows = self._sample_rows(now)
         self.samples_taken += 1
-        if self.sink is not None and rows:
-            self.sink(rows)
+        if self.sink is not None:
+            rows = self._sample_rows(now)
+            if rows:
+                self.sink(rows)
+        elif len(self._done) >= RECORD_BATCH:  # no one reads the samples' rows: latencies are recorded in batches
+            self._record()
         if self.progress is not None:
             self.progress(min(now, self.duration), self.duration)
         busy = self.in_system > 0 or self.env.pending > 1 or self._next_t < math.inf
