@@ -194,8 +194,9 @@ class FcfsLruScheduler(_Base):
                 r.kv_need = r.prompt + r.output + drafts  # own_kv(r): fcfs_lru shares no prefix on decode
                 self.route(lines).push(r)
             return
-        loads = [line.load for line in lines]
-        if self.queued_load:  # line.push(r) and line.load written out (a PrefillInstance's)
+        if self.queued_load:  # line.load and line.push(r) written out (a PrefillInstance's)
+            inf = math.inf
+            loads = [inf if line.failed else line.queued_tokens for line in lines]
             for r in batch:
                 prompt = r.prompt
                 r.kv_need = prompt + r.output + drafts
@@ -206,6 +207,7 @@ class FcfsLruScheduler(_Base):
                 line.queued_tokens += prompt
                 loads[i] = least + prompt  # its queued tokens now (inf + prompt: still inf where failed)
             return
+        loads = [line.load for line in lines]
         for r in batch:
             r.kv_need = r.prompt + r.output + drafts
             i = loads.index(min(loads))

@@ -92,7 +92,7 @@ class Request:
     """One request's state and timestamps (seconds of simulated time)."""
 
     __slots__ = ("id", "t_arrival", "prompt", "output", "prefix", "prefix_len", "todo", "hit", "t_first",
-                 "t_done", "rank", "admit_step", "end_step", "group", "shared", "kv_need")
+                 "t_done", "rank", "admit_step", "group", "shared", "kv_need")
 
     def __init__(self, rid: int, t: float, prompt: int, output: int, prefix: int, prefix_len: int):
         self.id = rid
@@ -107,7 +107,6 @@ class Request:
         self.t_done = -1.0
         self.rank = -1
         self.admit_step = -1
-        self.end_step = -1
         self.group = -1  # prefix group the batching policy put it in (-1: none)
         self.shared = 0  # leading prompt tokens whose KV it shares with its group on a decode die
         self.kv_need = 0  # KV tokens it is expected to hold on decode (the batching policy's estimate)
@@ -540,10 +539,12 @@ class Simulator:
 
     def _arrive(self, batch: list[Request], now: float, since: float) -> None:
         k = len(batch)
-        self._area(now)
-        self.totals.in_system_area += k * now - since  # they have been in the system since they arrived
+        T = self.totals
+        T.in_system_area += self.in_system * (now - self._area_t)  # self._area(now)
+        self._area_t = now
+        T.in_system_area += k * now - since  # they have been in the system since they arrived
         self.in_system += k
-        self.totals.arrived += k
+        T.arrived += k
         lines = self.lines
         idle = [x for x in lines if not x.busy and not x.failed]  # usually none: the lines are busy
         before = [len(x.queue) for x in idle]
@@ -640,7 +641,7 @@ class Simulator:
         one = ds[0] if len(ds) == 1 else None
         T = self.totals
         transfer_us, first = self.ptable.kv_us, self._first  # kv_us[prompt]: kv_transfer_us(prompt), memoised
-        first_at, first_ttft, lo, hi = self._first_at, self._first_ttft, self.warmup, self.duration
+        first_at, first_ttft, lo, hi = self._first_at.append, self._first_ttft.append, self.warmup, self.duration
         push = heapq.heappush
         prompts = hits = 0
         self.sched.prefilled(ev.done, inst)
@@ -660,8 +661,8 @@ class Simulator:
             r.t_first = t
             arrived = r.t_arrival
             if lo <= arrived <= hi:  # _first(r)
-                first_at.append(arrived)
-                first_ttft.append(t - arrived)
+                first_at(arrived)
+                first_ttft(t - arrived)
             d = one or min(ds, key=_LOAD)  # global scheduler: least loaded
             d.waiting += 1  # d.wait(r)
             d.waiting_kv += r.kv_need
@@ -725,7 +726,7 @@ class Simulator:
         """r starts decoding on its rank at d's current step."""
         step = d.step
         r.admit_step = step
-        r.end_step = end = step + self._span[r.output]
+        end = step + self._span[r.output]  # the step it ends in (its bucket)
         b = d.buckets.get(end)
         if b is None:
             d.buckets[end] = [r]
@@ -787,7 +788,7 @@ class Simulator:
             kv_added += added
             r.rank = rank
             r.admit_step = step
-            r.end_step = end = step + span[r.output]
+            end = step + span[r.output]  # the step it ends in (its bucket)
             b = buckets.get(end)
             if b is None:
                 buckets[end] = [r]
@@ -1182,7 +1183,7 @@ class Simulator:
             self._release(d, r)
         requeued = victims + prefilling
         for r in requeued:
-            r.todo, r.hit, r.rank, r.admit_step, r.end_step = -1, 0, -1, -1, -1
+            r.todo, r.hit, r.rank, r.admit_step = -1, 0, -1, -1
         d.rank_kv[g] = FAILED_KV  # no batching policy places a request where the KV check cannot pass
         self._failed(now, ev.die, requeued, GroupUp(ev.instance, g))
 
