@@ -546,8 +546,13 @@ class Simulator:
         self.in_system += k
         T.arrived += k
         lines = self.lines
-        idle = [x for x in lines if not x.busy and not x.failed]  # usually none: the lines are busy
-        before = [len(x.queue) for x in idle]
+        idle = before = None  # usually none: the lines are busy (a loop, not comprehensions: no call)
+        for x in lines:
+            if not x.busy and not x.failed:
+                if idle is None:
+                    idle, before = [], []
+                idle.append(x)
+                before.append(len(x.queue))
         if not self._bulk and batch[0].t_arrival != batch[-1].t_arrival:
             for _, same in groupby(batch, key=_ARRIVED):
                 self.sched.enqueue(list(same), lines)
