@@ -910,6 +910,7 @@ class Simulator:
             freed = prompts = admits = 0
             release, levels, counts, rank_kv = self.sched.release, d.levels, d.rank_count, d.rank_kv
             need = self._releases_need
+            low, busiest = d.low, d.busiest  # (release reads neither: set once the step's requests have left)
             for r in finished:
                 emitted -= (k - r.admit_step + 1) * tps - (r.output - 1)
                 f = r.kv_need if need else release(r, d)
@@ -920,18 +921,19 @@ class Simulator:
                 here = levels[c]
                 if len(here) == 1:
                     here.pop()
-                    if c == d.busiest:
-                        d.busiest = n
+                    if c == busiest:
+                        busiest = n
                 else:
                     del here[bisect_left(here, rank)]
                 insort(levels[n], rank)
-                if n < d.low:
-                    d.low = n
+                if n < low:
+                    low = n
                 rank_kv[rank] -= f
                 freed += f
                 prompts += r.prompt
                 admits += r.admit_step
                 r.t_done = now
+            d.low, d.busiest = low, busiest
             d.held -= len(finished)
             d.kv_sum -= freed
             if self.agg:
