@@ -227,13 +227,9 @@ class DecodeInstance:
         self.queue.append(r)
         self.wait(r)
 
-    def take(self, r: Request, rank: int, added: int) -> None:
-        """r leaves the waiting requests for a slot on `rank`, adding `added` KV tokens there."""
-        self.waiting -= 1
-        self.waiting_kv -= r.kv_need
-        self.held += 1
-        # rank moves up a level (levels[c]: the ranks holding c requests, in order) and the least and most busy
-        # follow; written out here and in `leave`, which run once each per request
+    def rank_up(self, rank: int) -> None:
+        """`rank` holds one request more: it moves up a level (levels[c]: the ranks holding c requests, in order)
+        and the least and most busy follow. Runs once per admitted request."""
         levels, counts = self.levels, self.rank_count
         c = counts[rank]
         n = counts[rank] = c + 1
@@ -242,26 +238,23 @@ class DecodeInstance:
             here.pop()
             if c == self.low:
                 self.low = n
+        elif here[0] == rank:  # the least busy rank, the first of its level (fcfs_lru's choice)
+            del here[0]
         else:
             del here[bisect_left(here, rank)]
         if n == len(levels):
             levels.append([rank])
         else:
-            insort(levels[n], rank)
+            up = levels[n]
+            if not up or up[-1] < rank:  # ranks fill in order: usually the last of the level above
+                up.append(rank)
+            else:
+                insort(up, rank)
         if n > self.busiest:
             self.busiest = n
-        kv = self.rank_kv[rank] + added
-        self.rank_kv[rank] = kv
-        if kv > self.kv_die_peak:
-            self.kv_die_peak = kv
-        self.kv_sum += added
-        if self.kv_sum > self.kv_sum_peak:
-            self.kv_sum_peak = self.kv_sum
-        r.rank = rank
 
-    def leave(self, r: Request, freed: int) -> None:
-        self.held -= 1
-        rank = r.rank
+    def rank_down(self, rank: int) -> None:
+        """`rank` holds one request fewer: it moves down a level and the least and most busy follow."""
         levels, counts = self.levels, self.rank_count
         c = counts[rank]
         n = counts[rank] = c - 1
@@ -275,6 +268,26 @@ class DecodeInstance:
         insort(levels[n], rank)
         if n < self.low:
             self.low = n
+
+    def take(self, r: Request, rank: int, added: int) -> None:
+        """r leaves the waiting requests for a slot on `rank`, adding `added` KV tokens there."""
+        self.waiting -= 1
+        self.waiting_kv -= r.kv_need
+        self.held += 1
+        self.rank_up(rank)
+        kv = self.rank_kv[rank] + added
+        self.rank_kv[rank] = kv
+        if kv > self.kv_die_peak:
+            self.kv_die_peak = kv
+        self.kv_sum += added
+        if self.kv_sum > self.kv_sum_peak:
+            self.kv_sum_peak = self.kv_sum
+        r.rank = rank
+
+    def leave(self, r: Request, freed: int) -> None:
+        self.held -= 1
+        rank = r.rank
+        self.rank_down(rank)
         self.rank_kv[rank] -= freed
         self.kv_sum -= freed
 
@@ -751,7 +764,7 @@ class Simulator:
             return
         slots = d.ranks * d.cap
         pop, place, step, buckets, span = heapq.heappop, self.sched.place, d.step, d.buckets, self._span
-        levels, counts, rank_kv = d.levels, d.rank_count, d.rank_kv
+        rank_up, rank_kv = d.rank_up, d.rank_kv
         held, die_peak = d.held, d.kv_die_peak
         admitted = prompts = kv_added = kv_left = 0
         while held < slots:
@@ -764,28 +777,7 @@ class Simulator:
             pop(ready)
             kv_left += r.kv_need
             held += 1
-            # d.take(r, rank, added): the rank moves up a level, the least and most busy follow
-            c = counts[rank]
-            n = counts[rank] = c + 1
-            here = levels[c]
-            if len(here) == 1:
-                here.pop()
-                if c == d.low:
-                    d.low = n
-            elif here[0] == rank:  # the least busy rank, the first of its level (fcfs_lru's choice)
-                del here[0]
-            else:
-                del here[bisect_left(here, rank)]
-            if n == len(levels):
-                levels.append([rank])
-            else:
-                up = levels[n]
-                if not up or up[-1] < rank:  # ranks fill in order: usually the last of the level above
-                    up.append(rank)
-                else:
-                    insort(up, rank)
-            if n > d.busiest:
-                d.busiest = n
+            rank_up(rank)  # d.take(r, rank, added), its totals taken once per round
             kv = rank_kv[rank] + added
             rank_kv[rank] = kv
             if kv > die_peak:
@@ -908,32 +900,18 @@ class Simulator:
         finished = d.buckets.pop(k, None)
         if finished:
             freed = prompts = admits = 0
-            release, levels, counts, rank_kv = self.sched.release, d.levels, d.rank_count, d.rank_kv
+            release, rank_down, rank_kv = self.sched.release, d.rank_down, d.rank_kv
             need = self._releases_need
-            low, busiest = d.low, d.busiest  # (release reads neither: set once the step's requests have left)
             for r in finished:
                 emitted -= (k - r.admit_step + 1) * tps - (r.output - 1)
                 f = r.kv_need if need else release(r, d)
-                # d.leave(r, f), written out: the rank moves down a level, the least and most busy follow
-                rank = r.rank
-                c = counts[rank]
-                n = counts[rank] = c - 1
-                here = levels[c]
-                if len(here) == 1:
-                    here.pop()
-                    if c == busiest:
-                        busiest = n
-                else:
-                    del here[bisect_left(here, rank)]
-                insort(levels[n], rank)
-                if n < low:
-                    low = n
+                rank = r.rank  # d.leave(r, f), its totals taken once per step
+                rank_down(rank)
                 rank_kv[rank] -= f
                 freed += f
                 prompts += r.prompt
                 admits += r.admit_step
                 r.t_done = now
-            d.low, d.busiest = low, busiest
             d.held -= len(finished)
             d.kv_sum -= freed
             if self.agg:

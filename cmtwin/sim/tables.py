@@ -84,18 +84,14 @@ class Table2D:
             b = hi[j] * (1 - wy) + hi[j + 1] * wy
             t = a * (1 - wx) + b * wx
             return t if t > 0.0 else 0.0  # max(0.0, t)
-        i, wx = _interp1(self.xs, x)
-        v = self.v
-        if len(self.ys) == 1:
-            if len(self.xs) == 1:
+        v = self.v  # a table over one batch or one context: linear in the other, or constant
+        if m == 1:
+            if n == 1:
                 return v[0][0]
+            i, wx = _interp1(xs, x)
             return v[i][0] * (1 - wx) + v[i + 1][0] * wx
-        j, wy = _interp1(self.ys, y)
-        if len(self.xs) == 1:
-            return v[0][j] * (1 - wy) + v[0][j + 1] * wy
-        a = v[i][j] * (1 - wy) + v[i][j + 1] * wy
-        b = v[i + 1][j] * (1 - wy) + v[i + 1][j + 1] * wy
-        return max(0.0, a * (1 - wx) + b * wx)
+        j, wy = _interp1(ys, y)
+        return v[0][j] * (1 - wy) + v[0][j + 1] * wy
 
 
 class DecodeTable:
