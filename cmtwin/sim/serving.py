@@ -61,7 +61,7 @@ from cmtwin.sim.engine import (
     Stop,
 )
 from cmtwin.sim.steady import steady_state
-from cmtwin.sim.tables import AggDecodeTable, DecodeTable, FetchCost, PrefillTable
+from cmtwin.sim.tables import AggDecodeTable, DecodeTable, FetchCost, Memo, PrefillTable
 from cmtwin.sim.traffic import Chunk, Stream, TraceSource, check_window, chunk_window
 from cmtwin.twin.capacity import decode_requests_per_s, prefill_requests_per_s
 
@@ -112,22 +112,9 @@ class Request:
         self.kv_need = 0  # KV tokens it is expected to hold on decode (the batching policy's estimate)
 
 
-class _Span(dict):
-    """output tokens -> the decode steps after its admission step in which a request ends (memoised: a dict lookup
-    per request rather than a division and a ceil)."""
-
-    def __init__(self, tps: float):
-        super().__init__()
-        self.tps = tps
-
-    def __missing__(self, output: int) -> int:
-        k = self[output] = math.ceil((output - 1) / self.tps) - 1
-        return k
-
-
 class PrefillInstance:
     __slots__ = ("index", "dies", "devices", "queue", "queued_tokens", "busy", "busy_since", "busy_acc",
-                 "lanes", "in_forward", "running", "forwards", "fetch", "failed", "epoch")
+                 "lanes", "running", "forwards", "fetch", "failed", "epoch")
 
     def __init__(self, index: int, dies: int, devices: int, fetch: FetchCost | None):
         self.index = index
@@ -139,7 +126,6 @@ class PrefillInstance:
         self.busy_since = 0.0
         self.busy_acc = 0.0
         self.lanes = [0.0] * dies  # RDMA port of each die: free at
-        self.in_forward = 0  # requests the running forward completes (`running`: which; () when idle)
         self.running: tuple = ()
         self.forwards = 0
         self.fetch = fetch
@@ -390,6 +376,7 @@ class Simulator:
         self.drafts = spec.mtp.draft_tokens
         self.decoders = [DecodeInstance(k, pool.devices, self.ranks, self.batch_cap, self.kv_cap)
                          for k, pool in enumerate(decode_pools)]
+        self._one_decoder = self.decoders[0] if len(self.decoders) == 1 else None  # else route to the least loaded
         self.decode_devices = sum(d.devices for d in self.decoders)
         max_prompt = self.trace_window.max_prompt if trace is not None else (w.prompt_len if w.length_dist == "fixed" or w.prompt_cv == 0 else w.max_len)
         max_kv = max(self.kv_cap // max(1, self.batch_cap) * 2, w.decode_kv_len * 2)
@@ -441,7 +428,8 @@ class Simulator:
             self.prefill_capacity = prefill_requests_per_s(
                 tokens_per_s=len(self.instances) * self.inst_budget / self.full_forward_s, prompt_len=w.prompt_len)
         self.tps = self.dtable.tokens_per_step
-        self._span = _Span(self.tps)
+        tps = self.tps  # output tokens -> the decode steps after its admission in which a request ends
+        self._span = Memo(lambda output: math.ceil((output - 1) / tps) - 1)
         self.decode_capacity = decode_requests_per_s(slots=len(self.decoders) * self.ranks * self.batch_cap,
                                                      step_s=dstep, tokens_per_step=self.tps, output_len=w.output_len)
         self.capacity = min(self.decode_capacity, self.prefill_capacity)
@@ -637,26 +625,28 @@ class Simulator:
         done = tuple(fwd.done)
         inst.busy = True
         inst.busy_since = now
-        inst.in_forward = n = len(done)
-        inst.running = done
+        inst.running = done  # the requests the forward completes (() when idle)
         inst.forwards += 1
-        self.in_prefill += n
+        self.in_prefill += len(done)
         env.schedule(now + step / 1e6, PrefillDone(inst.index, done, inst.epoch))
+
+    def _end_forward(self, inst: PrefillInstance, now: float) -> None:
+        """inst's forward ends (done, or cut by a failure): the instance is idle and its prompts leave prefill."""
+        inst.busy = False
+        inst.busy_acc += now - inst.busy_since
+        self.in_prefill -= len(inst.running)
+        inst.running = ()
 
     def _on_prefill_done(self, ev: PrefillDone) -> None:
         now = self.env.now
         inst = self.instances[ev.instance]
         if ev.epoch != inst.epoch:
             return  # a failure cut this forward: its requests were re-queued then
-        inst.busy = False
-        inst.busy_acc += now - inst.busy_since
-        self.in_prefill -= inst.in_forward
-        inst.in_forward = 0
-        inst.running = ()
+        self._end_forward(inst, now)
         lanes = inst.lanes
         nl = len(lanes)
         ds = self.decoders
-        one = ds[0] if len(ds) == 1 else None
+        one = self._one_decoder
         T = self.totals
         transfer_us, first = self.ptable.kv_us, self._first  # kv_us[prompt]: kv_transfer_us(prompt), memoised
         first_at, first_ttft, lo, hi = self._first_at.append, self._first_ttft.append, self.warmup, self.duration
@@ -1100,11 +1090,7 @@ class Simulator:
         inst.epoch += 1
         cut = list(inst.running)  # the forward it was running (none when idle)
         if inst.busy:
-            inst.busy = False
-            inst.busy_acc += now - inst.busy_since
-            self.in_prefill -= inst.in_forward
-            inst.in_forward = 0
-            inst.running = ()
+            self._end_forward(inst, now)
         queued = list(inst.queue)
         inst.queue.clear()
         inst.queued_tokens = 0
