@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from cmtwin.errors import StoreError
+from cmtwin.store.direct import MAX_COUNT
 
 _DB_HELP = "database URL (default: $CMTWIN_DB_URL, else sqlite:///cmtwin.db in the current directory)"
 
@@ -113,9 +114,6 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-MAX_COUNT = 2**31 - 1
-"""The largest run id (runs.id is a 32-bit integer on PostgreSQL) and the largest --limit (run_readonly_query
-bounds --max-rows alike)."""
 
 
 def _count_option(option: str, value: int, example: str) -> int:

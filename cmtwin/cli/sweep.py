@@ -25,7 +25,7 @@ def multirun(args: argparse.Namespace) -> int:
 
     from cmtwin.config.compose import USER_CONF, check_user_files
     from cmtwin.paths import conf_dir, data_root
-    from cmtwin.store.repo import SWEEP_ENV
+    from cmtwin.store.direct import SWEEP_ENV
 
     overrides = list(args.overrides or [])
     hydra_keys = [o for o in overrides if o.startswith(("hydra.", "hydra/"))]
@@ -78,7 +78,7 @@ class _Job:
 
         from cmtwin.cli.main import report_error
         from cmtwin.errors import CmtwinError
-        from cmtwin.store.repo import SWEEP_ENV
+        from cmtwin.store.direct import SWEEP_ENV
 
         args = copy.copy(self.args)
         args.overrides = [o for o in HydraConfig.get().overrides.task]

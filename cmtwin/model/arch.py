@@ -7,7 +7,6 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from cmtwin.config.base import Frozen
-from cmtwin.vec import vmin
 
 
 class MLA(Frozen):
@@ -166,6 +165,8 @@ class ModelSpec(Frozen):
         window = getattr(self.attention, "sliding_window", None)
         if not window:
             return kv_len
+        from cmtwin.vec import vmin  # numbers or a vector step's arrays (numpy only when the twin runs)
+
         s = self.attention.sliding_layers
         capped = vmin(kv_len, 2 * window if prefill else window)
         return ((self.layers - s) * kv_len + s * capped) / self.layers

@@ -36,6 +36,8 @@ HEAD_REVISION = "0002"
 DEFAULT_URL = "sqlite:///cmtwin.db"
 """The store used when neither --db nor CMTWIN_DB_URL names one: cmtwin.db in the current directory."""
 
+MAX_COUNT = 2**31 - 1
+"""The largest run id (runs.id is a 32-bit integer on PostgreSQL), the largest --limit, --max-rows and --max-bytes."""
 SWEEP_ENV = "CMTWIN_SWEEP"  # set by `cmtwin ... -m`: the sweep every run of one multirun records
 
 SQLITE_PRAGMAS = ("busy_timeout=30000", "journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL")

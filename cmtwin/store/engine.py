@@ -7,7 +7,6 @@ schema revision, and Alembic is imported only when a fresh database must be stam
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sqlite3
 import threading

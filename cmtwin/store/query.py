@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cmtwin.errors import StoreError
+from cmtwin.store.direct import MAX_COUNT
 from cmtwin.store.engine import display_url, missing_store_error, normalize_url, resolve_url, sqlite_path
 
 ALLOWED_FIRST = ("SELECT", "WITH", "VALUES", "EXPLAIN")
@@ -158,7 +159,7 @@ def _too_big_error(max_bytes: int, detail: str) -> StoreError:
         f"the query's result is larger than the --max-bytes budget of {max_bytes:,} bytes ({detail}).",
         key="--max-bytes",
         fix="narrow the query (fewer columns or rows, LIMIT, substr() of long values), or pass a larger "
-        f"--max-bytes (e.g. --max-bytes {min(max_bytes * 4, 2**31 - 1)})",
+        f"--max-bytes (e.g. --max-bytes {min(max_bytes * 4, MAX_COUNT)})",
     )
 
 
@@ -186,16 +187,16 @@ def run_readonly_query(
     """
     from cmtwin.config.compose import short_repr
 
-    if not 1000 <= max_bytes <= 2**31 - 1:
-        raise StoreError(f"--max-bytes {short_repr(max_bytes)} is out of range (1000 to 2147483647)", key="--max-bytes",
+    if not 1000 <= max_bytes <= MAX_COUNT:
+        raise StoreError(f"--max-bytes {short_repr(max_bytes)} is out of range (1000 to {MAX_COUNT})", key="--max-bytes",
                          fix=f"pass e.g. --max-bytes {DEFAULT_MAX_BYTES}")
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise StoreError(
             f"--timeout {short_repr(timeout_s)} is not a positive finite number of seconds", key="--timeout",
             fix="pass e.g. --timeout 10",
         )
-    if not 1 <= max_rows <= 2**31 - 1:
-        raise StoreError(f"--max-rows {short_repr(max_rows)} is out of range (1 to 2147483647)", key="--max-rows",
+    if not 1 <= max_rows <= MAX_COUNT:
+        raise StoreError(f"--max-rows {short_repr(max_rows)} is out of range (1 to {MAX_COUNT})", key="--max-rows",
                          fix="pass e.g. --max-rows 10000")
     parsed = normalize_url(resolve_url(url))
     dialect = parsed.get_backend_name()

@@ -179,11 +179,9 @@ def deepep_normal_volumes(ep: int, gpus_per_node: int = 8) -> tuple[float, float
     nodes = max(1, ep // gpus_per_node)
     chosen = min(4, nodes)
     remote = chosen * (1 - 1 / nodes)
-    per_rank = EXPERTS // ep
     pool = chosen * EXPERTS // nodes  # the experts of the chosen groups
     ranks = chosen * gpus_per_node if nodes > 1 else ep
-    miss = float(np.prod([(pool - per_rank - i) / (pool - i) for i in range(TOPK)]))  # a rank of them holds none
-    return float(chosen), remote, ranks * (1 - miss)
+    return float(chosen), remote, distinct_ranks_per_token(TOPK, pool, ranks)
 
 
 def deepep_normal() -> dict[str, dict]:

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
-from functools import reduce
+from functools import cache, reduce
 from statistics import NormalDist
 
 import numpy as np

@@ -4,10 +4,12 @@ cmtwin.twin.predict)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from cmtwin.twin.breakdown import Ledger
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ norms, activations, top-k, while dispatch and combine run on the vector cores an
 both streams and holds both, so it neither overlaps the other microbatch's communication nor its cube work.
 
 A phase's time may be an array (one per batch of a vector step): the schedule is then run for every element at
-once; which phases exist and merge must be the same for all of them (cmtwin.twin.vec.Ragged otherwise).
+once; which phases exist and merge must be the same for all of them (cmtwin.vec.Ragged otherwise).
 """
 
 from __future__ import annotations
