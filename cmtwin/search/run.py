@@ -311,41 +311,40 @@ class _Tally:
         self.example = self.example or other.example
 
 
-def _largest_that_fits(v, plan, values: list[int], tally: _Tally, per: int):
-    """Memory grows with the batch: check the largest of `values` (decode batches per group, ascending) by the
-    planner's own memory arithmetic on `plan` (compiled from v at another batch) and step down until one passes;
-    every smaller batch then fits too. Returns the batches that fit and the decode memory of the largest."""
+def _largest_passing(values: list[int], check, tally: _Tally, per: int):
+    """Memory grows with the batch (prefill: the tokens per forward): `check` the largest of `values` (ascending)
+    and step down until one passes; every smaller value then fits too. Returns the values that fit and what the check
+    returned for the largest (([], None) when none passes; each failure prunes `per` evaluations)."""
+    values = list(values)
+    while values:
+        try:
+            return values, check(values[-1])
+        except CmtwinError as exc:
+            values.pop()
+            tally.prune(per, exc)
+    return [], None
+
+
+def _decode_memory_at(v, plan):
+    """A check for _largest_passing: the planner's own memory arithmetic for a decode batch per group on `plan`
+    (compiled from v at another batch), without compiling again."""
     from cmtwin.planner.plan import decode_memory
 
-    values = list(values)
-    while values:
-        try:
-            return values, decode_memory(v.model_copy(update={"decode": v.decode.model_copy(
-                update={"batch_per_group": values[-1]})}), plan)
-        except CmtwinError as exc:
-            values.pop()
-            tally.prune(per, exc)
-    return [], None
+    return lambda b: decode_memory(v.model_copy(update={"decode": v.decode.model_copy(
+        update={"batch_per_group": b})}), plan)
 
 
-def _largest_that_compiles(v, values: list[int], section: str, key: str, tally: _Tally, per: int):
-    """Memory grows with the tokens per forward: compile the largest of `values` (ascending) exactly and step down
-    until one passes the planner's checks; every smaller value then fits too. Returns the values that fit and the
-    compiled plan of the largest."""
+def _compiled_at(v, section: str, key: str, tally: _Tally):
+    """A check for _largest_passing: the plan compiled exactly with `section.key` set to the value."""
     from cmtwin.planner.plan import compile_plan
 
-    values = list(values)
-    while values:
-        try:
-            # only a count changes, on a spec that passed every cross-check (the grid keeps batches whole per die)
-            part = getattr(v, section).model_copy(update={key: values[-1]})
-            plan = compile_plan(v.model_copy(update={section: part}))
-            tally.compiled += 1
-            return values, plan
-        except CmtwinError as exc:
-            values.pop()
-            tally.prune(per, exc)
-    return [], None
+    def check(value):
+        # only a count changes, on a spec that passed every cross-check (the grid keeps batches whole per die)
+        plan = compile_plan(v.model_copy(update={section: getattr(v, section).model_copy(update={key: value})}))
+        tally.compiled += 1
+        return plan
+
+    return check
 
 
 def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
@@ -390,7 +389,7 @@ def _decode_group(args) -> tuple[list[DecodeEval], _Tally]:
                 mem = plan.pools_of("decode")[0].memory
                 bound = [b for b in batches if mem.kv_cache * b / b0 <= mem.capacity - mem.fixed]
             tally.prune((len(batches) - len(bound)) * len(mbs))
-            fits, mem = _largest_that_fits(v, plan, bound, tally, len(mbs))
+            fits, mem = _largest_passing(bound, _decode_memory_at(v, plan), tally, len(mbs))
             if first:
                 bound = fits  # what fits with the fewest drafts bounds what fits with more
             if not fits:  # no batch of the grid fits for this layout and draft count
@@ -469,7 +468,7 @@ def _prefill_group(args) -> tuple[list[PrefillEval], _Tally]:
         except CmtwinError as exc:
             tally.prune(len(tokens), exc)
             continue
-        fits, plan = _largest_that_compiles(v, tokens, "prefill", "tokens_per_device", tally, 1)
+        fits, plan = _largest_passing(tokens, _compiled_at(v, "prefill", "tokens_per_device", tally), tally, 1)
         if not fits:
             continue
         first = next(d.die for d in plan.dies if d.role == "prefill")
