@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 import platform
 import statistics
-import time
 from datetime import date
 
 from cmtwin.errors import CmtwinError
 from cmtwin.executor.modules import torch
+from cmtwin.executor.timing import SyncClock
 from cmtwin.model.operators import Op
 from cmtwin.twin.cost import op_time
 from cmtwin.twin.hardware import HardwareProfile
@@ -37,19 +37,9 @@ KV_BATCHES = (4, 32)  # ... at these decode batches (tokens, one request each)
 def _median_time(fn, reps: int, cuda: bool, clock=None, label: str = "probe") -> float:
     """fn's time (seconds): the median of reps synchronised calls after one untimed call, or with a graph
     clock (CUDA) the median of its graph's replays."""
-    if clock is not None and clock.method != "sync":
-        return clock.time_callable(fn, reps, label)
-    fn()
-    ts = []
-    for _ in range(reps):
-        if cuda:
-            torch().cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch().cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    if clock is None or clock.method == "sync":
+        clock = SyncClock(torch().cuda if cuda else None)
+    return clock.time_callable(fn, reps, label)
 
 
 def last_level_cache_bytes(device: str) -> int:
@@ -226,7 +216,6 @@ def measure_classes(spec, device: str, *, quick: bool = False, reps: int = REPS,
     the first pass over the grid (the warm-up) running eagerly on the clock's stream."""
     from cmtwin.executor.modules import Kernels, make_weights, scaled_model
     from cmtwin.executor.run import precision_of
-    from cmtwin.executor.timing import SyncClock
 
     t = torch()
     ex = spec.executor

@@ -5,24 +5,23 @@ Operator names match the catalogue (cmtwin/model/operators.py) so every measured
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
 from cmtwin.executor.modules import ROUTED_SCALING, group_topk, rope, silu_mul, torch
+from cmtwin.executor.timing import SyncClock
 
 
 class Timer:
     """Collects (op, seconds) in order, and (segment, seconds) where the clock times segments; a disabled
-    timer only runs the code. Without a clock: perf_counter around each operator (with a device synchronise
-    on either side when cuda), the executor's method on a CPU; with a clock (cmtwin.executor.timing), the
-    clock's method -- on CUDA, each operator (or segment) captured in a CUDA graph and timed over replays."""
+    timer only runs the code. Each operator is timed by a clock (cmtwin.executor.timing): by default a SyncClock
+    (perf_counter around it, with a device synchronise on either side when cuda), the executor's method on a CPU;
+    a GraphClock on CUDA captures each operator (or segment) in a CUDA graph and times it over replays."""
 
     def __init__(self, enabled: bool = True, cuda: bool = False, clock=None):
         self.enabled = enabled
-        self.cuda = cuda
-        self.clock = clock if clock is not None and clock.method != "sync" else None
-        api = clock.api if clock is not None and clock.method == "sync" else (torch().cuda if cuda else None)
-        self._sync = api.synchronize if api is not None else None
+        if clock is None and enabled:
+            clock = SyncClock(torch().cuda if cuda else None)
+        self.clock = clock
         self.events: list[tuple[str, float]] = []
         self.segments: list[tuple[str, float]] = []
 
@@ -31,24 +30,15 @@ class Timer:
         if not self.enabled:
             yield
             return
-        if self.clock is not None:
-            with self.clock.op(op) as box:
-                yield
-            if box.seconds is not None:
-                self.events.append((op, box.seconds))
-            return
-        if self._sync is not None:
-            self._sync()
-        t0 = time.perf_counter()
-        yield
-        if self._sync is not None:
-            self._sync()
-        self.events.append((op, time.perf_counter() - t0))
+        with self.clock.op(op) as box:
+            yield
+        if box.seconds is not None:
+            self.events.append((op, box.seconds))
 
     @contextmanager
     def segment(self, name: str):
         """A rank's compute between two exchanges of tokens; timed as one graph by a clock in segment mode."""
-        if not self.enabled or self.clock is None:
+        if not self.enabled:
             yield
             return
         with self.clock.segment(name) as box:
