@@ -64,17 +64,6 @@ def run(args: argparse.Namespace) -> int:
         bar, progress = progress_bar()
         t0 = time.perf_counter()
         with bar:
-            progress("peaks (matmul, copy, launch)", 0, 1)
-            try:
-                peaks = C.peaks_profile(device, name, quick=args.quick, clock=clock)
-            except timing.CaptureFailed as exc:
-                clock = timing.fallback_clock(clock, exc)
-                say(f"[yellow]warning:[/] {clock.describe()['fallback']}")
-                peaks = C.peaks_profile(device, name, quick=args.quick, clock=clock)
-            progress("peaks (matmul, copy, launch)", 1, 1)
-            rough, est.time_basis = budget.with_operator_cost(peaks[0], device)
-            est.seconds = C.seconds(spec, device, rough, quick=args.quick)
-            bar.console.print(f"[dim]{est.time_line()}[/]")
             total = C.grid_passes(args.quick) * len(C.grid_points(spec, device, quick=args.quick))
             done = [0]
 
@@ -82,17 +71,20 @@ def run(args: argparse.Namespace) -> int:
                 done[0] += 1
                 progress("operators over the token grid", done[0], total)
 
-            progress("operators over the token grid", 0, total)
-            try:
-                hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick, tick=tick,
-                                              peaks=peaks, clock=clock)
-            except timing.CaptureFailed as exc:  # the peaks were graphed, an operator would not be: all synchronised
-                clock = timing.fallback_clock(clock, exc)
-                say(f"[yellow]warning:[/] {clock.describe()['fallback']}")
-                done[0] = 0
+            def measure(clock):  # the peaks, then the operators; all of it again, synchronised, if a capture fails
+                progress("peaks (matmul, copy, launch)", 0, 1)
                 peaks = C.peaks_profile(device, name, quick=args.quick, clock=clock)
-                hw, pairs = C.calibrate_local(spec, device=device, name=name, quick=args.quick, tick=tick,
-                                              peaks=peaks, clock=clock)
+                progress("peaks (matmul, copy, launch)", 1, 1)
+                rough, est.time_basis = budget.with_operator_cost(peaks[0], device)
+                est.seconds = C.seconds(spec, device, rough, quick=args.quick)
+                bar.console.print(f"[dim]{est.time_line()}[/]")
+                done[0] = 0
+                progress("operators over the token grid", 0, total)
+                return C.calibrate_local(spec, device=device, name=name, quick=args.quick, tick=tick, peaks=peaks,
+                                         clock=clock)
+
+            (hw, pairs), clock = timing.with_fallback(
+                clock, measure, warn=lambda c: say(f"[yellow]warning:[/] {c.describe()['fallback']}"))
         out["wall_s"] = round(time.perf_counter() - t0, 3)
         out["estimate"] = {**est.to_dict(), "measured_peak_bytes": est.measured_peak(device)}
         measured = out["estimate"]["measured_peak_bytes"]

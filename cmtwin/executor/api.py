@@ -188,11 +188,7 @@ def execute(spec, *, plan=None, progress=None, clock=None) -> ExecuteResult:
             runs[ph] = PoolRun(spec, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
     bar("building the ranks", len(phases), len(phases))
     with _memory_is_a_limit(ex, " and ".join(phases), device):
-        try:
-            measured = _run_phases(spec, plan, runs, bar, clock)
-        except timing.CaptureFailed as exc:  # time it the old way, and say so
-            clock = timing.fallback_clock(clock, exc)
-            measured = _run_phases(spec, plan, runs, bar, clock)
+        measured, clock = timing.with_fallback(clock, lambda c: _run_phases(spec, plan, runs, bar, c))
     how = clock.describe() if ex.processes == 1 else {"method": "sync", "fallback": None,
                                                       "note": "executor.processes > 1 times each operator synchronised"}
     results, timeline, offset = [], [], 0

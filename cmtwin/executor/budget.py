@@ -334,18 +334,15 @@ def execute_pilot(spec, plan, device: str) -> tuple[float, str]:
         t0 = _time.perf_counter()
         run = PoolRun(small, plan, ph, device=device, hw_pred=hw_pred, hw_comm=spec.hardware, fabric=fabric)
         t1 = _time.perf_counter()
-        clock = timing.clock_for(ex, device)  # timed the way the run will be: graphed passes cost more
-        try:
+
+        def pilot(clock):  # timed the way the run will be: graphed passes cost more (a fallback: synchronised)
             with clock.session():
                 run.clock = clock
                 run.run(timed=False)
-                t2 = _time.perf_counter()
-                res = run.run()
-        except timing.CaptureFailed as exc:  # the run will fall back to synchronised timing: so does its estimate
-            run.clock = timing.fallback_clock(clock, exc)
-            run.run(timed=False)
-            t2 = _time.perf_counter()
-            res = run.run()
+                return _time.perf_counter(), run.run()
+
+        clock = timing.clock_for(ex, device)
+        (t2, res), _ = timing.with_fallback(clock, pilot)
         t3 = _time.perf_counter()
         if ex.reference:
             run.reference(res)

@@ -87,8 +87,9 @@ class SyncClock:
 
     method = "sync"
 
-    def __init__(self, api=None):
+    def __init__(self, api=None, fallback: str | None = None):
         self.api = api
+        self.fallback = fallback  # why a graph clock fell back to this one (None: chosen)
         self.mode = "op"
         self.records: list[tuple[str, Timing]] = []
 
@@ -124,7 +125,7 @@ class SyncClock:
         return t.median_s
 
     def describe(self) -> dict:
-        return {"method": self.method, "device_sync": self.api is not None, "fallback": None}
+        return {"method": self.method, "device_sync": self.api is not None, "fallback": self.fallback}
 
 
 class GraphClock:
@@ -322,16 +323,20 @@ def method_text(clock) -> str:
 
 def fallback_clock(clock, exc: CaptureFailed):
     """The synchronised clock that replaces a graph clock whose capture failed; describe() reports why."""
-    sync = SyncClock(clock.api)
-    reason = f"{exc.label}: {exc.reason}"
-    base = sync.describe
+    return SyncClock(clock.api, fallback=f"CUDA graph capture failed ({exc.label}: {exc.reason}); timed with a "
+                                         "synchronise around each operator instead")
 
-    def describe() -> dict:
-        return {**base(), "fallback": f"CUDA graph capture failed ({reason}); timed with a synchronise around "
-                                      "each operator instead"}
 
-    sync.describe = describe
-    return sync
+def with_fallback(clock, measure, warn=None):
+    """(measure(clock), clock), or, when a CUDA graph capture fails, (measure(fallback), fallback) with the
+    synchronised clock that replaces it (`warn(fallback)` first, where given)."""
+    try:
+        return measure(clock), clock
+    except CaptureFailed as exc:
+        clock = fallback_clock(clock, exc)
+        if warn is not None:
+            warn(clock)
+        return measure(clock), clock
 
 
 # ------------------------------------------------------------------------------------------- a fake device
