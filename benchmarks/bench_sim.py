@@ -68,7 +68,7 @@ def main() -> None:
     rq = res.requests
     print(f"{' '.join(overrides)}: offered {res.rate_per_s:.1f} req/s (twin capacity: prefill "
           f"{res.capacity_per_s['prefill']:.1f}, decode {res.capacity_per_s['decode']:.1f})")
-    print(f"tables {tables:.2f} s ({sim.dtable.calls} decode_step + {sim.ptable.calls} prefill_forward calls)")
+    print(f"tables {tables:.2f} s ({sim.dtable.calls} decode steps (one vector pass) + {sim.ptable.calls} prefill_forward calls)")
     print(f"event loop {loop:.2f} s wall, {cpu:.2f} s CPU{f' (fastest of {repeat})' if repeat > 1 else ''} for "
           f"{rq['arrived']:,} requests ({rq['arrived'] / loop:,.0f} requests/s) and {res.events:,} events; "
           f"{loop / LOOP_GOAL_S:.2f} x the {LOOP_GOAL_S:g} s goal ({cpu / LOOP_GOAL_S:.2f} x in CPU time)")

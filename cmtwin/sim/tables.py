@@ -94,25 +94,27 @@ class Table2D:
         return v[0][j] * (1 - wy) + v[0][j + 1] * wy
 
 
+def _decode_grid(spec, plan, hw, fabric, batches: list[int], kvs: list[int], microbatches: int | None,
+                 chunk_tokens: float | None = None) -> tuple[np.ndarray, float]:
+    """(decode step µs at every (requests per attention group, context) of the grid, tokens per step): the twin's
+    vector step over the whole grid in one pass, element by element decode_step's floats."""
+    from cmtwin.twin.step import decode_steps
+
+    b, kv = np.meshgrid(np.asarray(batches, dtype=float), np.asarray(kvs, dtype=float), indexing="ij")
+    r = decode_steps(spec, plan, hw, fabric, batch_per_die=b.ravel() / spec.decode.tp, kv_len=kv.ravel(),
+                     microbatches=microbatches, chunk_tokens=chunk_tokens)
+    return r.step_us.reshape(b.shape), r.tokens_per_step
+
+
 class DecodeTable:
     """Decode step time (µs) over requests per attention group (a DP rank, or a TP group: requests per die x tp)
     x mean context length."""
 
     def __init__(self, spec, plan, hw, fabric, *, max_batch: int, max_kv: int, microbatches: int | None = None,
                  kv_points: int = 10):
-        from cmtwin.twin.step import decode_step
-
         self.batches = list(range(1, max_batch + 1)) if max_batch <= 64 else _grid(1, max_batch, 48)
         self.kvs = _grid(64, max(128, max_kv), kv_points)
-        vals = np.empty((len(self.batches), len(self.kvs)))
-        tps = 1.0
-        for a, b in enumerate(self.batches):
-            for c, kv in enumerate(self.kvs):
-                r = decode_step(spec, plan, hw, fabric, batch_per_die=b / spec.decode.tp, kv_len=kv,
-                                microbatches=microbatches)
-                vals[a, c] = r.step_us
-                tps = r.tokens_per_step
-        self.tokens_per_step = tps
+        vals, self.tokens_per_step = _decode_grid(spec, plan, hw, fabric, self.batches, self.kvs, microbatches)
         self.table = Table2D(self.batches, self.kvs, vals)
         self.calls = vals.size
         self.step_us = self.table  # step_us(batch, kv) -> µs: the table itself, no call in between (once per step)
@@ -125,25 +127,16 @@ class AggDecodeTable:
 
     def __init__(self, spec, plan, hw, fabric, *, max_batch: int, max_kv: int, max_chunk: int,
                  microbatches: int | None = None, kv_points: int = 8, chunk_points: int = 6):
-        from cmtwin.twin.step import decode_step
-
         self.batches = list(range(1, max_batch + 1)) if max_batch <= 64 else _grid(1, max_batch, 48)
         self.kvs = _grid(64, max(128, max_kv), kv_points)
         self.chunks = [0, *_grid(1, max(1, max_chunk), chunk_points)]
         self.tables = []
         self.calls = 0
-        tps = 1.0
         for ch in self.chunks:
-            vals = np.empty((len(self.batches), len(self.kvs)))
-            for a, b in enumerate(self.batches):
-                for c, kv in enumerate(self.kvs):
-                    r = decode_step(spec, plan, hw, fabric, batch_per_die=b / spec.decode.tp, kv_len=kv,
-                                    microbatches=microbatches, chunk_tokens=ch)
-                    vals[a, c] = r.step_us
-                    tps = r.tokens_per_step
+            vals, self.tokens_per_step = _decode_grid(spec, plan, hw, fabric, self.batches, self.kvs, microbatches,
+                                                      chunk_tokens=ch)
             self.tables.append(Table2D(self.batches, self.kvs, vals))
             self.calls += vals.size
-        self.tokens_per_step = tps
 
     def step_us(self, batch: float, kv: float, chunk: float = 0.0) -> float:
         i, w = _interp1(self.chunks, chunk)
