@@ -147,7 +147,7 @@ def test_ranks_by_request_count_match_argmin_and_max():
             held.append(r)
         counts = np.asarray(d.rank_count)
         assert d.least_busy() == int(counts.argmin()) and d.busiest == int(counts.max())
-        assert sum(len(lv) for lv in d.levels) == d.ranks
+        assert [bin(lv).count("1") for lv in d.levels] == [int((counts == c).sum()) for c in range(len(d.levels))]
 
 
 def test_kv_transfer_cost_is_memoised_per_prompt_length():

@@ -255,7 +255,8 @@ class FcfsLruScheduler(_Base):
 
     def place(self, r, d):
         need = r.kv_need  # own_kv(r), set by enqueue
-        rank = d.levels[d.low][0]  # d.least_busy() (a call fewer per request); the caller checked a slot is free
+        m = d.levels[d.low]  # d.least_busy() (a call fewer per request); the caller checked a slot is free
+        rank = (m & -m).bit_length() - 1
         if d.rank_kv[rank] + need > d.kv_cap:
             counts, kvs = np.asarray(d.rank_count), np.asarray(d.rank_kv)
             ok = np.flatnonzero((counts < d.cap) & (kvs + need <= d.kv_cap))

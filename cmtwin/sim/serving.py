@@ -35,7 +35,7 @@ import gc
 import heapq
 import math
 import statistics
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,14 +162,16 @@ class DecodeInstance:
     __slots__ = ("index", "devices", "ranks", "cap", "kv_cap", "rank_count", "rank_kv", "rank_dec",
                  "n_active", "sum_prompt", "sum_admit", "step", "buckets", "ready", "busy", "busy_acc", "since",
                  "wake_at", "batch_sum", "steps", "out_tokens", "queue", "prefilling", "step_chunk", "step_done",
-                 "held", "waiting", "waiting_kv", "kv_sum", "kv_sum_peak", "kv_die_peak", "levels", "low", "busiest")
+                 "held", "waiting", "waiting_kv", "kv_sum", "kv_sum_peak", "kv_die_peak", "levels", "bit", "low",
+                 "busiest")
     failed = False  # an instance never fails whole: its groups do (rank_kv of a failed group is FAILED_KV)
 
     def __init__(self, index: int, devices: int, ranks: int, cap: int, kv_cap: int):
         self.index, self.devices, self.ranks, self.cap, self.kv_cap = index, devices, ranks, cap, kv_cap
         self.rank_count = [0] * ranks
         self.rank_kv = [0] * ranks
-        self.levels: list[list[int]] = [list(range(ranks))]  # levels[c]: the ranks holding c requests, in order
+        self.levels: list[int] = [(1 << ranks) - 1]  # levels[c]: the ranks holding c requests, as a bit set
+        self.bit = [1 << r for r in range(ranks)]  # a rank's bit
         self.low = 0  # requests on the least busy rank
         self.busiest = 0  # ... and on the busiest
         self.rank_dec = np.zeros(ranks, dtype=np.int64)  # agg: decoding requests per rank (slots minus prefill)
@@ -214,44 +216,32 @@ class DecodeInstance:
         self.wait(r)
 
     def rank_up(self, rank: int) -> None:
-        """`rank` holds one request more: it moves up a level (levels[c]: the ranks holding c requests, in order)
-        and the least and most busy follow. Runs once per admitted request."""
+        """`rank` holds one request more: its bit moves up a level (levels[c]: the ranks holding c requests, a bit
+        set) and the least and most busy follow. Runs once per admitted request."""
         levels, counts = self.levels, self.rank_count
         c = counts[rank]
         n = counts[rank] = c + 1
-        here = levels[c]
-        if len(here) == 1:
-            here.pop()
-            if c == self.low:
-                self.low = n
-        elif here[0] == rank:  # the least busy rank, the first of its level (fcfs_lru's choice)
-            del here[0]
-        else:
-            del here[bisect_left(here, rank)]
+        bit = self.bit[rank]
+        m = levels[c] = levels[c] ^ bit
+        if not m and c == self.low:
+            self.low = n
         if n == len(levels):
-            levels.append([rank])
+            levels.append(bit)
         else:
-            up = levels[n]
-            if not up or up[-1] < rank:  # ranks fill in order: usually the last of the level above
-                up.append(rank)
-            else:
-                insort(up, rank)
+            levels[n] |= bit
         if n > self.busiest:
             self.busiest = n
 
     def rank_down(self, rank: int) -> None:
-        """`rank` holds one request fewer: it moves down a level and the least and most busy follow."""
+        """`rank` holds one request fewer: its bit moves down a level and the least and most busy follow."""
         levels, counts = self.levels, self.rank_count
         c = counts[rank]
         n = counts[rank] = c - 1
-        here = levels[c]
-        if len(here) == 1:
-            here.pop()
-            if c == self.busiest:
-                self.busiest = n
-        else:
-            del here[bisect_left(here, rank)]
-        insort(levels[n], rank)
+        bit = self.bit[rank]
+        m = levels[c] = levels[c] ^ bit
+        if not m and c == self.busiest:
+            self.busiest = n
+        levels[n] |= bit
         if n < self.low:
             self.low = n
 
@@ -278,8 +268,10 @@ class DecodeInstance:
         self.kv_sum -= freed
 
     def least_busy(self) -> int:
-        """The rank holding the fewest requests (the first of equals, as numpy's argmin)."""
-        return self.levels[self.low][0]
+        """The rank holding the fewest requests (the first of equals, as numpy's argmin): the lowest bit of its
+        level."""
+        m = self.levels[self.low]
+        return (m & -m).bit_length() - 1
 
     def busy_total(self, now: float) -> float:
         return self.busy_acc + (now - self.since if self.busy else 0.0)
