@@ -420,8 +420,11 @@ class Simulator:
             self.prefill_capacity = prefill_requests_per_s(
                 tokens_per_s=len(self.instances) * self.inst_budget / self.full_forward_s, prompt_len=w.prompt_len)
         self.tps = self.dtable.tokens_per_step
+        self._kv_s = Memo(lambda prompt: self.ptable.kv_us[prompt] / 1e6) if self.ptable else None
         tps = self.tps  # output tokens -> the decode steps after its admission in which a request ends
         self._span = Memo(lambda output: math.ceil((output - 1) / tps) - 1)
+        # ... and the tokens its steps emit beyond its output (its last step's are counted whole, then taken back)
+        self._over = Memo(lambda output: (self._span[output] + 1) * tps - (output - 1))
         self.decode_capacity = decode_requests_per_s(slots=len(self.decoders) * self.ranks * self.batch_cap,
                                                      step_s=dstep, tokens_per_step=self.tps, output_len=w.output_len)
         self.capacity = min(self.decode_capacity, self.prefill_capacity)
@@ -512,6 +515,16 @@ class Simulator:
         they were at the arrival, with one exception made exact by the wake-up: a line that is idle starts work on
         its arrival, so while one is idle an `Arrival` event is pending at the next request's time, and a pull
         with an idle line holds the requests of one instant, `now`."""
+        t = self._t
+        i = self._ci
+        j = bisect_right(t, now, i)
+        if j < len(t):  # usually: the chunk holds the next arrival
+            self._next_t = nxt = t[j]
+            if j > i:
+                self._ci = j
+                self.next_id += j - i
+                self._arrive(self._reqs[i:j], now, sum(t[i:j]))
+            return nxt
         batch: list[Request] = []
         since = 0.0  # sum of their arrival times
         while True:
@@ -640,7 +653,7 @@ class Simulator:
         ds = self.decoders
         one = self._one_decoder
         T = self.totals
-        transfer_us, first = self.ptable.kv_us, self._first  # kv_us[prompt]: kv_transfer_us(prompt), memoised
+        transfer, first = self._kv_s, self._first  # transfer[prompt]: kv_transfer_us(prompt) / 1e6, memoised
         first_at, first_ttft, lo, hi = self._first_at.append, self._first_ttft.append, self.warmup, self.duration
         push = heapq.heappush
         prompts = hits = 0
@@ -656,7 +669,7 @@ class Simulator:
                 continue
             lane = k % nl
             start = lanes[lane]
-            t = (start if start > now else now) + transfer_us[prompt] / 1e6
+            t = (start if start > now else now) + transfer[prompt]
             lanes[lane] = t
             r.t_first = t
             arrived = r.t_arrival
@@ -877,15 +890,14 @@ class Simulator:
         T = self.totals
         T.decode_steps += 1
         d.steps += 1
-        tps = self.tps
-        emitted = d.n_active * tps
+        emitted = d.n_active * self.tps
         finished = d.buckets.pop(k, None)
         if finished:
             freed = prompts = admits = 0
-            release, rank_down, rank_kv = self.sched.release, d.rank_down, d.rank_kv
+            release, rank_down, rank_kv, over = self.sched.release, d.rank_down, d.rank_kv, self._over
             need = self._releases_need
             for r in finished:
-                emitted -= (k - r.admit_step + 1) * tps - (r.output - 1)
+                emitted -= over[r.output]  # its steps: k - r.admit_step + 1 = span + 1
                 f = r.kv_need if need else release(r, d)
                 rank = r.rank  # d.leave(r, f), its totals taken once per step
                 rank_down(rank)
