@@ -114,7 +114,7 @@ def take_tokens(line, budget: int, reuse: Callable | None, fits: Callable | None
     q = line.queue
     done: list = []
     left = budget
-    tokens = weighted = fetched = ssd = queued = 0  # summed here, set on the Forward once (one forward per event)
+    tokens = weighted = fetched = ssd = reused = 0  # summed here, set on the Forward once (one forward per event)
     while q and left > 0:
         r = q[0]
         todo = r.todo
@@ -134,14 +134,13 @@ def take_tokens(line, budget: int, reuse: Callable | None, fits: Callable | None
         tokens += take
         weighted += take * r.prompt
         left -= take
-        queued += take
         r.todo = todo = todo - take
         if todo:
             break
         q.popleft()
-        queued += r.hit
+        reused += r.hit
         done.append(r)
-    line.queued_tokens -= queued
+    line.queued_tokens -= tokens + reused  # a queued prompt counts whole: its computed and its reused tokens
     return Forward(done, tokens, weighted, fetched, ssd)
 
 
