@@ -156,3 +156,27 @@ def test_kv_transfer_cost_is_memoised_per_prompt_length():
     for p in (1, 100, 4096, 4097, 131072):
         assert t.kv_transfer_us(p) == t.kv(p, 0) and t.kv_transfer_us(p) == t.kv_transfer_us(p)
     assert set(t.kv_us) == {1, 100, 4096, 4097, 131072} and t.kv_us[4096] == t.kv(4096, 0)
+
+
+@pytest.mark.parametrize("kv_capacity", [None, 40_000])
+def test_fcfs_promises_are_the_answers_it_would_give(monkeypatch, kv_capacity):
+    """fcfs_lru promises that release(r, d) is r.kv_need and that place(r, d) is the least busy rank whenever r's KV
+    fits there, so the simulator reads these instead of asking per request. Asking every time gives the same
+    simulation, with KV room to spare and with KV scarce (placements past the least busy rank, admissions deferred).
+    A decode group fails midway, so which requests each rank holds (not only how many) shows in the results."""
+    spec, plan = _setup("workload=chat_4k", "workload.load=1.1", "sim.duration_s=30",
+                        "failures.events=[{t_s:12,die:'n12.npu3.d0'}]")
+
+    def run(sim):
+        res = sim.run()
+        return res.to_dict(), res.latencies.ttft, res.latencies.e2e, sim.failures_seen
+
+    fast = Simulator(spec, plan, kv_capacity_per_die=kv_capacity)
+    assert fast._least_busy and fast._releases_need
+    a = run(fast)
+    monkeypatch.setattr(FcfsLruScheduler, "releases_kv_need", False)
+    monkeypatch.setattr(FcfsLruScheduler, "places_least_busy", False)
+    slow = Simulator(spec, plan, kv_capacity_per_die=kv_capacity, tables=(fast.dtable, fast.ptable))
+    assert not slow._least_busy and not slow._releases_need
+    assert run(slow) == a
+    assert (a[0]["requests"]["kv_blocked"] > 0) == (kv_capacity is not None) and a[3][0][2] > 0

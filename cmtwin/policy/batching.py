@@ -72,6 +72,10 @@ class Scheduler(Protocol):
     arrivals come as one batch (BatchLLM plans over it), taken in before any later event (BatchLLM's KV estimate
     reads the batch's requests still in decode)."""
 
+    # optional promises a scheduler may make, so that the simulator reads an answer instead of asking for it once
+    # per request: `releases_kv_need` (release(r, d) is r.kv_need and changes nothing), `places_least_busy`
+    # (place(r, d) is (d.least_busy(), r.kv_need) whenever r's KV fits on that rank)
+
     def enqueue(self, batch: list, lines: list) -> None:
         """Put requests that arrived (in arrival order) on the lines (`line.push(r)`), in the order they will be
         served."""
@@ -166,6 +170,7 @@ class FcfsLruScheduler(_Base):
 
     bulk_arrivals = True  # one request at a time, by the lines' queued tokens
     releases_kv_need = True  # release(r, d) is r.kv_need and changes nothing: the simulator may read it instead
+    places_least_busy = True  # place(r, d) is (the least busy rank, r.kv_need) when r's KV fits there: ditto
 
     def __init__(self, sim):
         super().__init__(sim)

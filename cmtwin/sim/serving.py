@@ -453,6 +453,7 @@ class Simulator:
         self.sched = self.batching.scheduler(self)
         self._bulk = getattr(self.sched, "bulk_arrivals", False)  # (a third-party scheduler may not say)
         self._releases_need = getattr(self.sched, "releases_kv_need", False)  # release(r, d) is r.kv_need
+        self._least_busy = getattr(self.sched, "places_least_busy", False)  # place(r, d): the least busy rank if r fits
         self.failures_seen: list[tuple[float, str, int]] = []  # (t, die, requests re-queued)
         self.totals = Totals()
         self.rec = Recorded()
@@ -759,12 +760,19 @@ class Simulator:
             return
         slots = d.ranks * d.cap
         pop, place, step, buckets, span = heapq.heappop, self.sched.place, d.step, d.buckets, self._span
-        rank_up, rank_kv = d.rank_up, d.rank_kv
+        rank_up, rank_kv, levels, kv_cap, least = d.rank_up, d.rank_kv, d.levels, d.kv_cap, self._least_busy
         held, die_peak = d.held, d.kv_die_peak
         admitted = prompts = kv_added = kv_left = 0
         while held < slots:
             r = ready[0][2]
-            rank, added = place(r, d)
+            if least:  # place(r, d)'s usual answer, read here: the least busy rank (its lowest bit), if r's KV fits
+                m = levels[d.low]
+                rank = (m & -m).bit_length() - 1
+                added = r.kv_need
+                if rank_kv[rank] + added > kv_cap:
+                    rank, added = place(r, d)
+            else:
+                rank, added = place(r, d)
             if rank < 0:
                 d.held = held
                 self._blocked(d, r)
