@@ -23,7 +23,6 @@ and run its copy of this file from the checkout: `git archive HEAD | tar -x -C /
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import ROOT, export, load, machine
+
 DEPLOYMENTS = ["r1_ep320", "r1_h800_ep144", "r1_h100_ep72"]
 GOAL_S = 0.5
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _plan_s(dep: str, code: Path, work: Path, cache: str, pycache: Path | None) -> float:
@@ -50,36 +50,20 @@ def _plan_s(dep: str, code: Path, work: Path, cache: str, pycache: Path | None) 
     return time.perf_counter() - t0
 
 
-def _load() -> str:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-
-
-def _export(rev: str, into: Path) -> Path:
-    """The tree of git revision `rev`, written under `into`: of this checkout, or (when this file was itself
-    exported from one) of the git checkout of the current directory."""
-    into.mkdir()
-    repo = ROOT if (ROOT / ".git").exists() else Path.cwd()
-    archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def main() -> None:
     repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 5
     against = sys.argv[sys.argv.index("--against") + 1] if "--against" in sys.argv else None
     bytecode = "--no-bytecode" not in sys.argv
     here = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                           text=True).stdout.strip()
-    print(f"machine: {platform.machine()} {platform.processor() or ''} · {os.cpu_count()} cores · "
-          f"Python {platform.python_version()} · {_load()}")
+    print(machine())
     print(f"code: {ROOT} ({here or 'not a git checkout'})" + (f", against {against}" if against else "")
           + (", bytecode cached" if bytecode else f", PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')}"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         codes = {"this": ROOT}
         if against:
-            codes["against"] = _export(against, tmp_path / "against")
+            codes["against"] = export(against, tmp_path / "against")
         for dep in DEPLOYMENTS:
             warm: dict[str, list[float]] = {name: [] for name in codes}
             cold: list[float] = []
@@ -98,7 +82,7 @@ def main() -> None:
                 a = statistics.median(warm["against"])
                 line += f"; {against} warm median {a:.3f} s: this is {w / a:.2f} x that"
             print(line)
-    print(f"after: {_load()}")
+    print(f"after: {load()}")
 
 
 if __name__ == "__main__":
