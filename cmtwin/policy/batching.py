@@ -259,8 +259,7 @@ class FcfsLruScheduler(_Base):
 
     def place(self, r, d):
         need = r.kv_need  # own_kv(r), set by enqueue
-        m = d.levels[d.low]  # d.least_busy() (a call fewer per request); the caller checked a slot is free
-        rank = (m & -m).bit_length() - 1
+        rank = d.least_busy()  # the caller checked a slot is free
         if d.rank_kv[rank] + need > d.kv_cap:
             counts, kvs = np.asarray(d.rank_count), np.asarray(d.rank_kv)
             ok = np.flatnonzero((counts < d.cap) & (kvs + need <= d.kv_cap))
