@@ -169,7 +169,7 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=int(__import__("os").environ.get("CMTWIN_FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(__import__("os").environ.get("CMTWIN_FUZZ_EXAMPLES", "30")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
 def test_fuzzed_overrides_never_crash(workdir, capsys, pairs):
     argv = ["plan", D, "--no-record", "--format", "json"] + [f"{k}={v}" for k, v in pairs]

@@ -5,7 +5,7 @@ invalid combinations raise ConfigError/PlanError (never another exception)."""
 from __future__ import annotations
 
 import dataclasses
-
+import os
 import re
 from collections import Counter, defaultdict
 from functools import cache
@@ -23,7 +23,9 @@ from cmtwin.planner.plan import Plan, compile_plan
 from cmtwin.topology.fabric import fabric_for
 from cmtwin.twin.predict import predict
 
-PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# examples per property: 20 in the suite (each compiles a random deployment); CMTWIN_FUZZ_EXAMPLES=N for a thorough run
+PROPERTY = settings(max_examples=int(os.environ.get("CMTWIN_FUZZ_EXAMPLES", "20")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 @cache
