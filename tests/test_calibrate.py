@@ -198,3 +198,16 @@ def test_calibrate_grid_sweeps_decode_attention_over_context_lengths():
     ops = C.grid_ops(__import__("cmtwin.executor.modules", fromlist=["x"]).scaled_model(spec.model, 0.02),
                      __import__("cmtwin.executor.run", fromlist=["x"]).precision_of("fp32"), "kv", 4, 1024, 1024)
     assert [(o.name, o.tokens, o.kv_len) for o in ops] == [("mla_attention", 4, 1025)]
+
+
+def test_a_slow_measured_peak_is_kept_not_refused(monkeypatch):
+    """A CPU without native bf16 emulates it: a loaded 2-core VM measured 0.00063 TFLOPS, which the profile's range
+    refused once (calibrate ended in an internal error). Such a peak is kept with its significant digits."""
+    from cmtwin.executor import calibrate
+
+    pk = {"peak_tflops": {"fp32": 0.0421337, "bf16": 0.000631234}, "bandwidth_GB_per_s": 3.2, "launch_us": 9.5,
+          "n": 256}
+    monkeypatch.setattr(calibrate, "measure_peaks", lambda *a, **k: pk)
+    hw, _ = calibrate.peaks_profile("cpu", "local_cpu", quick=True)
+    assert hw.die.peak_tflops["bf16"].value == 0.0006312 and hw.die.peak_tflops["fp32"].value == 0.04213
+    HardwareProfile.model_validate(hw.model_dump())

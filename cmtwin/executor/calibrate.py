@@ -367,7 +367,7 @@ def peaks_profile(device: str, name: str, *, quick: bool = False, clock=None) ->
             memory_gib=Sourced(value=round(mem, 2), source=f"{src}: device memory"),
             memory_bandwidth_GB_per_s=Sourced(value=round(pk["bandwidth_GB_per_s"], 2),
                                               source=f"{src}: fp32 copy, read + write bytes"),
-            peak_tflops={k: Sourced(value=round(v, 5), source=f"{src}: {pk['n']}^3 {k} matmul")
+            peak_tflops={k: Sourced(value=float(f"{v:.4g}"), source=f"{src}: {pk['n']}^3 {k} matmul")
                          for k, v in pk["peak_tflops"].items()}),
         launch_overhead_us=Sourced(value=round(pk["launch_us"], 3), source=f"{src}: a 1x8x8 matmul"))
     return hw, {**pk, "source": src}
