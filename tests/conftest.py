@@ -25,10 +25,16 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    """Rebuildable caches (the topology graphs) go to a folder of this test process, not the user's."""
+    """Rebuildable caches (the topology graphs) go to a folder of this test process, not the user's. Python keeps
+    the bytecode it compiles even where the environment says not to (PYTHONDONTWRITEBYTECODE=1, as on the CI
+    machines): the suite starts cmtwin in a few hundred subprocesses, each of which would compile the package's
+    sources again (about 0.1 s each on a 2-core VM)."""
+    import sys
     import tempfile
 
     config._cmtwin_cache = os.environ["CMTWIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmtwin-cache-")
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
 
 
 def pytest_unconfigure(config):
