@@ -105,7 +105,7 @@ class _Line:
 
 
 def test_heap_routing_is_the_least_loaded_line_request_by_request():
-    """FcfsLruScheduler.enqueue routes a batch through a heap of (load, line): the same lines as asking min() for
+    """FcfsLruScheduler.enqueue routes a batch by the lines' loads kept in a list: the same lines as asking min() for
     the least-loaded line (the first of equals) before each request, failed lines (load inf) never chosen."""
     rng = random.Random(7)
 

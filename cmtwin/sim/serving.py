@@ -519,26 +519,16 @@ class Simulator:
         t = self._t
         i = self._ci
         j = bisect_right(t, now, i)
-        if j < len(t):  # usually: the chunk holds the next arrival
-            self._next_t = nxt = t[j]
-            if j > i:
-                self._ci = j
-                self.next_id += j - i
-                self._arrive(self._reqs[i:j], now, sum(t[i:j]))
-            return nxt
-        batch: list[Request] = []
-        since = 0.0  # sum of their arrival times
-        while True:
+        batch = self._reqs[i:j]
+        since = sum(t[i:j])  # their arrival times, summed
+        self.next_id += j - i
+        self._ci = j
+        while j == len(t) and self._load_chunk():  # the chunk ran out: the next may hold arrivals up to now too
             t = self._t
-            i = self._ci
-            j = bisect_right(t, now, i)
-            if j > i:
-                batch += self._reqs[i:j]
-                since += sum(t[i:j])
-                self.next_id += j - i
-                self._ci = j
-            if j < len(t) or not self._load_chunk():
-                break
+            j = self._ci = bisect_right(t, now)
+            batch += self._reqs[:j]
+            since += sum(t[:j])
+            self.next_id += j
         self._next_t = nxt = t[j] if j < len(t) else math.inf
         if batch:
             self._arrive(batch, now, since)
@@ -760,14 +750,13 @@ class Simulator:
             return
         slots = d.ranks * d.cap
         pop, place, step, buckets, span = heapq.heappop, self.sched.place, d.step, d.buckets, self._span
-        rank_up, rank_kv, levels, kv_cap, least = d.rank_up, d.rank_kv, d.levels, d.kv_cap, self._least_busy
+        rank_up, rank_kv, kv_cap, least = d.rank_up, d.rank_kv, d.kv_cap, self._least_busy
         held, die_peak = d.held, d.kv_die_peak
         admitted = prompts = kv_added = kv_left = 0
         while held < slots:
             r = ready[0][2]
-            if least:  # place(r, d)'s usual answer, read here: the least busy rank (its lowest bit), if r's KV fits
-                m = levels[d.low]
-                rank = (m & -m).bit_length() - 1
+            if least:  # place(r, d)'s usual answer, read here: the least busy rank, if r's KV fits there
+                rank = d.least_busy()
                 added = r.kv_need
                 if rank_kv[rank] + added > kv_cap:
                     rank, added = place(r, d)

@@ -66,19 +66,9 @@ class Table2D:
     def __call__(self, x: float, y: float) -> float:
         xs, ys = self.xs, self.ys
         n, m = len(xs), len(ys)
-        if n > 1 and m > 1:  # the usual case, with `_interp1` written out (a step's time: once per event)
-            i = bisect.bisect_right(xs, x) - 1
-            if i < 0:
-                i = 0
-            elif i > n - 2:
-                i = n - 2
-            wx = (x - xs[i]) / (xs[i + 1] - xs[i])
-            j = bisect.bisect_right(ys, y) - 1
-            if j < 0:
-                j = 0
-            elif j > m - 2:
-                j = m - 2
-            wy = (y - ys[j]) / (ys[j + 1] - ys[j])
+        if n > 1 and m > 1:  # the usual case
+            i, wx = _interp1(xs, x)
+            j, wy = _interp1(ys, y)
             lo, hi = self.v[i], self.v[i + 1]
             a = lo[j] * (1 - wy) + lo[j + 1] * wy
             b = hi[j] * (1 - wy) + hi[j + 1] * wy
