@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cmtwin.config.compose import load_spec
+from cmtwin.errors import StoreError
 from cmtwin.search.run import expert_layout, pareto, search
 
 SMALL = ["+deployment=r1_ep320", "search.devices=96", "search.decode_batches=[32,96]",
@@ -136,6 +137,38 @@ def test_cli_search_stores_every_point(workdir):
     assert (workdir / out["plot"]).is_file()
     assert run.metrics["search.candidates"] == out["candidates"]
     assert run.output_dir == str(Path("runs") / str(out["run_id"])) and (workdir / run.output_dir).is_dir()
+
+
+def test_cli_search_simulates_while_it_stores(workdir, small):
+    """The command's frontier simulations run in the pool while it writes the candidates (simulate_frontier); the
+    run's stored prediction then holds them, the same as the search API's own (serial) simulation."""
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_run
+
+    _, res = small
+    p = _cli("search", *SMALL, "search.simulate_top=1", "search.sim_duration_s=20", "search.workers=2",
+             "--format", "json", cwd=workdir)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    run = get_run(open_store("sqlite:///cmtwin.db"), out["run_id"])
+    assert run.status == "ok"
+    assert out["simulated"] == run.prediction["simulated"] == json.loads(json.dumps(res.simulated))
+    assert run.prediction["frontier"] == out["frontier"]
+    assert "simulate" in out["wall_s"] and run.metrics["search.wall_s.simulate"] > 0
+
+
+def test_set_prediction_replaces_it(workdir):
+    from cmtwin.store.engine import open_store
+    from cmtwin.store.repo import get_run, set_prediction, start_run
+
+    store = open_store("sqlite:///cmtwin.db")
+    rid = start_run(store, verb="search", deployment=None, plan_hash=None, overrides=[], config=None)
+    assert get_run(store, rid).prediction is None
+    set_prediction(store, rid, {"a": 1})
+    set_prediction(store, rid, {"b": 2})
+    assert get_run(store, rid).prediction == {"b": 2}
+    with pytest.raises(StoreError):
+        set_prediction(store, rid + 1, {"a": 1})
 
 
 def test_cli_search_budget_over_topology_exits_2(workdir):

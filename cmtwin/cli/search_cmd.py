@@ -60,14 +60,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cmtwin.config.compose import load_spec
-    from cmtwin.search.run import search
+    from cmtwin.search.run import search, simulate_frontier
 
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)  # the run row is created after the search; its duration covers the search
     spec, composed = load_spec(args.overrides)
     bar, progress = progress_bar({"twin": "twin: candidate groups", "simulate": "simulating the best"})
     with bar:
-        result = search(spec, progress=progress)
+        result = search(spec, progress=progress, simulate=False)  # the frontier's simulations: below
     if not result.candidates:
         from cmtwin.errors import PlanError
 
@@ -77,20 +77,24 @@ def run(args: argparse.Namespace) -> int:
                         key="search", fix="relax slo.*, widen search.decode_batches or the layout lists "
                         "(search.decode_tp, moe_tp, pp), or raise search.devices")
     from cmtwin.store.engine import open_store
-    from cmtwin.store.repo import add_artifact, add_samples, run_lifecycle, set_metrics, set_output_dir, start_run
+    from cmtwin.store.repo import (add_artifact, add_samples, run_lifecycle, set_metrics, set_output_dir,
+                                   set_prediction, start_run)
 
     front = [{"index": i, **result.candidates[i].to_dict()} for i in result.frontier]
     layouts = [{"index": i, **result.candidates[i].to_dict()} for i in result.best_per_layout()]
-    summary = {"frontier": front, "best_per_layout": layouts, "simulated": result.simulated}
     store = open_store(args.db or spec.store.url)
     run_id = start_run(store, verb="search", deployment=spec.deployment.name, plan_hash=None,
-                       overrides=list(composed.overrides), config=composed.config, prediction=summary,
-                       started_at=started)
+                       overrides=list(composed.overrides), config=composed.config, started_at=started)
     out_dir = Path(args.out_dir) / str(run_id)
     with run_lifecycle(store, run_id):  # ok, cancelled on SIGINT, failed on an error
-        rows = candidate_rows(result)
-        for k in range(0, len(rows), 100_000):
-            add_samples(store, run_id, rows[k:k + 100_000])
+        # the frontier's simulations run in the worker processes while this one writes every candidate to the
+        # store (a search's ~1.5 M sample rows take SQLite seconds); the summary follows once they are done
+        with bar, simulate_frontier(spec, result) as sims:
+            rows = candidate_rows(result)
+            for k in range(0, len(rows), 100_000):
+                add_samples(store, run_id, rows[k:k + 100_000])
+            sims.results(progress)
+        set_prediction(store, run_id, {"frontier": front, "best_per_layout": layouts, "simulated": result.simulated})
         out_dir.mkdir(parents=True, exist_ok=True)
         set_output_dir(store, run_id, out_dir)
         from cmtwin.search.plots import frontier_plot

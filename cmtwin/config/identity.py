@@ -18,7 +18,7 @@ def canonical_json(obj: Any) -> str:
 
 
 def spec_hash(spec) -> str:
-    """sha256 over the spec's JSON form, minus where results are stored, where a search runs (search.backend), how the executor times operators (executor.timing, replays,
+    """sha256 over the spec's JSON form, minus where results are stored, where a search runs (search.backend, search.workers), how the executor times operators (executor.timing, replays,
     graph_warmup) and
     the deployment's name and description, with each quantity in one spelling: the decode batch as requests per
     attention group (however given: per device, per group or as a concurrency), the KV cache's dtype as in effect,
@@ -43,7 +43,8 @@ def spec_hash(spec) -> str:
     else:
         data["serving"]["max_batched_tokens"] = None
     data["serving"]["engine"] = None
-    data["search"].pop("backend", None)  # where the search runs, not what it finds
+    for key in ("backend", "workers"):  # where and on how many processes a search runs, not what it finds
+        data["search"].pop(key, None)
     for key in _MEASUREMENT_ONLY:  # how the executor times a run, not what runs
         data["executor"].pop(key, None)
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]

@@ -666,8 +666,7 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
                           f"{spec.search.prefill_devices_per_instance}), agg an instance within the budget.",
                           key="search.devices", fix="raise search.devices, list search.decode_devices, or add agg to "
                           "search.modes")
-    n = workers if workers is not None else (spec.search.workers or os.cpu_count() or 1)
-    backend = _backend(spec)
+    n, backend = _workers(spec, workers), _backend(spec)
     tasks = [("d", (d, m)) for d, m in sorted(sizes.items(), reverse=True)] + [("p", (p,)) for p in psizes]
     decode: list[DecodeEval] = []
     prefill: list[PrefillEval] = []
@@ -691,11 +690,26 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
                        tally.pruned, tally.calls, decode_dominated=len(decode) - len(useful_d),
                        prefill_dominated=len(prefill) - len(useful_p),
                        prune_example=tally.example, wall_s={"twin": t1 - t0, "frontier": t2 - t1})
-    if simulate and spec.search.simulate_top and cands:
-        res.simulated = simulate_best(spec, cands, front[: spec.search.simulate_top], progress=progress, workers=n,
-                                      backend=backend)
-    res.wall_s["simulate"] = time.perf_counter() - t2
+    if simulate:
+        with simulate_frontier(spec, res, workers=n) as sims:
+            sims.results(progress)
     return res
+
+
+def _workers(spec, workers: int | None = None) -> int:
+    """Processes of the search's pool: `workers` if given, else search.workers, else one per CPU."""
+    return workers if workers is not None else (spec.search.workers or os.cpu_count() or 1)
+
+
+def simulate_frontier(spec, res: SearchResult, workers: int | None = None) -> Simulations:
+    """The simulations of the search's best frontier points (search.simulate_top of them), started (see
+    start_simulations); their results land in res.simulated, their wall time in res.wall_s["simulate"]."""
+    import time
+
+    picks = res.frontier[: spec.search.simulate_top] if res.candidates else []
+    sims = start_simulations(spec, res.candidates, picks, workers=_workers(spec, workers), backend=_backend(spec))
+    sims.into, sims.t0 = res, time.perf_counter()
+    return sims
 
 
 def _simulate_one(v) -> dict:
@@ -733,6 +747,15 @@ def _one_share(c: Candidate) -> tuple[dict, int]:
 def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None, workers: int = 1,
                   backend: str = "process") -> list[dict]:
     """Compile the picked candidates exactly and simulate each at 90% load, `workers` at a time (or as Ray tasks)."""
+    with start_simulations(spec, cands, picks, workers=workers, backend=backend) as sims:
+        return sims.results(progress)
+
+
+def start_simulations(spec, cands: list[Candidate], picks: list[int], workers: int = 1,
+                      backend: str = "process") -> Simulations:
+    """simulate_best's simulations, started: in a pool of `workers` processes (or as Ray tasks) they run while the
+    caller goes on (`cmtwin search` writes the candidates to the store meanwhile); `Simulations.results` waits for
+    them. With one worker they run in this process, when their results are asked for."""
     entries, specs = [], []
     for i in picks:
         c = cands[i]
@@ -752,32 +775,67 @@ def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None,
             entries[-1]["error"] = str(exc)
             specs.append(None)
     todo = [k for k, v in enumerate(specs) if v is not None]
-    for n, (k, res) in enumerate(zip(todo, _map(_simulate_one, [specs[k] for k in todo], workers, backend=backend)), 1):
-        entries[k].update(res)
-        if progress:
-            progress("simulate", n, len(todo))
-    return entries
+    return Simulations(entries, todo, _map(_simulate_one, [specs[k] for k in todo], workers, backend=backend))
+
+
+class Simulations:
+    """Simulations under way (start_simulations): `results()` waits for them and returns simulate_best's entries;
+    leaving the `with` block cancels those not started yet (an error or Ctrl-C in the caller meanwhile)."""
+
+    into: SearchResult | None = None  # simulate_frontier's: the search result the entries go to
+    t0 = 0.0  # ... and when the simulations started
+
+    def __init__(self, entries: list[dict], todo: list[int], running):
+        self.entries, self.todo, self.running = entries, todo, running
+
+    def results(self, progress=None) -> list[dict]:
+        import time
+
+        for n, (k, res) in enumerate(zip(self.todo, self.running), 1):
+            self.entries[k].update(res)
+            if progress:
+                progress("simulate", n, len(self.todo))
+        if self.into is not None:
+            self.into.simulated = self.entries
+            self.into.wall_s["simulate"] = time.perf_counter() - self.t0
+        return self.entries
+
+    def __enter__(self) -> Simulations:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.running.close()
 
 
 def _map(fn, items: list, workers: int, init: Callable | None = None, initarg=None, backend: str = "process"):
     """fn over items, in order: in this process, or in a pool of `workers` processes (forked where possible, so
-    the workers start warm), or as Ray tasks (backend ray); yields each result as soon as it and those before it are
-    done."""
+    the workers start warm), or as Ray tasks (backend ray). The pool's and Ray's work starts at the call; the
+    generator returned yields each result as soon as it and those before it are done, and closing it cancels the
+    items not started (this process's map computes each item when it is asked for)."""
     if backend == "ray":
-        yield from _ray_map(fn, items, init, initarg)
-        return
+        return _ray_map(fn, items, init, initarg)
     if workers <= 1 or len(items) <= 1:
-        if init:
-            init(initarg)
-        yield from map(fn, items)
-        return
+        return _here(fn, items, init, initarg)
     import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     kw = {"initializer": init, "initargs": (initarg,)} if init else {}
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx, **kw) as ex:
-        for f in [ex.submit(fn, x) for x in items]:
+    ex = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx, **kw)
+    return _pool_results(ex, [ex.submit(fn, x) for x in items])
+
+
+def _here(fn, items: list, init: Callable | None, initarg):
+    if init:
+        init(initarg)
+    yield from map(fn, items)
+
+
+def _pool_results(ex: ProcessPoolExecutor, futures: list):
+    try:
+        for f in futures:
             yield f.result()
+    finally:
+        ex.shutdown(cancel_futures=True)
 
 
 # ------------------------------------------------------------------ Ray (search.backend=ray)
@@ -802,20 +860,30 @@ def _ray_task(fn, item, init, initarg):
 
 
 def _ray_map(fn, items: list, init: Callable | None, initarg):
-    """fn over items as Ray tasks, all submitted at once, results in order: on the Ray instance this process is
-    connected to, else ray.init()'s own choice (RAY_ADDRESS, the latest `ray start` on this machine, or a new local
-    instance). initarg (the spec) goes to Ray's object store once. A CmtwinError in a task is raised as itself."""
+    """fn over items as Ray tasks, all submitted at the call, results in order (a generator): on the Ray instance
+    this process is connected to, else ray.init()'s own choice (RAY_ADDRESS, the latest `ray start` on this machine,
+    or a new local instance). initarg (the spec) goes to Ray's object store once. A CmtwinError in a task is raised
+    as itself."""
     import ray
 
     if not ray.is_initialized():
         ray.init()
     arg = ray.put(initarg) if init else None
     task = ray.remote(_ray_task)
-    refs = [task.remote(fn, x, init, arg) for x in items]
-    for ref in refs:
-        try:
-            yield ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, CmtwinError):
-                raise exc.cause from None
-            raise
+    return _ray_results(ray, [task.remote(fn, x, init, arg) for x in items])
+
+
+def _ray_results(ray, refs: list):
+    done = 0
+    try:
+        for ref in refs:
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, CmtwinError):
+                    raise exc.cause from None
+                raise
+            done += 1
+    finally:
+        for ref in refs[done:]:  # closed early (an error, Ctrl-C): the tasks not done are cancelled
+            ray.cancel(ref)

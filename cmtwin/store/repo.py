@@ -340,6 +340,15 @@ def add_artifact(store: Store, run_id: int, kind: str, path: str) -> None:
         session.add(Artifact(run_id=run_id, kind=kind, path=str(path)))
 
 
+def set_prediction(store: Store, run_id: int, prediction: Mapping[str, Any]) -> None:
+    """Give a run its prediction (or replace it): for a command that knows it only after the run's rows are
+    written (`cmtwin search`'s simulations finish while its candidates are stored)."""
+    check_json_finite("prediction", prediction)
+    with store.write() as session:
+        _require_run(session, run_id)
+        session.merge(PredictionRecord(run_id=run_id, prediction=dict(prediction)))
+
+
 def set_output_dir(store: Store, run_id: int, path: str | os.PathLike | None) -> None:
     """Record (or clear, with None) the folder holding a run's files (plots, traces): `runs.output_dir`."""
     with store.write() as session:
