@@ -119,6 +119,37 @@ def test_tampered_index_is_rejected(cache, monkeypatch):
     assert builds
 
 
+def _repeat_an_edge(data):
+    cols = data["edges"]
+    for c in ("u", "v", "k"):
+        cols[c][1] = cols[c][0]
+
+
+def _lose_a_predecessor(data):
+    pred = data["pred"]
+    pred[0] = next(u for u in range(len(data["nodes"])) if u != pred[0])
+
+
+def _swap_predecessor_counts(data):
+    counts = data["pred_count"]
+    i = next(i for i in range(len(counts) - 1) if counts[i] != counts[i + 1])
+    counts[i], counts[i + 1] = counts[i + 1], counts[i]
+
+
+@pytest.mark.parametrize("tamper", [_repeat_an_edge, _lose_a_predecessor, _swap_predecessor_counts])
+def test_entry_that_describes_no_graph_is_rejected(cache, monkeypatch, tamper):
+    """The edge form must describe a graph: distinct edges, and each node's predecessors exactly the nodes linked
+    to it (the checks run on integer columns)."""
+    _fresh()
+    path = _entry()
+    data = json.loads(path.read_text())
+    tamper(data)
+    path.write_text(json.dumps(data))
+    builds = _count_builds(monkeypatch)
+    _fresh()
+    assert builds
+
+
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX file owners")
 def test_entry_owned_by_someone_else_is_ignored_with_a_warning(cache, monkeypatch, caplog):
     _fresh()

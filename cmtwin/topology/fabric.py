@@ -732,12 +732,19 @@ def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
     ps, bws, lats = _ints(cols["plane"], len(planes)), cols["bw"], cols["lat"]
     _need(isinstance(bws, list) and isinstance(lats, list) and _types(bws) <= {float} and _types(lats) <= {float}
           and len(us) == len(vs) == len(ks) == len(ps) == len(bws) == len(lats))
-    _need(len(set(zip(us, vs, ks))) == len(us))
     pred, pred_count = _ints(data["pred"], count), _ints(data["pred_count"], count + 1)
     _need(len(pred_count) == count and sum(pred_count) == len(pred))
-    linked = set(zip(us, vs))
-    into = [v for v, c in enumerate(pred_count) for _ in range(c)]
-    _need(len(linked) == len(pred) and set(zip(pred, into)) == linked)
+    # the edges (u, v, k) are distinct, and the predecessor lists hold exactly the linked pairs (u, v): as sorted
+    # integer columns (one number per edge; tens of thousands of edges in a CloudMatrix384)
+    import numpy as np
+
+    pair = np.array(us, dtype=np.int64) * count + np.array(vs, dtype=np.int64)
+    edge = np.sort(pair * (max(ks, default=0) + 1) + np.array(ks, dtype=np.int64))
+    _need(bool((edge[1:] != edge[:-1]).all()))
+    pair.sort()
+    linked = pair[np.concatenate(([True], pair[1:] != pair[:-1]))]
+    into = np.repeat(np.arange(count, dtype=np.int64), pred_count)
+    _need(linked.size == len(pred) and np.array_equal(np.sort(np.array(pred, dtype=np.int64) * count + into), linked))
     fabric = Fabric.__new__(Fabric)
     fabric.spec = spec
     fabric._graph = None
