@@ -27,9 +27,8 @@ import math
 import json
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +167,7 @@ class Fabric:
         self._cpus = tuple(sorted(cpus, key=lambda c: (c.node, c.cpu)))
 
     def _memos(self) -> None:
-        self._links: dict[str, tuple[dict, dict]] = {}  # per plane, for route searches (_plane_links)
+        self._links: dict[str, tuple[_Lazy, _Lazy]] = {}  # per plane, for route searches (_plane_links)
         self._pairs: dict[tuple, tuple[float, bool]] = {}
         self._route = functools.lru_cache(maxsize=1 << 16)(self._compute_route)
 
@@ -623,32 +622,55 @@ def _graph_of(form: dict[str, Any]) -> nx.MultiDiGraph:
     return nx.freeze(g)
 
 
-def _plane_links(form: dict[str, Any], plane: str) -> tuple[dict[int, dict[int, tuple[float, float]]], dict[int, list[int]]]:
+def _plane_links(form: dict[str, Any], plane: str) -> tuple[_Lazy, _Lazy]:
     """The links of one plane of an edge form, by node index and in graph order: (successors, predecessors), the
-    successors of each node with the (bandwidth, latency) of its fastest link to each (the first of equals)."""
+    successors of a node with the (bandwidth, latency) of its fastest link to each (the first of equals). A node's
+    are worked out when a route search first reaches it (a search visits a few nodes of a plane's thousands)."""
+    import numpy as np
+
     if plane not in form["planes"]:
-        return {}, {}
-    want, cols = form["planes"].index(plane), form["edges"]
-    succ: dict[int, dict[int, tuple[float, float]]] = {}
-    for u, v, p, bw, lat in zip(cols["u"], cols["v"], cols["plane"], cols["bw"], cols["lat"]):
-        if p != want:
-            continue
-        out = succ.get(u)
-        if out is None:
-            out = succ[u] = {}
-        best = out.get(v)
-        if best is None or bw > best[0]:
-            out[v] = (bw, lat)
-    pred: dict[int, list[int]] = {}
-    listed = iter(form["pred"])
-    for v, count in enumerate(form["pred_count"]):
-        into = [u for u in islice(listed, count) if v in succ.get(u, ())]
-        if into:
-            pred[v] = into
-    return succ, pred
+        return _Lazy(lambda v: {}), _Lazy(lambda v: [])
+    cols, count = form["edges"], len(form["nodes"])
+    on = np.flatnonzero(np.array(cols["plane"]) == form["planes"].index(plane))
+    us, vs = np.array(cols["u"])[on], np.array(cols["v"])[on]  # graph order: grouped by u, ascending
+    bw, lat = np.array(cols["bw"])[on], np.array(cols["lat"])[on]
+    first = np.searchsorted(us, np.arange(count + 1))  # node u's links: [first[u], first[u + 1])
+    linked = set((us * count + vs).tolist())
+    pred, ends = form["pred"], np.cumsum([0, *form["pred_count"]]).tolist()
+
+    def succ(u: int) -> dict[int, tuple[float, float]]:
+        out: dict[int, tuple[float, float]] = {}
+        a, b = first[u], first[u + 1]
+        for v, w, t in zip(vs[a:b].tolist(), bw[a:b].tolist(), lat[a:b].tolist()):
+            best = out.get(v)
+            if best is None or w > best[0]:
+                out[v] = (w, t)
+        return out
+
+    def into(v: int) -> list[int]:
+        return [u for u in pred[ends[v]:ends[v + 1]] if u * count + v in linked]
+
+    return _Lazy(succ), _Lazy(into)
 
 
-def _shortest_path(succ: dict[int, dict], pred: dict[int, list[int]], a: int, b: int) -> list[int] | None:
+class _Lazy:
+    """A node's links, made on first use by `make` (node index -> its successors or predecessors) and kept."""
+
+    __slots__ = ("make", "known")
+
+    def __init__(self, make: Callable[[int], Any]):
+        self.make, self.known = make, {}
+
+    def get(self, v: int, default: Any = None) -> Any:
+        links = self.known.get(v)
+        if links is None:
+            links = self.known[v] = self.make(v)
+        return links
+
+    __getitem__ = get
+
+
+def _shortest_path(succ: _Lazy, pred: _Lazy, a: int, b: int) -> list[int] | None:
     """A hop-count shortest path from a to b (None if there is none): networkx's bidirectional breadth-first
     search (nx.shortest_path without weights), step for step, so that a tie between equally short paths is
     broken as networkx breaks it on the graph (tests/test_topology_cache.py compares the two)."""
@@ -676,10 +698,10 @@ def _shortest_path(succ: dict[int, dict], pred: dict[int, list[int]], a: int, b:
     return path
 
 
-def _grow(level: list[int], links: dict, seen: dict, other: dict, fringe: list[int]) -> int | None:
+def _grow(level: list[int], links: _Lazy, seen: dict, other: dict, fringe: list[int]) -> int | None:
     """One level of one side of _shortest_path: the element where it meets the other side, or None."""
     for v in level:
-        for w in links.get(v, ()):
+        for w in links.get(v):
             if w not in seen:
                 fringe.append(w)
                 seen[w] = v
