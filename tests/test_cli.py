@@ -337,6 +337,33 @@ def test_unknown_verb_and_version(capsys):
     assert capsys.readouterr().out.startswith("cmtwin ")
 
 
+def test_each_verb_builds_its_own_parser(capsys):
+    """A command line naming a verb imports that verb's module alone (VERBS), so the table must say which module
+    registers each verb: every module registered on its own adds exactly the verbs VERBS gives it, and `cmtwin
+    --help` (every module) lists them all."""
+    import argparse
+    import importlib
+
+    from cmtwin.cli.main import VERBS, _verb_modules, build_parser
+
+    for name in _verb_modules():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(name).register(sub)
+        assert {v: name.rsplit(".", 1)[1] for v in sub.choices} == {
+            v: m for v, m in VERBS.items() if f"cmtwin.cli.{m}" == name}, name
+    whole = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(whole.choices) == set(VERBS)
+    alone = next(a for a in build_parser("runs")._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(alone.choices) == {"query", "runs", "db"}
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and all(v in out for v in VERBS), out
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--help"])
+    assert info.value.code == 0 and "usage: cmtwin plan" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------ config verbs
 
 

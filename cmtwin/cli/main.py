@@ -18,6 +18,14 @@ from cmtwin.errors import CmtwinError
 # order first. Each must keep heavy imports (torch, textual, matplotlib) inside its handlers.
 _FIRST = ("plan_cmd", "simulate_cmd", "search_cmd", "execute_cmd", "calibrate_cmd", "tui_cmd", "store_cmds")
 
+VERBS = {"plan": "plan_cmd", "simulate": "simulate_cmd", "search": "search_cmd", "execute": "execute_cmd",
+         "calibrate": "calibrate_cmd", "tui": "tui_cmd", "query": "store_cmds", "runs": "store_cmds",
+         "db": "store_cmds", "compare": "compare_cmd", "config": "config_cmd", "export": "export_cmd",
+         "import": "launch_cmd", "validate": "validate_cmd"}
+"""Each verb's module: a command line naming a verb builds the parser of that verb alone (importing one module,
+not all; `cmtwin --help` and an unknown verb build them all). tests/test_cli.py checks it against what the
+modules register."""
+
 
 def _verb_modules() -> list[str]:
     from pathlib import Path
@@ -27,7 +35,13 @@ def _verb_modules() -> list[str]:
     return [f"cmtwin.cli.{m}" for m in ordered]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _verb_of(argv: list[str]) -> str | None:
+    """The verb of a command line (its first word that is no option: the top-level options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every verb, or of `verb` alone when it is one of VERBS."""
     import importlib
 
     parser = argparse.ArgumentParser(
@@ -38,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmtwin {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for name in _verb_modules():
+    for name in [f"cmtwin.cli.{VERBS[verb]}"] if verb in VERBS else _verb_modules():
         importlib.import_module(name).register(sub)
     return parser
 
@@ -72,7 +86,7 @@ def utf8_output() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     utf8_output()
-    parser = build_parser()
+    parser = build_parser(_verb_of(sys.argv[1:] if argv is None else argv))
     # Overrides may come before or after options (`plan --format json decode.ep=32`): argparse stops a
     # positional list at the first option, so the rest arrive as extras and join the overrides here.
     args, extra = parser.parse_known_args(argv)
