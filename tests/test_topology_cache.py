@@ -160,9 +160,35 @@ def test_entry_owned_by_someone_else_is_ignored_with_a_warning(cache, monkeypatc
     with caplog.at_level(logging.WARNING, logger="cmtwin.cache"):
         fabric = _fresh()
     assert builds and len(fabric.dies()) > 0, "rebuilt instead of read"
-    lines = [r.getMessage() for r in caplog.records if r.name == "cmtwin.cache"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "cmtwin.cache" and str(path) in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0]
-    assert str(path) in lines[0] and f"owned by uid {me}" in lines[0] and "CMTWIN_CACHE_DIR" in lines[0]
+    assert f"owned by uid {me}" in lines[0] and "CMTWIN_CACHE_DIR" in lines[0]
+
+
+def test_a_topology_read_again_comes_from_its_parse_cache(cache, tmp_path, monkeypatch):
+    """A topology file's parsed form is cached by its bytes: read again, the same spec without YAML (a process
+    that reads it again imports no yaml); an edited file is parsed again; a form JSON would not give back exactly
+    is not cached."""
+    import subprocess
+    import sys
+
+    from cmtwin.topology import schema
+
+    monkeypatch.chdir(tmp_path)
+    src = (schema.topologies_dir() / "gpu_cluster.yaml").read_text()
+    (tmp_path / "mine.yaml").write_text(src)
+    first = load_topology("mine.yaml")
+    code = ("import sys; from cmtwin.topology.schema import load_topology; spec = load_topology('mine.yaml'); "
+            "print(spec.model_dump_json()); print('yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CMTWIN_CACHE_DIR": str(tmp_path / "cache")}).stdout.split("\n")
+    assert out[0] == first.model_dump_json() and out[1] == "False"
+    (tmp_path / "mine.yaml").write_text(src.replace("name: gpu_cluster", "name: edited", 1))
+    assert load_topology("mine.yaml").name == "edited"
+    entries = len(list((tmp_path / "cache" / "topology-yaml").iterdir()))
+    assert entries == 2
+    schema._write_parse_cache(tmp_path / "cache" / "topology-yaml" / "x.json", {1: "a number key"})
+    assert len(list((tmp_path / "cache" / "topology-yaml").iterdir())) == entries
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX file modes")

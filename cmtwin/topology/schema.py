@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 import types
 import typing
@@ -26,10 +27,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError
 
-from cmtwin.config.yamlsafe import safe_loader
+from cmtwin.cachefile import read_json
 from cmtwin.errors import TopologyError
 from cmtwin.paths import topologies_dir
 
@@ -353,25 +353,33 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-class _Loader(safe_loader()):
+@functools.cache
+def _loader() -> type:
     """The safe loader (libyaml's C parser where PyYAML has it) that refuses duplicate keys (PyYAML silently keeps
-    the last one)."""
+    the last one). Made on first use: a topology read from the parse cache needs no YAML at all."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        self.flatten_mapping(node)
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = seen.get(key)
-            except TypeError:
-                continue  # unhashable: the base class reports it
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {_short(key)} (first given on line {first + 1})", key_node.start_mark
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
+    from cmtwin.config.yamlsafe import safe_loader
+
+    class Loader(safe_loader()):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            self.flatten_mapping(node)
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # unhashable: the base class reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_short(key)} (first given on line {first + 1})",
+                        key_node.start_mark
+                    )
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep)
+
+    return Loader
 
 
 def _read_yaml(path: Path, origin: str) -> Any:
@@ -392,6 +400,64 @@ def _read_yaml(path: Path, origin: str) -> Any:
             key="<file>",
             fix="save the file as UTF-8",
         ) from None
+    cache = _parse_cache_path(blob)
+    if cache is not None:
+        hit = read_json(cache, "topology")
+        if isinstance(hit, dict) and hit.get("format") == PARSE_CACHE_FORMAT and hit.get("key") == cache.stem:
+            return hit["data"]
+    data = _parse_yaml(text, origin)
+    if cache is not None:
+        _write_parse_cache(cache, data)
+    return data
+
+
+PARSE_CACHE_FORMAT = "cmtwin-topology-yaml"
+
+
+def _parse_cache_path(blob: bytes) -> Path | None:
+    """Where the parsed form of a topology file's bytes is cached (None: caching is off), keyed by the bytes, the
+    modules that read them (the limits, the loader) and the installed PyYAML: a topology read again (every `cmtwin
+    plan`) is then JSON, without importing or running YAML (about a twentieth of a warm `cmtwin plan`)."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    from cmtwin.config import yamlsafe
+    from cmtwin.paths import cache_dir
+
+    root = cache_dir()
+    if root is None:
+        return None
+    found = importlib.util.find_spec("yaml")
+    origin = Path(found.origin) if found is not None and found.origin else None
+    try:
+        pyyaml = f"{origin} {origin.stat().st_mtime_ns}" if origin is not None else ""
+        h = hashlib.sha256(f"{sys.version} pyyaml {pyyaml}\n".encode())
+        for module in (yamlsafe, sys.modules[__name__]):
+            h.update(Path(module.__file__).read_bytes())
+    except OSError:
+        return None
+    h.update(blob)
+    return root / "topology-yaml" / f"{h.hexdigest()[:40]}.json"
+
+
+def _write_parse_cache(path: Path, data: Any) -> None:
+    """Cache a parsed topology, if JSON gives it back exactly (not, say, a mapping with number keys)."""
+    import json
+
+    from cmtwin.cachefile import write_text
+
+    try:
+        text = json.dumps({"format": PARSE_CACHE_FORMAT, "key": path.stem, "data": data}, allow_nan=False)
+    except (TypeError, ValueError):
+        return
+    if json.loads(text)["data"] == data:
+        write_text(path, text)
+
+
+def _parse_yaml(text: str, origin: str) -> Any:
+    import yaml
+
     from cmtwin.config.yamlsafe import YamlLimitError, check_yaml
 
     try:  # depth, aliases and number lengths first, on the event stream: nothing is expanded or recursed yet
@@ -399,7 +465,7 @@ def _read_yaml(path: Path, origin: str) -> Any:
     except YamlLimitError as exc:
         raise TopologyError(f"Topology {origin}: {exc.problem}.", key=exc.key, fix=exc.fix) from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader
     except RecursionError:
         raise TopologyError(f"Topology {origin}: the YAML nests too deeply to read.", key="<file>",
                             fix="flatten it: a topology nests a few levels") from None
