@@ -278,14 +278,20 @@ def _init(spec) -> None:
 
 def _variant(spec, **parts):
     """The spec with some sections updated (nested dicts merge), validated again with all its cross-checks.
-    Raises CmtwinError (ConfigError) when the combination is invalid."""
-    from pydantic import ValidationError
+    Raises CmtwinError (ConfigError) when the combination is invalid. The sections left as they are stay the
+    spec's validated models (pydantic takes an instance of a field's own class as it is): a variant validates
+    what changed and the spec's cross-checks, not the model and hardware profiles again."""
+    from pydantic import BaseModel, ValidationError
 
     from cmtwin.config.compose import validation_error
 
-    d = spec.model_dump()
+    d = {k: getattr(spec, k) for k in type(spec).model_fields}
     for k, v in parts.items():
-        d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v
+        old = d.get(k)
+        if isinstance(v, dict) and isinstance(old, BaseModel):
+            d[k] = {**old.model_dump(), **v}
+        else:
+            d[k] = {**old, **v} if isinstance(v, dict) and isinstance(old, dict) else v
     try:
         return type(spec).model_validate(d)
     except ValidationError as exc:
