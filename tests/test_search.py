@@ -199,3 +199,27 @@ def test_frontier_simulations_run_one_of_identical_shares():
     sec, k = _one_share(cand(agg, None, 4, 0))
     assert k == 4 and sec["decode"]["instances"] == 1 and sec["prefill"] == {"instances": 0}
     assert _one_share(cand(dec, pre, 1, 3)) == (cand(dec, pre, 1, 3).sections(), 1)
+
+
+def test_variant_is_the_whole_spec_validated_again():
+    """_variant keeps the unchanged sections' validated models: the same spec (and plan hash) as dumping the whole
+    spec, merging the parts and validating it all again, and the same refusal of an invalid combination."""
+    from cmtwin.config.identity import spec_hash
+    from cmtwin.errors import ConfigError
+    from cmtwin.search.run import _variant
+
+    def whole(spec, **parts):
+        d = spec.model_dump()
+        for k, v in parts.items():
+            d[k] = {**d[k], **v} if isinstance(v, dict) else v
+        return type(spec).model_validate(d)
+
+    for dep in ("r1_ep320", "r1_h200_disagg"):
+        spec, _ = load_spec([f"+deployment={dep}"])
+        for parts in (dict(precision="int8", mtp={"draft_tokens": 1}, prefill={"instances": 0},
+                           serving={"mode": "agg", "concurrency": None}),
+                      dict(slo={"tpot_ms": None, "ttft_ms": None}, workload={"load": 0.9, "rate_per_s": None})):
+            a, b = whole(spec, **parts), _variant(spec, **parts)
+            assert a == b and a.model_dump() == b.model_dump() and spec_hash(a) == spec_hash(b)
+        with pytest.raises(ConfigError, match="decode.ep"):
+            _variant(spec, decode={"ep": spec.decode.ep + 1})
