@@ -106,7 +106,7 @@ class CachingPool:
 class Plan:
     """A compiled deployment."""
 
-    plan_hash: str
+    spec: Any = field(repr=False)  # the validated spec it was compiled from
     deployment: str
     model: str
     hardware: str
@@ -121,6 +121,12 @@ class Plan:
     devices_per_node: int = 0  # as the topology declares (node.devices.count); the TUI's grid width
     device_id_prefix: str = ""  # the topology's die-id stem (n03.npu5.d1: "npu")
     failed_dies: tuple[str, ...] = ()  # failures.*: the dies down (the TUI's map marks them)
+
+    @functools.cached_property
+    def plan_hash(self) -> str:
+        """The plan's identity: its spec's canonical hash (cmtwin.config.identity.spec_hash), worked out when first
+        asked for (a search compiles thousands of plans it never names)."""
+        return spec_hash(self.spec)
 
     def pools_of(self, role: str) -> list[Pool]:
         return [p for p in self.pools if p.role == role]
@@ -327,7 +333,7 @@ def compile_plan(spec: Spec) -> Plan:
         for i in range(p.instances):
             kv_routes[i] = (i, p.instances, len(range(i, ranks, p.instances)))
     return Plan(
-        plan_hash=spec_hash(spec),
+        spec=spec,
         deployment=spec.deployment.name or "",
         model=spec.model.name,
         hardware=spec.hardware.name,
