@@ -112,31 +112,57 @@ def test_tampered_index_is_rejected(cache, monkeypatch):
     _fresh()
     path = _entry()
     data = json.loads(path.read_text())
-    data["edges"]["v"][0] = len(data["nodes"]) + 5
+    v = _column(data["edges"], "v")
+    v[0] = len(data["nodes"]) + 5
+    _store(data["edges"], "v", v)
     path.write_text(json.dumps(data))
     builds = _count_builds(monkeypatch)
     _fresh()
     assert builds
 
 
+def _column(where: dict, key: str, dtype: str = "<i4") -> list:
+    """A packed column of an entry (fabric._PACKED), as a list to edit; _store puts it back."""
+    return fabric_mod._unpack(where[key], dtype).tolist()
+
+
+def _store(where: dict, key: str, xs: list, dtype: str = "<i4") -> None:
+    where[key] = fabric_mod._pack(xs, dtype)
+
+
 def _repeat_an_edge(data):
     cols = data["edges"]
     for c in ("u", "v", "k"):
-        cols[c][1] = cols[c][0]
+        xs = _column(cols, c)
+        xs[1] = xs[0]
+        _store(cols, c, xs)
 
 
 def _lose_a_predecessor(data):
-    pred = data["pred"]
+    pred = _column(data, "pred")
     pred[0] = next(u for u in range(len(data["nodes"])) if u != pred[0])
+    _store(data, "pred", pred)
 
 
 def _swap_predecessor_counts(data):
-    counts = data["pred_count"]
+    counts = _column(data, "pred_count")
     i = next(i for i in range(len(counts) - 1) if counts[i] != counts[i + 1])
     counts[i], counts[i + 1] = counts[i + 1], counts[i]
+    _store(data, "pred_count", counts)
 
 
-@pytest.mark.parametrize("tamper", [_repeat_an_edge, _lose_a_predecessor, _swap_predecessor_counts])
+def _bad_base64(data):
+    data["edges"]["bw"] = data["edges"]["bw"][:-3] + "!!="
+
+
+def _infinite_bandwidth(data):
+    bw = _column(data["edges"], "bw", "<f8")
+    bw[0] = float("inf")
+    _store(data["edges"], "bw", bw, "<f8")
+
+
+@pytest.mark.parametrize("tamper", [_repeat_an_edge, _lose_a_predecessor, _swap_predecessor_counts, _bad_base64,
+                                    _infinite_bandwidth])
 def test_entry_that_describes_no_graph_is_rejected(cache, monkeypatch, tamper):
     """The edge form must describe a graph: distinct edges, and each node's predecessors exactly the nodes linked
     to it (the checks run on integer columns)."""

@@ -20,6 +20,7 @@ query without networkx; its networkx graph is rebuilt from the edge form only wh
 
 from __future__ import annotations
 
+import base64
 import difflib
 import functools
 import hashlib
@@ -554,7 +555,7 @@ def _cached_fabric(identity: tuple[str, int | None], name: str, overrides: tuple
 
 
 CACHE_FORMAT = "cmtwin-fabric"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bumped whenever the layout of a cache file changes (an older file is then rebuilt, never misread)."""
 
 
@@ -710,12 +711,39 @@ def _grow(level: list[int], links: _Lazy, seen: dict, other: dict, fringe: list[
     return None
 
 
+_PACKED = {"u": "<i4", "v": "<i4", "k": "<i4", "plane": "<i4", "bw": "<f8", "lat": "<f8"}
+"""The edge columns as the cache stores them: little-endian binary (int32, float64) in base64, not as JSON numbers
+(reading 160,000 numbers out of JSON was half of reading CloudMatrix384's entry)."""
+
+
+def _pack(xs: list, dtype: str) -> str:
+    import numpy as np
+
+    return base64.b64encode(np.asarray(xs, dtype=dtype).tobytes()).decode("ascii")
+
+
+def _unpack(text: Any, dtype: str):
+    import numpy as np
+
+    _need(isinstance(text, str))
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error is one
+        raise _BadCache from None
+    _need(len(raw) % np.dtype(dtype).itemsize == 0)
+    return np.frombuffer(raw, dtype=dtype)
+
+
 def _to_cache(fabric: Fabric, key: str) -> dict:
-    """A JSON-able form of a built Fabric: its edge form and its aggregates, enough to answer every query without
-    building or checking the graph (and to rebuild the graph exactly when one is asked for)."""
+    """A JSON-able form of a built Fabric: its edge form (the edge columns and predecessor lists packed, _PACKED)
+    and its aggregates, enough to answer every query without building or checking the graph (and to rebuild the
+    graph exactly when one is asked for)."""
+    form = fabric._edge_form()
     return {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key,
-        **fabric._edge_form(),
+        **form,
+        "edges": {c: _pack(form["edges"][c], dtype) for c, dtype in _PACKED.items()},
+        "pred": _pack(form["pred"], "<i4"), "pred_count": _pack(form["pred_count"], "<i4"),
         "inj": fabric._inj, "ej": fabric._ej,
         "up": {p: [[n, bw] for n, bw in m.items()] for p, m in fabric._up.items()},
         "down": {p: [[n, bw] for n, bw in m.items()] for p, m in fabric._down.items()},
@@ -732,8 +760,10 @@ def _types(xs: list) -> set:
     return set(map(type, xs))
 
 
-def _ints(xs: Any, below: int) -> list[int]:
-    _need(isinstance(xs, list) and _types(xs) <= {int} and (not xs or 0 <= min(xs) and max(xs) < below))
+def _ints(text: Any, below: int):
+    """A packed int32 column whose values all lie in [0, below)."""
+    xs = _unpack(text, "<i4")
+    _need(not xs.size or 0 <= int(xs.min()) and int(xs.max()) < below)
     return xs
 
 
@@ -741,32 +771,35 @@ def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
     """The Fabric that _to_cache described, checked field by field (_BadCache on anything unexpected): its edge
     form must describe a graph (unique node names, unique edge keys, every predecessor listed once, exactly the
     edges into each node), so that the graph rebuilt from it on demand is the one that was built."""
+    import numpy as np
+
     _need(isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("version") == CACHE_VERSION
           and data.get("key") == key)
     names, attrs, planes, cols = data["nodes"], data["attrs"], data["planes"], data["edges"]
     _need(isinstance(names, list) and _types(names) <= {str} and isinstance(attrs, list)
           and len(attrs) == len(names) and _types(attrs) <= {dict}
           and isinstance(planes, list) and _types(planes) <= {str} and len(set(planes)) == len(planes)
-          and isinstance(cols, dict) and isinstance(data["graph"], dict))
+          and isinstance(cols, dict) and set(cols) == set(_PACKED) and isinstance(data["graph"], dict))
     count = len(names)
     _need(len(set(names)) == count)
     us, vs, ks = _ints(cols["u"], count), _ints(cols["v"], count), _ints(cols["k"], 1 << 30)
-    ps, bws, lats = _ints(cols["plane"], len(planes)), cols["bw"], cols["lat"]
-    _need(isinstance(bws, list) and isinstance(lats, list) and _types(bws) <= {float} and _types(lats) <= {float}
-          and len(us) == len(vs) == len(ks) == len(ps) == len(bws) == len(lats))
+    ps, bws, lats = _ints(cols["plane"], len(planes)), _unpack(cols["bw"], "<f8"), _unpack(cols["lat"], "<f8")
+    _need(len(us) == len(vs) == len(ks) == len(ps) == len(bws) == len(lats)
+          and bool(np.isfinite(bws).all() and np.isfinite(lats).all()))
     pred, pred_count = _ints(data["pred"], count), _ints(data["pred_count"], count + 1)
-    _need(len(pred_count) == count and sum(pred_count) == len(pred))
+    _need(len(pred_count) == count and int(pred_count.sum()) == len(pred))
     # the edges (u, v, k) are distinct, and the predecessor lists hold exactly the linked pairs (u, v): as sorted
     # integer columns (one number per edge; tens of thousands of edges in a CloudMatrix384)
-    import numpy as np
-
-    pair = np.array(us, dtype=np.int64) * count + np.array(vs, dtype=np.int64)
-    edge = np.sort(pair * (max(ks, default=0) + 1) + np.array(ks, dtype=np.int64))
+    pair = us.astype(np.int64) * count + vs
+    edge = np.sort(pair * (int(ks.max(initial=0)) + 1) + ks)
     _need(bool((edge[1:] != edge[:-1]).all()))
     pair.sort()
     linked = pair[np.concatenate(([True], pair[1:] != pair[:-1]))]
     into = np.repeat(np.arange(count, dtype=np.int64), pred_count)
-    _need(linked.size == len(pred) and np.array_equal(np.sort(np.array(pred, dtype=np.int64) * count + into), linked))
+    _need(linked.size == len(pred) and np.array_equal(np.sort(pred.astype(np.int64) * count + into), linked))
+    cols = {"u": us.tolist(), "v": vs.tolist(), "k": ks.tolist(), "plane": ps.tolist(), "bw": bws.tolist(),
+            "lat": lats.tolist()}
+    pred, pred_count = pred.tolist(), pred_count.tolist()
     fabric = Fabric.__new__(Fabric)
     fabric.spec = spec
     fabric._graph = None
@@ -797,7 +830,7 @@ def _write_cache(path: Path, fabric: Fabric) -> None:
     """Store a built Fabric (cmtwin/cachefile.py: atomic, private to the user)."""
     try:
         text = json.dumps(_to_cache(fabric, path.stem), separators=(",", ":"), allow_nan=False)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return
     write_text(path, text)
 
