@@ -177,7 +177,7 @@ def test_cli_search_budget_over_topology_exits_2(workdir):
 
 
 def test_frontier_simulations_run_one_of_identical_shares():
-    """simulate_best sizes a simulation to the question: k agg replicas, or k decode instances with a multiple of k
+    """The frontier's simulations are sized to the question: k agg replicas, or k decode instances with a multiple of k
     prefill instances, are simulated as one share (one replica; one decode instance with P / k prefill instances),
     the entry saying so (`simulated_share`); with P not a multiple of k the whole deployment is simulated."""
     from cmtwin.search.run import Candidate, DecodeEval, PrefillEval, _one_share

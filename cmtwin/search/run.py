@@ -707,17 +707,6 @@ def _workers(spec, workers: int | None = None) -> int:
     return workers if workers is not None else (spec.search.workers or os.cpu_count() or 1)
 
 
-def simulate_frontier(spec, res: SearchResult, workers: int | None = None) -> Simulations:
-    """The simulations of the search's best frontier points (search.simulate_top of them), started (see
-    start_simulations); their results land in res.simulated, their wall time in res.wall_s["simulate"]."""
-    import time
-
-    picks = res.frontier[: spec.search.simulate_top] if res.candidates else []
-    sims = start_simulations(spec, res.candidates, picks, workers=_workers(spec, workers), backend=_backend(spec))
-    sims.into, sims.t0 = res, time.perf_counter()
-    return sims
-
-
 def _simulate_one(v) -> dict:
     """Compile one candidate's spec with the planner's full checks and simulate it (runs in a worker)."""
     from cmtwin.planner.plan import compile_plan
@@ -750,18 +739,14 @@ def _one_share(c: Candidate) -> tuple[dict, int]:
     return sec, k
 
 
-def simulate_best(spec, cands: list[Candidate], picks: list[int], progress=None, workers: int = 1,
-                  backend: str = "process") -> list[dict]:
-    """Compile the picked candidates exactly and simulate each at 90% load, `workers` at a time (or as Ray tasks)."""
-    with start_simulations(spec, cands, picks, workers=workers, backend=backend) as sims:
-        return sims.results(progress)
-
-
-def start_simulations(spec, cands: list[Candidate], picks: list[int], workers: int = 1,
-                      backend: str = "process") -> Simulations:
-    """simulate_best's simulations, started: in a pool of `workers` processes (or as Ray tasks) they run while the
+def simulate_frontier(spec, res: SearchResult, workers: int | None = None) -> Simulations:
+    """The search's best frontier points (search.simulate_top of them) compiled exactly and simulated at 90 % load
+    (one share of identical ones, _one_share), started: in a pool of processes (or as Ray tasks) they run while the
     caller goes on (`cmtwin search` writes the candidates to the store meanwhile); `Simulations.results` waits for
-    them. With one worker they run in this process, when their results are asked for."""
+    them and puts them in res.simulated, their wall time in res.wall_s["simulate"]. With one worker they run in this
+    process, when their results are asked for."""
+    cands = res.candidates
+    picks = res.frontier[: spec.search.simulate_top] if cands else []
     entries, specs = [], []
     for i in picks:
         c = cands[i]
@@ -781,29 +766,29 @@ def start_simulations(spec, cands: list[Candidate], picks: list[int], workers: i
             entries[-1]["error"] = str(exc)
             specs.append(None)
     todo = [k for k, v in enumerate(specs) if v is not None]
-    return Simulations(entries, todo, _map(_simulate_one, [specs[k] for k in todo], workers, backend=backend))
+    running = _map(_simulate_one, [specs[k] for k in todo], _workers(spec, workers), backend=_backend(spec))
+    return Simulations(res, entries, todo, running)
 
 
 class Simulations:
-    """Simulations under way (start_simulations): `results()` waits for them and returns simulate_best's entries;
-    leaving the `with` block cancels those not started yet (an error or Ctrl-C in the caller meanwhile)."""
+    """Simulations under way (simulate_frontier): `results()` waits for them and returns an entry per pick (index,
+    overrides, simulated_share, and the simulation or the error); leaving the `with` block cancels those not
+    started yet (an error or Ctrl-C in the caller meanwhile)."""
 
-    into: SearchResult | None = None  # simulate_frontier's: the search result the entries go to
-    t0 = 0.0  # ... and when the simulations started
+    def __init__(self, res: SearchResult, entries: list[dict], todo: list[int], running):
+        import time
 
-    def __init__(self, entries: list[dict], todo: list[int], running):
-        self.entries, self.todo, self.running = entries, todo, running
+        self.res, self.entries, self.todo, self.running, self.t0 = res, entries, todo, running, time.perf_counter()
 
     def results(self, progress=None) -> list[dict]:
         import time
 
-        for n, (k, res) in enumerate(zip(self.todo, self.running), 1):
-            self.entries[k].update(res)
+        for n, (k, out) in enumerate(zip(self.todo, self.running), 1):
+            self.entries[k].update(out)
             if progress:
                 progress("simulate", n, len(self.todo))
-        if self.into is not None:
-            self.into.simulated = self.entries
-            self.into.wall_s["simulate"] = time.perf_counter() - self.t0
+        self.res.simulated = self.entries
+        self.res.wall_s["simulate"] = time.perf_counter() - self.t0
         return self.entries
 
     def __enter__(self) -> Simulations:
