@@ -169,7 +169,7 @@ def test_fcfs_promises_are_the_answers_it_would_give(monkeypatch, kv_capacity):
 
     def run(sim):
         res = sim.run()
-        return res.to_dict(), res.latencies.ttft, res.latencies.e2e, sim.failures_seen
+        return res.to_dict(), res.latencies.ttft.tolist(), res.latencies.e2e.tolist(), sim.failures_seen
 
     fast = Simulator(spec, plan, kv_capacity_per_die=kv_capacity)
     assert fast._least_busy and fast._releases_need

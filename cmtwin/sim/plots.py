@@ -84,7 +84,7 @@ def latency_cdf_plot(latencies, path: Path, title: str, slo=None) -> Path:
     for ax, (name, xs, target) in zip(axes, (("TTFT", latencies.ttft, getattr(slo, "ttft_ms", None)),
                                              ("TPOT", latencies.tpot, getattr(slo, "tpot_ms", None)),
                                              ("end-to-end", latencies.e2e, None))):
-        if xs:
+        if len(xs):
             arr = np.sort(np.asarray(xs) * 1e3)
             ax.plot(arr, np.arange(1, len(arr) + 1) / len(arr))
         if target:

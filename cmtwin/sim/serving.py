@@ -298,11 +298,26 @@ class Totals:
 
 @dataclass
 class Recorded:
-    """Per-request latencies of requests that arrived inside the measurement window and completed."""
+    """Per-request latencies (s) of requests that arrived inside the measurement window and completed: an array per
+    recording round (`_record`), in completion order; `column` joins a latency's."""
 
     ttft: list = field(default_factory=list)
     tpot: list = field(default_factory=list)
     e2e: list = field(default_factory=list)
+
+    def column(self, name: str) -> np.ndarray:
+        parts = getattr(self, name)
+        return np.concatenate(parts) if parts else np.empty(0)
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """A run's per-request latencies (s) of the requests that arrived in the measurement window and completed, in
+    completion order, as arrays (TPOT: those with more than one output token)."""
+
+    ttft: np.ndarray
+    tpot: np.ndarray
+    e2e: np.ndarray
 
 
 class Simulator:
@@ -961,14 +976,14 @@ class Simulator:
         inside = (arrived >= self.warmup) & (arrived <= self.duration)
         rec = self.rec
         if inside.all():
-            rec.ttft += ttft.tolist()
-            rec.e2e += (end - arrived).tolist()
+            rec.ttft.append(ttft)
+            rec.e2e.append(end - arrived)
         else:
-            rec.ttft += ttft[inside].tolist()
-            rec.e2e += (end - arrived)[inside].tolist()
+            rec.ttft.append(ttft[inside])
+            rec.e2e.append((end - arrived)[inside])
         out = np.fromiter(map(_OUTPUT, done), np.int64, n)
         more = inside & (out > 1)
-        rec.tpot += ((end - first)[more] / (out[more] - 1)).tolist()
+        rec.tpot.append((end - first)[more] / (out[more] - 1))
 
     def census(self) -> dict[str, int]:
         """Where every request that arrived is now; the parts add up to `arrived`."""
@@ -1180,28 +1195,27 @@ class Simulator:
         steps = b["steps"] - a["steps"]
         prompt = b["prompt"] - a["prompt"]
         hit = b["hit"] - a["hit"]
-        rec = self.rec
+        ttft_s, tpot_s, e2e_s = (self.rec.column(k) for k in ("ttft", "tpot", "e2e"))
         slo = self.spec.slo
         T = self.totals
 
         def pct(xs):
-            if not xs:
+            if not len(xs):
                 return {"p50": None, "p90": None, "p99": None, "mean": None}
-            arr = np.asarray(xs) * 1e3
+            arr = xs * 1e3
             p = np.percentile(arr, [50, 90, 99])
             return {"p50": round(float(p[0]), 3), "p90": round(float(p[1]), 3), "p99": round(float(p[2]), 3),
                     "mean": round(float(arr.mean()), 3)}
 
-        n = len(rec.e2e)
+        n = len(e2e_s)
         has_slo = slo.ttft_ms is not None or slo.tpot_ms is not None
         good = n if has_slo else None  # no target set: no goodput (not a misleading 100%)
         if n and has_slo:
-            ttft = np.asarray(rec.ttft) * 1e3
             ok = np.ones(n, dtype=bool)
             if slo.ttft_ms is not None:
-                ok &= ttft <= slo.ttft_ms
-            if slo.tpot_ms is not None and len(rec.tpot) == n:
-                ok &= np.asarray(rec.tpot) * 1e3 <= slo.tpot_ms
+                ok &= ttft_s * 1e3 <= slo.ttft_ms
+            if slo.tpot_ms is not None and len(tpot_s) == n:
+                ok &= tpot_s * 1e3 <= slo.tpot_ms
             good = int(ok.sum())
         window = span if self.offline and self.drain else self.duration - self.warmup  # a batch job: its makespan
         census = self.census()
@@ -1234,7 +1248,7 @@ class Simulator:
             },
             decode={
                 "tokens_per_s_per_device": out_rate / ddev,
-                "tpot_ms": pct(rec.tpot),
+                "tpot_ms": pct(tpot_s),
                 "utilisation": (b["dbusy"] - a["dbusy"]) / span / len(ds),
                 "batch_occupancy": ((b["batch"] - a["batch"]) / steps / slots_per_inst) if steps else 0.0,
                 "tokens_per_step": self.tps,
@@ -1249,9 +1263,9 @@ class Simulator:
             },
             tokens_per_s_per_device=out_rate / (pdev + ddev),
             makespan_s=T.last_done if T.completed == T.arrived and T.arrived else None,
-            ttft_ms=pct(rec.ttft),
-            tpot_ms=pct(rec.tpot),
-            e2e_ms=pct(rec.e2e),
+            ttft_ms=pct(ttft_s),
+            tpot_ms=pct(tpot_s),
+            e2e_ms=pct(e2e_s),
             goodput=None if good is None else (good / window if window > 0 else 0.0),
             goodput_fraction=None if good is None else (good / n if n else 0.0),
             cache_hit_ratio=hit / prompt if prompt else 0.0,
@@ -1259,7 +1273,7 @@ class Simulator:
                       "prefill_stalls": T.prefill_stalls},
             little={"mean_in_system": T.in_system_area / end if end else 0.0, "area": T.in_system_area},
             events=self.env.events,
-            latencies=rec,
+            latencies=Latencies(ttft_s, tpot_s, e2e_s),
             slo={"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
             warmup_s=self.warmup,
             load=load,
@@ -1289,7 +1303,7 @@ class SimResult:
     requests: dict
     little: dict
     events: int
-    latencies: Recorded
+    latencies: Latencies
     slo: dict = field(default_factory=dict)  # the targets goodput is measured against (None: not set)
     warmup_s: float = 0.0
     load: float | None = None  # offered rate / the twin's capacity estimate
