@@ -65,20 +65,25 @@ def test_too_short_a_run_is_filling_not_steady():
     assert "sim.duration_s" in st["verdict"]
 
 
+def _columns(pairs):
+    return [a for a, _ in pairs], [x for _, x in pairs]
+
+
 def test_steady_state_rules_on_synthetic_series():
     rng = [0.37 * k % 1.0 for k in range(400)]  # deterministic scatter in [0, 1)
-    firsts = [(10 + k * 0.2, 0.3 + 0.05 * rng[k]) for k in range(400)]  # 80 s of arrivals, TTFT ~0.3 s
+    pairs = [(10 + k * 0.2, 0.3 + 0.05 * rng[k]) for k in range(400)]  # 80 s of arrivals, TTFT ~0.3 s
+    firsts = _columns(pairs)
     flat = [(float(t), 20 + int(5 * rng[t]), 500, 1000.0 * t) for t in range(1, 91)]
     kw = dict(rate=5.0, load=0.8, decode_devices=1, offline=False)
     assert steady_state(firsts, flat, (10.0, 90.0), **kw)["reached"] is True
     growing = [(t, q + 3 * t, d, o) for t, q, d, o in flat]
     out = steady_state(firsts, growing, (10.0, 90.0), **kw)
     assert out["reached"] is False and "grew" in out["verdict"]
-    slower = [(a, x if a < 50 else 2 * x) for a, x in firsts]
+    slower = _columns([(a, x if a < 50 else 2 * x) for a, x in pairs])
     assert "TTFT p50 moved" in steady_state(slower, flat, (10.0, 90.0), **kw)["verdict"]
     assert steady_state(firsts, flat, (10.0, 90.0), **{**kw, "load": 1.0})["reached"] is False
     assert steady_state(firsts, flat, (10.0, 90.0), **{**kw, "offline": True})["reached"] is None
-    short = steady_state(firsts[:10], flat[:3], (10.0, 13.0), **kw)
+    short = steady_state(_columns(pairs[:10]), flat[:3], (10.0, 13.0), **kw)
     assert short["reached"] is None and short["verdict"].startswith("too short")
 
 

@@ -1277,7 +1277,7 @@ class Simulator:
             slo={"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
             warmup_s=self.warmup,
             load=load,
-            steady_state=steady_state(zip(self._first_at, self._first_ttft), self._series, (self.warmup, self.duration),
+            steady_state=steady_state((self._first_at, self._first_ttft), self._series, (self.warmup, self.duration),
                                       rate=self.rate, load=load, decode_devices=ddev, offline=self.offline),
         )
 

@@ -17,7 +17,7 @@ stationary state, however flat a short window looks.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,11 +39,12 @@ def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), nd)
 
 
-def steady_state(firsts: Iterable[tuple[float, float]], series: list[tuple[float, int, int, float]],
+def steady_state(firsts: tuple[Sequence[float], Sequence[float]], series: list[tuple[float, int, int, float]],
                  window: tuple[float, float], *, rate: float, load: float | None,
                  decode_devices: int, offline: bool) -> dict:
-    """The verdict and its figures. firsts: (arrival, TTFT s) of requests that arrived in the window; series:
-    (t, waiting, decoding, cumulative output tokens) at every sample tick; window: (start, end) simulated s."""
+    """The verdict and its figures. firsts: the arrival times and the TTFTs (s), as two columns, of the requests
+    that arrived in the window; series: (t, waiting, decoding, cumulative output tokens) at every sample tick;
+    window: (start, end) simulated s."""
     w0, w1 = window
     out: dict = {"reached": None, "verdict": "", "window_s": [_r(w0), _r(w1)],
                  "ttft_p50_ms": {"first_half": None, "second_half": None},
@@ -53,10 +54,10 @@ def steady_state(firsts: Iterable[tuple[float, float]], series: list[tuple[float
         out["verdict"] = "not applicable: an offline batch drains; it has no steady state"
         return out
     mid = 0.5 * (w0 + w1)
-    ttft = [[], []]
-    for t, x in firsts:
-        ttft[t >= mid].append(x)
-    p50 = [1e3 * float(np.median(x)) if x else None for x in ttft]
+    at, x = (np.asarray(c, dtype=float) for c in firsts)
+    late = at >= mid
+    ttft = [x[~late], x[late]]
+    p50 = [1e3 * float(np.median(h)) if len(h) else None for h in ttft]
     out["ttft_p50_ms"] = {"first_half": _r(p50[0]), "second_half": _r(p50[1])}
     ticks = [s for s in series if w0 <= s[0] <= w1]
     if len(ticks) >= MIN_TICKS:
