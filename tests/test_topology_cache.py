@@ -151,6 +151,12 @@ def _swap_predecessor_counts(data):
     _store(data, "pred_count", counts)
 
 
+def _links_out_of_graph_order(data):
+    cols = data["edges"]
+    for c, dtype in fabric_mod._PACKED.items():
+        _store(cols, c, _column(cols, c, dtype)[::-1], dtype)
+
+
 def _bad_base64(data):
     data["edges"]["bw"] = data["edges"]["bw"][:-3] + "!!="
 
@@ -162,7 +168,7 @@ def _infinite_bandwidth(data):
 
 
 @pytest.mark.parametrize("tamper", [_repeat_an_edge, _lose_a_predecessor, _swap_predecessor_counts, _bad_base64,
-                                    _infinite_bandwidth])
+                                    _infinite_bandwidth, _links_out_of_graph_order])
 def test_entry_that_describes_no_graph_is_rejected(cache, monkeypatch, tamper):
     """The edge form must describe a graph: distinct edges, and each node's predecessors exactly the nodes linked
     to it (the checks run on integer columns)."""

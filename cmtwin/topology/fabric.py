@@ -785,7 +785,8 @@ def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
     us, vs, ks = _ints(cols["u"], count), _ints(cols["v"], count), _ints(cols["k"], 1 << 30)
     ps, bws, lats = _ints(cols["plane"], len(planes)), _unpack(cols["bw"], "<f8"), _unpack(cols["lat"], "<f8")
     _need(len(us) == len(vs) == len(ks) == len(ps) == len(bws) == len(lats)
-          and bool(np.isfinite(bws).all() and np.isfinite(lats).all()))
+          and bool(np.isfinite(bws).all() and np.isfinite(lats).all())
+          and bool((us[1:] >= us[:-1]).all()))  # graph order: each node's links together, nodes in order
     pred, pred_count = _ints(data["pred"], count), _ints(data["pred_count"], count + 1)
     _need(len(pred_count) == count and int(pred_count.sum()) == len(pred))
     # the edges (u, v, k) are distinct, and the predecessor lists hold exactly the linked pairs (u, v): as sorted
