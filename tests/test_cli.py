@@ -160,6 +160,22 @@ def test_plan_imports_neither_torch_nor_textual(tmp_path):
     assert r.stderr.strip().endswith("0 []")
 
 
+def test_a_warm_plan_imports_no_numpy_yaml_networkx_or_hydra(tmp_path):
+    """Every run after the first reads the composed config, the parsed topology and the fabric from the cache and
+    steps single shapes: numpy (the twin's vector steps), PyYAML, networkx and Hydra are not imported at all, and
+    the run is recorded through sqlite3 alone (issue 21's start-up: each is tens of milliseconds)."""
+    code = ("import sys; from cmtwin.cli.main import main; rc = main(['plan', '+deployment=r1_ep320']); "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'yaml', 'networkx', 'hydra', "
+            "'omegaconf', 'sqlalchemy', 'alembic', 'torch', 'textual'}); "
+            "print(rc, heavy, file=sys.stderr); assert rc == 0")
+    env = _env(CMTWIN_CACHE_DIR=str(tmp_path / "cache"))
+    for _ in range(2):  # the first run fills the caches and creates the store
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().endswith("0 []"), r.stderr
+
+
 # ------------------------------------------------------------------------------------------ plan --format json
 
 

@@ -27,9 +27,12 @@ import hashlib
 import math
 import json
 import sys
+from array import array
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -627,25 +630,22 @@ def _plane_links(form: dict[str, Any], plane: str) -> tuple[_Lazy, _Lazy]:
     """The links of one plane of an edge form, by node index and in graph order: (successors, predecessors), the
     successors of a node with the (bandwidth, latency) of its fastest link to each (the first of equals). A node's
     are worked out when a route search first reaches it (a search visits a few nodes of a plane's thousands)."""
-    import numpy as np
-
     if plane not in form["planes"]:
         return _Lazy(lambda v: {}), _Lazy(lambda v: [])
-    cols, count = form["edges"], len(form["nodes"])
-    on = np.flatnonzero(np.array(cols["plane"]) == form["planes"].index(plane))
-    us, vs = np.array(cols["u"])[on], np.array(cols["v"])[on]  # graph order: grouped by u, ascending
-    bw, lat = np.array(cols["bw"])[on], np.array(cols["lat"])[on]
-    first = np.searchsorted(us, np.arange(count + 1))  # node u's links: [first[u], first[u + 1])
-    linked = set((us * count + vs).tolist())
-    pred, ends = form["pred"], np.cumsum([0, *form["pred_count"]]).tolist()
+    want, cols, count = form["planes"].index(plane), form["edges"], len(form["nodes"])
+    us, vs, bws, lats = cols["u"], cols["v"], cols["bw"], cols["lat"]
+    on = [e for e, p in enumerate(cols["plane"]) if p == want]  # graph order: grouped by u, ascending
+    on_u = [us[e] for e in on]
+    linked = {us[e] * count + vs[e] for e in on}
+    pred, ends = form["pred"], [0, *accumulate(form["pred_count"])]
 
     def succ(u: int) -> dict[int, tuple[float, float]]:
         out: dict[int, tuple[float, float]] = {}
-        a, b = first[u], first[u + 1]
-        for v, w, t in zip(vs[a:b].tolist(), bw[a:b].tolist(), lat[a:b].tolist()):
+        for e in on[bisect_left(on_u, u):bisect_left(on_u, u + 1)]:
+            v, w = vs[e], bws[e]
             best = out.get(v)
             if best is None or w > best[0]:
-                out[v] = (w, t)
+                out[v] = (w, lats[e])
         return out
 
     def into(v: int) -> list[int]:
@@ -715,23 +715,29 @@ _PACKED = {"u": "<i4", "v": "<i4", "k": "<i4", "plane": "<i4", "bw": "<f8", "lat
 """The edge columns as the cache stores them: little-endian binary (int32, float64) in base64, not as JSON numbers
 (reading 160,000 numbers out of JSON was half of reading CloudMatrix384's entry)."""
 
+_TYPECODE = {"<i4": next(c for c in "ilh" if array(c).itemsize == 4), "<f8": "d"}
+"""The array module's type codes of those layouts (read with the standard library: no numpy at start-up)."""
+
 
 def _pack(xs: list, dtype: str) -> str:
-    import numpy as np
+    out = array(_TYPECODE[dtype], xs)  # OverflowError past int32, TypeError for a float in an int column
+    if sys.byteorder == "big":
+        out.byteswap()
+    return base64.b64encode(out.tobytes()).decode("ascii")
 
-    return base64.b64encode(np.asarray(xs, dtype=dtype).tobytes()).decode("ascii")
 
-
-def _unpack(text: Any, dtype: str):
-    import numpy as np
-
+def _unpack(text: Any, dtype: str) -> array:
     _need(isinstance(text, str))
     try:
         raw = base64.b64decode(text, validate=True)
     except ValueError:  # binascii.Error is one
         raise _BadCache from None
-    _need(len(raw) % np.dtype(dtype).itemsize == 0)
-    return np.frombuffer(raw, dtype=dtype)
+    out = array(_TYPECODE[dtype])
+    _need(len(raw) % out.itemsize == 0)
+    out.frombytes(raw)
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out
 
 
 def _to_cache(fabric: Fabric, key: str) -> dict:
@@ -760,10 +766,10 @@ def _types(xs: list) -> set:
     return set(map(type, xs))
 
 
-def _ints(text: Any, below: int):
+def _ints(text: Any, below: int) -> list[int]:
     """A packed int32 column whose values all lie in [0, below)."""
-    xs = _unpack(text, "<i4")
-    _need(not xs.size or 0 <= int(xs.min()) and int(xs.max()) < below)
+    xs = _unpack(text, "<i4").tolist()
+    _need(not xs or 0 <= min(xs) and max(xs) < below)
     return xs
 
 
@@ -771,8 +777,6 @@ def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
     """The Fabric that _to_cache described, checked field by field (_BadCache on anything unexpected): its edge
     form must describe a graph (unique node names, unique edge keys, every predecessor listed once, exactly the
     edges into each node), so that the graph rebuilt from it on demand is the one that was built."""
-    import numpy as np
-
     _need(isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("version") == CACHE_VERSION
           and data.get("key") == key)
     names, attrs, planes, cols = data["nodes"], data["attrs"], data["planes"], data["edges"]
@@ -783,24 +787,21 @@ def _from_cache(data: Any, spec: TopologySpec, key: str) -> Fabric:
     count = len(names)
     _need(len(set(names)) == count)
     us, vs, ks = _ints(cols["u"], count), _ints(cols["v"], count), _ints(cols["k"], 1 << 30)
-    ps, bws, lats = _ints(cols["plane"], len(planes)), _unpack(cols["bw"], "<f8"), _unpack(cols["lat"], "<f8")
+    ps = _ints(cols["plane"], len(planes))
+    bws, lats = _unpack(cols["bw"], "<f8").tolist(), _unpack(cols["lat"], "<f8").tolist()
     _need(len(us) == len(vs) == len(ks) == len(ps) == len(bws) == len(lats)
-          and bool(np.isfinite(bws).all() and np.isfinite(lats).all())
-          and bool((us[1:] >= us[:-1]).all()))  # graph order: each node's links together, nodes in order
+          and all(map(math.isfinite, bws)) and all(map(math.isfinite, lats))
+          and us == sorted(us))  # graph order: each node's links together, nodes in order
     pred, pred_count = _ints(data["pred"], count), _ints(data["pred_count"], count + 1)
-    _need(len(pred_count) == count and int(pred_count.sum()) == len(pred))
-    # the edges (u, v, k) are distinct, and the predecessor lists hold exactly the linked pairs (u, v): as sorted
-    # integer columns (one number per edge; tens of thousands of edges in a CloudMatrix384)
-    pair = us.astype(np.int64) * count + vs
-    edge = np.sort(pair * (int(ks.max(initial=0)) + 1) + ks)
-    _need(bool((edge[1:] != edge[:-1]).all()))
-    pair.sort()
-    linked = pair[np.concatenate(([True], pair[1:] != pair[:-1]))]
-    into = np.repeat(np.arange(count, dtype=np.int64), pred_count)
-    _need(linked.size == len(pred) and np.array_equal(np.sort(pred.astype(np.int64) * count + into), linked))
-    cols = {"u": us.tolist(), "v": vs.tolist(), "k": ks.tolist(), "plane": ps.tolist(), "bw": bws.tolist(),
-            "lat": lats.tolist()}
-    pred, pred_count = pred.tolist(), pred_count.tolist()
+    _need(len(pred_count) == count and sum(pred_count) == len(pred))
+    # the edges (u, v, k) are distinct, and the predecessor lists hold exactly the linked pairs (u, v): each as one
+    # integer (no tuple per edge: ints are not tracked by the garbage collector)
+    multi = max(ks, default=0) + 1
+    _need(len({(u * count + v) * multi + k for u, v, k in zip(us, vs, ks)}) == len(us))
+    linked = {u * count + v for u, v in zip(us, vs)}
+    into = [v for v, c in enumerate(pred_count) for _ in range(c)]
+    _need(len(linked) == len(pred) and {u * count + v for u, v in zip(pred, into)} == linked)
+    cols = {"u": us, "v": vs, "k": ks, "plane": ps, "bw": bws, "lat": lats}
     fabric = Fabric.__new__(Fabric)
     fabric.spec = spec
     fabric._graph = None

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 
 from cmtwin.model.arch import MLA
 from cmtwin.model.operators import (
@@ -44,7 +43,7 @@ from cmtwin.twin import schedule as sched
 from cmtwin.twin.breakdown import Ledger
 from cmtwin.twin.cost import VECTOR_CLASSES, OpTime, op_time
 from cmtwin.twin.load import distinct_nodes_per_token, expert_ranks_ops, moe_load, routed_experts_read
-from cmtwin.vec import every, item, vmax, vround, where
+from cmtwin.vec import any_of, every, is_array, item, numpy, vmax, vround, where
 
 Side = Literal["attention", "ffn"]
 Phases = list[tuple[str, float]]
@@ -133,7 +132,7 @@ def step_context(spec, plan, hw, fabric, *, phase: str, microbatches, die_ids, l
     schedule (`scheduled`). ledger: keep the per-operator breakdown."""
     mb = hw.microbatching
     two = microbatches >= 2
-    overlap = mb is not None and bool(np.any(two))
+    overlap = mb is not None and any_of(two)
     split = overlap and phase == "decode" and mb.mode == "split_cores" and bool(mb.attention and mb.moe)
     shares = Shares()
     if split:
@@ -355,7 +354,7 @@ def scheduled(ctx: StepContext, schedule, in_sequence):
     """A step's time where its microbatches overlap: schedule(m) on the two streams; of a vector step whose batches
     have different counts, each batch's from its own count's schedule, in_sequence() for those of one microbatch."""
     m = ctx.microbatches
-    if not isinstance(m, np.ndarray):
+    if not is_array(m):
         return schedule(m)
     counts = sorted(set(m.tolist()))
     if counts[0] >= 2 and len(counts) == 1:
@@ -363,7 +362,7 @@ def scheduled(ctx: StepContext, schedule, in_sequence):
     out = in_sequence()
     for k in counts:
         if k >= 2:
-            out = np.where(m == k, schedule(k), out)
+            out = numpy().where(m == k, schedule(k), out)
     return out
 
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
-import numpy as np
 
 from cmtwin.errors import ConfigError
 from cmtwin.twin.hardware import HardwareProfile
-from cmtwin.vec import every, vmax
+from cmtwin.vec import all_of, every, vmax
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ def _spread_time(hw: HardwareProfile, g: GroupShape, kind: str, send_bytes) -> t
         return vmax(t, t_up) * 1e6, pi
     t_in = intra_b / (g.intra_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, pi)) * 1e6 if g.same_node else 0.0
     t_out = inter_b / (g.inter_gbps / 8 * 1e9 * _eff(hw, g.fabric, kind, po)) * 1e6 if remote else 0.0
-    return vmax(t_in, t_out), pi if np.all(t_in >= t_out) else po
+    return vmax(t_in, t_out), pi if all_of(t_in >= t_out) else po
 
 
 def _latency(g: GroupShape) -> float:

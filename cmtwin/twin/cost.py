@@ -12,12 +12,14 @@ share of memory bandwidth (assumption: each core's DMA engine moves its own oper
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from cmtwin.model.operators import Op
 from cmtwin.twin.hardware import Curve, Efficiency, HardwareProfile, Sourced
-from cmtwin.vec import vmax
+from cmtwin.vec import ndim, numpy, vmax
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Operator classes whose efficiency entry falls back to another one.
 _FALLBACK = {
@@ -64,7 +66,7 @@ def _held_memo(table: dict, owner, limit: int) -> dict:
 
 
 def _curve_at(c: Curve, x):
-    if np.ndim(x) == 0:
+    if ndim(x) == 0:
         return c.at(x)
     memo = _held_memo(_CURVES, c, 256)
     out = []
@@ -73,7 +75,7 @@ def _curve_at(c: Curve, x):
         if e is None:
             e = memo[v] = c.at(v)
         out.append(e)
-    return np.array(out)
+    return numpy().array(out)
 
 
 def _value(e: Sourced | Curve | None, op: Op, default: float):

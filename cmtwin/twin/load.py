@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from functools import cache, reduce
 from statistics import NormalDist
 
-import numpy as np
 
 from cmtwin.model.operators import expert_ops
-from cmtwin.vec import vmax, vsqrt, where
+from cmtwin.vec import ndim, numpy, vmax, vsqrt, where
 
 
 @cache
@@ -181,7 +180,8 @@ def experts_hit(slots: int, copies_per_slot: float, group_tokens: float) -> floa
     slot stays idle with probability (1 - that)^group_tokens. At a few requests per TP group most experts are
     idle (8 tokens x top-8 of 256: about 22 % hit); in prefill every slot is hit. Arrays (one figure per batch) are
     taken element by element, in Python's float power (numpy's differs in the last bit for some)."""
-    if np.ndim(copies_per_slot) or np.ndim(group_tokens):
+    if ndim(copies_per_slot) or ndim(group_tokens):
+        np = numpy()
         c, g = np.broadcast_arrays(copies_per_slot, group_tokens)
         return np.array([experts_hit(slots, x, y) for x, y in zip(c.tolist(), g.tolist())])
     if group_tokens <= 0 or copies_per_slot <= 0:

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from functools import reduce
 
-import numpy as np
 
-from cmtwin.vec import every
+from cmtwin.vec import every, is_array, numpy
 
 COMPUTE, COMM, VECTOR = "compute", "comm", "vector"
 
@@ -44,7 +43,7 @@ def merged(phases: list[tuple[str, float]]) -> list[tuple[str, float]]:
 def makespan(chain: list[list[tuple[str, float]]], microbatches: int) -> float:
     """Time to run `chain` (a list of layers, each a list of (stream, us) phases of ONE microbatch) for
     `microbatches` microbatches on the two streams."""
-    most = np.maximum if any(isinstance(us, np.ndarray) for layer in chain for _, us in layer) else max
+    most = numpy().maximum if any(is_array(us) for layer in chain for _, us in layer) else max
     free = {COMPUTE: 0.0, COMM: 0.0}
     ready = [0.0] * microbatches  # when each microbatch's previous phase finished
     for layer in chain:

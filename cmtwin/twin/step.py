@@ -14,8 +14,6 @@ bubble, and the prompt's KV transfer to its decode rank.
 
 from __future__ import annotations
 
-import numpy as np
-
 from cmtwin.twin.blocks import (
     head,
     kv_transfer,
@@ -28,7 +26,7 @@ from cmtwin.twin.blocks import (
     step_context,
 )
 from cmtwin.twin.results import DecodeResult, DecodeSteps, PrefillResult
-from cmtwin.vec import Ragged, vmax, vmin, vround
+from cmtwin.vec import Ragged, ndim, numpy, vmax, vmin, vround
 
 
 def agg_chunk_per_die(spec, batch_per_die):
@@ -53,6 +51,7 @@ def decode_steps(spec, plan, hw, fabric, *, batch_per_die, kv_len=None, microbat
     numbers or sequences of the same length, defaulting to the spec's (microbatches capped by each batch's whole
     requests per group). Every figure is an array, element by element decode_step's at that batch; no breakdown is
     kept (the search needs the figures only)."""
+    np = numpy()
     eff, k, verify, kv, tps = _setup(spec, plan, hw, fabric, effect, kv_len)
     b = np.asarray(batch_per_die, dtype=float).reshape(-1)
     kv = np.broadcast_to(kv, b.shape)
@@ -101,7 +100,7 @@ def _setup(spec, plan, hw, fabric, effect, kv_len):
     verify = 1 + k if eff.verify_tokens is None else eff.verify_tokens
     kv = kv_len if kv_len is not None else spec.workload.decode_kv_len
     if eff.kv_len_scale != 1.0:
-        kv = vmax(1, vround(np.asarray(kv) * eff.kv_len_scale if np.ndim(kv) else kv * eff.kv_len_scale))
+        kv = vmax(1, vround(numpy().asarray(kv) * eff.kv_len_scale if ndim(kv) else kv * eff.kv_len_scale))
     tps = (eff.tokens_per_step if eff.tokens_per_step is not None
            else spec.mtp.tokens_per_step if k else 1.0) * eff.text_per_token
     return eff, k, verify, kv, tps
