@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-
 from cmtwin.model.arch import MLA
 from cmtwin.model.operators import (
     Op,

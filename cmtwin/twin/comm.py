@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
-
 from cmtwin.errors import ConfigError
 from cmtwin.twin.hardware import HardwareProfile
 from cmtwin.vec import all_of, every, vmax

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from functools import cache, reduce
 from statistics import NormalDist
 
-
 from cmtwin.model.operators import expert_ops
 from cmtwin.vec import ndim, numpy, vmax, vsqrt, where
 

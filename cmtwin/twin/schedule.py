@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from functools import reduce
 
-
 from cmtwin.vec import every, is_array, numpy
 
 COMPUTE, COMM, VECTOR = "compute", "comm", "vector"
