@@ -10,10 +10,39 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("cmtwin.cache")
+
+
+def entry_path(kind: str, key: str, *, packages: Iterable[str] = (), files: Iterable[Path] = ()) -> Path | None:
+    """Where the cache keeps an entry of `kind` (a folder of the cache) for `key`, keyed as well by Python's version,
+    the installed `packages` (found, not imported: where each is and when it was installed) and the bytes of
+    `files` (the code that makes the entry, the inputs it reads), so that a change to any of them reads another
+    entry. None when caching is off (CMTWIN_CACHE_DIR="") or a file cannot be read."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    from cmtwin.paths import cache_dir
+
+    root = cache_dir()
+    if root is None:
+        return None
+    h = hashlib.sha256(f"{sys.version}\n{key}\n".encode())
+    try:
+        for name in packages:
+            found = importlib.util.find_spec(name)
+            origin = Path(found.origin) if found is not None and found.origin else None
+            h.update(f"{name} {origin} {origin.stat().st_mtime_ns if origin else None}\n".encode())
+        for f in files:
+            h.update(f"{f.resolve()}\0".encode())
+            h.update(f.read_bytes())
+    except OSError:
+        return None
+    return root / kind / f"{h.hexdigest()[:40]}.json"
 
 
 def distrust(st: os.stat_result) -> str | None:

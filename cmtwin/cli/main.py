@@ -14,25 +14,23 @@ import sys
 from cmtwin import __version__
 from cmtwin.errors import CmtwinError
 
-# Verb modules: every cmtwin/cli/*_cmd.py (and store_cmds.py), imported when the parser is built, in this
-# order first. Each must keep heavy imports (torch, textual, matplotlib) inside its handlers.
-_FIRST = ("plan_cmd", "simulate_cmd", "search_cmd", "execute_cmd", "calibrate_cmd", "tui_cmd", "store_cmds")
-
 VERBS = {"plan": "plan_cmd", "simulate": "simulate_cmd", "search": "search_cmd", "execute": "execute_cmd",
          "calibrate": "calibrate_cmd", "tui": "tui_cmd", "query": "store_cmds", "runs": "store_cmds",
          "db": "store_cmds", "compare": "compare_cmd", "config": "config_cmd", "export": "export_cmd",
          "import": "launch_cmd", "validate": "validate_cmd"}
-"""Each verb's module: a command line naming a verb builds the parser of that verb alone (importing one module,
-not all; `cmtwin --help` and an unknown verb build them all). tests/test_cli.py checks it against what the
-modules register."""
+"""Each verb's module (cmtwin/cli/*_cmd.py, store_cmds.py), in the order `cmtwin --help` lists them. A command line
+naming a verb builds the parser of that verb alone (importing one module, not all; `cmtwin --help` and an unknown
+verb build them all). tests/test_cli.py checks it against what the modules register. Each module must keep heavy
+imports (torch, textual, matplotlib) inside its handlers."""
 
 
 def _verb_modules() -> list[str]:
+    """Every verb module: VERBS' in their order, then any other cmtwin/cli/*_cmd*.py (which the test then names)."""
     from pathlib import Path
 
+    listed = list(dict.fromkeys(VERBS.values()))
     found = {p.stem for p in Path(__file__).parent.glob("*_cmd*.py")}
-    ordered = [m for m in _FIRST if m in found] + sorted(found - set(_FIRST))
-    return [f"cmtwin.cli.{m}" for m in ordered]
+    return [f"cmtwin.cli.{m}" for m in listed + sorted(found - set(listed))]
 
 
 def _verb_of(argv: list[str]) -> str | None:

@@ -466,32 +466,16 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
 # afresh. Only successful compositions are stored; every error still comes from Hydra and the checks above.
 
 def _compose_cache_path(overrides: tuple[str, ...]) -> Path | None:
-    import hashlib
-    import importlib.util
-    import sys
+    from cmtwin.cachefile import entry_path
+    from cmtwin.paths import policies_dir
 
-    from cmtwin.paths import cache_dir, policies_dir
-
-    root = cache_dir()
-    if root is None:
-        return None
-    h = hashlib.sha256(f"{sys.version}\n{overrides!r}\n".encode())
-    for mod in ("hydra", "omegaconf", "yaml"):
-        spec = importlib.util.find_spec(mod)
-        origin = Path(spec.origin) if spec is not None and spec.origin else None
-        h.update(f"{mod} {origin} {origin.stat().st_mtime_ns if origin else None}\n".encode())
     here = Path(__file__).parent
     files = [here / "compose.py", here / "gate.py", here / "yamlsafe.py"]
     for folder in (conf_dir(), policies_dir(), Path(USER_CONF)):
         if folder.is_dir():
             files += sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-    try:
-        for f in files:
-            h.update(f"{f.resolve()}\0".encode())
-            h.update(f.read_bytes())
-    except OSError:
-        return None  # a file vanished or cannot be read: compose (and let Hydra say what is wrong)
-    return root / "compose" / f"{h.hexdigest()[:40]}.json"
+    # a file that vanished or cannot be read: None, compose (and let Hydra say what is wrong)
+    return entry_path("compose", repr(overrides), packages=("hydra", "omegaconf", "yaml"), files=files)
 
 
 def _read_composed(path: Path, overrides: tuple[str, ...]) -> Composed | None:

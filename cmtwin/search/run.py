@@ -24,6 +24,7 @@ then compiled exactly and simulated (cmtwin/sim) at 90% of their capacity.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -646,8 +647,6 @@ def pool_sizes(spec, budget: int) -> dict[int, tuple[str, ...]]:
 
 def search(spec, *, workers: int | None = None, progress: Callable[[str, int, int], None] | None = None,
            simulate: bool = True) -> SearchResult:
-    import time
-
     from cmtwin.topology.fabric import fabric_for
 
     t0 = time.perf_counter()
@@ -776,13 +775,9 @@ class Simulations:
     started yet (an error or Ctrl-C in the caller meanwhile)."""
 
     def __init__(self, res: SearchResult, entries: list[dict], todo: list[int], running):
-        import time
-
         self.res, self.entries, self.todo, self.running, self.t0 = res, entries, todo, running, time.perf_counter()
 
     def results(self, progress=None) -> list[dict]:
-        import time
-
         for n, (k, out) in enumerate(zip(self.todo, self.running), 1):
             self.entries[k].update(out)
             if progress:

@@ -296,20 +296,6 @@ class Totals:
     last_done: float = 0.0  # when the latest request completed
 
 
-@dataclass
-class Recorded:
-    """Per-request latencies (s) of requests that arrived inside the measurement window and completed: an array per
-    recording round (`_record`), in completion order; `column` joins a latency's."""
-
-    ttft: list = field(default_factory=list)
-    tpot: list = field(default_factory=list)
-    e2e: list = field(default_factory=list)
-
-    def column(self, name: str) -> np.ndarray:
-        parts = getattr(self, name)
-        return np.concatenate(parts) if parts else np.empty(0)
-
-
 @dataclass(frozen=True)
 class Latencies:
     """A run's per-request latencies (s) of the requests that arrived in the measurement window and completed, in
@@ -318,6 +304,18 @@ class Latencies:
     ttft: np.ndarray
     tpot: np.ndarray
     e2e: np.ndarray
+
+
+@dataclass
+class Recorded:
+    """The same latencies while a run goes on: an array per recording round (`_record`); `joined()` is Latencies."""
+
+    ttft: list = field(default_factory=list)
+    tpot: list = field(default_factory=list)
+    e2e: list = field(default_factory=list)
+
+    def joined(self) -> Latencies:
+        return Latencies(*(np.concatenate(x) if x else np.empty(0) for x in (self.ttft, self.tpot, self.e2e)))
 
 
 class Simulator:
@@ -1195,7 +1193,8 @@ class Simulator:
         steps = b["steps"] - a["steps"]
         prompt = b["prompt"] - a["prompt"]
         hit = b["hit"] - a["hit"]
-        ttft_s, tpot_s, e2e_s = (self.rec.column(k) for k in ("ttft", "tpot", "e2e"))
+        lat = self.rec.joined()
+        ttft_s, tpot_s, e2e_s = lat.ttft, lat.tpot, lat.e2e
         slo = self.spec.slo
         T = self.totals
 
@@ -1273,7 +1272,7 @@ class Simulator:
                       "prefill_stalls": T.prefill_stalls},
             little={"mean_in_system": T.in_system_area / end if end else 0.0, "area": T.in_system_area},
             events=self.env.events,
-            latencies=Latencies(ttft_s, tpot_s, e2e_s),
+            latencies=lat,
             slo={"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
             warmup_s=self.warmup,
             load=load,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import difflib
 import functools
-import hashlib
 import math
 import json
 import sys
@@ -36,9 +35,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cmtwin.cachefile import read_json, write_text
+from cmtwin.cachefile import entry_path, read_json, write_text
 from cmtwin.errors import TopologyError
-from cmtwin.paths import cache_dir
 from cmtwin.topology.graph import ENDPOINT_KINDS, build_graph, check_invariants, node_label
 from cmtwin.topology.schema import ROLES, PlaneRoles, TopologySpec, load_topology
 
@@ -662,13 +660,11 @@ class _Lazy:
     def __init__(self, make: Callable[[int], Any]):
         self.make, self.known = make, {}
 
-    def get(self, v: int, default: Any = None) -> Any:
+    def __getitem__(self, v: int) -> Any:
         links = self.known.get(v)
         if links is None:
             links = self.known[v] = self.make(v)
         return links
-
-    __getitem__ = get
 
 
 def _shortest_path(succ: _Lazy, pred: _Lazy, a: int, b: int) -> list[int] | None:
@@ -702,7 +698,7 @@ def _shortest_path(succ: _Lazy, pred: _Lazy, a: int, b: int) -> list[int] | None
 def _grow(level: list[int], links: _Lazy, seen: dict, other: dict, fringe: list[int]) -> int | None:
     """One level of one side of _shortest_path: the element where it meets the other side, or None."""
     for v in level:
-        for w in links.get(v):
+        for w in links[v]:
             if w not in seen:
                 fringe.append(w)
                 seen[w] = v
@@ -715,7 +711,7 @@ _PACKED = {"u": "<i4", "v": "<i4", "k": "<i4", "plane": "<i4", "bw": "<f8", "lat
 """The edge columns as the cache stores them: little-endian binary (int32, float64) in base64, not as JSON numbers
 (reading 160,000 numbers out of JSON was half of reading CloudMatrix384's entry)."""
 
-_TYPECODE = {"<i4": next(c for c in "ilh" if array(c).itemsize == 4), "<f8": "d"}
+_TYPECODE = {"<i4": next(c for c in "il" if array(c).itemsize == 4), "<f8": "d"}
 """The array module's type codes of those layouts (read with the standard library: no numpy at start-up)."""
 
 
@@ -843,20 +839,10 @@ def _disk_path(spec: TopologySpec) -> Path | None:
     entry back takes a fraction of that. The key covers the validated spec, the code that builds the graph,
     Python's version and the networkx installed (found, not imported), so an edited topology or a changed
     cmtwin never reads a stale entry."""
-    import importlib.util
-
-    root = cache_dir()
-    if root is None:
-        return None
     from cmtwin.topology import graph, schema
 
-    found = importlib.util.find_spec("networkx")
-    origin = Path(found.origin) if found is not None and found.origin else None
-    networkx = f"{origin} {origin.stat().st_mtime_ns}" if origin is not None and origin.exists() else None
-    h = hashlib.sha256(f"{sys.version} networkx {networkx}\n{spec.model_dump_json()}".encode())
-    for module in (graph, schema, sys.modules[__name__]):
-        h.update(Path(module.__file__).read_bytes())
-    return root / "fabric" / f"{h.hexdigest()[:40]}.json"
+    return entry_path("fabric", spec.model_dump_json(), packages=("networkx",),
+                      files=[Path(m.__file__) for m in (graph, schema, sys.modules[__name__])])
 
 
 def get_fabric(name: str | Path, overrides: tuple[tuple[str, Any], ...] = ()) -> Fabric:

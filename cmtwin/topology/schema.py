@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError
 
-from cmtwin.cachefile import read_json
+from cmtwin.cachefile import entry_path, read_json
 from cmtwin.errors import TopologyError
 from cmtwin.paths import topologies_dir
 
@@ -419,26 +419,12 @@ def _parse_cache_path(blob: bytes) -> Path | None:
     modules that read them (the limits, the loader) and the installed PyYAML: a topology read again (every `cmtwin
     plan`) is then JSON, without importing or running YAML (about a twentieth of a warm `cmtwin plan`)."""
     import hashlib
-    import importlib.util
     import sys
 
     from cmtwin.config import yamlsafe
-    from cmtwin.paths import cache_dir
 
-    root = cache_dir()
-    if root is None:
-        return None
-    found = importlib.util.find_spec("yaml")
-    origin = Path(found.origin) if found is not None and found.origin else None
-    try:
-        pyyaml = f"{origin} {origin.stat().st_mtime_ns}" if origin is not None else ""
-        h = hashlib.sha256(f"{sys.version} pyyaml {pyyaml}\n".encode())
-        for module in (yamlsafe, sys.modules[__name__]):
-            h.update(Path(module.__file__).read_bytes())
-    except OSError:
-        return None
-    h.update(blob)
-    return root / "topology-yaml" / f"{h.hexdigest()[:40]}.json"
+    return entry_path("topology-yaml", hashlib.sha256(blob).hexdigest(), packages=("yaml",),
+                      files=[Path(m.__file__) for m in (yamlsafe, sys.modules[__name__])])
 
 
 def _write_parse_cache(path: Path, data: Any) -> None:
