@@ -354,6 +354,11 @@ def test_cli_runs_ls_show_diff(db_url, cli, capsys):
     assert cli(["runs", "ls", "--db", db_url]) == 0
     out = capsys.readouterr().out
     assert "r1_ep320" in out and "ok" in out and "2.50 s" in out
+    lines = out.splitlines()  # one line per run, newest first, with its key figures (the TUI's)
+    assert lines[0].split()[:5] == ["id", "verb", "deployment", "status", "tok/s/dev"]
+    assert lines[2].split()[:7] == [str(b), "plan", "r1_ep320", "✓", "ok", "2100", "50"]
+    assert lines[3].split()[:6] == [str(a), "plan", "r1_ep320", "✓", "ok", "1943"]
+    assert "decode.tokens_per_s_per_device" not in out and "every metric of a run: `cmtwin runs show ID`" in out
 
     assert cli(["runs", "ls", "--db", db_url, "--format", "json", "--limit", "1"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -375,6 +380,15 @@ def test_cli_runs_ls_show_diff(db_url, cli, capsys):
     assert metric["decode.tokens_per_s_per_device"]["delta"] == pytest.approx(157.5)
     assert cli(["runs", "diff", str(a), str(b), "--db", db_url]) == 0
     assert "config.deployment.decode.batch" in capsys.readouterr().out
+
+
+def test_cli_runs_ls_fits_a_narrow_terminal(db_url, cli, capsys, monkeypatch):
+    add_example_runs(db_url)
+    monkeypatch.setenv("COLUMNS", "56")
+    assert cli(["runs", "ls", "--db", db_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines[:4])) <= 56  # the start and duration left out, not the figures folded
+    assert lines[0].split() == ["id", "verb", "deployment", "status", "tok/s/dev", "TPOT", "ms"]
 
 
 def test_cli_errors_exit_2(tmp_path, cli, capsys):

@@ -203,15 +203,9 @@ def _run_id(store: Any, text: str) -> int:
     return run_id
 
 
-def _metrics_text(metrics: dict[str, float], limit: int = 3) -> str:
-    shown = [f"{name}={value:.4g}" for name, value in list(metrics.items())[:limit]]
-    if len(metrics) > limit:
-        shown.append(f"(+{len(metrics) - limit} more)")
-    return "\n".join(shown)
-
-
 def cmd_runs_ls(args: argparse.Namespace) -> int:
-    """`cmtwin runs ls`: the newest runs with their key metrics."""
+    """`cmtwin runs ls`: the newest runs, one line each, with their key figures (the TUI's runs table: decode tokens/s
+    per device, TPOT and TTFT, whichever the verb stored); every metric with `runs show` or --format json."""
     from cmtwin.store.engine import open_store
     from cmtwin.store.repo import list_runs
 
@@ -221,22 +215,39 @@ def cmd_runs_ls(args: argparse.Namespace) -> int:
     if args.format == "json":
         _print_json(runs)
         return 0
+    from rich import box
     from rich.table import Table
 
-    swept = any(r.sweep for r in runs)
-    table = Table(show_edge=False)
-    for header in ("id", "verb", "deployment", "status", "started (UTC)", "duration", *(("sweep",) if swept else ())):
-        table.add_column(header, no_wrap=header in ("id", "status"))
-    table.add_column("metrics", overflow="fold", ratio=1)
+    from cmtwin.tui.data import STATUS_MARK, TOKENS_METRICS, TPOT_METRICS, TTFT_METRICS, fmt_num, key_metric
+
+    swept = not args.sweep and any(r.sweep for r in runs)  # --sweep: the column would repeat its argument
     styles = {"ok": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "cancelled": "yellow"}
-    for r in runs:
-        table.add_row(
-            str(r.id), r.verb, r.deployment or "", f"[{styles[r.status]}]{r.status}[/]",
-            r.started_at.strftime("%Y-%m-%d %H:%M"), _seconds(r.duration_s), *((r.sweep or "",) if swept else ()),
-            _metrics_text(r.metrics),
-        )
+    rows = [(str(r.id), r.verb, r.deployment or "", f"{STATUS_MARK[r.status]} {r.status}",
+             fmt_num(key_metric(r.metrics, TOKENS_METRICS)), fmt_num(key_metric(r.metrics, TPOT_METRICS)),
+             fmt_num(key_metric(r.metrics, TTFT_METRICS)), _seconds(r.duration_s),
+             r.started_at.strftime("%m-%d %H:%M"), *((r.sweep or "",) if swept else ())) for r in runs]
+    headers = ("id", "verb", "deployment", "status", "tok/s/dev", "TPOT ms", "TTFT ms", "duration", "started",
+               *(("sweep",) if swept else ()))
+    widths = [max(len(h), *(len(row[k]) for row in rows)) if rows else len(h) for k, h in enumerate(headers)]
     console = _console()
+    keep = list(range(len(headers)))
+    for k in (9, 8, 6, 7):  # too wide for the terminal: leave out the sweep, start, TTFT and duration, in that order
+        if sum(widths[i] + 2 for i in keep) - 1 <= console.width:
+            break
+        if k in keep:
+            keep.remove(k)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for k in keep:
+        # the figures keep their width; on a narrow terminal the deployment's name is cut with an ellipsis
+        table.add_column(headers[k], justify="right" if k == 0 or 4 <= k <= 7 else "left", no_wrap=True,
+                         overflow="ellipsis", min_width=widths[k] if k != 2 else min(widths[k], 8))
+    for row, r in zip(rows, runs):
+        cells = (*row[:3], f"[{styles[r.status]}]{row[3]}[/]", *row[4:])
+        table.add_row(*(cells[k] for k in keep))
     console.print(table if runs else "no runs recorded yet")
+    if runs:
+        console.print(f"{'started in UTC; ' if 8 in keep else ''}every metric of a run: `cmtwin runs show ID`",
+                      style="dim")
     return 0
 
 
