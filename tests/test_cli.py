@@ -103,11 +103,11 @@ def test_installed_script_plans_r1_ep320_then_query_counts_the_run(tmp_path):
     assert pools["caching"]["devices"] == "192 CPU"
     assert "caching pool (EMS): 192 host CPUs on 48 nodes" in out
     # experts: EP320 = 288 routed ranks (256 routed + 32 redundant slots) + 32 shared-expert ranks
-    experts = _table(out, "pool", "routed ranks", "shared expert", "slots", "replicated")
-    assert {k: experts["decode"][k] for k in ("EP", "routed ranks", "shared expert", "slots", "replicated")} == {
-        "EP": "320", "routed ranks": "288", "shared expert": "32 ranks", "slots": "288", "replicated": "32"}
-    assert {k: experts["prefill"][k] for k in ("EP", "routed ranks", "shared expert", "slots", "replicated")} == {
-        "EP": "32", "routed ranks": "32", "shared expert": "colocated", "slots": "288", "replicated": "32"}
+    experts = _table(out, "pool", "routed ranks", "shared expert", "slots", "replicas")
+    assert {k: experts["decode"][k] for k in ("EP", "routed ranks", "shared expert", "slots", "replicas")} == {
+        "EP": "320", "routed ranks": "288", "shared expert": "32 ranks", "slots": "288", "replicas": "32"}
+    assert {k: experts["prefill"][k] for k in ("EP", "routed ranks", "shared expert", "slots", "replicas")} == {
+        "EP": "32", "routed ranks": "32", "shared expert": "colocated", "slots": "288", "replicas": "32"}
     # memory per die: a breakdown, decode dies within 64 GB
     assert "Memory per die (GiB of 64)" in out
     memory = _table(out, "part", "decode/routed")

@@ -36,16 +36,22 @@ def render_plan(spec, plan, prediction=None, *, run_id=None, elapsed_s: float | 
                   f"DRAM = {c.blocks:,} KV blocks of {c.block_tokens} tokens")
 
     if spec.model.is_moe:
-        ex = Table(title="Expert placement", title_justify="left")
-        for col in ("pool", "EP", "routed ranks", "shared expert", "slots", "slots/rank", "replicated",
-                    "max/mean load"):
-            ex.add_column(col, justify="right" if col != "pool" else "left")
+        rows = []
         for role, ps in seen.items():
             s = ps[0].placement.summary()
             shared = f"{s['dedicated_shared_ranks']} ranks" if s["dedicated_shared_ranks"] else s["shared_expert"]
-            ex.add_row(role, str(s["ep"]), str(s["routed_ranks"]), shared, str(s["routed_slots"]),
-                       str(s["routed_slots_per_rank"]), str(s["replicated_experts"]),
-                       f"{s['max_over_mean_rank_load']:.3f}")
+            rows.append((role, str(s["ep"]), str(s["routed_ranks"]), shared, str(s["routed_slots"]),
+                         str(s["routed_slots_per_rank"]), str(s["replicated_experts"]),
+                         f"{s['max_over_mean_rank_load']:.3f}"))
+        ex = Table(title="Expert placement", title_justify="left")
+        cols = ("pool", "EP", "routed ranks", "shared expert", "slots", "slots per rank", "replicas", "max/mean load")
+        wide = sum(max(len(col), *(len(row[k]) for row in rows)) + 3 for k, col in enumerate(cols)) < con.width
+        for k, col in enumerate(cols):
+            # on a narrow terminal the headers wrap at their spaces and every cell stays whole
+            width = None if wide else max(*map(len, col.split()), *(len(row[k]) for row in rows))
+            ex.add_column(col, justify="right" if k else "left", width=width)
+        for row in rows:
+            ex.add_row(*row)
         con.print(ex)
 
     mem = Table(title=f"Memory per die (GiB of {spec.hardware.die.memory_gib.value:g})", title_justify="left")
