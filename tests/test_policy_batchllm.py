@@ -162,6 +162,11 @@ def test_cli_reports_the_comparison_figures_and_the_plan_section(workdir):
     for row in ("batching batchllm", "makespan", "prefill tokens computed / prompt", "token saving ratio",
                 "peak KV per decode die", "peak KV, decode pool"):
         assert row in p.stdout, row
+    assert "an offline batch: its rates are over" not in p.stdout  # drained: measured to its makespan
+    undrained = [a for a in OFFLINE if a not in ("sim.drain=true", "sim.duration_s=5")] + ["sim.duration_s=60"]
+    p = cli("simulate", *undrained, "+policies/batching=batchllm", "--no-plots")
+    assert p.returncode == 0, p.stderr
+    assert "an offline batch: its rates are over the 60 s window" in " ".join(p.stdout.split())
     p = cli("simulate", *OFFLINE, "+policies/batching=batchllm", "--no-plots", "--format", "json")
     sim = json.loads(p.stdout)["simulation"]
     assert sim["prefill"]["token_saving_ratio"] > 0.7 and sim["makespan_s"] > 0

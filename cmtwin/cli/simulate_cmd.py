@@ -175,55 +175,59 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
     if w.arrival == "offline":
         arrivals = f"a batch of {w.requests:,} at t = 0"
     elif res.load is not None:
-        arrivals = f"{res.rate_per_s:,.1f} req/s = {res.load:.2f} x sustainable"
+        arrivals = f"{res.rate_per_s:,.1f} req/s = {res.load:.2f} x the twin's capacity"
     else:
         arrivals = f"{res.rate_per_s:,.1f} req/s"
-    c.print(f"[bold]simulate[/] {spec.deployment.name}  workload {w.name} ({w.arrival}, {arrivals}; twin capacity "
-            f"prefill {res.capacity_per_s['prefill']:,.1f}, decode {res.capacity_per_s['decode']:,.1f} req/s)  "
-            f"{res.duration_s:g} s simulated ({res.warmup_s:.4g} s warm-up)  batching {batching}")
-    t = Table(title="summary (measurement window after warm-up)")
-    t.add_column("metric")
-    t.add_column("p50 / value", justify="right")
-    t.add_column("p90", justify="right")
-    t.add_column("p99", justify="right")
-    t.add_column("twin (plan)", justify="right")
+    warm = f"{res.warmup_s:.4g} s warm-up" if res.warmup_s else "no warm-up"
+    c.print(f"[bold]simulate[/] {spec.deployment.name} · workload {w.name} · batching {batching} · "
+            f"{res.duration_s:g} s ({warm})")
+    c.print(f"arrivals {w.arrival}, {arrivals}")
+    c.print(f"twin capacity: prefill {res.capacity_per_s['prefill']:,.1f} req/s, decode "
+            f"{res.capacity_per_s['decode']:,.1f} req/s")
     pd, dd = (f.to_dict() if f else {} for f in (prediction.prefill, prediction.decode))
-    t.add_row("TTFT (ms)", _fmt(res.ttft_ms["p50"]), _fmt(res.ttft_ms["p90"]), _fmt(res.ttft_ms["p99"]),
-              _fmt(pd.get("ttft_ms")))
-    t.add_row("TPOT (ms)", _fmt(res.tpot_ms["p50"], 2), _fmt(res.tpot_ms["p90"], 2), _fmt(res.tpot_ms["p99"], 2),
-              _fmt(dd.get("tpot_ms"), 2))
-    t.add_row("end-to-end (ms)", _fmt(res.e2e_ms["p50"]), _fmt(res.e2e_ms["p90"]), _fmt(res.e2e_ms["p99"]), "")
-    t.add_row("prefill tokens/s per device", _fmt(res.prefill["tokens_per_s_per_device"]), "", "",
-              _fmt(pd.get("tokens_per_s_per_device")))
-    t.add_row("decode tokens/s per device", _fmt(res.decode["tokens_per_s_per_device"]), "", "",
-              _fmt(dd.get("tokens_per_s_per_device")))
-    t.add_row("output tokens/s per device (all)", _fmt(res.tokens_per_s_per_device), "", "", "")
-    if res.makespan_s is not None:
-        t.add_row("makespan (s, last request done)", _fmt(res.makespan_s, 3), "", "", "")
+    # two tables that fit 80 columns: latency percentiles, then one value per row (the twin's beside it where it has one)
+    lat = Table(title="latency, ms (requests arriving after the warm-up)", title_justify="left")
+    for col in ("", "p50", "p90", "p99", "twin (plan)"):
+        lat.add_column(col, justify="right" if col else "left")
+    for name, q, nd, twin in (("TTFT", res.ttft_ms, 1, pd.get("ttft_ms")), ("TPOT", res.tpot_ms, 2, dd.get("tpot_ms")),
+                              ("end-to-end", res.e2e_ms, 1, None)):
+        lat.add_row(name, _fmt(q["p50"], nd), _fmt(q["p90"], nd), _fmt(q["p99"], nd), _fmt(twin, nd) if twin else "")
+    c.print(lat)
+    t = Table(title="throughput and resources (measurement window)", title_justify="left")
+    t.add_column("")
+    t.add_column("simulated", justify="right")
+    t.add_column("twin (plan)", justify="right")
     p, d = res.prefill, res.decode
-    t.add_row("prefill tokens computed / prompt", f"{p['computed_tokens']:,} / {p['prompt_tokens']:,}", "", "", "")
-    t.add_row("token saving ratio", f"{p['token_saving_ratio']:.1%}", "", "", "")
+    t.add_row("prefill tokens/s per device", _fmt(p["tokens_per_s_per_device"]), _fmt(pd.get("tokens_per_s_per_device")))
+    t.add_row("decode tokens/s per device", _fmt(d["tokens_per_s_per_device"]), _fmt(dd.get("tokens_per_s_per_device")))
+    if d["instances"] > 1:
+        t.add_row(f"... per decode instance ({d['instances']})",
+                  " / ".join(_fmt(x["tokens_per_s_per_device"]) for x in d["per_instance"].values()), "")
+    t.add_row("output tokens/s per device, all", _fmt(res.tokens_per_s_per_device), "")
+    if res.makespan_s is not None:
+        t.add_row("makespan (s, last request done)", _fmt(res.makespan_s, 3), "")
+    t.add_row("prefill tokens computed / prompt", f"{p['computed_tokens']:,} / {p['prompt_tokens']:,}", "")
+    t.add_row("token saving ratio", f"{p['token_saving_ratio']:.1%}", "")
     gib = 2**30
     t.add_row("peak KV per decode die", f"{d['kv_peak_tokens_per_die']:,} tok, {d['kv_peak_bytes_per_die'] / gib:,.2f} GiB",
-              "", "", "")
+              "")
     t.add_row(f"peak KV, decode pool ({d['devices']} devices)",
-              f"{d['kv_peak_tokens']:,} tok, {d['kv_peak_bytes'] / gib:,.1f} GiB", "", "", "")
-    if d["instances"] > 1:
-        t.add_row(f"decode tokens/s per device, {d['instances']} instances",
-                  " / ".join(_fmt(x["tokens_per_s_per_device"]) for x in d["per_instance"].values()), "", "", "")
+              f"{d['kv_peak_tokens'] / 1e6:,.2f} M tok, {d['kv_peak_bytes'] / gib:,.1f} GiB", "")
     if res.goodput is None:
-        t.add_row("goodput", "no SLO set", "", "", "")
+        t.add_row("goodput", "no SLO set", "")
     else:
         targets = ", ".join(f"{k} <= {v:g}" for k, v in res.slo.items() if v is not None)
-        t.add_row(f"goodput (req/s meeting {targets})", f"{res.goodput:,.2f} ({res.goodput_fraction:.1%})", "", "", "")
-    t.add_row("utilisation prefill / decode", f"{res.prefill['utilisation']:.1%} / {res.decode['utilisation']:.1%}",
-              "", "", "")
-    t.add_row("decode batch occupancy", f"{res.decode['batch_occupancy']:.1%}", "", "", "")
-    t.add_row("cache hit ratio", f"{res.cache_hit_ratio:.1%}", "", "", "")
+        t.add_row(f"goodput, req/s meeting {targets}", f"{res.goodput:,.2f} ({res.goodput_fraction:.1%})", "")
+    t.add_row("utilisation prefill / decode", f"{p['utilisation']:.1%} / {d['utilisation']:.1%}", "")
+    t.add_row("decode batch occupancy", f"{d['batch_occupancy']:.1%}", "")
+    t.add_row("cache hit ratio", f"{res.cache_hit_ratio:.1%}", "")
     rq = res.requests
-    t.add_row("requests arrived / completed / in flight",
-              f"{rq['arrived']:,} / {rq['completed']:,} / {rq['arrived'] - rq['completed']:,}", "", "", "")
+    t.add_row("requests arrived / done / in flight",
+              f"{rq['arrived']:,} / {rq['completed']:,} / {rq['arrived'] - rq['completed']:,}", "")
     c.print(t)
+    if w.arrival == "offline" and res.makespan_s is not None and not spec.sim.drain:
+        c.print(f"an offline batch: its rates are over the {res.duration_s - res.warmup_s:g} s window, not its "
+                f"{res.makespan_s:.4g} s makespan; sim.drain=true measures it to its last completion")
     if res.goodput is None:
         c.print("goodput: no SLO set (the deployment's slo.ttft_ms and slo.tpot_ms are null); give targets to measure "
                 "it, e.g. slo.ttft_ms=2000 slo.tpot_ms=50")
