@@ -3,6 +3,7 @@ is readable at tens of thousands of candidates with ids that the printed tables 
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -120,8 +121,8 @@ def test_search_table_prints_the_ids_the_plot_labels(workdir, monkeypatch, capsy
     monkeypatch.setattr(plots, "frontier_figure", spy)
     assert main(["search", *SMALL, "search.simulate_top=1", "search.workers=1", "--top", "5"]) == 0
     text = capsys.readouterr().out
-    printed = {int(cell) for line in text.splitlines() if line.startswith("│")
-               if (cell := line.split("│")[1].strip()).isdigit()}
+    printed = {int(cells[0]) for line in text.splitlines()  # a table row: the id, then its figures
+               if len(cells := line.split()) >= 10 and cells[0].isdigit()}
     labelled = {int(t.split()[0][1:]) for t in seen}
     assert len(labelled) == 5 and labelled <= printed
     assert any(t.endswith(" sim") for t in seen) and any(line.startswith("simulated #") for line in text.splitlines())
@@ -129,3 +130,25 @@ def test_search_table_prints_the_ids_the_plot_labels(workdir, monkeypatch, capsy
     assert main(["search", *QUICK, "--top", "3", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {f"#{row['index']}" for row in out["frontier"][:3]} == set(seen)
+
+
+def test_search_tables_fit_the_terminal(workdir, capsys):
+    """On 80 columns the frontier's figures take one line per candidate and the layouts follow as a list; on a wide
+    terminal the layout is the table's last column."""
+    from rich.console import Console
+
+    from cmtwin.cli.main import main
+    from cmtwin.cli.search_cmd import _table
+
+    assert main(["search", *QUICK, "--top", "3", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["frontier"][:3]
+    for width in (80, 250):
+        con = Console(width=width, record=True, file=io.StringIO())
+        con.print(_table("frontier", rows, con.width))
+        lines = con.export_text().splitlines()
+        assert max(map(len, (line.rstrip() for line in lines))) <= width
+        figures = [line for line in lines if line.split() and line.split()[0] == str(rows[0]["index"])]
+        assert len(figures) == 1  # its figures on one line, not folded
+        inline = rows[0]["layout"] in figures[0]
+        assert inline == (width == 250)
+        assert inline or any(line.split()[:1] == [f"#{rows[0]['index']}"] for line in lines)

@@ -127,16 +127,16 @@ def run(args: argparse.Namespace) -> int:
             f"{result.budget} devices ({result.compiled} compiled, {result.twin_calls:,} twin calls, "
             f"{result.pruned:,} pruned), frontier {len(result.frontier)}")
     c.print(_table(f"Pareto frontier (best {min(args.top, len(front))} by tokens/s per device; # labels them in the "
-                   "plot)", front[: args.top]))
-    c.print(_table("Best candidate per serving mode and decode attention TP", layouts[: args.top]))
+                   "plot)", front[: args.top], c.width))
+    c.print(_table("Best candidate per serving mode and decode attention TP", layouts[: args.top], c.width))
     for s in result.simulated:
         sim = s.get("simulation")
         if sim:
             k = s.get("simulated_share", 1)
             share = f" (one of {k} identical shares simulated: {k * sim['rate_per_s']:.0f} req/s in all)" if k > 1 else ""
             c.print(f"simulated #{s['index']}: {sim['tokens_per_s_per_device']:,.0f} tok/s/dev, TPOT p50 "
-                    f"{sim['tpot_ms']['p50']} ms, TTFT p50 {sim['ttft_ms']['p50']} ms at {sim['rate_per_s']:.0f} req/s"
-                    f"{share}")
+                    f"{sim['tpot_ms']['p50']:.1f} ms, TTFT p50 {sim['ttft_ms']['p50']:.0f} ms at "
+                    f"{sim['rate_per_s']:.0f} req/s{share}")
         else:
             c.print(f"simulated #{s['index']}: {s.get('error')}")
     c.print(f"plot: {plot}")
@@ -145,15 +145,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(title: str, rows: list[dict]):
+def _table(title: str, rows: list[dict], width: int):
+    """A frontier table: the figures one line per candidate; its layout in a last column where the terminal is wide
+    enough for it whole, else in a list under the figures (# to layout)."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
 
-    t = Table(title=title)
-    for col in ("#", "tok/s/dev", "TPOT ms", "TTFT ms", "layout", "batch/group", "conc", "mb", "MTP", "prec", "bound"):
-        t.add_column(col, justify="left" if col == "layout" else "right", no_wrap=col == "#")
+    cols = ("#", "tok/s/dev", "TPOT ms", "TTFT ms", "batch/group", "conc", "mb", "MTP", "prec", "bound")
+    cells = []
     for d in rows:
         dd = d["decode"]
-        t.add_row(str(d["index"]), f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}",
-                  f"{d['ttft_ms']:.0f}", d["layout"], str(dd["batch_per_group"]), f"{d['concurrency']:,}", str(dd["microbatches"]), str(dd["mtp"]),
-                  dd["precision"], d["bottleneck"])
-    return t
+        cells.append((str(d["index"]), f"{d['tokens_per_s_per_device']:,.0f}", f"{d['tpot_ms']:.1f}",
+                      f"{d['ttft_ms']:.0f}", str(dd["batch_per_group"]), f"{d['concurrency']:,}",
+                      str(dd["microbatches"]), str(dd["mtp"]), dd["precision"], d["bottleneck"]))
+    widths = [max(len(h), *(len(r[k]) for r in cells)) if cells else len(h) for k, h in enumerate(cols)]
+    inline = sum(w + 2 for w in widths) + max((len(d["layout"]) for d in rows), default=0) <= width
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+              padding=(0, 1, 0, 0))
+    for col, w in zip(cols, widths):
+        t.add_column(col, justify="right", no_wrap=True, min_width=w)
+    if inline:
+        t.add_column("layout", no_wrap=True)
+    for r, d in zip(cells, rows):
+        t.add_row(*r, *((d["layout"],) if inline else ()))
+    if inline or not rows:
+        return t
+    legend = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
+    legend.add_column("#", justify="right", style="dim", no_wrap=True)
+    legend.add_column("layout")
+    for d in rows:
+        legend.add_row(f"#{d['index']}", d["layout"])
+    return Group(t, legend)
