@@ -142,9 +142,6 @@ class Environment:
     def pending(self) -> int:
         return len(self._heap)
 
-    def peek(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
-
     def run(self, until: float | None = None) -> None:
         """Dispatch events in time order until the heap is empty, `stop()` is called, or the next event is
         later than `until` (the clock then stands at `until`)."""
