@@ -75,28 +75,41 @@ def run(args) -> int:
                      "error": c.error, "unit": c.unit, "bound": c.tolerance, "within_bound": c.ok}
                     for c in checks])
         return code
+    from itertools import groupby
+
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     from cmtwin.cli.common import console
 
     con = console()
-    t = Table(title="cmtwin validate: twin vs published", title_justify="left")
-    t.add_column("case", overflow="fold")  # long conditions wrap, never cut
-    for col in ("unit", "published", "twin", "error", "bound", "ok"):
-        t.add_column(col, justify="left" if col in ("unit", "ok") else "right", no_wrap=True)
-    group = None
+    rows = []
     for c in checks:
-        if c.group != group:  # one heading row per operator table / the headlines
-            if group is not None:
-                t.add_section()
-            group = c.group
-            t.add_row(f"[bold]{escape(group)}[/]")
-        bad = c.ok is False
         pred, err = c.cells()
-        t.add_row(escape(c.name), c.unit, f"{c.published:,.4g}", pred,
-                  f"[red]{err}[/]" if bad else err, c.bound(), "[red]no[/]" if bad else c.verdict())
-    con.print(t)
+        rows.append((escape(c.name), c.unit, f"{c.published:,.4g}", pred, err, c.bound(), c.verdict(), c))
+    # one table per operator table / the headlines, its name as the title (with the unit when its rows share one);
+    # the figures' columns as wide in every table, the case column takes the rest and wraps (never cut)
+    cols = ("unit", "published", "twin", "error", "bound", "ok")
+    widths = [max(len(col), *(len(r[k + 1]) for r in rows)) for k, col in enumerate(cols)]
+    con.print("[bold]cmtwin validate: twin vs published[/]")
+    for group, members in groupby(rows, key=lambda r: r[-1].group):
+        members = list(members)
+        units = {r[1] for r in members}
+        keep = range(1 if len(units) == 1 else 0, len(cols))
+        title = f"{group} ({next(iter(units))})" if len(units) == 1 else group
+        t = Table(title=f"[bold]{escape(title)}[/]", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 1, 0, 0))
+        room = con.width - sum(widths[k] + 2 for k in keep) - 1
+        t.add_column("case", overflow="fold", width=max(16, min(room, max(len(r[0]) for r in members))))
+        for k in keep:
+            t.add_column(cols[k], justify="left" if cols[k] in ("unit", "ok") else "right", no_wrap=True,
+                         width=widths[k])
+        for name, unit, published, pred, err, bound, verdict, c in members:
+            bad = c.ok is False
+            cells = (unit, published, pred, f"[red]{err}[/]" if bad else err, bound, "[red]no[/]" if bad else verdict)
+            t.add_row(name, *(cells[k] for k in keep))
+        con.print(t)
     for item in LEGEND:
         con.print(f"[dim]{escape(item)}[/]")
     con.print(("[red]" if code else "[green]") + escape(summary(checks)) + "[/]")
