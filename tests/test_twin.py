@@ -196,6 +196,18 @@ def test_slo_search_finds_the_largest_batch_meeting_the_target():
     assert above.decode.tpot_ms > 30
 
 
+def test_slo_search_names_the_other_microbatch_count_where_it_serves_more():
+    """At a 30 ms TPOT on r1_ep320 the batch is small, where two microbatches read every weight twice: the note gives
+    what one microbatch serves under the same target, the figures a plan with decode.microbatches=1 predicts."""
+    res = _predict("slo.tpot_ms=30")
+    note = next(n for n in res.notes if n.startswith("slo.tpot_ms=30"))
+    one = _predict("slo.tpot_ms=30", "decode.microbatches=1")
+    assert one.decode.tokens_per_s_per_device > res.decode.tokens_per_s_per_device
+    assert (f"with decode.microbatches=1: batch {one.decode.batch_per_device} per device, "
+            f"{one.decode.tokens_per_s_per_device:,.0f} tokens/s per device") in note
+    assert not any("decode.microbatches=2" in n for n in one.notes)  # two serve less there: nothing to say
+
+
 def test_slo_that_cannot_be_met_is_a_clean_error():
     from cmtwin.errors import PlanError
 
