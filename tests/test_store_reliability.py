@@ -85,6 +85,33 @@ def test_concurrent_first_opens_create_the_schema_once(db_url):  # noqa: F811
     assert len(list_runs(open_store(db_url), limit=100)) == 8
 
 
+class _BusyOnWal:
+    """A connection whose journal-mode switch is refused `busy` times ("database is locked"), as SQLite refuses it
+    at once, busy timeout or not, to one of two connections switching a fresh file together."""
+
+    def __init__(self, busy: int, error: str = "database is locked"):
+        self.busy, self.error, self.done = busy, error, []
+
+    def execute(self, sql: str):
+        if "journal_mode" in sql and self.busy:
+            self.busy -= 1
+            raise sqlite3.OperationalError(self.error)
+        self.done.append(sql)
+
+
+def test_a_busy_journal_mode_switch_is_waited_out_not_reported(monkeypatch):
+    from cmtwin.store import direct
+
+    db = _BusyOnWal(busy=3)
+    direct.apply_pragmas(db)
+    assert db.done == [f"PRAGMA {p}" for p in direct.SQLITE_PRAGMAS]  # every pragma, in order, once
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):  # other errors are not retried
+        direct.apply_pragmas(_BusyOnWal(busy=1, error="disk I/O error"))
+    monkeypatch.setattr(direct, "SQLITE_BUSY_TIMEOUT_S", 0.05)  # ... nor a lock held past the busy timeout
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        direct.apply_pragmas(_BusyOnWal(busy=10**6))
+
+
 # --- 4. bad store URLs and damaged stores: exit 2, not "a bug in cmtwin" -------------------------------
 
 

@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import closing
 from datetime import datetime, timezone
@@ -40,9 +41,29 @@ MAX_COUNT = 2**31 - 1
 """The largest run id (runs.id is a 32-bit integer on PostgreSQL), the largest --limit, --max-rows and --max-bytes."""
 SWEEP_ENV = "CMTWIN_SWEEP"  # set by `cmtwin ... -m`: the sweep every run of one multirun records
 
-SQLITE_PRAGMAS = ("busy_timeout=30000", "journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL")
-"""Set on every SQLite connection of the store, in this order (busy_timeout first: switching a fresh file to WAL
-takes a lock that concurrent first openers wait for)."""
+SQLITE_BUSY_TIMEOUT_S = 30.0
+"""How long a store connection waits for another's lock (SQLite's busy timeout, and the journal-mode switch)."""
+SQLITE_PRAGMAS = (f"busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000:.0f}", "journal_mode=WAL", "foreign_keys=ON",
+                  "synchronous=NORMAL")
+"""Set on every SQLite connection of the store, in this order (busy_timeout first), by `apply_pragmas`."""
+
+
+def apply_pragmas(db: sqlite3.Connection) -> None:
+    """SQLITE_PRAGMAS on a new connection. Switching a fresh file to WAL takes an exclusive lock, and SQLite answers
+    "database is locked" at once, without its busy handler, while another connection holds one (concurrent first
+    opens of a new store: 1 in about 50 rounds of 8 processes here); the switch is retried for the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    pause = 0.005
+    for pragma in SQLITE_PRAGMAS:
+        while True:
+            try:
+                db.execute(f"PRAGMA {pragma}")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.2)
 
 
 def resolve_url(explicit: str | None = None) -> str:
@@ -125,13 +146,13 @@ def _record_sqlite(path: Path, fields: dict[str, Any]) -> int | None:
     """Insert the run and its rows into the store at `path`; None (nothing written) where this path does not
     apply or SQLite reports any error."""
     try:
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None, timeout=30)
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None,
+                             timeout=SQLITE_BUSY_TIMEOUT_S)
     except sqlite3.Error:
         return None
     with closing(db):
         try:
-            for pragma in SQLITE_PRAGMAS:
-                db.execute(f"PRAGMA {pragma}")
+            apply_pragmas(db)
             if [r for (r,) in db.execute("SELECT version_num FROM alembic_version")] != [HEAD_REVISION]:
                 return None
             host = socket.gethostname()

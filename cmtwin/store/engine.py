@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cmtwin.errors import StoreError
 from cmtwin.paths import migrations_dir
-from cmtwin.store.direct import DEFAULT_URL, HEAD_REVISION, SQLITE_PRAGMAS, pid_alive, resolve_url, strict_json_dumps
+from cmtwin.store.direct import DEFAULT_URL, HEAD_REVISION, apply_pragmas, pid_alive, resolve_url, strict_json_dumps
 from cmtwin.store.models import Base, Run
 
 log = logging.getLogger("cmtwin.store")
@@ -242,8 +242,7 @@ def _make_engine(url: URL, *, create: bool) -> Engine:
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event emit BEGIN itself, so DDL is transactional too.
     dbapi_connection.isolation_level = None
-    for pragma in SQLITE_PRAGMAS:
-        dbapi_connection.execute(f"PRAGMA {pragma}")
+    apply_pragmas(dbapi_connection)
 
 
 def _sqlite_on_begin(connection: Any) -> None:
