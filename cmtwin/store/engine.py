@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cmtwin.errors import StoreError
 from cmtwin.paths import migrations_dir
-from cmtwin.store.direct import DEFAULT_URL, HEAD_REVISION, apply_pragmas, pid_alive, resolve_url, strict_json_dumps
+from cmtwin.store.direct import HEAD_REVISION, apply_pragmas, pid_alive, resolve_url, strict_json_dumps
 from cmtwin.store.models import Base, Run
 
 log = logging.getLogger("cmtwin.store")
