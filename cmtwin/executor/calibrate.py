@@ -439,7 +439,7 @@ def fit_local(pairs, base: HardwareProfile, source: str, name: str) -> HardwareP
     eff = sum roofline at efficiency 1 / sum (measured - overhead). The overhead is the measured launch
     overhead, capped at half the fastest time of that operator (a timer's floor, not a fit parameter). The
     peaks are first raised to the fastest measured rates (lift_peaks), so an efficiency never needs capping."""
-    from cmtwin.twin.hardware import Curve, Efficiency, Sourced
+    from cmtwin.twin.hardware import Efficiency, Sourced
 
     base = lift_peaks(pairs, base)
     zero = _roofline_only(base)
