@@ -44,7 +44,8 @@ def search_decode_batch(spec, plan, hw, fabric, tpot_ms: float) -> tuple[int, st
     dies = spec.hardware.dies
     note = f"slo.tpot_ms={tpot_ms:g}: batch {best * dies} per device (searched 1..{hi * dies})"
     # the other microbatch count under the same target: the plan keeps the configured one, the note says what the
-    # twin finds for the other where it serves more (small batches: two microbatches read every weight twice)
+    # twin finds for the other where it serves more, by over 1 % (small batches: two microbatches read every
+    # weight twice)
     other = 3 - spec.decode.microbatches
     alt = largest_true(lambda b: decode_step(spec, plan, hw, fabric, batch_per_die=b, microbatches=other).tpot_ms
                        <= tpot_ms, 1, hi)
