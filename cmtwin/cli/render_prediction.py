@@ -40,9 +40,10 @@ def render_prediction(con, prediction, *, top: int = 12) -> None:
         streams: dict[str, float] = {}
         for r in rows:
             streams[r.stream] = streams.get(r.stream, 0.0) + r.time_us
-        t = Table(title=f"{phase}: busiest operators per {'forward' if phase == 'prefill' else 'step'} "
-                        f"(streams: " + ", ".join(f"{k} {v / 1e3:,.1f} ms" for k, v in streams.items()) + ")",
-                  title_justify="left")
+        # a line above the table, not its title (a title wraps to the table's width)
+        con.print(f"{phase}: busiest operators per {'forward' if phase == 'prefill' else 'step'}; streams (ms): "
+                  + ", ".join(f"{k} {v / 1e3:,.1f}" for k, v in streams.items()))
+        t = Table()
         for col in ("stream", "operator", "ms", "bound", "calls"):
             t.add_column(col, justify="right" if col in ("ms", "calls") else "left")
         for r in sorted(rows, key=lambda r: -r.time_us)[:top]:
