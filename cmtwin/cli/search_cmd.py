@@ -161,8 +161,7 @@ def _table(title: str, rows: list[dict], width: int):
                       str(dd["microbatches"]), str(dd["mtp"]), dd["precision"], d["bottleneck"]))
     widths = [max(len(h), *(len(r[k]) for r in cells)) if cells else len(h) for k, h in enumerate(cols)]
     inline = sum(w + 2 for w in widths) + max((len(d["layout"]) for d in rows), default=0) <= width
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-              padding=(0, 1, 0, 0))
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
     for col, w in zip(cols, widths):
         t.add_column(col, justify="right", no_wrap=True, min_width=w)
     if inline:
@@ -170,10 +169,10 @@ def _table(title: str, rows: list[dict], width: int):
     for r, d in zip(cells, rows):
         t.add_row(*r, *((d["layout"],) if inline else ()))
     if inline or not rows:
-        return t
+        return Group(title, t)  # the title a line of its own (a table's title wraps to the table's width)
     legend = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
     legend.add_column("#", justify="right", style="dim", no_wrap=True)
     legend.add_column("layout")
     for d in rows:
         legend.add_row(f"#{d['index']}", d["layout"])
-    return Group(t, legend)
+    return Group(title, t, legend)
