@@ -149,9 +149,13 @@ def _write_json(path: str, data) -> None:
 def compare_renderable(summary: dict):
     """The comparison as rich tables: per profile, each phase's layer (measured as the sum of its operators,
     and as graphed segments where timed with CUDA graphs) and every operator, predicted and measured."""
+    from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
+
+    def table() -> Table:  # compact: the figures keep their width on an 80-column terminal
+        return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
 
     def pct(e):
         return "-" if e is None else f"{e:+.1%}"
@@ -164,9 +168,12 @@ def compare_renderable(summary: dict):
            else "synchronised per operator" + (f" ({tm['fallback']})" if tm.get("fallback") else ""))
     parts = [Text(f"compare: measured ({how}) vs predicted, per rank and layer; error = (predicted - measured) "
                   f"/ measured, within {summary.get('within', 0.2):.0%} claimed for a calibrated profile")]
-    layers = Table(title="layer compute per rank (us; graph: the layer's segments as CUDA graphs)")
+    parts.append(Text("layer compute per rank, us (graph: the layer's segments as CUDA graphs)"))
+    layers = table()
     for col in ("profile", "phase", "measured", "predicted", "error", "graph", "vs graph"):
-        layers.add_column(col, justify="left" if col in ("profile", "phase") else "right", no_wrap=True)
+        # the profile's name folds where the terminal is narrow; the figures do not
+        layers.add_column(col, justify="left" if col in ("profile", "phase") else "right", no_wrap=col != "profile",
+                          overflow="fold")
     for p in summary["profiles"]:
         for ph, d in p["per_layer"].items():
             layers.add_row(f"{p['name']} ({p['role']})", ph, num(d.get("measured_us")), num(d.get("predicted_us")),
@@ -174,7 +181,8 @@ def compare_renderable(summary: dict):
     parts.append(layers)
     profs = summary["profiles"]
     if profs:
-        ops = Table(title="operators (mean per rank and layer, us)")
+        parts.append(Text("operators: mean per rank and layer, us"))
+        ops = table()
         ops.add_column("phase")
         ops.add_column("op", no_wrap=True)
         ops.add_column("measured", justify="right")
@@ -214,9 +222,12 @@ def _render(spec, out) -> None:
                 f"{tm['warmup']} (median spread {tm['spread_median'] or 0:.1%}); layers also as graphed segments")
     elif tm.get("fallback"):
         c.print(f"  [yellow]timing:[/] {tm['fallback']}")
-    t = Table(title="per operator: mean per rank and layer (comm: twin-modelled)")
-    for col in ("phase", "op", "kind", "measured us", "predicted us", "pred/meas"):
-        t.add_column(col, justify="right" if "us" in col or "/" in col else "left", no_wrap=True)
+    from rich import box
+
+    c.print("per operator: mean per rank and layer, us (comm: twin-modelled)")
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("phase", "op", "kind", "measured", "predicted", "pred/meas"):
+        t.add_column(col, justify="left" if col in ("phase", "op", "kind") else "right", no_wrap=True)
     for r in out["ops"]:
         k = r["n"] or 1
         m, pr = r["measured_us"] / k, r["predicted_us"] / k
