@@ -110,8 +110,10 @@ def _render(rows: list[dict], common: list[str]) -> None:
 
     from cmtwin.cli.common import console
 
-    t = Table(title="Predicted side by side" + (f" ({' '.join(common)})" if common else "")
-              + "; per kW counts the accelerators' published board power only", title_justify="left")
+    # the title a line above the table (a table's title wraps to the table's width)
+    title = ("Predicted side by side" + (f" ({' '.join(common)})" if common else "")
+             + "; per kW counts the accelerators' published board power only")
+    t = Table()
     t.add_column("")
     for r in rows:
         t.add_column(r["system"].replace(" ", "\n"), justify="right")
@@ -140,6 +142,7 @@ def _render(rows: list[dict], common: list[str]) -> None:
     line("prefill tokens/s per kW", num("prefill", "tokens_per_s_per_kw"))
     line("run", lambda r: str(r.get("run_id") or ""))
     c = console()
+    c.print(title)
     c.print(t)
     for r in rows:
         for phase in ("decode", "prefill"):
