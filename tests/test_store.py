@@ -440,3 +440,11 @@ def test_cli_db_current_and_upgrade(tmp_path, cli, capsys):
     assert "already at schema revision" in capsys.readouterr().out
     assert cli(["db", "current", "--db", url]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_runs_show_writes_large_figures_whole():
+    from cmtwin.cli.store_cmds import _figure
+
+    assert _figure(1_191_653_586_432.0) == "1,191,653,586,432"  # bytes: not 1.19165e+12
+    assert _figure(56_331.0) == "56,331" and _figure(123_456.7) == "123,457"
+    assert _figure(2100.5) == "2100.5" and _figure(0.0902) == "0.0902" and _figure(12_345.6) == "12345.6"

@@ -143,6 +143,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _figure(value: float) -> str:
+    """A metric for reading: counts and large figures (bytes, tokens) whole with thousands separators, not as
+    1.19165e+12; others as _cell."""
+    if 1e4 <= abs(value) < 1e18 and (float(value).is_integer() or abs(value) >= 1e5):
+        return f"{value:,.0f}"
+    return _cell(value)
+
+
 def _when(value: Any) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -282,7 +290,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
         metrics.add_column("metric", no_wrap=True)
         metrics.add_column("value", justify="right")
         for name, value in run.metrics.items():
-            metrics.add_row(name, _cell(value))
+            metrics.add_row(name, _figure(value))
         console.print(metrics)
     for artifact in run.artifacts:
         console.print(f"{artifact.kind}: {artifact.path}")
