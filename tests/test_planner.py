@@ -285,7 +285,7 @@ def test_hbm_overflow_names_hbm_and_the_breakdown():
     with pytest.raises(PlanError) as info:
         compile_plan(spec)
     msg = str(info.value)
-    m = re.search(r"HBM overflow on a decode die \(routed\): needs ([\d.]+) GiB but a ascend_910c die has 64 GiB", msg)
+    m = re.search(r"HBM overflow on a decode die \(routed\): needs ([\d.]+) GiB but one ascend_910c die has 64 GiB", msg)
     assert m, msg
     breakdown = msg.split("Breakdown (GiB): ")[1].split(". Fix")[0]
     parts = {k: float(v) for k, v in re.findall(r"(.+?) (\d+\.\d+)(?:, |\.?$)", breakdown)}

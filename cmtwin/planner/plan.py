@@ -189,7 +189,7 @@ def _check_memory(spec: Spec, phase: str, kind: str, mem: MemoryBreakdown) -> No
         "prefill": "lower prefill.tokens_per_device, raise prefill.ep or prefill.tp, or use a smaller precision",
     }[phase]
     raise PlanError(
-        f"HBM overflow on a {phase} die ({kind}): needs {need:.2f} GiB but a {spec.hardware.name} die has "
+        f"HBM overflow on a {phase} die ({kind}): needs {need:.2f} GiB but one {spec.hardware.name} die has "
         f"{have:.0f} GiB. Breakdown (GiB): {rows}.", key=f"{phase}", fix=fix)
 
 
