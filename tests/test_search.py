@@ -223,3 +223,19 @@ def test_variant_is_the_whole_spec_validated_again():
             assert a == b and a.model_dump() == b.model_dump() and spec_hash(a) == spec_hash(b)
         with pytest.raises(ConfigError, match="decode.ep"):
             _variant(spec, decode={"ep": spec.decode.ep + 1})
+
+
+@pytest.mark.parametrize(("modes", "need", "agg_hint"), [("[disagg,agg]", 8, False), ("[disagg]", 16, True)])
+def test_a_budget_too_small_for_any_pool_names_the_smallest_that_has_one(modes, need, agg_hint):
+    """A node of 8 NPUs is the smallest instance; disagg needs the smallest prefill instance (8) beside it. The budget
+    named is one the search then runs with (checked for the agg case)."""
+    from cmtwin.errors import ConfigError
+
+    spec, _ = load_spec(["+deployment=r1_ep320", "search.devices=3", f"search.modes={modes}"])
+    with pytest.raises(ConfigError) as err:
+        search(spec, workers=1, simulate=False)
+    assert f"raise search.devices to at least {need}" in str(err.value)
+    assert ("add agg to search.modes" in str(err.value)) == agg_hint
+    if not agg_hint:
+        spec, _ = load_spec(["+deployment=r1_ep320", f"search.devices={need}", f"search.modes={modes}"])
+        assert search(spec, workers=1, simulate=False).candidates

@@ -666,11 +666,18 @@ def search(spec, *, workers: int | None = None, progress: Callable[[str, int, in
     if not any("disagg" in m for m in sizes.values()):
         psizes = []
     if not sizes:
+        # the smallest budget with a pool: an instance the whole topology allows (whole nodes), and for disagg the
+        # smallest prefill instance beside it
+        fits = pool_sizes(spec, total) if budget < total else {}
+        smallest = min(spec.search.prefill_devices_per_instance)
+        need = min((d if "agg" in m else d + smallest for d, m in fits.items()), default=None)
         raise ConfigError(f"search.devices ({budget}) leaves no room for a pool in search.modes {spec.search.modes}: "
                           f"disagg needs a decode instance and a prefill instance (prefill sizes "
-                          f"{spec.search.prefill_devices_per_instance}), agg an instance within the budget.",
-                          key="search.devices", fix="raise search.devices, list search.decode_devices, or add agg to "
-                          "search.modes")
+                          f"{spec.search.prefill_devices_per_instance}), agg an instance within the budget"
+                          + (f"; the smallest budget with one is {need} devices" if need else "") + ".",
+                          key="search.devices", fix="raise search.devices" + (f" to at least {need}" if need else "")
+                          + ", or list search.decode_devices" + ("" if "agg" in spec.search.modes
+                                                                  else ", or add agg to search.modes"))
     n, backend = _workers(spec, workers), _backend(spec)
     tasks = [("d", (d, m)) for d, m in sorted(sizes.items(), reverse=True)] + [("p", (p,)) for p in psizes]
     decode: list[DecodeEval] = []
