@@ -27,6 +27,15 @@ def add_db(p: argparse.ArgumentParser) -> None:
                    help="SQLAlchemy URL of the run store (default: CMTWIN_DB_URL, else store.url, else sqlite:///cmtwin.db)")
 
 
+def compact_table(**kw):
+    """A table that fits an 80-column terminal: a rule under the header, no borders, a space between columns. Give
+    it no title: print one on the line above (a table's title wraps to the table's width)."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0), **kw)
+
+
 def console():
     from rich.console import Console
 

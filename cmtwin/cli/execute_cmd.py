@@ -149,13 +149,10 @@ def _write_json(path: str, data) -> None:
 def compare_renderable(summary: dict):
     """The comparison as rich tables: per profile, each phase's layer (measured as the sum of its operators,
     and as graphed segments where timed with CUDA graphs) and every operator, predicted and measured."""
-    from rich import box
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
-    def table() -> Table:  # compact: the figures keep their width on an 80-column terminal
-        return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    from cmtwin.cli.common import compact_table
 
     def pct(e):
         return "-" if e is None else f"{e:+.1%}"
@@ -169,7 +166,7 @@ def compare_renderable(summary: dict):
     parts = [Text(f"compare: measured ({how}) vs predicted, per rank and layer; error = (predicted - measured) "
                   f"/ measured, within {summary.get('within', 0.2):.0%} claimed for a calibrated profile")]
     parts.append(Text("layer compute per rank, us (graph: the layer's segments as CUDA graphs)"))
-    layers = table()
+    layers = compact_table()
     for col in ("profile", "phase", "measured", "predicted", "error", "graph", "vs graph"):
         # the profile's name folds where the terminal is narrow; the figures do not
         layers.add_column(col, justify="left" if col in ("profile", "phase") else "right", no_wrap=col != "profile",
@@ -182,7 +179,7 @@ def compare_renderable(summary: dict):
     profs = summary["profiles"]
     if profs:
         parts.append(Text("operators: mean per rank and layer, us"))
-        ops = table()
+        ops = compact_table()
         ops.add_column("phase")
         ops.add_column("op", no_wrap=True)
         ops.add_column("measured", justify="right")
@@ -201,9 +198,7 @@ def compare_renderable(summary: dict):
 
 
 def _render(spec, out) -> None:
-    from rich.table import Table
-
-    from cmtwin.cli.common import console
+    from cmtwin.cli.common import compact_table, console
 
     c = console()
     ex = spec.executor
@@ -222,10 +217,8 @@ def _render(spec, out) -> None:
                 f"{tm['warmup']} (median spread {tm['spread_median'] or 0:.1%}); layers also as graphed segments")
     elif tm.get("fallback"):
         c.print(f"  [yellow]timing:[/] {tm['fallback']}")
-    from rich import box
-
     c.print("per operator: mean per rank and layer, us (comm: twin-modelled)")
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    t = compact_table()
     for col in ("phase", "op", "kind", "measured", "predicted", "pred/meas"):
         t.add_column(col, justify="left" if col in ("phase", "op", "kind") else "right", no_wrap=True)
     for r in out["ops"]:

@@ -148,9 +148,10 @@ def run(args: argparse.Namespace) -> int:
 def _table(title: str, rows: list[dict], width: int):
     """A frontier table: the figures one line per candidate; its layout in a last column where the terminal is wide
     enough for it whole, else in a list under the figures (# to layout)."""
-    from rich import box
     from rich.console import Group
     from rich.table import Table
+
+    from cmtwin.cli.common import compact_table
 
     cols = ("#", "tok/s/dev", "TPOT ms", "TTFT ms", "batch/group", "conc", "mb", "MTP", "prec", "bound")
     cells = []
@@ -161,7 +162,7 @@ def _table(title: str, rows: list[dict], width: int):
                       str(dd["microbatches"]), str(dd["mtp"]), dd["precision"], d["bottleneck"]))
     widths = [max(len(h), *(len(r[k]) for r in cells)) if cells else len(h) for k, h in enumerate(cols)]
     inline = sum(w + 2 for w in widths) + max((len(d["layout"]) for d in rows), default=0) <= width
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    t = compact_table()
     for col, w in zip(cols, widths):
         t.add_column(col, justify="right", no_wrap=True, min_width=w)
     if inline:

@@ -223,9 +223,7 @@ def cmd_runs_ls(args: argparse.Namespace) -> int:
     if args.format == "json":
         _print_json(runs)
         return 0
-    from rich import box
-    from rich.table import Table
-
+    from cmtwin.cli.common import compact_table
     from cmtwin.tui.data import STATUS_MARK, TOKENS_METRICS, TPOT_METRICS, TTFT_METRICS, fmt_num, key_metric
 
     swept = not args.sweep and any(r.sweep for r in runs)  # --sweep: the column would repeat its argument
@@ -244,7 +242,7 @@ def cmd_runs_ls(args: argparse.Namespace) -> int:
             break
         if k in keep:
             keep.remove(k)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    table = compact_table()
     for k in keep:
         # the figures keep their width; on a narrow terminal the deployment's name is cut with an ellipsis
         table.add_column(headers[k], justify="right" if k == 0 or 4 <= k <= 7 else "left", no_wrap=True,

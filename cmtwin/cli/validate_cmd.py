@@ -77,11 +77,9 @@ def run(args) -> int:
         return code
     from itertools import groupby
 
-    from rich import box
     from rich.markup import escape
-    from rich.table import Table
 
-    from cmtwin.cli.common import console
+    from cmtwin.cli.common import compact_table, console
 
     con = console()
     rows = []
@@ -98,8 +96,8 @@ def run(args) -> int:
         units = {r[1] for r in members}
         keep = range(1 if len(units) == 1 else 0, len(cols))
         title = f"{group} ({next(iter(units))})" if len(units) == 1 else group
-        t = Table(title=f"[bold]{escape(title)}[/]", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-                  pad_edge=False, padding=(0, 1, 0, 0))
+        con.print(f"[bold]{escape(title)}[/]")
+        t = compact_table()
         room = con.width - sum(widths[k] + 2 for k in keep) - 1
         t.add_column("case", overflow="fold", width=max(16, min(room, max(len(r[0]) for r in members))))
         for k in keep:

@@ -51,7 +51,7 @@ SQLITE_PRAGMAS = (f"busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000:.0f}", "journal_m
 def apply_pragmas(db: sqlite3.Connection) -> None:
     """SQLITE_PRAGMAS on a new connection. Switching a fresh file to WAL takes an exclusive lock, and SQLite answers
     "database is locked" at once, without its busy handler, while another connection holds one (concurrent first
-    opens of a new store: 1 in about 50 rounds of 8 processes here); the switch is retried for the busy timeout."""
+    opens of a new store: 1 round in 60 of 8 processes under load here); it is retried for the busy timeout."""
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     pause = 0.005
     for pragma in SQLITE_PRAGMAS:
