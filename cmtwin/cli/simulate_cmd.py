@@ -138,7 +138,7 @@ def _references(spec, res, prediction) -> dict:
     pd, dd = (f.to_dict() if f else {} for f in (prediction.prefill, prediction.decode))
     ddev = res.decode["devices"]
     pdev = res.prefill["devices"] or ddev  # agg: prefill runs on the decode pool
-    load = f" = {res.load:.2f} x sustainable" if res.load is not None else ""
+    load = f" = {res.load:.2f} x the twin's capacity" if res.load is not None else ""
     refs = {"decode.tokens_per_s_per_device": [], "prefill.tokens_per_s_per_device": []}
     if dd.get("tokens_per_s_per_device"):
         refs["decode.tokens_per_s_per_device"].append(
@@ -191,7 +191,7 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
         lat.add_column(col, justify="right" if col else "left")
     for name, q, nd, twin in (("TTFT", res.ttft_ms, 1, pd.get("ttft_ms")), ("TPOT", res.tpot_ms, 2, dd.get("tpot_ms")),
                               ("end-to-end", res.e2e_ms, 1, None)):
-        lat.add_row(name, _fmt(q["p50"], nd), _fmt(q["p90"], nd), _fmt(q["p99"], nd), _fmt(twin, nd) if twin else "")
+        lat.add_row(name, _fmt(q["p50"], nd), _fmt(q["p90"], nd), _fmt(q["p99"], nd), "" if twin is None else _fmt(twin, nd))
     c.print(lat)
     t = Table(title="throughput and resources (measurement window)", title_justify="left")
     t.add_column("")
