@@ -185,20 +185,23 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
     c.print(f"twin capacity: prefill {res.capacity_per_s['prefill']:,.1f} req/s, decode "
             f"{res.capacity_per_s['decode']:,.1f} req/s")
     pd, dd = (f.to_dict() if f else {} for f in (prediction.prefill, prediction.decode))
-    # two tables that fit 80 columns: latency percentiles, then one value per row (the twin's beside it where it has one)
+    # two tables that fit 80 columns: latency percentiles, then one value per row (the twin's beside it where it has
+    # one)
     lat = Table(title="latency, ms (requests arriving after the warm-up)", title_justify="left")
     for col in ("", "p50", "p90", "p99", "twin (plan)"):
         lat.add_column(col, justify="right" if col else "left")
     for name, q, nd, twin in (("TTFT", res.ttft_ms, 1, pd.get("ttft_ms")), ("TPOT", res.tpot_ms, 2, dd.get("tpot_ms")),
                               ("end-to-end", res.e2e_ms, 1, None)):
-        lat.add_row(name, _fmt(q["p50"], nd), _fmt(q["p90"], nd), _fmt(q["p99"], nd), "" if twin is None else _fmt(twin, nd))
+        lat.add_row(name, _fmt(q["p50"], nd), _fmt(q["p90"], nd), _fmt(q["p99"], nd),
+                    "" if twin is None else _fmt(twin, nd))
     c.print(lat)
     t = Table(title="throughput and resources (measurement window)", title_justify="left")
     t.add_column("")
     t.add_column("simulated", justify="right")
     t.add_column("twin (plan)", justify="right")
     p, d = res.prefill, res.decode
-    t.add_row("prefill tokens/s per device", _fmt(p["tokens_per_s_per_device"]), _fmt(pd.get("tokens_per_s_per_device")))
+    t.add_row("prefill tokens/s per device", _fmt(p["tokens_per_s_per_device"]),
+              _fmt(pd.get("tokens_per_s_per_device")))
     t.add_row("decode tokens/s per device", _fmt(d["tokens_per_s_per_device"]), _fmt(dd.get("tokens_per_s_per_device")))
     if d["instances"] > 1:
         t.add_row(f"... per decode instance ({d['instances']})",
@@ -209,8 +212,8 @@ def _render(spec, res, prediction, run_id, plots, elapsed) -> None:
     t.add_row("prefill tokens computed / prompt", f"{p['computed_tokens']:,} / {p['prompt_tokens']:,}", "")
     t.add_row("token saving ratio", f"{p['token_saving_ratio']:.1%}", "")
     gib = 2**30
-    t.add_row("peak KV per decode die", f"{d['kv_peak_tokens_per_die']:,} tok, {d['kv_peak_bytes_per_die'] / gib:,.2f} GiB",
-              "")
+    t.add_row("peak KV per decode die",
+              f"{d['kv_peak_tokens_per_die']:,} tok, {d['kv_peak_bytes_per_die'] / gib:,.2f} GiB", "")
     t.add_row(f"peak KV, decode pool ({d['devices']} devices)",
               f"{d['kv_peak_tokens'] / 1e6:,.2f} M tok, {d['kv_peak_bytes'] / gib:,.1f} GiB", "")
     if res.goodput is None:
